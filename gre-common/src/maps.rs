@@ -1,0 +1,135 @@
+//! Map and program names, keys and values. Each map is defined once in the eBPF object (see
+//! `gre-ebpf/src/maps.rs`); these are the types both sides agree on.
+
+use crate::addr::Addr;
+
+/// How many tunnels one instance can hold (the size of the tunnel-indexed arrays).
+pub const MAX_TUNNELS: u32 = 256;
+
+/// Map names, as pinned under `/sys/fs/bpf/gre/<instance>/`.
+pub mod names {
+    pub const TUNNELS: &str = "TUNNELS";
+    pub const RX_MATCH: &str = "RX_MATCH";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const TX_BY_IFINDEX: &str = "TX_BY_IFINDEX";
+    pub const INJECT_PORTS: &str = "INJECT_PORTS";
+    pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
+    pub const DROPS: &str = "DROPS";
+    /// Every map, in the order `gre up` pins them.
+    pub const ALL: [&str; 7] =
+        [TUNNELS, RX_MATCH, ENDPOINTS, TX_BY_IFINDEX, INJECT_PORTS, TUNNEL_STATS, DROPS];
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// XDP on the underlay: GRE decapsulation.
+    pub const DECAP: &str = "gre_decap";
+    /// TC egress on the tunnel netdev: GRE encapsulation.
+    pub const ENCAP: &str = "gre_encap";
+    /// XDP on the tunnel netdev: gives its veth NAPI so redirected frames are accepted.
+    pub const NAPI_PASS: &str = "gre_napi_pass";
+}
+
+/// `RxKey::flags`: the packet (or tunnel) carries a key.
+pub const RX_KEY_PRESENT: u32 = 1;
+
+/// Decapsulation match: the outer addresses as seen on receipt (local = destination) and the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RxKey {
+    pub local: Addr,
+    pub remote: Addr,
+    pub key: u32,
+    pub flags: u32,
+}
+
+/// A pair of outer endpoints. `remote` all zero means "any remote": that entry marks `local` as
+/// one of ours, so GRE to it that matches no tunnel is counted and dropped rather than passed on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointKey {
+    pub local: Addr,
+    pub remote: Addr,
+}
+
+/// `Tunnel::flags` bits.
+pub mod tunnel_flags {
+    /// Received packets must carry `ikey`.
+    pub const IKEY: u32 = 1 << 0;
+    /// Transmitted packets carry `okey`.
+    pub const OKEY: u32 = 1 << 1;
+    /// Clear DF on the outer header (ip(8) `nopmtudisc`); by default DF is set, as ip_gre does.
+    pub const NOPMTUDISC: u32 = 1 << 2;
+}
+
+/// One tunnel, indexed by its id in the `TUNNELS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Tunnel {
+    pub local: Addr,
+    pub remote: Addr,
+    pub ikey: u32,
+    pub okey: u32,
+    /// [`tunnel_flags`].
+    pub flags: u32,
+    /// Outer TTL; 0 inherits the inner packet's TTL / hop limit.
+    pub ttl: u8,
+    /// Outer TOS byte.
+    pub tos: u8,
+    /// 1 when the slot holds a tunnel.
+    pub in_use: u8,
+    pub _pad0: u8,
+    /// The kernel-facing tunnel netdev (`gre0`): TC egress encapsulates what leaves it.
+    pub netdev_ifindex: u32,
+    /// Its veth peer (`gre0-dp`): decapsulated packets are redirected here.
+    pub inject_ifindex: u32,
+    /// Where encapsulated packets are sent (`bpf_redirect_neigh`).
+    pub underlay_ifindex: u32,
+    /// MAC of `gre0`: the destination of decapsulated frames, so the kernel takes them as its own.
+    pub netdev_mac: [u8; 6],
+    /// MAC of `gre0-dp`: their source.
+    pub inject_mac: [u8; 6],
+}
+
+/// Per-tunnel counters (a per-CPU array indexed by tunnel id). Packets are counted as the kernel's
+/// tunnel devices count them: one per packet handed over, GSO or not; bytes are inner L3 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+impl TunnelStats {
+    /// Adds another CPU's counters to these.
+    pub fn add(&mut self, other: &Self) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::RxKey {}
+    unsafe impl aya::Pod for super::EndpointKey {}
+    unsafe impl aya::Pod for super::Tunnel {}
+    unsafe impl aya::Pod for super::TunnelStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<RxKey>(), 40);
+        assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 12 + 4 + 12 + 12);
+        assert_eq!(core::mem::size_of::<TunnelStats>(), 32);
+    }
+}

@@ -1,0 +1,58 @@
+//! The GRE datapath: XDP decapsulation on the underlay, TC encapsulation on the tunnel netdev.
+//! Each program is a thin wrapper around a `try_` function; drop reasons are counted in `DROPS`.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod decap;
+mod encap;
+mod maps;
+mod packet;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// XDP on the underlay interface: decapsulates GRE of our tunnels; passes everything else.
+#[xdp]
+pub fn gre_decap(ctx: XdpContext) -> u32 {
+    match decap::try_decap(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count_drop(reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// TC egress on the tunnel netdev: encapsulates what the kernel sends into the tunnel.
+#[classifier]
+pub fn gre_encap(ctx: TcContext) -> i32 {
+    match encap::try_encap(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count_drop(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// XDP on the kernel-facing end of the tunnel netdev. A veth accepts redirected frames only when
+/// its peer runs NAPI, which an attached XDP program provides; this one lets everything through.
+#[xdp]
+pub fn gre_napi_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,39 @@
+//! Every map of the datapath, defined once. Names and value types come from gre-common.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMap, HashMap, PerCpuArray},
+};
+use gre_common::{
+    drop,
+    maps::{EndpointKey, MAX_TUNNELS, RxKey, Tunnel, TunnelStats},
+};
+
+/// Tunnel parameters, indexed by tunnel id.
+#[map]
+pub static TUNNELS: Array<Tunnel> = Array::with_max_entries(MAX_TUNNELS, 0);
+
+/// Decapsulation match: (local, remote, key) → tunnel id.
+#[map]
+pub static RX_MATCH: HashMap<RxKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
+
+/// Known endpoint pairs and, with remote = any, our local endpoints: tells "not ours" (passed on)
+/// from "ours but no tunnel" and "key mismatch" (counted drops). Looked up on misses only.
+#[map]
+pub static ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(MAX_TUNNELS * 2, 0);
+
+/// Encapsulation: tunnel netdev ifindex → tunnel id.
+#[map]
+pub static TX_BY_IFINDEX: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
+
+/// Injection ports (the datapath end of each tunnel netdev), indexed by tunnel id.
+#[map]
+pub static INJECT_PORTS: DevMap = DevMap::with_max_entries(MAX_TUNNELS, 0);
+
+/// Per-tunnel counters, indexed by tunnel id.
+#[map]
+pub static TUNNEL_STATS: PerCpuArray<TunnelStats> = PerCpuArray::with_max_entries(MAX_TUNNELS, 0);
+
+/// Drops by reason (gre_common::drop).
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);

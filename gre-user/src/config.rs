@@ -1,0 +1,360 @@
+//! The TOML configuration: parsed with serde, then validated as a whole before anything on the
+//! host is touched. Every error names the file, the line and what is wrong.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use gre_common::maps::MAX_TUNNELS;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// Longest tunnel netdev name: IFNAMSIZ (16, with the NUL) leaves 15, and the datapath end of
+/// the veth pair takes a `-dp` suffix.
+pub const MAX_TUNNEL_NAME: usize = 12;
+/// Suffix of the datapath end of a tunnel netdev.
+pub const INJECT_SUFFIX: &str = "-dp";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<Interface>,
+    #[serde(default, rename = "tunnel")]
+    pub tunnels: Vec<TunnelSpec>,
+}
+
+/// An underlay interface: where GRE arrives (XDP decap) and leaves.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// A point-to-point GRE tunnel (ip(8) names where they exist: local, remote, key/ikey/okey, ttl,
+/// tos, pmtudisc).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSpec {
+    /// The tunnel netdev the kernel sees (overlay addresses, routes).
+    pub name: Spanned<String>,
+    /// Underlay interface, one of the `[[interface]]` entries.
+    pub interface: Spanned<String>,
+    pub local: Spanned<IpAddr>,
+    pub remote: Spanned<IpAddr>,
+    /// Sets both `ikey` and `okey`.
+    pub key: Option<Spanned<u32>>,
+    pub ikey: Option<Spanned<u32>>,
+    pub okey: Option<Spanned<u32>>,
+    /// Outer TTL 1..=255; absent or 0 inherits the inner TTL / hop limit, like ip_gre.
+    #[serde(default)]
+    pub ttl: u8,
+    #[serde(default)]
+    pub tos: u8,
+    /// Set DF on the outer header (default, as ip_gre); `false` is ip(8)'s `nopmtudisc`.
+    #[serde(default = "yes")]
+    pub pmtudisc: bool,
+    /// Overlay addresses of the tunnel netdev, with prefix length.
+    #[serde(default)]
+    pub address: Vec<Spanned<IpNet>>,
+}
+
+const fn yes() -> bool {
+    true
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub interfaces: Vec<Interface>,
+    pub tunnels: Vec<Tunnel>,
+}
+
+/// A validated tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub name: String,
+    pub interface: String,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub ikey: Option<u32>,
+    pub okey: Option<u32>,
+    pub ttl: u8,
+    pub tos: u8,
+    pub pmtudisc: bool,
+    pub addresses: Vec<IpNet>,
+}
+
+impl Tunnel {
+    /// Name of the datapath end of the tunnel netdev.
+    #[must_use]
+    pub fn inject_name(&self) -> String {
+        format!("{}{INJECT_SUFFIX}", self.name)
+    }
+}
+
+/// A configuration error: where and what.
+#[derive(Debug)]
+pub struct Error {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Reads and validates a configuration file.
+///
+/// # Errors
+/// The file cannot be read, is not valid TOML for this schema, or fails validation.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    Ok(parse(path, &text)?)
+}
+
+/// Parses and validates configuration text; `path` is only used in messages.
+///
+/// # Errors
+/// The first problem found, with its position.
+pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
+    let at = |span: Range<usize>, message: String| {
+        let (line, column) = position(text, span.start);
+        Error { file: path.to_path_buf(), line, column, message }
+    };
+    let file: File = toml::from_str(text).map_err(|e| {
+        at(e.span().unwrap_or(0..0), e.message().trim_end().to_string())
+    })?;
+
+    let mut interfaces = HashSet::new();
+    for i in &file.interfaces {
+        if !valid_ifname(i.name.get_ref(), 15) {
+            return Err(at(i.name.span(), format!("interface name {:?} is not a valid interface name", i.name.get_ref())));
+        }
+        if !interfaces.insert(i.name.get_ref().clone()) {
+            return Err(at(i.name.span(), format!("interface {:?} is listed twice", i.name.get_ref())));
+        }
+    }
+    if file.tunnels.len() > MAX_TUNNELS as usize {
+        return Err(at(0..0, format!("{} tunnels configured; one instance holds at most {MAX_TUNNELS}", file.tunnels.len())));
+    }
+
+    let mut tunnels: Vec<Tunnel> = Vec::new();
+    let mut names = HashSet::new();
+    let mut matches = HashMap::new();
+    for t in &file.tunnels {
+        let name = t.name.get_ref();
+        if !valid_ifname(name, MAX_TUNNEL_NAME) {
+            return Err(at(t.name.span(), format!(
+                "tunnel name {name:?} must be 1 to {MAX_TUNNEL_NAME} characters of letters, digits, '-', '_' or '.'"
+            )));
+        }
+        if interfaces.contains(name) {
+            return Err(at(t.name.span(), format!("tunnel name {name:?} is also an underlay interface")));
+        }
+        if !names.insert(name.clone()) {
+            return Err(at(t.name.span(), format!("tunnel {name:?} is defined twice")));
+        }
+        if !interfaces.contains(t.interface.get_ref()) {
+            return Err(at(t.interface.span(), format!(
+                "tunnel {name:?}: interface {:?} is not declared in an [[interface]] section",
+                t.interface.get_ref()
+            )));
+        }
+        let (local, remote) = (*t.local.get_ref(), *t.remote.get_ref());
+        for (addr, span, what) in [(local, t.local.span(), "local"), (remote, t.remote.span(), "remote")] {
+            if !addr.is_ipv4() {
+                return Err(at(span, format!("tunnel {name:?}: {what} {addr} is IPv6; this datapath carries GRE over IPv4 outer headers")));
+            }
+            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || addr == IpAddr::from([255, 255, 255, 255]) {
+                return Err(at(span, format!("tunnel {name:?}: {what} {addr} must be a unicast address")));
+            }
+        }
+        if local == remote {
+            return Err(at(t.remote.span(), format!("tunnel {name:?}: remote is the same address as local")));
+        }
+        if let Some(k) = &t.key {
+            for other in [&t.ikey, &t.okey].into_iter().flatten() {
+                return Err(at(other.span(), format!(
+                    "tunnel {name:?}: `key` sets both directions (line {}); give either `key` or `ikey`/`okey`",
+                    position(text, k.span().start).0
+                )));
+            }
+        }
+        let ikey = t.key.as_ref().or(t.ikey.as_ref()).map(|k| *k.get_ref());
+        let okey = t.key.as_ref().or(t.okey.as_ref()).map(|k| *k.get_ref());
+        let rx = (local, remote, ikey);
+        if let Some(other) = matches.insert(rx, name.clone()) {
+            let key = ikey.map_or_else(|| "no key".to_string(), |k| format!("key {k}"));
+            return Err(at(t.name.span(), format!(
+                "tunnel {name:?}: tunnel {other:?} already receives from {remote} to {local} with {key}"
+            )));
+        }
+        let mut seen = HashSet::new();
+        for a in &t.address {
+            if !seen.insert(*a.get_ref()) {
+                return Err(at(a.span(), format!("tunnel {name:?}: address {} is listed twice", a.get_ref())));
+            }
+        }
+        tunnels.push(Tunnel {
+            name: name.clone(),
+            interface: t.interface.get_ref().clone(),
+            local,
+            remote,
+            ikey,
+            okey,
+            ttl: t.ttl,
+            tos: t.tos,
+            pmtudisc: t.pmtudisc,
+            addresses: t.address.iter().map(|a| *a.get_ref()).collect(),
+        });
+    }
+    Ok(Config { interfaces: file.interfaces, tunnels })
+}
+
+/// 1-based line and column of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+fn valid_ifname(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[interface]]
+name = "eth0"
+
+[[tunnel]]
+name = "gre0"
+interface = "eth0"
+local = "198.51.100.2"
+remote = "198.51.100.66"
+key = 42
+ttl = 64
+address = ["203.0.113.1/30", "2001:db8:100::1/64"]
+
+[[tunnel]]
+name = "gre1"
+interface = "eth0"
+local = "198.51.100.2"
+remote = "198.51.100.66"
+ikey = 7
+okey = 8
+pmtudisc = false
+"#;
+
+    fn err(text: &str) -> Error {
+        parse(Path::new("test.toml"), text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = parse(Path::new("test.toml"), GOOD).unwrap();
+        assert_eq!(c.interfaces.len(), 1);
+        assert_eq!(c.interfaces[0].xdp_mode, XdpMode::Auto);
+        let t = &c.tunnels[0];
+        assert_eq!((t.ikey, t.okey, t.ttl, t.pmtudisc), (Some(42), Some(42), 64, true));
+        assert_eq!(t.addresses, vec!["203.0.113.1/30".parse::<IpNet>().unwrap(), "2001:db8:100::1/64".parse().unwrap()]);
+        assert_eq!(t.inject_name(), "gre0-dp");
+        let t = &c.tunnels[1];
+        assert_eq!((t.ikey, t.okey, t.ttl, t.pmtudisc), (Some(7), Some(8), 0, false));
+    }
+
+    #[test]
+    fn unknown_field_names_line() {
+        let e = err("[[interface]]\nname = \"eth0\"\nmtu = 9000\n");
+        assert_eq!((e.line, e.column), (3, 1));
+        assert!(e.message.contains("unknown field `mtu`"), "{}", e.message);
+        assert!(e.to_string().starts_with("test.toml:3:1: "), "{e}");
+    }
+
+    #[test]
+    fn bad_address_names_line() {
+        let text = GOOD.replace("remote = \"198.51.100.66\"\nkey", "remote = \"198.51.100.666\"\nkey");
+        let e = err(&text);
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.message.contains("invalid IP address"), "{}", e.message);
+    }
+
+    #[test]
+    fn undeclared_interface() {
+        let e = err(&GOOD.replacen("interface = \"eth0\"", "interface = \"eth9\"", 1));
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("\"eth9\" is not declared"), "{}", e.message);
+    }
+
+    #[test]
+    fn duplicate_match_is_rejected() {
+        let e = err(&GOOD.replace("ikey = 7\nokey = 8", "key = 42"));
+        assert_eq!(e.line, 15, "{e}");
+        assert!(e.message.contains("already receives from 198.51.100.66 to 198.51.100.2 with key 42"), "{}", e.message);
+    }
+
+    #[test]
+    fn key_with_ikey_is_ambiguous() {
+        let e = err(&GOOD.replace("key = 42\n", "key = 42\nikey = 1\n"));
+        assert_eq!(e.line, 12, "{e}");
+        assert!(e.message.contains("either `key` or `ikey`/`okey`"), "{}", e.message);
+    }
+
+    #[test]
+    fn rejects_names_addresses_and_values() {
+        assert!(err(&GOOD.replace("gre1", "much-too-long-name")).message.contains("1 to 12 characters"));
+        assert!(err(&GOOD.replace("gre1", "gre0")).message.contains("defined twice"));
+        assert!(err(&GOOD.replace("198.51.100.66\"\nkey", "2001:db8::1\"\nkey")).message.contains("is IPv6"));
+        assert!(err(&GOOD.replace("198.51.100.66\"\nkey", "224.0.0.5\"\nkey")).message.contains("unicast"));
+        assert!(err(&GOOD.replace("198.51.100.66\"\nkey", "198.51.100.2\"\nkey")).message.contains("same address"));
+        assert!(err(&GOOD.replace("ttl = 64", "ttl = 300")).message.contains("u8"));
+        assert!(err(&GOOD.replace("/30", "/33")).message.contains("invalid IP address"));
+        assert!(err(&GOOD.replace("\"2001:db8:100::1/64\"", "\"203.0.113.1/30\"")).message.contains("listed twice"));
+        assert!(err(&GOOD.replace("name = \"eth0\"", "name = \"eth0\"\nxdp_mode = \"turbo\"")).message.contains("unknown variant"));
+    }
+}
+
+impl Config {
+    /// Puts every tunnel on one underlay interface (`gre up --iface`), keeping the XDP mode of
+    /// the first declared interface.
+    pub fn override_interface(&mut self, iface: &str) {
+        let mode = self.interfaces.first().map(|i| i.xdp_mode).unwrap_or_default();
+        self.interfaces = vec![Interface { name: Spanned::new(0..0, iface.to_string()), xdp_mode: mode }];
+        for t in &mut self.tunnels {
+            t.interface = iface.to_string();
+        }
+    }
+}

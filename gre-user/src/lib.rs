@@ -1,0 +1,12 @@
+//! The `gre` control plane: configuration, loading and pinning the datapath, tunnel netdevs, and
+//! reading the live maps.
+
+pub mod config;
+pub mod loader;
+pub mod maps;
+pub mod netdev;
+pub mod netns;
+pub mod show;
+
+/// The eBPF object built from gre-ebpf, embedded so the `gre` binary is all an operator installs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gre"));

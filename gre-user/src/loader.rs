@@ -1,0 +1,277 @@
+//! `gre up` and `gre down`: tunnel netdevs, programs, links and maps of one instance, pinned under
+//! `/sys/fs/bpf/gre/<instance>/` so the datapath outlives this process and `gre show` can read it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use gre_common::{
+    gre,
+    maps::{Tunnel, programs, tunnel_flags},
+};
+use log::{info, warn};
+use rtnetlink::Handle;
+
+use crate::{
+    EBPF_OBJECT,
+    config::{self, Config},
+    maps::{Maps, store_addr},
+    netdev,
+};
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Our folder in it; nothing outside it is ever touched.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/gre";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin folder of an instance.
+///
+/// # Errors
+/// The name could escape the folder or is not a plain name.
+pub fn instance_dir(instance: &str) -> Result<PathBuf> {
+    let ok = !instance.is_empty()
+        && instance.len() <= 64
+        && instance != "."
+        && instance != ".."
+        && instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        bail!("instance name {instance:?} must be 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(Path::new(PIN_ROOT).join(instance))
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is there already.
+///
+/// # Errors
+/// The mount fails (not root, or no bpffs in this kernel).
+pub fn ensure_bpffs() -> Result<()> {
+    let is_bpffs = nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if !is_bpffs {
+        info!("mounting bpffs at {BPFFS}");
+        fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mounting bpffs at {BPFFS}"))?;
+    }
+    Ok(())
+}
+
+/// Brings an instance up: everything is created or nothing is (a failure undoes what was done).
+///
+/// # Errors
+/// The instance is up already, an interface is missing or taken, or the kernel refuses a step.
+pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
+    let dir = instance_dir(instance)?;
+    ensure_bpffs()?;
+    if dir.exists() {
+        bail!("instance {instance} is up already ({} exists); run `gre -i {instance} down` first", dir.display());
+    }
+    let handle = netdev::connect()?;
+    // Check every interface before changing anything.
+    for i in &cfg.interfaces {
+        netdev::get(&handle, i.name.get_ref()).await?;
+    }
+    for t in &cfg.tunnels {
+        for name in [t.name.clone(), t.inject_name()] {
+            if netdev::find(&handle, &name).await?.is_some() {
+                bail!("tunnel {}: interface {name} exists already", t.name);
+            }
+        }
+    }
+    let mut undo = Undo { handle: handle.clone(), links: Vec::new(), dir: None };
+    match build(cfg, &dir, &handle, &mut undo).await {
+        Ok(()) => {
+            undo.links.clear();
+            undo.dir = None;
+            Ok(())
+        }
+        Err(e) => {
+            undo.run().await;
+            Err(e)
+        }
+    }
+}
+
+/// What to remove if `up` fails half way.
+struct Undo {
+    handle: Handle,
+    links: Vec<u32>,
+    dir: Option<PathBuf>,
+}
+
+impl Undo {
+    async fn run(self) {
+        for index in self.links {
+            if let Err(e) = netdev::delete(&self.handle, index).await {
+                warn!("cleaning up: {e:#}");
+            }
+        }
+        if let Some(dir) = self.dir {
+            if let Err(e) = remove_pins(&dir) {
+                warn!("cleaning up: {e:#}");
+            }
+        }
+    }
+}
+
+async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Result<()> {
+    for sub in ["maps", "progs", "links"] {
+        fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        undo.dir = Some(dir.to_path_buf());
+    }
+    let mut ebpf = aya::EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let mut maps = Maps::from_ebpf(&mut ebpf, Some(&dir.join("maps")))?;
+
+    // Tunnel netdevs and their map entries first: the datapath must find a tunnel whole.
+    let mut netdevs = Vec::new();
+    for (id, t) in (0u32..).zip(&cfg.tunnels) {
+        let underlay = netdev::get(handle, &t.interface).await?;
+        let overhead = u32::try_from(gre::ipv4_overhead(t.okey.is_some())).unwrap_or(u32::MAX);
+        let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= 68).ok_or_else(|| {
+            anyhow!("tunnel {}: underlay {} MTU {} leaves no room for {overhead} bytes of GRE/IPv4", t.name, t.interface, underlay.mtu)
+        })?;
+        let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), mtu, &t.addresses).await?;
+        undo.links.push(kernel.index);
+        let mut flags = 0;
+        if t.ikey.is_some() {
+            flags |= tunnel_flags::IKEY;
+        }
+        if t.okey.is_some() {
+            flags |= tunnel_flags::OKEY;
+        }
+        if !t.pmtudisc {
+            flags |= tunnel_flags::NOPMTUDISC;
+        }
+        let entry = Tunnel {
+            local: store_addr(t.local),
+            remote: store_addr(t.remote),
+            ikey: t.ikey.unwrap_or(0),
+            okey: t.okey.unwrap_or(0),
+            flags,
+            ttl: t.ttl,
+            tos: t.tos,
+            netdev_ifindex: kernel.index,
+            inject_ifindex: inject.index,
+            underlay_ifindex: underlay.index,
+            netdev_mac: kernel.mac,
+            inject_mac: inject.mac,
+            ..Tunnel::default()
+        };
+        maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
+        netdevs.push((t, kernel.index, inject.index));
+        info!("tunnel {}: {} -> {} via {}, mtu {mtu}", t.name, t.local, t.remote, t.interface);
+    }
+
+    let links = dir.join("links");
+    let progs = dir.join("progs");
+    {
+        let napi: &mut Xdp = program(&mut ebpf, programs::NAPI_PASS)?;
+        napi.load().context("loading the NAPI program")?;
+        for (t, index, _) in &netdevs {
+            let id = napi.attach_to_if_index(*index, XdpMode::Driver).with_context(|| format!("attaching XDP to {}", t.name))?;
+            pin_link(FdLink::try_from(napi.take_link(id)?)?, &links.join(format!("napi@{}", t.name)))?;
+        }
+        napi.pin(progs.join(programs::NAPI_PASS)).context("pinning the NAPI program")?;
+    }
+    {
+        let encap: &mut SchedClassifier = program(&mut ebpf, programs::ENCAP)?;
+        encap.load().context("loading the encapsulation program")?;
+        for (t, _, _) in &netdevs {
+            let id = encap.attach(&t.name, TcAttachType::Egress).with_context(|| format!("attaching TC egress to {}", t.name))?;
+            pin_link(FdLink::try_from(encap.take_link(id)?)?, &links.join(format!("encap@{}", t.name)))?;
+        }
+        encap.pin(progs.join(programs::ENCAP)).context("pinning the encapsulation program")?;
+    }
+    {
+        let decap: &mut Xdp = program(&mut ebpf, programs::DECAP)?;
+        decap.load().context("loading the decapsulation program")?;
+        for i in &cfg.interfaces {
+            let name = i.name.get_ref();
+            let id = attach_xdp(decap, name, i.xdp_mode)?;
+            pin_link(FdLink::try_from(decap.take_link(id)?)?, &links.join(format!("decap@{name}")))?;
+        }
+        decap.pin(progs.join(programs::DECAP)).context("pinning the decapsulation program")?;
+    }
+    for (_, kernel, inject) in &netdevs {
+        netdev::up(handle, *inject).await?;
+        netdev::up(handle, *kernel).await?;
+    }
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+fn attach_xdp(prog: &mut Xdp, iface: &str, mode: config::XdpMode) -> Result<aya::programs::xdp::XdpLinkId> {
+    let try_mode = |prog: &mut Xdp, m| prog.attach(iface, m);
+    match mode {
+        config::XdpMode::Native => try_mode(prog, XdpMode::Driver)
+            .with_context(|| format!("attaching XDP to {iface} in native mode (try xdp_mode = \"skb\")")),
+        config::XdpMode::Skb => try_mode(prog, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface} in skb mode")),
+        config::XdpMode::Auto => try_mode(prog, XdpMode::Driver).or_else(|e| {
+            warn!("{iface}: native XDP refused ({e}); falling back to generic (skb) mode, which is slower");
+            try_mode(prog, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface}"))
+        }),
+    }
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    link.pin(path).with_context(|| format!("pinning link {}", path.display()))?;
+    Ok(())
+}
+
+/// Takes an instance down: deletes its tunnel netdevs, then its pins, which detaches the programs
+/// and frees the maps. Nothing else in bpffs is touched.
+///
+/// # Errors
+/// The instance is not up, or a step fails (the rest is still attempted).
+pub async fn down(instance: &str) -> Result<()> {
+    let dir = instance_dir(instance)?;
+    ensure_bpffs()?;
+    if !dir.exists() {
+        bail!("instance {instance} is not up (no {})", dir.display());
+    }
+    let handle = netdev::connect()?;
+    let mut first_error = None;
+    match Maps::open_pinned(&dir.join("maps")).and_then(|m| m.tunnels()) {
+        Ok(tunnels) => {
+            for (_, t) in tunnels {
+                if let Err(e) = netdev::delete(&handle, t.netdev_ifindex).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(e) => {
+            first_error.get_or_insert(e.context("reading the tunnel list; tunnel netdevs may remain"));
+        }
+    }
+    if let Err(e) = remove_pins(&dir) {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Removes an instance's pin folder, and our root folder if it is left empty.
+fn remove_pins(dir: &Path) -> Result<()> {
+    for sub in ["links", "progs", "maps"] {
+        let sub = dir.join(sub);
+        if let Ok(entries) = fs::read_dir(&sub) {
+            for e in entries.flatten() {
+                fs::remove_file(e.path()).with_context(|| format!("unpinning {}", e.path().display()))?;
+            }
+            fs::remove_dir(&sub).with_context(|| format!("removing {}", sub.display()))?;
+        }
+    }
+    fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    // Another instance may hold it; only an empty root goes.
+    let _ = fs::remove_dir(PIN_ROOT);
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `gre`: bring GRE datapaths up and down and look inside them.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use gre_user::{config, loader, netns, show};
+
+#[derive(Parser)]
+#[command(name = "gre", version, about = "GRE tunnels in eBPF: XDP decapsulation, TC encapsulation")]
+struct Cli {
+    /// Run in this network namespace (as `ip -n`).
+    #[arg(short = 'n', long, global = true, value_name = "NETNS")]
+    netns: Option<String>,
+    /// Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>.
+    #[arg(short = 'i', long, global = true, default_value = "default")]
+    instance: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit.
+    Up {
+        /// Configuration file (TOML).
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+        /// Use this underlay interface for every tunnel instead of those in the file.
+        #[arg(long, value_name = "IF")]
+        iface: Option<String>,
+    },
+    /// Remove the instance: its tunnel netdevs, programs, links and maps.
+    Down,
+    /// Show tunnels, counters and drops of a running instance.
+    Show {
+        /// JSON on one line.
+        #[arg(short = 'j', long)]
+        json: bool,
+        /// Pretty-printed JSON.
+        #[arg(short = 'p', long)]
+        pretty: bool,
+    },
+    /// Check a configuration file and print what it would set up; changes nothing.
+    Check {
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_target(false).init();
+    let cli = Cli::parse();
+    // Before the runtime starts any thread: setns changes the calling thread only.
+    if let Some(ns) = &cli.netns {
+        netns::enter(ns)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up { config, iface } => {
+            let mut cfg = config::load(&config)?;
+            if let Some(iface) = iface {
+                cfg.override_interface(&iface);
+            }
+            loader::up(&cfg, &cli.instance).await?;
+            log::info!("instance {} is up", cli.instance);
+        }
+        Command::Down => {
+            loader::down(&cli.instance).await?;
+            log::info!("instance {} is down", cli.instance);
+        }
+        Command::Show { json, pretty } => {
+            let r = show::report(&cli.instance)?;
+            if pretty {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", show::table(&r));
+            }
+        }
+        Command::Check { config } => {
+            let cfg = config::load(&config)?;
+            for t in &cfg.tunnels {
+                println!("tunnel {}: {} -> {} via {}", t.name, t.local, t.remote, t.interface);
+            }
+            println!("{}: ok", config.display());
+        }
+    }
+    Ok(())
+}

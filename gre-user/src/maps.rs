@@ -1,0 +1,164 @@
+//! Typed access to one instance's maps, whether just loaded or opened from their pins.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray};
+use gre_common::{
+    addr,
+    drop,
+    maps::{EndpointKey, RX_KEY_PRESENT, RxKey, Tunnel, TunnelStats, names, tunnel_flags},
+};
+
+/// The datapath's maps.
+pub struct Maps {
+    tunnels: Array<MapData, Tunnel>,
+    rx_match: HashMap<MapData, RxKey, u32>,
+    endpoints: HashMap<MapData, EndpointKey, u32>,
+    tx_by_ifindex: HashMap<MapData, u32, u32>,
+    inject_ports: DevMap<MapData>,
+    tunnel_stats: PerCpuArray<MapData, TunnelStats>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object, pinning each under `pin_dir` if given.
+    ///
+    /// # Errors
+    /// A map is missing from the object, has the wrong type, or cannot be pinned.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
+        let mut take = |name: &str| -> Result<Map> {
+            let map = ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+            if let Some(dir) = pin_dir {
+                let path = dir.join(name);
+                map.pin(&path).with_context(|| format!("pinning map {name} at {}", path.display()))?;
+            }
+            Ok(map)
+        };
+        Self::from_parts(&mut take)
+    }
+
+    /// Opens the pinned maps of a running instance.
+    ///
+    /// # Errors
+    /// A pin is missing (the instance is not up, or was made by another version) or unreadable.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        let mut open = |name: &str| -> Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+            Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
+        };
+        Self::from_parts(&mut open)
+    }
+
+    fn from_parts(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Self> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(name: &str, map: Map) -> Result<T> {
+            T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+        }
+        Ok(Self {
+            tunnels: typed(names::TUNNELS, get(names::TUNNELS)?)?,
+            rx_match: typed(names::RX_MATCH, get(names::RX_MATCH)?)?,
+            endpoints: typed(names::ENDPOINTS, get(names::ENDPOINTS)?)?,
+            tx_by_ifindex: typed(names::TX_BY_IFINDEX, get(names::TX_BY_IFINDEX)?)?,
+            inject_ports: typed(names::INJECT_PORTS, get(names::INJECT_PORTS)?)?,
+            tunnel_stats: typed(names::TUNNEL_STATS, get(names::TUNNEL_STATS)?)?,
+            drops: typed(names::DROPS, get(names::DROPS)?)?,
+        })
+    }
+
+    /// Installs tunnel `id`: parameters first, then the lookups that make the datapath use it, so
+    /// no packet ever finds a half-written tunnel.
+    ///
+    /// # Errors
+    /// A map is full or rejects the entry; the message says which.
+    pub fn install_tunnel(&mut self, id: u32, t: &Tunnel) -> Result<()> {
+        if self.tunnels.get(&id, 0).is_ok_and(|old| old.in_use != 0) {
+            bail!("tunnel slot {id} is in use");
+        }
+        let t = Tunnel { in_use: 1, ..*t };
+        self.tunnels.set(id, t, 0).with_context(|| format!("writing tunnel {id} (TUNNELS is full?)"))?;
+        self.inject_ports
+            .set(id, t.inject_ifindex, None, 0)
+            .with_context(|| format!("adding injection port {} for tunnel {id}", t.inject_ifindex))?;
+        let rx = rx_key(&t);
+        self.rx_match.insert(rx, id, 0).with_context(|| full("RX_MATCH", id))?;
+        for remote in [t.remote, [0; 16]] {
+            let key = EndpointKey { local: t.local, remote };
+            let users = self.endpoints.get(&key, 0).unwrap_or(0);
+            self.endpoints.insert(key, users + 1, 0).with_context(|| full("ENDPOINTS", id))?;
+        }
+        self.tx_by_ifindex.insert(t.netdev_ifindex, id, 0).with_context(|| full("TX_BY_IFINDEX", id))?;
+        Ok(())
+    }
+
+    /// Every tunnel in use, by id.
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn tunnels(&self) -> Result<Vec<(u32, Tunnel)>> {
+        let mut out = Vec::new();
+        for (id, t) in (0..self.tunnels.len()).zip(self.tunnels.iter()) {
+            let t = t.context("reading TUNNELS")?;
+            if t.in_use != 0 {
+                out.push((id, t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A tunnel's counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn tunnel_stats(&self, id: u32) -> Result<TunnelStats> {
+        let mut sum = TunnelStats::default();
+        for s in self.tunnel_stats.get(&id, 0).context("reading TUNNEL_STATS")?.iter() {
+            sum.add(s);
+        }
+        Ok(sum)
+    }
+
+    /// Drops by reason name, summed over CPUs, in reason order.
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn drops(&self) -> Result<Vec<(&'static str, u64)>> {
+        (0..drop::COUNT)
+            .map(|r| {
+                let per_cpu = self.drops.get(&r, 0).context("reading DROPS")?;
+                Ok((drop::NAMES[r as usize], per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn full(map: &str, id: u32) -> String {
+    format!("adding tunnel {id} to {map} (is the map full?)")
+}
+
+/// The receive match of a tunnel: packets arrive from its remote to its local address.
+#[must_use]
+pub fn rx_key(t: &Tunnel) -> RxKey {
+    let keyed = t.flags & tunnel_flags::IKEY != 0;
+    RxKey {
+        local: t.local,
+        remote: t.remote,
+        key: if keyed { t.ikey } else { 0 },
+        flags: if keyed { RX_KEY_PRESENT } else { 0 },
+    }
+}
+
+/// Display form of a stored address.
+#[must_use]
+pub fn show_addr(a: &addr::Addr) -> std::net::IpAddr {
+    addr::to_v4(a).map_or_else(|| std::net::Ipv6Addr::from(*a).into(), |v4| std::net::Ipv4Addr::from(v4).into())
+}
+
+/// Stored form of an address.
+#[must_use]
+pub fn store_addr(ip: std::net::IpAddr) -> addr::Addr {
+    match ip {
+        std::net::IpAddr::V4(v4) => addr::from_v4(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}

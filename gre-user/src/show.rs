@@ -1,0 +1,150 @@
+//! `gre show`: the live state of an instance, read from its pinned maps, as a table for people or
+//! JSON for scripts. Field names of the JSON are stable (documented in the README).
+
+use std::{ffi::CStr, fmt::Write as _};
+
+use anyhow::Result;
+use gre_common::maps::{Tunnel, tunnel_flags};
+use serde::Serialize;
+
+use crate::{
+    loader,
+    maps::{Maps, show_addr},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub instance: String,
+    pub tunnels: Vec<TunnelReport>,
+    /// Drops by reason name (every reason, zeros included).
+    pub drops: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TunnelReport {
+    pub id: u32,
+    pub name: String,
+    pub interface: String,
+    pub local: String,
+    pub remote: String,
+    pub ikey: Option<u32>,
+    pub okey: Option<u32>,
+    /// 0 = inherit.
+    pub ttl: u8,
+    pub tos: u8,
+    pub pmtudisc: bool,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// Reads an instance's maps into a report.
+///
+/// # Errors
+/// The instance is not up or its maps cannot be read.
+pub fn report(instance: &str) -> Result<Report> {
+    let dir = loader::instance_dir(instance)?;
+    loader::ensure_bpffs()?;
+    if !dir.exists() {
+        anyhow::bail!("instance {instance} is not up (no {})", dir.display());
+    }
+    let maps = Maps::open_pinned(&dir.join("maps"))?;
+    let mut tunnels = Vec::new();
+    for (id, t) in maps.tunnels()? {
+        let s = maps.tunnel_stats(id)?;
+        tunnels.push(TunnelReport {
+            id,
+            name: ifname(t.netdev_ifindex),
+            interface: ifname(t.underlay_ifindex),
+            local: show_addr(&t.local).to_string(),
+            remote: show_addr(&t.remote).to_string(),
+            ikey: key(&t, tunnel_flags::IKEY, t.ikey),
+            okey: key(&t, tunnel_flags::OKEY, t.okey),
+            ttl: t.ttl,
+            tos: t.tos,
+            pmtudisc: t.flags & tunnel_flags::NOPMTUDISC == 0,
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+        });
+    }
+    let drops = maps.drops()?.into_iter().map(|(n, v)| (n.to_string(), v.into())).collect();
+    Ok(Report { instance: instance.to_string(), tunnels, drops })
+}
+
+fn key(t: &Tunnel, flag: u32, value: u32) -> Option<u32> {
+    (t.flags & flag != 0).then_some(value)
+}
+
+/// The name of a link in this namespace, or `if<index>` when it is gone.
+fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        format!("if{index}")
+    } else {
+        // SAFETY: on success the buffer holds a NUL-terminated name.
+        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    }
+}
+
+/// The table `gre show` prints.
+#[must_use]
+pub fn table(r: &Report) -> String {
+    let mut rows = vec![[
+        "tunnel", "interface", "local", "remote", "ikey", "okey", "ttl", "rx packets", "rx bytes", "tx packets", "tx bytes",
+    ]
+    .map(String::from)];
+    let opt = |k: Option<u32>| k.map_or_else(|| "-".to_string(), |k| k.to_string());
+    for t in &r.tunnels {
+        rows.push([
+            t.name.clone(),
+            t.interface.clone(),
+            t.local.clone(),
+            t.remote.clone(),
+            opt(t.ikey),
+            opt(t.okey),
+            if t.ttl == 0 { "inherit".to_string() } else { t.ttl.to_string() },
+            t.rx_packets.to_string(),
+            t.rx_bytes.to_string(),
+            t.tx_packets.to_string(),
+            t.tx_bytes.to_string(),
+        ]);
+    }
+    let mut out = format!("instance {}\n", r.instance);
+    out += &columns(&rows);
+    let mut drops = vec![["drop reason".to_string(), "packets".to_string()]];
+    drops.extend(r.drops.iter().map(|(k, v)| [k.clone(), v.to_string()]));
+    out.push('\n');
+    out += &columns(&drops);
+    out
+}
+
+/// Left-aligned text columns, numbers right-aligned.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut width = [0usize; N];
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(width).enumerate() {
+            let numeric = !cell.is_empty() && cell.bytes().all(|b| b.is_ascii_digit());
+            let sep = if i == 0 { "" } else { "  " };
+            if numeric {
+                let _ = write!(line, "{sep}{cell:>w$}");
+            } else {
+                let _ = write!(line, "{sep}{cell:<w$}");
+            }
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
