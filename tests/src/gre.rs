@@ -1,0 +1,45 @@
+//! Running the `gre` binary.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Path of the `gre` binary: `GRE_BIN`, or the workspace's debug build.
+#[must_use]
+pub fn bin() -> PathBuf {
+    std::env::var_os("GRE_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gre"),
+        PathBuf::from,
+    )
+}
+
+/// Runs `gre -n NETNS -i INSTANCE ARGS…` and returns its standard output.
+///
+/// # Errors
+/// It cannot start or exits non-zero (the error carries its stderr).
+pub fn run(netns: &str, instance: &str, args: &[&str]) -> Result<String> {
+    let bin = bin();
+    let out = Command::new(&bin)
+        .args(["-n", netns, "-i", instance])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} (build it with `cargo xtask build`)", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "gre -n {netns} -i {instance} {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `gre show -j` parsed.
+///
+/// # Errors
+/// `gre show` fails or prints something that is not JSON.
+pub fn show(netns: &str, instance: &str) -> Result<serde_json::Value> {
+    let out = run(netns, instance, &["show", "-j"])?;
+    serde_json::from_str(&out).with_context(|| format!("gre show -j printed {out:?}"))
+}

@@ -1,0 +1,201 @@
+//! Network namespaces joined by veth pairs, on documentation addresses only. Everything made here
+//! is removed on drop — namespaces (and with them every link in them) and the `gre` instances
+//! brought up in them — also when the test panics.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Runs a command and fails with its stderr if it exits non-zero.
+///
+/// # Errors
+/// The command cannot start or fails.
+pub fn sh(cmd: &[&str]) -> Result<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().with_context(|| format!("running {}", cmd.join(" ")))?;
+    if !out.status.success() {
+        bail!("{} failed ({}): {}", cmd.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command inside a namespace (`ip netns exec`).
+///
+/// # Errors
+/// As [`sh`].
+pub fn ns_sh(ns: &str, cmd: &[&str]) -> Result<String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(cmd);
+    sh(&full)
+}
+
+/// A set of namespaces and `gre` instances that go away together.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    instances: Vec<(String, String)>,
+}
+
+impl Lab {
+    /// A lab whose names start with `tag` and are unique to this process and call.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        Self { prefix, namespaces: Vec::new(), instances: Vec::new() }
+    }
+
+    /// The full name of namespace `short` of this lab.
+    #[must_use]
+    pub fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Name for a `gre` instance of this lab (also unique on the host, where bpffs is shared).
+    #[must_use]
+    pub fn instance(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Creates namespace `short` with loopback up.
+    ///
+    /// # Errors
+    /// `ip` fails.
+    pub fn add_ns(&mut self, short: &str) -> Result<String> {
+        let ns = self.ns(short);
+        sh(&["ip", "netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Joins two namespaces with a veth pair (`a_if` in `a`, `b_if` in `b`), addresses them and
+    /// brings both ends up. The pair is created inside `a`, never in the root namespace.
+    ///
+    /// # Errors
+    /// `ip` fails.
+    pub fn link(&self, (a, a_if, a_addr): (&str, &str, &str), (b, b_if, b_addr): (&str, &str, &str)) -> Result<()> {
+        sh(&["ip", "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b])?;
+        for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname])?;
+            sh(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
+            // Test-only veth artefact: a locally generated checksum left to "hardware" is lost when
+            // XDP runs on the receiving veth. Real NICs are not affected.
+            ns_sh(ns, &["ethtool", "-K", ifname, "tx", "off"])?;
+        }
+        Ok(())
+    }
+
+    /// Brings up a `gre` instance in `ns` from TOML text; it is taken down on drop.
+    ///
+    /// # Errors
+    /// `gre up` fails.
+    pub fn gre_up(&mut self, ns: &str, short: &str, config: &str) -> Result<String> {
+        let instance = self.instance(short);
+        let path = std::env::temp_dir().join(format!("{instance}.toml"));
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        self.instances.push((ns.to_string(), instance.clone()));
+        let r = crate::gre::run(ns, &instance, &["up", "-c", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        r?;
+        Ok(instance)
+    }
+
+    /// Takes a `gre` instance down now (and forgets it).
+    ///
+    /// # Errors
+    /// `gre down` fails.
+    pub fn gre_down(&mut self, ns: &str, instance: &str) -> Result<()> {
+        self.instances.retain(|(n, i)| !(n == ns && i == instance));
+        crate::gre::run(ns, instance, &["down"]).map(|_| ())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (ns, instance) in std::mem::take(&mut self.instances) {
+            if let Err(e) = crate::gre::run(&ns, &instance, &["down"]) {
+                eprintln!("cleanup: {e:#}");
+            }
+            // If `gre down` could not run, still leave no pins behind.
+            let dir = std::path::Path::new(gre_user::loader::PIN_ROOT).join(&instance);
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir(gre_user::loader::PIN_ROOT);
+            }
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = sh(&["ip", "netns", "del", &ns]) {
+                eprintln!("cleanup: {e:#}");
+            }
+        }
+    }
+}
+
+/// Two sites and the underlay router between them:
+///
+/// ```text
+///   site a                       wan                        site b
+///   eth0 198.51.100.1/26 ── a0 198.51.100.62/26
+///                              b0 198.51.100.126/26 ── eth0 198.51.100.65/26
+///   gre0 203.0.113.1/30, 2001:db8:100::1/64  ═══ GRE ═══  gre0 203.0.113.2/30, 2001:db8:100::2/64
+/// ```
+pub struct TwoSites {
+    pub lab: Lab,
+    pub a: String,
+    pub wan: String,
+    pub b: String,
+}
+
+pub const A_UNDERLAY: &str = "198.51.100.1";
+pub const B_UNDERLAY: &str = "198.51.100.65";
+pub const A_OVERLAY4: &str = "203.0.113.1";
+pub const B_OVERLAY4: &str = "203.0.113.2";
+pub const A_OVERLAY6: &str = "2001:db8:100::1";
+pub const B_OVERLAY6: &str = "2001:db8:100::2";
+
+impl TwoSites {
+    /// Builds the namespaces and the underlay; no tunnel yet.
+    ///
+    /// # Errors
+    /// A step fails (what was made is removed).
+    pub fn new(tag: &str) -> Result<Self> {
+        let mut lab = Lab::new(tag);
+        let a = lab.add_ns("a")?;
+        let wan = lab.add_ns("wan")?;
+        let b = lab.add_ns("b")?;
+        lab.link((&a, "eth0", "198.51.100.1/26"), (&wan, "a0", "198.51.100.62/26"))?;
+        lab.link((&b, "eth0", "198.51.100.65/26"), (&wan, "b0", "198.51.100.126/26"))?;
+        ns_sh(&wan, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        sh(&["ip", "-n", &a, "route", "add", "default", "via", "198.51.100.62"])?;
+        sh(&["ip", "-n", &b, "route", "add", "default", "via", "198.51.100.126"])?;
+        Ok(Self { lab, a, wan, b })
+    }
+
+    /// The configuration of one site's end of a tunnel.
+    #[must_use]
+    pub fn site_config(local: &str, remote: &str, key: Option<u32>, overlay4: &str, overlay6: &str) -> String {
+        let key = key.map_or_else(String::new, |k| format!("key = {k}\n"));
+        format!(
+            "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\n\
+             local = \"{local}\"\nremote = \"{remote}\"\n{key}ttl = 64\n\
+             address = [\"{overlay4}/30\", \"{overlay6}/64\"]\n"
+        )
+    }
+
+    /// Brings up a keyed (or keyless) point-to-point tunnel between the sites; returns the
+    /// instances of a and b.
+    ///
+    /// # Errors
+    /// `gre up` fails on either side.
+    pub fn tunnel(&mut self, key: Option<u32>) -> Result<(String, String)> {
+        let ca = Self::site_config(A_UNDERLAY, B_UNDERLAY, key, A_OVERLAY4, A_OVERLAY6);
+        let cb = Self::site_config(B_UNDERLAY, A_UNDERLAY, key, B_OVERLAY4, B_OVERLAY6);
+        let (a, b) = (self.a.clone(), self.b.clone());
+        let ia = self.lab.gre_up(&a, "a", &ca)?;
+        let ib = self.lab.gre_up(&b, "b", &cb)?;
+        Ok((ia, ib))
+    }
+}

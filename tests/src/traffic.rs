@@ -1,0 +1,111 @@
+//! Traffic between namespaces: ping, and a TCP transfer whose content is verified end to end.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sched::{CloneFlags, setns};
+use sha2::{Digest as _, Sha256};
+
+use crate::topology::ns_sh;
+
+/// Runs `f` on a thread of its own inside namespace `ns` (setns changes one thread only).
+///
+/// # Errors
+/// The namespace cannot be entered, or `f` fails.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        setns(file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {path}"))?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("thread in {ns} panicked"))?
+}
+
+/// `ping -c COUNT` from `ns` to `dst`; fails unless every reply came back.
+///
+/// # Errors
+/// Lost replies or ping failing.
+pub fn ping(ns: &str, dst: &str, count: u32) -> Result<String> {
+    let count = count.to_string();
+    let out = ns_sh(ns, &["ping", "-c", &count, "-i", "0.2", "-W", "2", dst])?;
+    let want = format!("{count} packets transmitted, {count} received");
+    if !out.contains(&want) {
+        bail!("ping {dst} from {ns}: expected {want:?}:\n{out}");
+    }
+    Ok(out)
+}
+
+/// What a TCP transfer moved.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub sha256: [u8; 32],
+}
+
+/// Deterministic, incompressible-looking test data (xorshift64*).
+fn fill(buf: &mut [u8], state: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let v = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+/// Sends `len` bytes over TCP from `client_ns` to a listener at `server` in `server_ns`, and
+/// returns (what was sent, what was received), each with its SHA-256.
+///
+/// # Errors
+/// Connecting, sending or receiving fails or takes longer than 60 s.
+pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u64) -> Result<(Transfer, Transfer)> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sns = server_ns.to_string();
+    let receiver = thread::spawn(move || {
+        in_netns(&sns, move || {
+            let listener = TcpListener::bind(server).with_context(|| format!("binding {server}"))?;
+            let _ = ready_tx.send(());
+            let (mut conn, _) = listener.accept().context("accepting")?;
+            conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let (mut hash, mut bytes, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 16]);
+            loop {
+                let n = conn.read(&mut buf).context("receiving")?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                bytes += n as u64;
+            }
+            Ok(Transfer { bytes, sha256: hash.finalize().into() })
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).context("the receiver did not start")?;
+    let sent = in_netns(client_ns, move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(10)).with_context(|| format!("connecting to {server}"))?;
+        conn.set_write_timeout(Some(Duration::from_secs(60)))?;
+        let (mut hash, mut state, mut left, mut buf) = (Sha256::new(), 0x9e37_79b9_7f4a_7c15u64, len, vec![0u8; 1 << 16]);
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            fill(&mut buf[..n], &mut state);
+            conn.write_all(&buf[..n]).context("sending")?;
+            hash.update(&buf[..n]);
+            left -= n as u64;
+            if Instant::now() > deadline {
+                bail!("sending {len} bytes took more than 60 s");
+            }
+        }
+        conn.shutdown(std::net::Shutdown::Write)?;
+        Ok(Transfer { bytes: len, sha256: hash.finalize().into() })
+    })?;
+    let received = receiver.join().map_err(|_| anyhow!("receiver panicked"))??;
+    Ok((sent, received))
+}
