@@ -1,0 +1,387 @@
+//! The datapath programs run on test packets with BPF_PROG_TEST_RUN, fixture style: input bytes
+//! and map state → expected action, output bytes (built independently with etherparse, GRE
+//! headers written out by hand from RFC 2784/2890) and counters.
+
+use std::process::Command;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    test_helpers::NetNsGuard,
+};
+use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder};
+use gre_common::{
+    drop,
+    maps::{Tunnel, TunnelStats, programs, tunnel_flags},
+};
+use gre_tests::privilege;
+use gre_user::maps::{Maps, store_addr};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const LOCAL: [u8; 4] = [198, 51, 100, 1];
+const KEYED_REMOTE: [u8; 4] = [198, 51, 100, 2];
+const PLAIN_REMOTE: [u8; 4] = [198, 51, 100, 3];
+const KEY: u32 = 42;
+const WIRE_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const WIRE_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+/// A veth pair made in the test's namespace: the tunnel netdev and its injection end.
+#[derive(Clone, Copy)]
+struct Netdev {
+    index: u32,
+    mac: [u8; 6],
+    inject_index: u32,
+    inject_mac: [u8; 6],
+}
+
+fn link_info(name: &str) -> (u32, [u8; 6]) {
+    let out = Command::new("ip").args(["-j", "link", "show", name]).output().expect("ip");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    let index = u32::try_from(v[0]["ifindex"].as_u64().expect("ifindex")).unwrap();
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(v[0]["address"].as_str().expect("address").split(':')) {
+        *m = u8::from_str_radix(part, 16).unwrap();
+    }
+    (index, mac)
+}
+
+fn veth(name: &str) -> Netdev {
+    let peer = format!("{name}-dp");
+    let st = Command::new("ip").args(["link", "add", name, "type", "veth", "peer", "name", &peer]).status().expect("ip");
+    assert!(st.success(), "creating veth {name}");
+    let (index, mac) = link_info(name);
+    let (inject_index, inject_mac) = link_info(&peer);
+    Netdev { index, mac, inject_index, inject_mac }
+}
+
+/// Two tunnels from the same local address: id 0 keyed (key 42, TTL inherited), id 1 without a
+/// key (TTL 64). Each test gets its own network namespace and its own copy of the maps.
+struct Fixture {
+    _ns: NetNsGuard,
+    ebpf: Ebpf,
+    maps: Maps,
+    keyed: Netdev,
+    plain: Netdev,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let ns = NetNsGuard::new().expect("test namespace");
+        let keyed = veth("t0");
+        let plain = veth("t1");
+        let mut ebpf = EbpfLoader::new().load(gre_user::EBPF_OBJECT).expect("load object");
+        let mut maps = Maps::from_ebpf(&mut ebpf, None).expect("maps");
+        for (id, dev, remote, key, ttl) in [(0, keyed, KEYED_REMOTE, Some(KEY), 0), (1, plain, PLAIN_REMOTE, None, 64)] {
+            let flags = if key.is_some() { tunnel_flags::IKEY | tunnel_flags::OKEY } else { 0 };
+            let t = Tunnel {
+                local: store_addr(LOCAL.into()),
+                remote: store_addr(remote.into()),
+                ikey: key.unwrap_or(0),
+                okey: key.unwrap_or(0),
+                flags,
+                ttl,
+                netdev_ifindex: dev.index,
+                inject_ifindex: dev.inject_index,
+                underlay_ifindex: dev.index,
+                netdev_mac: dev.mac,
+                inject_mac: dev.inject_mac,
+                ..Tunnel::default()
+            };
+            maps.install_tunnel(id, &t).expect("install tunnel");
+        }
+        let decap: &mut Xdp = ebpf.program_mut(programs::DECAP).unwrap().try_into().unwrap();
+        decap.load().expect("verifier accepts decap");
+        let encap: &mut SchedClassifier = ebpf.program_mut(programs::ENCAP).unwrap().try_into().unwrap();
+        encap.load().expect("verifier accepts encap");
+        Self { _ns: ns, ebpf, maps, keyed, plain }
+    }
+
+    fn decap(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self.ebpf.program_mut(programs::DECAP).unwrap().try_into().unwrap();
+        run(|opts| prog.test_run(opts), input, None)
+    }
+
+    fn encap(&mut self, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        // struct __sk_buff up to and including `ifindex` (offset 40): the device the packet leaves.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(programs::ENCAP).unwrap().try_into().unwrap();
+        run(|opts| prog.test_run(opts), input, Some(&ctx))
+    }
+
+    fn stats(&self, id: u32) -> TunnelStats {
+        self.maps.tunnel_stats(id).expect("stats")
+    }
+
+    fn drops(&self) -> Vec<u64> {
+        self.maps.drops().expect("drops").into_iter().map(|(_, n)| n).collect()
+    }
+}
+
+fn run(
+    f: impl FnOnce(TestRunOptions<'_>) -> Result<aya::programs::TestRunResult, ProgramError>,
+    input: &[u8],
+    ctx: Option<&[u8]>,
+) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; 4096];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(input);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = ctx;
+    let r = f(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+/// An inner IPv4/UDP packet (L3 and up).
+fn inner_v4(ttl: u8) -> Vec<u8> {
+    let b = PacketBuilder::ipv4([203, 0, 113, 2], [203, 0, 113, 1], ttl).udp(4000, 5000);
+    let payload = b"overlay payload, IPv4";
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// An inner IPv6/UDP packet (L3 and up).
+fn inner_v6(hop_limit: u8) -> Vec<u8> {
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    src[15] = 2;
+    let mut dst = src;
+    dst[15] = 1;
+    let b = PacketBuilder::ipv6(src, dst, hop_limit).udp(4000, 5000);
+    let mut v = Vec::new();
+    b.write(&mut v, b"overlay payload, IPv6").unwrap();
+    v
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ether_type: EtherType) -> Vec<u8> {
+    Ethernet2Header { destination: dst, source: src, ether_type }.to_bytes().to_vec()
+}
+
+/// Outer Ethernet + IPv4 (GRE) around `gre` (header and payload), as a remote would send it.
+fn outer(src: [u8; 4], dst: [u8; 4], gre: &[u8]) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(u16::try_from(gre.len()).unwrap(), 64, IpNumber::GRE, src, dst).unwrap();
+    ip.identification = 0x1234;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut v = eth(WIRE_DST, WIRE_SRC, EtherType::IPV4);
+    v.extend_from_slice(&ip.to_bytes());
+    v.extend_from_slice(gre);
+    v
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// GRE header with the K bit and `key`, RFC 2890 layout.
+fn gre_keyed(proto: u16, key: u32) -> Vec<u8> {
+    cat(&[&[0x20, 0x00], &proto.to_be_bytes(), &key.to_be_bytes()])
+}
+
+fn gre_plain(proto: u16) -> Vec<u8> {
+    cat(&[&[0x00, 0x00], &proto.to_be_bytes()])
+}
+
+fn setup(test: &str) -> Option<Fixture> {
+    privilege::require_root(test).then(Fixture::new)
+}
+
+#[test]
+fn decap_keyed_ipv4_inner() {
+    let Some(mut f) = setup("decap_keyed_ipv4_inner") else { return };
+    let inner = inner_v4(63);
+    let input = outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY), &inner]));
+    let (action, out) = f.decap(&input);
+    assert_eq!(action, XDP_REDIRECT);
+    let expected = cat(&[&eth(f.keyed.mac, f.keyed.inject_mac, EtherType::IPV4), &inner]);
+    assert_eq!(out, expected);
+    let s = f.stats(0);
+    assert_eq!((s.rx_packets, s.rx_bytes, s.tx_packets), (1, inner.len() as u64, 0));
+    assert_eq!(f.stats(1), TunnelStats::default());
+    assert!(f.drops().iter().all(|d| *d == 0));
+}
+
+#[test]
+fn decap_keyless_ipv6_inner() {
+    let Some(mut f) = setup("decap_keyless_ipv6_inner") else { return };
+    let inner = inner_v6(63);
+    let input = outer(PLAIN_REMOTE, LOCAL, &cat(&[&gre_plain(0x86dd), &inner]));
+    let (action, out) = f.decap(&input);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, cat(&[&eth(f.plain.mac, f.plain.inject_mac, EtherType::IPV6), &inner]));
+    assert_eq!((f.stats(1).rx_packets, f.stats(1).rx_bytes), (1, inner.len() as u64));
+    assert_eq!(f.stats(0), TunnelStats::default());
+}
+
+#[test]
+fn decap_keyed_ipv6_inner_and_keyless_ipv4_inner() {
+    let Some(mut f) = setup("decap_keyed_ipv6_inner_and_keyless_ipv4_inner") else { return };
+    let v6 = inner_v6(10);
+    let (action, out) = f.decap(&outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x86dd, KEY), &v6])));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, cat(&[&eth(f.keyed.mac, f.keyed.inject_mac, EtherType::IPV6), &v6]));
+    let v4 = inner_v4(10);
+    let (action, out) = f.decap(&outer(PLAIN_REMOTE, LOCAL, &cat(&[&gre_plain(0x0800), &v4])));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, cat(&[&eth(f.plain.mac, f.plain.inject_mac, EtherType::IPV4), &v4]));
+    assert_eq!((f.stats(0).rx_packets, f.stats(1).rx_packets), (1, 1));
+}
+
+#[test]
+fn decap_vlan_tagged_and_ethernet_padding() {
+    let Some(mut f) = setup("decap_vlan_tagged_and_ethernet_padding") else { return };
+    let inner = inner_v4(5);
+    let untagged = outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY), &inner]));
+    // Insert an 802.1Q tag (VID 100) after the MAC addresses.
+    let tagged = cat(&[&untagged[..12], &[0x81, 0x00, 0x00, 100], &untagged[12..]]);
+    let (action, out) = f.decap(&tagged);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, cat(&[&eth(f.keyed.mac, f.keyed.inject_mac, EtherType::IPV4), &inner]));
+    // Trailing Ethernet padding is not part of the tunnel packet's length.
+    let padded = cat(&[&untagged, &[0u8; 6]]);
+    let (action, _) = f.decap(&padded);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(f.stats(0).rx_bytes, 2 * inner.len() as u64);
+}
+
+#[test]
+fn encap_keyed_ipv6_inner_inherits_ttl() {
+    let Some(mut f) = setup("encap_keyed_ipv6_inner_inherits_ttl") else { return };
+    let inner = inner_v6(37);
+    let src_mac = [0x02, 0xaa, 0, 0, 0, 1];
+    // IPv6 from the kernel leaves gre0 with a multicast MAC on a NOARP device; it is replaced.
+    let input = cat(&[&eth([0x33, 0x33, 0, 0, 0, 1], src_mac, EtherType::IPV6), &inner]);
+    let (ret, out) = f.encap(&input, f.keyed.index);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    let gre = gre_keyed(0x86dd, KEY);
+    let mut ip = Ipv4Header::new(u16::try_from(gre.len() + inner.len()).unwrap(), 37, IpNumber::GRE, LOCAL, KEYED_REMOTE).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    let expected = cat(&[&eth(f.keyed.mac, src_mac, EtherType::IPV4), &ip.to_bytes(), &gre, &inner]);
+    assert_eq!(out, expected);
+    let s = f.stats(0);
+    assert_eq!((s.tx_packets, s.tx_bytes, s.rx_packets), (1, inner.len() as u64, 0));
+}
+
+#[test]
+fn encap_keyless_ipv4_inner_fixed_ttl() {
+    let Some(mut f) = setup("encap_keyless_ipv4_inner_fixed_ttl") else { return };
+    let inner = inner_v4(9);
+    let src_mac = [0x02, 0xaa, 0, 0, 0, 2];
+    let input = cat(&[&eth([0x02, 0xbb, 0, 0, 0, 2], src_mac, EtherType::IPV4), &inner]);
+    let (ret, out) = f.encap(&input, f.plain.index);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    let gre = gre_plain(0x0800);
+    let mut ip = Ipv4Header::new(u16::try_from(gre.len() + inner.len()).unwrap(), 64, IpNumber::GRE, LOCAL, PLAIN_REMOTE).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    assert_eq!(out, cat(&[&eth(f.plain.mac, src_mac, EtherType::IPV4), &ip.to_bytes(), &gre, &inner]));
+    assert_eq!(f.stats(1).tx_packets, 1);
+}
+
+#[test]
+fn encap_then_decap_round_trip() {
+    let Some(mut f) = setup("encap_then_decap_round_trip") else { return };
+    // What one end encapsulates, the other end (here: the keyed tunnel seen from its remote,
+    // with addresses swapped) decapsulates back to the same inner packet.
+    let inner = inner_v4(30);
+    let (_, wire) = f.encap(&cat(&[&eth(WIRE_DST, WIRE_SRC, EtherType::IPV4), &inner]), f.keyed.index);
+    let mut swapped = wire.clone();
+    swapped[14 + 12..14 + 16].copy_from_slice(&KEYED_REMOTE);
+    swapped[14 + 16..14 + 20].copy_from_slice(&LOCAL);
+    let mut ip = Ipv4Header::from_slice(&swapped[14..]).unwrap().0;
+    ip.header_checksum = ip.calc_header_checksum();
+    swapped[14..34].copy_from_slice(&ip.to_bytes());
+    let (action, out) = f.decap(&swapped);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[14..], &inner[..]);
+}
+
+/// Packets that are ours but malformed or unmatched: dropped, and counted under exactly one
+/// reason; no tunnel counter moves.
+#[test]
+fn malformed_and_unmatched_are_dropped_by_reason() {
+    let Some(mut f) = setup("malformed_and_unmatched_are_dropped_by_reason") else { return };
+    let inner = inner_v4(5);
+    let keyed = cat(&[&gre_keyed(0x0800, KEY), &inner]);
+    let good = outer(KEYED_REMOTE, LOCAL, &keyed);
+    let mut bad_tot_len = good.clone();
+    // Claim 10 more bytes than the frame has.
+    let tot = u16::from_be_bytes([good[16], good[17]]) + 10;
+    bad_tot_len[16..18].copy_from_slice(&tot.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("VLAN tag cut short", cat(&[&eth(WIRE_DST, WIRE_SRC, EtherType::VLAN_TAGGED_FRAME), &[0x00]]), drop::TRUNCATED),
+        ("IPv4 header cut short", good[..14 + 12].to_vec(), drop::TRUNCATED),
+        ("GRE base header cut short", outer(KEYED_REMOTE, LOCAL, &[0x20, 0x00]), drop::TRUNCATED),
+        ("GRE key cut short", outer(KEYED_REMOTE, LOCAL, &[0x20, 0x00, 0x08, 0x00, 0x00]), drop::TRUNCATED),
+        ("GRE checksum+key cut short", outer(KEYED_REMOTE, LOCAL, &[0xa0, 0x00, 0x08, 0x00, 0, 0, 0, 0, 0]), drop::TRUNCATED),
+        ("IPv4 total length beyond the frame", bad_tot_len, drop::TRUNCATED),
+        ("version 1", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x20, 0x01, 0x08, 0x00], &KEY.to_be_bytes(), &inner])), drop::BAD_VERSION),
+        ("routing bit", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x60, 0x00, 0x08, 0x00], &KEY.to_be_bytes(), &inner])), drop::ROUTING),
+        ("unknown key", outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY + 1), &inner])), drop::KEY_MISMATCH),
+        ("no key to a keyed tunnel", outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_plain(0x0800), &inner])), drop::KEY_MISMATCH),
+        ("a key to a keyless tunnel", outer(PLAIN_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY), &inner])), drop::KEY_MISMATCH),
+        ("unknown remote", outer([198, 51, 100, 9], LOCAL, &keyed), drop::NO_TUNNEL),
+        ("unknown protocol type", outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x6558, KEY), &inner])), drop::UNKNOWN_PROTOCOL),
+    ];
+    for (what, input, reason) in cases {
+        let before = f.drops();
+        let (action, _) = f.decap(&input);
+        assert_eq!(action, XDP_DROP, "{what}: action");
+        let after = f.drops();
+        for (r, (b, a)) in before.iter().zip(&after).enumerate() {
+            let want = u64::from(r == reason as usize);
+            assert_eq!(a - b, want, "{what}: counter {} moved by {}", drop::NAMES[r], a - b);
+        }
+    }
+    assert_eq!(f.stats(0), TunnelStats::default());
+    assert_eq!(f.stats(1), TunnelStats::default());
+}
+
+/// What is not ours passes untouched and counts nothing.
+#[test]
+fn foreign_traffic_passes_untouched() {
+    let Some(mut f) = setup("foreign_traffic_passes_untouched") else { return };
+    let inner = inner_v4(5);
+    let keyed = cat(&[&gre_keyed(0x0800, KEY), &inner]);
+    let mut fragment = outer(KEYED_REMOTE, LOCAL, &keyed);
+    fragment[14 + 6] |= 0x20; // MF: the kernel reassembles first.
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2(WIRE_SRC, WIRE_DST).ipv4(KEYED_REMOTE, LOCAL, 64).udp(1, 2).write(&mut udp, b"not gre").unwrap();
+    let mut v6 = Vec::new();
+    PacketBuilder::ethernet2(WIRE_SRC, WIRE_DST).ipv6([0x20; 16], [0x21; 16], 64).udp(1, 2).write(&mut v6, b"v6").unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("GRE to an address that is not a tunnel endpoint", outer(KEYED_REMOTE, [198, 51, 100, 77], &keyed)),
+        ("broken GRE to an address that is not ours", outer(KEYED_REMOTE, [198, 51, 100, 77], &[0x60, 0x01])),
+        ("an outer fragment", fragment),
+        ("UDP to a tunnel endpoint", udp),
+        ("IPv6", v6),
+        ("ARP", cat(&[&eth([0xff; 6], WIRE_SRC, EtherType::ARP), &[0u8; 28]])),
+    ];
+    for (what, input) in cases {
+        let (action, out) = f.decap(&input);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_eq!(out, input, "{what}: passed packets are untouched");
+    }
+    assert!(f.drops().iter().all(|d| *d == 0), "{:?}", f.drops());
+    assert_eq!(f.stats(0), TunnelStats::default());
+}
+
+#[test]
+fn encap_drops_what_it_cannot_carry() {
+    let Some(mut f) = setup("encap_drops_what_it_cannot_carry") else { return };
+    let arp = cat(&[&eth([0xff; 6], WIRE_SRC, EtherType::ARP), &[0u8; 28]]);
+    let (ret, _) = f.encap(&arp, f.keyed.index);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(f.drops()[drop::ENCAP_UNSUPPORTED as usize], 1);
+    // A device with no tunnel (the injection end) has nothing to encapsulate with.
+    let ip = cat(&[&eth(WIRE_DST, WIRE_SRC, EtherType::IPV4), &inner_v4(5)]);
+    let (ret, _) = f.encap(&ip, f.keyed.inject_index);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(f.drops()[drop::NO_TX_TUNNEL as usize], 1);
+    assert_eq!(f.stats(0), TunnelStats::default());
+}
