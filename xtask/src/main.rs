@@ -1,1 +1,110 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup|build|build-and-load|demo|test`.
+
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (toolchain parts, bpf-linker, test tools), and nothing else.
+    Setup,
+    /// Build the eBPF object and the `gre` binary.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then load and attach the datapath with `gre up`.
+    BuildAndLoad {
+        /// Underlay interface for every tunnel of the config.
+        #[arg(long, value_name = "IF")]
+        iface: String,
+        /// Configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// Network namespace to load into.
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, and run two sites joined by a GRE tunnel in network namespaces.
+    Demo,
+    /// Set up, build, and run every test.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    // Ctrl-C reaches the child tasks too; xtask waits for them to clean up and report.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => build(release).map(|_| ()),
+        Task::BuildAndLoad { iface, config, instance, netns, release } => {
+            let gre = build(release)?;
+            let mut cmd = Command::new(gre);
+            if let Some(ns) = netns {
+                cmd.args(["-n", &ns]);
+            }
+            cmd.args(["-i", &instance, "up", "-c"]).arg(&config).args(["--iface", &iface]);
+            run(&mut cmd)
+        }
+        Task::Demo => {
+            setup::run()?;
+            let gre = build(false)?;
+            run(cargo().args(["run", "--quiet", "-p", "gre-tests", "--bin", "gre-demo"]).env("GRE_BIN", gre))
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            let gre = build(false)?;
+            run(cargo().args(["test", "--workspace"]).arg("--").args(&args).env("GRE_BIN", gre))
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Builds gre-user (its build script builds the eBPF object) and returns the `gre` binary.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "gre-user", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let gre = root().join("target").join(if release { "release" } else { "debug" }).join("gre");
+    let gre = gre.canonicalize().with_context(|| format!("{} was not built", gre.display()))?;
+    eprintln!("built {}", gre.display());
+    Ok(gre)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} failed: {status}", cmd.get_program());
+    }
+    Ok(())
+}
