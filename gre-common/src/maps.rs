@@ -78,7 +78,7 @@ pub struct Tunnel {
     pub tos: u8,
     /// 1 when the slot holds a tunnel.
     pub in_use: u8,
-    pub _pad0: u8,
+    pub pad0: u8,
     /// The kernel-facing tunnel netdev (`gre0`): TC egress encapsulates what leaves it.
     pub netdev_ifindex: u32,
     /// Its veth peer (`gre0-dp`): decapsulated packets are redirected here.

@@ -197,8 +197,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         if local == remote {
             return Err(at(t.remote.span(), format!("tunnel {name:?}: remote is the same address as local")));
         }
-        if let Some(k) = &t.key {
-            for other in [&t.ikey, &t.okey].into_iter().flatten() {
+        if let (Some(k), Some(other)) = (&t.key, t.ikey.as_ref().or(t.okey.as_ref())) {
+            {
                 return Err(at(other.span(), format!(
                     "tunnel {name:?}: `key` sets both directions (line {}); give either `key` or `ikey`/`okey`",
                     position(text, k.span().start).0
@@ -250,6 +250,18 @@ fn valid_ifname(name: &str, max: usize) -> bool {
         && name != "."
         && name != ".."
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl Config {
+    /// Puts every tunnel on one underlay interface (`gre up --iface`), keeping the XDP mode of
+    /// the first declared interface.
+    pub fn override_interface(&mut self, iface: &str) {
+        let mode = self.interfaces.first().map(|i| i.xdp_mode).unwrap_or_default();
+        self.interfaces = vec![Interface { name: Spanned::new(0..0, iface.to_string()), xdp_mode: mode }];
+        for t in &mut self.tunnels {
+            t.interface = iface.to_string();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -344,17 +356,5 @@ pmtudisc = false
         assert!(err(&GOOD.replace("/30", "/33")).message.contains("invalid IP address"));
         assert!(err(&GOOD.replace("\"2001:db8:100::1/64\"", "\"203.0.113.1/30\"")).message.contains("listed twice"));
         assert!(err(&GOOD.replace("name = \"eth0\"", "name = \"eth0\"\nxdp_mode = \"turbo\"")).message.contains("unknown variant"));
-    }
-}
-
-impl Config {
-    /// Puts every tunnel on one underlay interface (`gre up --iface`), keeping the XDP mode of
-    /// the first declared interface.
-    pub fn override_interface(&mut self, iface: &str) {
-        let mode = self.interfaces.first().map(|i| i.xdp_mode).unwrap_or_default();
-        self.interfaces = vec![Interface { name: Spanned::new(0..0, iface.to_string()), xdp_mode: mode }];
-        for t in &mut self.tunnels {
-            t.interface = iface.to_string();
-        }
     }
 }

@@ -109,10 +109,8 @@ impl Undo {
                 warn!("cleaning up: {e:#}");
             }
         }
-        if let Some(dir) = self.dir {
-            if let Err(e) = remove_pins(&dir) {
-                warn!("cleaning up: {e:#}");
-            }
+        if let Some(Err(e)) = self.dir.as_deref().map(remove_pins) {
+            warn!("cleaning up: {e:#}");
         }
     }
 }

@@ -33,7 +33,7 @@ pub fn connect() -> Result<Handle> {
 pub async fn find(handle: &Handle, name: &str) -> Result<Option<Link>> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
-        Ok(Some(msg)) => Ok(Some(link_of(&msg)?)),
+        Ok(Some(msg)) => Ok(Some(link_of(&msg))),
         Ok(None) => Ok(None),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
@@ -48,7 +48,7 @@ pub async fn get(handle: &Handle, name: &str) -> Result<Link> {
     find(handle, name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))
 }
 
-fn link_of(msg: &LinkMessage) -> Result<Link> {
+fn link_of(msg: &LinkMessage) -> Link {
     let mut mtu = 0;
     let mut mac = [0u8; 6];
     for attr in &msg.attributes {
@@ -58,7 +58,7 @@ fn link_of(msg: &LinkMessage) -> Result<Link> {
             _ => {}
         }
     }
-    Ok(Link { index: msg.header.index, mtu, mac })
+    Link { index: msg.header.index, mtu, mac }
 }
 
 /// Creates the tunnel netdev: a veth pair `name` (kernel side: NOARP, `mtu`, overlay addresses)

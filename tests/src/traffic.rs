@@ -74,7 +74,7 @@ pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u
             let listener = TcpListener::bind(server).with_context(|| format!("binding {server}"))?;
             let _ = ready_tx.send(());
             let (mut conn, _) = listener.accept().context("accepting")?;
-            conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+            conn.set_read_timeout(Some(Duration::from_mins(1)))?;
             let (mut hash, mut bytes, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 16]);
             loop {
                 let n = conn.read(&mut buf).context("receiving")?;
@@ -89,9 +89,9 @@ pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).context("the receiver did not start")?;
     let sent = in_netns(client_ns, move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(10)).with_context(|| format!("connecting to {server}"))?;
-        conn.set_write_timeout(Some(Duration::from_secs(60)))?;
+        conn.set_write_timeout(Some(Duration::from_mins(1)))?;
         let (mut hash, mut state, mut left, mut buf) = (Sha256::new(), 0x9e37_79b9_7f4a_7c15u64, len, vec![0u8; 1 << 16]);
         while left > 0 {
             let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
@@ -106,6 +106,6 @@ pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u
         conn.shutdown(std::net::Shutdown::Write)?;
         Ok(Transfer { bytes: len, sha256: hash.finalize().into() })
     })?;
-    let received = receiver.join().map_err(|_| anyhow!("receiver panicked"))??;
-    Ok((sent, received))
+    let got = receiver.join().map_err(|_| anyhow!("receiver panicked"))??;
+    Ok((sent, got))
 }

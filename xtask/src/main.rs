@@ -104,7 +104,7 @@ fn build(release: bool) -> Result<PathBuf> {
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
-        bail!("{:?} failed: {status}", cmd.get_program());
+        bail!("{} failed: {status}", cmd.get_program().display());
     }
     Ok(())
 }

@@ -97,13 +97,13 @@ fn demo(sites: &mut TwoSites) -> Result<()> {
     let started = Instant::now();
     let (sent, received) = traffic::tcp_transfer(&b, server, &a, 10 << 20)?;
     let secs = started.elapsed().as_secs_f64();
-    let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = |h: &[u8; 32]| h.iter().fold(String::new(), |s, b| s + &format!("{b:02x}"));
     println!("sent     {} bytes, sha256 {}", sent.bytes, hex(&sent.sha256));
     println!("received {} bytes, sha256 {}", received.bytes, hex(&received.sha256));
     if sent != received {
         bail!("the received data differs from what was sent");
     }
-    println!("identical; {:.0} Mbit/s through two namespaces and a router", sent.bytes as f64 * 8.0 / secs / 1e6);
+    println!("identical; {:.0} Mbit/s through two namespaces and a router", f64::from(u32::try_from(sent.bytes).unwrap_or(u32::MAX)) * 8.0 / secs / 1e6);
 
     for (ns, instance) in [(&a, &ia), (&b, &ib)] {
         step(&format!("gre -n {ns} -i {instance} show"))?;
