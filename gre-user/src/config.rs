@@ -320,7 +320,7 @@ pmtudisc = false
     fn bad_address_names_line() {
         let text = GOOD.replace("remote = \"198.51.100.66\"\nkey", "remote = \"198.51.100.666\"\nkey");
         let e = err(&text);
-        assert_eq!(e.line, 10, "{e}");
+        assert_eq!((e.line, e.column), (9, 10), "{e}");
         assert!(e.message.contains("invalid IP address"), "{}", e.message);
     }
 
@@ -341,8 +341,8 @@ pmtudisc = false
     #[test]
     fn key_with_ikey_is_ambiguous() {
         let e = err(&GOOD.replace("key = 42\n", "key = 42\nikey = 1\n"));
-        assert_eq!(e.line, 12, "{e}");
-        assert!(e.message.contains("either `key` or `ikey`/`okey`"), "{}", e.message);
+        assert_eq!(e.line, 11, "{e}");
+        assert!(e.message.contains("(line 10); give either `key` or `ikey`/`okey`"), "{}", e.message);
     }
 
     #[test]

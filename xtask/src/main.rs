@@ -72,7 +72,7 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             let gre = build(false)?;
-            run(cargo().args(["test", "--workspace"]).arg("--").args(&args).env("GRE_BIN", gre))
+            run(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))
         }
     }
 }
