@@ -77,7 +77,22 @@ fn keyed_tunnel_carries_ping_and_tcp() {
     // Take b down: nothing of it remains.
     let pins = Path::new(gre_user::loader::PIN_ROOT).join(&ib);
     assert!(pins.exists());
+    let prog_ids: Vec<u32> = std::fs::read_dir(pins.join("progs"))
+        .expect("pinned programs")
+        .map(|e| aya::programs::ProgramInfo::from_pin(e.unwrap().path()).expect("program info").id())
+        .collect();
+    assert_eq!(prog_ids.len(), 3, "decap, encap and the NAPI program are pinned");
     sites.lab.gre_down(&b, &ib).expect("gre down");
+    // The kernel frees released programs after an RCU grace period: give it a moment.
+    let still_loaded = || -> Vec<u32> {
+        let loaded: Vec<u32> = aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect();
+        prog_ids.iter().copied().filter(|id| loaded.contains(id)).collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !still_loaded().is_empty() && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(still_loaded(), Vec::<u32>::new(), "programs still loaded after gre down");
     assert!(!pins.exists(), "pins of {ib} remain");
     let links = sh(&["ip", "-n", &b, "-br", "link"]).unwrap();
     assert!(!links.contains("gre0"), "tunnel netdev remains: {links}");
@@ -86,6 +101,16 @@ fn keyed_tunnel_carries_ping_and_tcp() {
     assert!(gre::run(&b, &ib, &["show"]).is_err(), "show after down must fail");
     // The other instance is untouched.
     assert!(Path::new(gre_user::loader::PIN_ROOT).join(&ia).exists());
+    traffic::ping(&a, A_OVERLAY4, 1).expect("a's own tunnel address still answers");
+
+    // Dropping the lab removes the namespaces and a's instance.
+    let names = [sites.a.clone(), sites.wan.clone(), sites.b.clone()];
+    drop(sites);
+    let listed = sh(&["ip", "netns", "list"]).unwrap();
+    for ns in &names {
+        assert!(!listed.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())), "{ns} remains");
+    }
+    assert!(!Path::new(gre_user::loader::PIN_ROOT).join(&ia).exists(), "pins of {ia} remain");
 }
 
 #[test]
