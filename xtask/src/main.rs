@@ -2,7 +2,11 @@
 
 mod setup;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -72,7 +76,7 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             let gre = build(false)?;
-            run(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))
+            test(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))
         }
     }
 }
@@ -99,6 +103,35 @@ fn build(release: bool) -> Result<PathBuf> {
     let gre = gre.canonicalize().with_context(|| format!("{} was not built", gre.display()))?;
     eprintln!("built {}", gre.display());
     Ok(gre)
+}
+
+/// Runs `cargo test`, echoing its output, and closes with the totals of every test binary.
+fn test(cmd: &mut Command) -> Result<()> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
