@@ -1,13 +1,14 @@
-//! Why the datapath dropped a packet. The index is the slot in the `DROPS` per-CPU array; the name
-//! is what `gre show` prints and the JSON field name, so it must never change once released.
+//! Why the datapath dropped a packet. The index is the slot in the `DROPS` per-CPU array and in
+//! each tunnel's `TunnelStats::drops`; the name is what `gre show` prints and the JSON field name,
+//! so it never changes once released. New reasons are only ever appended.
 
-/// The packet ended before a header it announced (Ethernet, VLAN, IPv4, GRE or its options).
+/// The packet ended before a header it announced (Ethernet, VLAN, IP, GRE or its options).
 pub const TRUNCATED: u32 = 0;
 /// GRE version field not 0 (RFC 2784: the receiver must discard).
 pub const BAD_VERSION: u32 = 1;
 /// GRE routing-present bit set (RFC 1701 source routing; RFC 2784 receivers discard it).
 pub const ROUTING: u32 = 2;
-/// GRE protocol type this datapath does not carry.
+/// GRE protocol type this tunnel does not carry.
 pub const UNKNOWN_PROTOCOL: u32 = 3;
 /// GRE to one of our tunnel endpoints from a remote that no tunnel names.
 pub const NO_TUNNEL: u32 = 4;
@@ -21,9 +22,21 @@ pub const ENCAP_UNSUPPORTED: u32 = 7;
 pub const ENCAP_FAILED: u32 = 8;
 /// The tunnel netdev that sent the packet has no tunnel in the map.
 pub const NO_TX_TUNNEL: u32 = 9;
+/// The GRE checksum does not match the packet.
+pub const BAD_CHECKSUM: u32 = 10;
+/// A checksum present on a tunnel without `icsum`, or absent on one with it (as ip_tunnel_rcv).
+pub const CHECKSUM_POLICY: u32 = 11;
+/// `iseq`: no sequence number, or one older than the last accepted.
+pub const SEQUENCE: u32 = 12;
+/// RFC 6040: outer CE on an inner packet that is not ECN-capable.
+pub const ECN: u32 = 13;
+/// The packet would be encapsulated into the tunnel that carries it (GRE in its own GRE).
+pub const LOOP: u32 = 14;
+/// `ocsum` on a GSO packet: the checksum must be per segment, which only the kernel's GSO could do.
+pub const CHECKSUM_GSO: u32 = 15;
 
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 10;
+pub const COUNT: u32 = 16;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -37,4 +50,10 @@ pub const NAMES: [&str; COUNT as usize] = [
     "encap_unsupported",
     "encap_failed",
     "no_tx_tunnel",
+    "bad_checksum",
+    "checksum_policy",
+    "sequence",
+    "ecn",
+    "loop",
+    "checksum_gso",
 ];

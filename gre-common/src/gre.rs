@@ -27,6 +27,8 @@ pub const PROTO_IPV6: u16 = 0x86DD;
 pub const PROTO_TEB: u16 = 0x6558;
 /// NHRP control traffic.
 pub const PROTO_NHRP: u16 = 0x2001;
+/// Cisco keepalive: an empty GRE packet that the remote sends back to its origin.
+pub const PROTO_KEEPALIVE: u16 = 0x0000;
 
 /// IP protocol number of GRE.
 pub const IPPROTO_GRE: u8 = 47;
@@ -35,6 +37,17 @@ pub const IPPROTO_GRE: u8 = 47;
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
 pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers the decapsulator steps over to reach GRE (ip6gre senders put an
+/// encapsulation-limit option in a destination options header).
+pub const IPV6_HOPOPTS: u8 = 0;
+pub const IPV6_DSTOPTS: u8 = 60;
+pub const IPV6_FRAGMENT: u8 = 44;
+/// ECN field (RFC 3168) in the TOS byte / traffic class.
+pub const ECN_MASK: u8 = 0x03;
+pub const ECN_NOT_ECT: u8 = 0x00;
+pub const ECN_ECT0: u8 = 0x02;
+pub const ECN_CE: u8 = 0x03;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
@@ -57,11 +70,11 @@ pub const fn header_len(flags: u16) -> usize {
     len
 }
 
-/// Outer-header overhead of GRE over IPv4 for a tunnel with (or without) a key, as the kernel's
-/// ip_gre computes it for the tunnel MTU.
+/// Outer-header overhead of a tunnel that sends the given GRE flags over IPv4 or IPv6, as the
+/// kernel's ip_gre / ip6_gre compute it for the tunnel MTU.
 #[must_use]
-pub const fn ipv4_overhead(with_key: bool) -> usize {
-    IPV4_HLEN + header_len(if with_key { FLAG_K } else { 0 })
+pub const fn overhead(outer_v6: bool, flags: u16) -> usize {
+    (if outer_v6 { IPV6_HLEN } else { IPV4_HLEN }) + header_len(flags)
 }
 
 /// A decoded GRE header.
@@ -187,8 +200,9 @@ mod tests {
         assert_eq!(header_len(0), 4);
         assert_eq!(header_len(FLAG_K), 8);
         assert_eq!(header_len(FLAG_C | FLAG_K | FLAG_S), MAX_LEN);
-        assert_eq!(ipv4_overhead(false), 24);
-        assert_eq!(ipv4_overhead(true), 28);
+        assert_eq!(overhead(false, 0), 24);
+        assert_eq!(overhead(false, FLAG_K), 28);
+        assert_eq!(overhead(true, FLAG_C | FLAG_K | FLAG_S), 56);
     }
 
     #[test]

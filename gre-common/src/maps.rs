@@ -14,10 +14,8 @@ pub mod names {
     pub const TX_BY_IFINDEX: &str = "TX_BY_IFINDEX";
     pub const INJECT_PORTS: &str = "INJECT_PORTS";
     pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
+    pub const SEQUENCES: &str = "SEQUENCES";
     pub const DROPS: &str = "DROPS";
-    /// Every map, in the order `gre up` pins them.
-    pub const ALL: [&str; 7] =
-        [TUNNELS, RX_MATCH, ENDPOINTS, TX_BY_IFINDEX, INJECT_PORTS, TUNNEL_STATS, DROPS];
 }
 
 /// Program names in the eBPF object.
@@ -58,8 +56,24 @@ pub mod tunnel_flags {
     pub const IKEY: u32 = 1 << 0;
     /// Transmitted packets carry `okey`.
     pub const OKEY: u32 = 1 << 1;
-    /// Clear DF on the outer header (ip(8) `nopmtudisc`); by default DF is set, as ip_gre does.
+    /// ip(8) `nopmtudisc`: the outer DF copies the inner IPv4 DF instead of being always set.
     pub const NOPMTUDISC: u32 = 1 << 2;
+    /// Received packets must carry a checksum, which is verified (`icsum`).
+    pub const ICSUM: u32 = 1 << 3;
+    /// Transmitted packets carry a checksum (`ocsum`).
+    pub const OCSUM: u32 = 1 << 4;
+    /// Received packets must carry a sequence number, in order (`iseq`).
+    pub const ISEQ: u32 = 1 << 5;
+    /// Transmitted packets carry a sequence number (`oseq`).
+    pub const OSEQ: u32 = 1 << 6;
+    /// The outer TOS / traffic class copies the inner one (`tos inherit`).
+    pub const TOS_INHERIT: u32 = 1 << 7;
+    /// With `nopmtudisc`, never set DF on the outer header (`ignore-df`).
+    pub const IGNORE_DF: u32 = 1 << 8;
+    /// The outer header is IPv6 (ip6gre).
+    pub const OUTER_V6: u32 = 1 << 9;
+    /// The outer IPv6 flow label copies the inner IPv6 one (`flowlabel inherit`).
+    pub const FLOWLABEL_INHERIT: u32 = 1 << 10;
 }
 
 /// One tunnel, indexed by its id in the `TUNNELS` array.
@@ -72,9 +86,12 @@ pub struct Tunnel {
     pub okey: u32,
     /// [`tunnel_flags`].
     pub flags: u32,
-    /// Outer TTL; 0 inherits the inner packet's TTL / hop limit.
+    /// Outer IPv6 flow label (20 bits) unless inherited.
+    pub flowlabel: u32,
+    /// Outer TTL / hop limit; 0 inherits the inner packet's.
     pub ttl: u8,
-    /// Outer TOS byte.
+    /// Outer TOS byte / traffic class, unless inherited. Its ECN bits are ignored: ECN is always
+    /// propagated from the inner packet (RFC 6040).
     pub tos: u8,
     /// 1 when the slot holds a tunnel.
     pub in_use: u8,
@@ -100,6 +117,12 @@ pub struct TunnelStats {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Cisco keepalives of the remote that the datapath sent back to it.
+    pub keepalives_answered: u64,
+    /// Our own keepalives that came back (GRE protocol type 0 from the remote).
+    pub keepalives_returned: u64,
+    /// Drops of this tunnel's packets by reason (`drop`); the global `DROPS` counts them too.
+    pub drops: [u64; crate::drop::COUNT as usize],
 }
 
 impl TunnelStats {
@@ -109,7 +132,24 @@ impl TunnelStats {
         self.rx_bytes += other.rx_bytes;
         self.tx_packets += other.tx_packets;
         self.tx_bytes += other.tx_bytes;
+        self.keepalives_answered += other.keepalives_answered;
+        self.keepalives_returned += other.keepalives_returned;
+        for (d, o) in self.drops.iter_mut().zip(other.drops) {
+            *d += o;
+        }
     }
+}
+
+/// Sequence-number state of a tunnel (a plain array: shared by all CPUs, updated atomically).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Sequence {
+    /// Packets sent with a sequence number; the next one carries this + 1, modulo 2^32 (ip_gre
+    /// starts at 1). 64 bits because that is the atomic width BPF offers.
+    pub tx_count: u64,
+    /// The next sequence number expected; 0 until the first packet is accepted.
+    pub rx_next: u32,
+    pub pad0: u32,
 }
 
 #[cfg(feature = "user")]
@@ -119,6 +159,7 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::Tunnel {}
     unsafe impl aya::Pod for super::TunnelStats {}
+    unsafe impl aya::Pod for super::Sequence {}
 }
 
 #[cfg(test)]
@@ -129,7 +170,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 12 + 4 + 12 + 12);
-        assert_eq!(core::mem::size_of::<TunnelStats>(), 32);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 12 + 12);
+        assert_eq!(core::mem::size_of::<TunnelStats>(), 48 + 8 * crate::drop::COUNT as usize);
+        assert_eq!(core::mem::size_of::<Sequence>(), 16);
     }
 }

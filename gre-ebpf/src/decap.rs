@@ -1,28 +1,60 @@
-//! XDP decapsulation: Ethernet (one optional VLAN tag) / IPv4 / GRE → the tunnel's injection port.
+//! XDP decapsulation: Ethernet (one optional VLAN tag) / IPv4 or IPv6 / GRE → the tunnel's
+//! injection port.
 //!
 //! Only GRE addressed to one of our tunnel endpoints is ours. Anything else — other protocols,
 //! other addresses, fragments (the kernel reassembles them) — passes untouched. Ours but broken or
-//! matching no tunnel is dropped and counted by reason.
+//! matching no tunnel is dropped and counted by reason, per tunnel once the tunnel is known.
+//! Receive checks follow the kernel's ip_tunnel_rcv: checksum policy, checksum, in-order
+//! sequence, then RFC 6040 ECN decapsulation.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::XdpContext,
+};
 use gre_common::{
     addr::{self, Addr},
     drop,
     gre::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, FLAG_C, FLAG_K, FLAG_R, IPPROTO_GRE,
-        IPV4_HLEN, OPTION_LEN, PROTO_IPV4, PROTO_IPV6, VERSION_MASK, VLAN_HLEN, header_len,
+        ECN_CE, ECN_MASK, ECN_NOT_ECT, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6,
+        FLAG_C, FLAG_K, FLAG_R, FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_DSTOPTS, IPV6_HLEN,
+        IPV6_HOPOPTS, OPTION_LEN, PROTO_IPV4, PROTO_IPV6, PROTO_KEEPALIVE, VERSION_MASK, VLAN_HLEN,
+        header_len,
     },
-    maps::{EndpointKey, RX_KEY_PRESENT, RxKey},
+    maps::{EndpointKey, RX_KEY_PRESENT, RxKey, Tunnel, tunnel_flags},
 };
 
 use crate::{
-    maps::{ENDPOINTS, INJECT_PORTS, RX_MATCH, TUNNELS},
-    packet::{be16, be32, bytes},
+    csum,
+    maps::{ENDPOINTS, INJECT_PORTS, RX_MATCH, SEQUENCES, TUNNELS},
+    packet::{Packet as _, be16, be32, bytes, read},
     stats,
 };
 
-/// `Ok(action)` for packets we pass or forward, `Err(reason)` for packets to drop and count.
+/// `Ok(action)` for packets we pass, forward or consume; `Err(reason)` to drop and count.
 type Verdict = Result<u32, u32>;
+
+/// The outer IP header as far as decapsulation needs it. Offsets are from the frame start.
+struct Outer {
+    local: Addr,
+    remote: Addr,
+    l3: usize,
+    /// Start of the GRE header.
+    gre: usize,
+    /// End of the IP payload (frames may carry Ethernet padding after it).
+    end: usize,
+    ecn: u8,
+    v6: bool,
+}
+
+/// The GRE header.
+struct Gre {
+    flags: u16,
+    protocol: u16,
+    key: u32,
+    seq: u32,
+    len: usize,
+}
 
 #[inline(always)]
 pub fn try_decap(ctx: &XdpContext) -> Verdict {
@@ -31,59 +63,27 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     };
     let mut l3 = ETH_HLEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let Some(inner) = be16(ctx, ETH_HLEN + 2) else {
-            return Err(drop::TRUNCATED);
-        };
-        ethertype = inner;
+        ethertype = be16(ctx, ETH_HLEN + 2).ok_or(drop::TRUNCATED)?;
         l3 += VLAN_HLEN;
     }
-    if ethertype != ETH_P_IPV4 {
-        return Ok(xdp_action::XDP_PASS);
-    }
-    let Some(ip) = bytes::<IPV4_HLEN>(ctx, l3) else {
-        return Err(drop::TRUNCATED);
+    let parsed = match ethertype {
+        ETH_P_IPV4 => ipv4(ctx, l3),
+        ETH_P_IPV6 => ipv6(ctx, l3),
+        _ => return Ok(xdp_action::XDP_PASS),
     };
-    // SAFETY: bounds checked by `bytes`.
-    let ip = unsafe { *ip };
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_GRE || ihl < IPV4_HLEN {
-        return Ok(xdp_action::XDP_PASS);
-    }
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-        // MF set or a non-zero offset: the kernel reassembles it.
-        return Ok(xdp_action::XDP_PASS);
-    }
-    let remote = addr::from_v4([ip[12], ip[13], ip[14], ip[15]]);
-    let local = addr::from_v4([ip[16], ip[17], ip[18], ip[19]]);
-    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let gre = l3 + ihl;
-
-    let Some(word0) = be32(ctx, gre) else {
-        return ours_drop(&local, drop::TRUNCATED);
+    let outer = match parsed {
+        Ok(o) => o,
+        Err(verdict) => return verdict,
     };
-    let flags = (word0 >> 16) as u16;
-    let protocol = (word0 & 0xffff) as u16;
-    if flags & VERSION_MASK != 0 {
-        return ours_drop(&local, drop::BAD_VERSION);
-    }
-    if flags & FLAG_R != 0 {
-        return ours_drop(&local, drop::ROUTING);
-    }
-    let gre_len = header_len(flags);
-    let end = gre + gre_len;
-    if ctx.data() + end > ctx.data_end() || ihl + gre_len > tot_len || l3 + tot_len > frame_len(ctx) {
-        return ours_drop(&local, drop::TRUNCATED);
-    }
-    let mut rx = RxKey { local, remote, key: 0, flags: 0 };
-    if flags & FLAG_K != 0 {
-        let at = gre + 4 + if flags & FLAG_C != 0 { OPTION_LEN } else { 0 };
-        let Some(key) = be32(ctx, at) else {
-            return ours_drop(&local, drop::TRUNCATED);
-        };
-        rx.key = key;
+    let gre = match gre_header(ctx, &outer) {
+        Ok(g) => g,
+        Err(reason) => return ours_drop(&outer.local, reason),
+    };
+    let mut rx = RxKey { local: outer.local, remote: outer.remote, key: 0, flags: 0 };
+    if gre.flags & FLAG_K != 0 {
+        rx.key = gre.key;
         rx.flags = RX_KEY_PRESENT;
     }
-
     // SAFETY: the value is a plain u32 copied out at once.
     let Some(id) = (unsafe { RX_MATCH.get(&rx) }).copied() else {
         return miss(&rx);
@@ -91,39 +91,263 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     let Some(tunnel) = TUNNELS.get(id) else {
         return Err(drop::NO_TUNNEL);
     };
-    if protocol != PROTO_IPV4 && protocol != PROTO_IPV6 {
-        return Err(drop::UNKNOWN_PROTOCOL);
-    }
+    matched(ctx, &outer, &gre, id, tunnel).map_err(|reason| stats::tunnel_drop(id, reason))
+}
 
-    // Drop the outer headers but for room for an Ethernet header, then write that header. The
-    // destination is the tunnel netdev's own MAC, so the kernel takes the frame as its own.
-    let mut hdr = [0u8; ETH_HLEN];
-    hdr[..6].copy_from_slice(&tunnel.netdev_mac);
-    hdr[6..12].copy_from_slice(&tunnel.inject_mac);
-    hdr[12..].copy_from_slice(&protocol.to_be_bytes());
-    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "at most 96")]
-    let strip = (end - ETH_HLEN) as i32;
-    // SAFETY: the helper re-validates; all packet pointers above are dead after this call.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, strip) } != 0 {
+/// Outer IPv4: `Err` carries the final verdict for what is not ours or cannot be parsed.
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Outer, Verdict> {
+    let ip = read::<IPV4_HLEN, _>(ctx, l3).ok_or(Err(drop::TRUNCATED))?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_GRE || ihl < IPV4_HLEN {
+        return Err(Ok(xdp_action::XDP_PASS));
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        // MF set or a non-zero offset: the kernel reassembles it.
+        return Err(Ok(xdp_action::XDP_PASS));
+    }
+    Ok(Outer {
+        local: addr::from_v4([ip[16], ip[17], ip[18], ip[19]]),
+        remote: addr::from_v4([ip[12], ip[13], ip[14], ip[15]]),
+        l3,
+        gre: l3 + ihl,
+        end: l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        ecn: ip[1] & ECN_MASK,
+        v6: false,
+    })
+}
+
+/// Outer IPv6, stepping over up to two hop-by-hop / destination options headers (ip6gre puts
+/// its encapsulation limit in one).
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Outer, Verdict> {
+    let ip = read::<IPV6_HLEN, _>(ctx, l3).ok_or(Err(drop::TRUNCATED))?;
+    let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip[0] >> 4 != 6 || payload == 0 {
+        return Err(Ok(xdp_action::XDP_PASS));
+    }
+    let mut remote = [0u8; 16];
+    let mut local = [0u8; 16];
+    remote.copy_from_slice(&ip[8..24]);
+    local.copy_from_slice(&ip[24..40]);
+    let mut next = ip[6];
+    let mut gre = l3 + IPV6_HLEN;
+    for _ in 0..2 {
+        if next != IPV6_HOPOPTS && next != IPV6_DSTOPTS {
+            break;
+        }
+        let Some(ext) = read::<2, _>(ctx, gre) else {
+            return Err(ours_drop(&local, drop::TRUNCATED));
+        };
+        next = ext[0];
+        gre += (usize::from(ext[1]) + 1) * 8;
+    }
+    if next != IPPROTO_GRE {
+        // Not GRE, or a fragment (the kernel reassembles it), or more options than we walk.
+        return Err(Ok(xdp_action::XDP_PASS));
+    }
+    Ok(Outer {
+        local,
+        remote,
+        l3,
+        gre,
+        end: l3 + IPV6_HLEN + payload,
+        ecn: (ip[1] >> 4) & ECN_MASK,
+        v6: true,
+    })
+}
+
+#[inline(always)]
+fn gre_header(ctx: &XdpContext, o: &Outer) -> Result<Gre, u32> {
+    let word0 = be32(ctx, o.gre).ok_or(drop::TRUNCATED)?;
+    #[expect(clippy::cast_possible_truncation, reason = "the two halves of the first word")]
+    let (flags, protocol) = ((word0 >> 16) as u16, word0 as u16);
+    if flags & VERSION_MASK != 0 {
+        return Err(drop::BAD_VERSION);
+    }
+    if flags & FLAG_R != 0 {
+        return Err(drop::ROUTING);
+    }
+    let len = header_len(flags);
+    if o.gre + len > o.end || o.end > ctx.len() {
         return Err(drop::TRUNCATED);
     }
-    let Some(eth) = bytes::<ETH_HLEN>(ctx, 0) else {
+    let mut g = Gre { flags, protocol, key: 0, seq: 0, len };
+    let mut at = o.gre + 4;
+    if flags & FLAG_C != 0 {
+        at += OPTION_LEN;
+    }
+    if flags & FLAG_K != 0 {
+        g.key = be32(ctx, at).ok_or(drop::TRUNCATED)?;
+        at += OPTION_LEN;
+    }
+    if flags & FLAG_S != 0 {
+        g.seq = be32(ctx, at).ok_or(drop::TRUNCATED)?;
+    }
+    Ok(g)
+}
+
+/// Receive checks and delivery for a packet of tunnel `id`.
+#[inline(always)]
+fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict {
+    let has_csum = g.flags & FLAG_C != 0;
+    if has_csum != (t.flags & tunnel_flags::ICSUM != 0) {
+        return Err(drop::CHECKSUM_POLICY);
+    }
+    if has_csum {
+        // The sum over the GRE header (checksum included) and payload is all ones when intact.
+        let sum = csum::sum_range(ctx, o.gre, o.end).ok_or(drop::TRUNCATED)?;
+        if csum::fold(sum) != 0xffff {
+            return Err(drop::BAD_CHECKSUM);
+        }
+    }
+    if t.flags & tunnel_flags::ISEQ != 0 {
+        check_sequence(id, g)?;
+    }
+    let inner = o.gre + g.len;
+    match g.protocol {
+        PROTO_IPV4 => {
+            let ih = read::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
+            if !o.v6 && ih[9] == IPPROTO_GRE && addr::from_v4([ih[12], ih[13], ih[14], ih[15]]) == t.local
+                && addr::from_v4([ih[16], ih[17], ih[18], ih[19]]) == t.remote
+                && ih[8] > 1
+            {
+                return answer_keepalive(ctx, o, inner, id);
+            }
+            if ecn_decap(o.ecn, ih[1] & ECN_MASK)? {
+                set_ce_ipv4(ctx, inner)?;
+            }
+        }
+        PROTO_IPV6 => {
+            let ih = read::<2, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
+            if ecn_decap(o.ecn, (ih[1] >> 4) & ECN_MASK)? {
+                let b = bytes::<2, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
+                // SAFETY: bounds checked by `bytes`; ECN is bits 4-5 of the second byte.
+                unsafe { (*b)[1] |= ECN_CE << 4 };
+            }
+        }
+        PROTO_KEEPALIVE => {
+            // Our own keepalive, sent back by the remote: proof that the tunnel works both ways.
+            stats::count_keepalive_returned(id);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        _ => return Err(drop::UNKNOWN_PROTOCOL),
+    }
+    inject(ctx, t, g.protocol, inner, id, o.end - inner)
+}
+
+/// `iseq`: a sequence number must be present and not older than the last accepted; gaps are
+/// fine. Like the kernel, the state is updated without a lock.
+#[inline(always)]
+fn check_sequence(id: u32, g: &Gre) -> Result<(), u32> {
+    if g.flags & FLAG_S == 0 {
+        return Err(drop::SEQUENCE);
+    }
+    let state = SEQUENCES.get_ptr_mut(id).ok_or(drop::SEQUENCE)?;
+    // SAFETY: a map value of this tunnel; concurrent writers only race on an ordering heuristic.
+    let next = unsafe { (*state).rx_next };
+    #[expect(clippy::cast_possible_wrap, reason = "serial-number arithmetic (RFC 1982)")]
+    if next != 0 && (g.seq.wrapping_sub(next) as i32) < 0 {
+        return Err(drop::SEQUENCE);
+    }
+    // SAFETY: as above.
+    unsafe { (*state).rx_next = g.seq.wrapping_add(1) };
+    Ok(())
+}
+
+/// RFC 6040 decapsulation (as the kernel's INET_ECN_decapsulate): outer CE on a not-ECT inner
+/// packet is dropped; outer CE on an ECT inner packet marks it CE. Returns whether to mark.
+#[inline(always)]
+fn ecn_decap(outer: u8, inner: u8) -> Result<bool, u32> {
+    if inner == ECN_NOT_ECT {
+        return if outer == ECN_CE { Err(drop::ECN) } else { Ok(false) };
+    }
+    Ok(outer == ECN_CE && inner != ECN_CE)
+}
+
+/// Sets CE in an inner IPv4 header and updates its checksum (RFC 1624).
+#[inline(always)]
+fn set_ce_ipv4(ctx: &XdpContext, inner: usize) -> Result<(), u32> {
+    let h = bytes::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
+    // SAFETY: bounds checked by `bytes`.
+    let h = unsafe { &mut *h };
+    let old = u16::from_be_bytes([h[0], h[1]]);
+    h[1] |= ECN_CE;
+    let new = u16::from_be_bytes([h[0], h[1]]);
+    update_checksum(h, old, new);
+    Ok(())
+}
+
+/// Incremental IPv4 header checksum update for one changed 16-bit word.
+#[inline(always)]
+fn update_checksum(h: &mut [u8; IPV4_HLEN], old: u16, new: u16) {
+    let sum = u64::from(!u16::from_be_bytes([h[10], h[11]])) + u64::from(!old) + u64::from(new);
+    h[10..12].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
+}
+
+/// A Cisco keepalive from the remote: the inner packet is GRE addressed back to the remote. Send
+/// it there from here at line rate, as a router would (TTL decremented), instead of through the
+/// kernel.
+#[inline(always)]
+fn answer_keepalive(ctx: &XdpContext, o: &Outer, inner: usize, id: u32) -> Verdict {
+    // A cold path: the helper checks bounds itself, so no packet pointer has to survive the
+    // compiler's reuse of earlier checks.
+    let mut l2 = [0u8; ETH_HLEN + VLAN_HLEN];
+    #[expect(clippy::cast_possible_truncation, reason = "14 or 18")]
+    // SAFETY: the helper copies at most the buffer's size and checks the packet's bounds.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, l2.as_mut_ptr().cast(), o.l3 as u32) } != 0 {
         return Err(drop::TRUNCATED);
-    };
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&l2[..6]);
+    l2.copy_within(6..12, 0);
+    l2[6..12].copy_from_slice(&mac);
+    {
+        let h = bytes::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
+        // SAFETY: bounds checked by `bytes`.
+        let h = unsafe { &mut *h };
+        let old = u16::from_be_bytes([h[8], h[9]]);
+        h[8] -= 1;
+        update_checksum(h, old, u16::from_be_bytes([h[8], h[9]]));
+    }
+    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "bounded offsets")]
+    // SAFETY: the helper re-validates; all packet pointers above are dead after this call.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, (inner - o.l3) as i32) } != 0 {
+        return Err(drop::TRUNCATED);
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "14 or 18")]
+    // SAFETY: as above.
+    if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, l2.as_mut_ptr().cast(), o.l3 as u32) } != 0 {
+        return Err(drop::TRUNCATED);
+    }
+    stats::count_keepalive_answered(id);
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Replaces the outer headers by an Ethernet header and redirects into the tunnel netdev.
+#[inline(always)]
+fn inject(ctx: &XdpContext, t: &Tunnel, protocol: u16, inner: usize, id: u32, inner_len: usize) -> Verdict {
+    // The destination is the tunnel netdev's own MAC, so the kernel takes the frame as its own.
+    let mut hdr = [0u8; ETH_HLEN];
+    hdr[..6].copy_from_slice(&t.netdev_mac);
+    hdr[6..12].copy_from_slice(&t.inject_mac);
+    let ethertype = if protocol == PROTO_IPV6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+    hdr[12..].copy_from_slice(&ethertype.to_be_bytes());
+    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "bounded offsets")]
+    // SAFETY: the helper re-validates; all packet pointers above are dead after this call.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, (inner - ETH_HLEN) as i32) } != 0 {
+        return Err(drop::TRUNCATED);
+    }
+    let eth = bytes::<ETH_HLEN, _>(ctx, 0).ok_or(drop::TRUNCATED)?;
     // SAFETY: bounds checked by `bytes`.
     unsafe { *eth = hdr };
     match INJECT_PORTS.redirect(id, 0) {
         Ok(action) => {
-            stats::count_rx(id, (tot_len - ihl - gre_len) as u64);
+            stats::count_rx(id, inner_len as u64);
             Ok(action)
         }
         Err(_) => Err(drop::NO_INJECT_PORT),
     }
-}
-
-#[inline(always)]
-fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
 }
 
 /// A broken GRE packet is ours to drop only if it is addressed to one of our endpoints.

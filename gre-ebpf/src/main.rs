@@ -2,6 +2,8 @@
 //! Each program is a thin wrapper around a `try_` function; drop reasons are counted in `DROPS`.
 #![no_std]
 #![no_main]
+// Inline assembly for the atomic fetch-and-add of sequence numbers (encap.rs).
+#![feature(asm_experimental_arch)]
 
 mod csum;
 mod decap;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use gre_common::{
     drop,
-    maps::{EndpointKey, MAX_TUNNELS, RxKey, Tunnel, TunnelStats},
+    maps::{EndpointKey, MAX_TUNNELS, RxKey, Sequence, Tunnel, TunnelStats},
 };
 
 /// Tunnel parameters, indexed by tunnel id.
@@ -33,6 +33,10 @@ pub static INJECT_PORTS: DevMap = DevMap::with_max_entries(MAX_TUNNELS, 0);
 /// Per-tunnel counters, indexed by tunnel id.
 #[map]
 pub static TUNNEL_STATS: PerCpuArray<TunnelStats> = PerCpuArray::with_max_entries(MAX_TUNNELS, 0);
+
+/// Sequence numbers, indexed by tunnel id (shared by all CPUs: updated atomically).
+#[map]
+pub static SEQUENCES: Array<Sequence> = Array::with_max_entries(MAX_TUNNELS, 0);
 
 /// Drops by reason (gre_common::drop).
 #[map]

@@ -1,5 +1,7 @@
 //! Counter updates. Per-CPU maps, so plain adds are race-free.
 
+use gre_common::{drop::COUNT, maps::TunnelStats};
+
 use crate::maps::{DROPS, TUNNEL_STATS};
 
 #[inline(always)]
@@ -11,23 +13,44 @@ pub fn count_drop(reason: u32) {
 }
 
 #[inline(always)]
-pub fn count_rx(tunnel: u32, bytes: u64) {
+fn with_tunnel(tunnel: u32, f: impl FnOnce(&mut TunnelStats)) {
     if let Some(s) = TUNNEL_STATS.get_ptr_mut(tunnel) {
         // SAFETY: as above.
-        unsafe {
-            (*s).rx_packets += 1;
-            (*s).rx_bytes += bytes;
-        }
+        f(unsafe { &mut *s });
     }
+}
+
+/// Counts a drop against a tunnel; returns the reason so callers can pass it on.
+#[inline(always)]
+pub fn tunnel_drop(tunnel: u32, reason: u32) -> u32 {
+    if reason < COUNT {
+        with_tunnel(tunnel, |s| s.drops[reason as usize] += 1);
+    }
+    reason
+}
+
+#[inline(always)]
+pub fn count_rx(tunnel: u32, bytes: u64) {
+    with_tunnel(tunnel, |s| {
+        s.rx_packets += 1;
+        s.rx_bytes += bytes;
+    });
 }
 
 #[inline(always)]
 pub fn count_tx(tunnel: u32, bytes: u64) {
-    if let Some(s) = TUNNEL_STATS.get_ptr_mut(tunnel) {
-        // SAFETY: as above.
-        unsafe {
-            (*s).tx_packets += 1;
-            (*s).tx_bytes += bytes;
-        }
-    }
+    with_tunnel(tunnel, |s| {
+        s.tx_packets += 1;
+        s.tx_bytes += bytes;
+    });
+}
+
+#[inline(always)]
+pub fn count_keepalive_answered(tunnel: u32) {
+    with_tunnel(tunnel, |s| s.keepalives_answered += 1);
+}
+
+#[inline(always)]
+pub fn count_keepalive_returned(tunnel: u32) {
+    with_tunnel(tunnel, |s| s.keepalives_returned += 1);
 }

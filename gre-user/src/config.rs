@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use gre_common::maps::MAX_TUNNELS;
+use gre_common::{gre, maps::MAX_TUNNELS};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -48,8 +48,9 @@ pub enum XdpMode {
     Skb,
 }
 
-/// A point-to-point GRE tunnel (ip(8) names where they exist: local, remote, key/ikey/okey, ttl,
-/// tos, pmtudisc).
+/// A point-to-point GRE tunnel, over IPv4 (ip_gre) or IPv6 (ip6_gre) by the family of its
+/// addresses. Option names are ip(8)'s: local, remote, key/ikey/okey, csum/icsum/ocsum,
+/// seq/iseq/oseq, ttl, tos, flowlabel, pmtudisc, ignore-df (here `ignore_df`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelSpec {
@@ -63,14 +64,35 @@ pub struct TunnelSpec {
     pub key: Option<Spanned<u32>>,
     pub ikey: Option<Spanned<u32>>,
     pub okey: Option<Spanned<u32>>,
-    /// Outer TTL 1..=255; absent or 0 inherits the inner TTL / hop limit, like ip_gre.
+    /// Checksums both ways; or `icsum` (require and verify) / `ocsum` (send).
     #[serde(default)]
-    pub ttl: u8,
+    pub csum: bool,
     #[serde(default)]
-    pub tos: u8,
-    /// Set DF on the outer header (default, as ip_gre); `false` is ip(8)'s `nopmtudisc`.
+    pub icsum: bool,
+    #[serde(default)]
+    pub ocsum: bool,
+    /// Sequence numbers both ways; or `iseq` (require, in order) / `oseq` (send).
+    #[serde(default)]
+    pub seq: bool,
+    #[serde(default)]
+    pub iseq: bool,
+    #[serde(default)]
+    pub oseq: bool,
+    /// Outer TTL / hop limit: 1..=255, or "inherit" (the default, as ip_gre; 0 means the same).
+    #[serde(default)]
+    pub ttl: Setting<u8>,
+    /// Outer TOS / traffic class: a number (default 0) or "inherit". ECN is always propagated.
+    #[serde(default = "tos_default")]
+    pub tos: Setting<u8>,
+    /// Outer IPv6 flow label: a number (default 0) or "inherit". IPv6 outer only.
+    pub flowlabel: Option<Spanned<Setting<u32>>>,
+    /// Set DF on the outer header (default, as ip_gre); `false` is ip(8)'s `nopmtudisc`, where
+    /// the outer DF copies the inner IPv4 one.
     #[serde(default = "yes")]
     pub pmtudisc: bool,
+    /// With `pmtudisc = false`: never set DF on the outer header.
+    #[serde(default)]
+    pub ignore_df: Option<Spanned<bool>>,
     /// Overlay addresses of the tunnel netdev, with prefix length.
     #[serde(default)]
     pub address: Vec<Spanned<IpNet>>,
@@ -78,6 +100,55 @@ pub struct TunnelSpec {
 
 const fn yes() -> bool {
     true
+}
+
+const fn tos_default() -> Setting<u8> {
+    Setting::Fixed(0)
+}
+
+/// A value that is either fixed or inherited from the inner packet (`"inherit"` in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Setting<T> {
+    #[default]
+    Inherit,
+    Fixed(T),
+}
+
+impl<'de, T: TryFrom<i64>> Deserialize<'de> for Setting<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<T: TryFrom<i64>> serde::de::Visitor<'_> for V<T> {
+            type Value = Setting<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a number of {} bits at most, or \"inherit\"", std::mem::size_of::<T>() * 8)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::try_from(v).map(Setting::Fixed).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "inherit" { Ok(Setting::Inherit) } else { Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)) }
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<T: Serialize> Serialize for Setting<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Inherit => s.serialize_str("inherit"),
+            Self::Fixed(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Setting<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inherit => f.write_str("inherit"),
+            Self::Fixed(v) => v.fmt(f),
+        }
+    }
 }
 
 /// A validated configuration.
@@ -96,9 +167,16 @@ pub struct Tunnel {
     pub remote: IpAddr,
     pub ikey: Option<u32>,
     pub okey: Option<u32>,
-    pub ttl: u8,
-    pub tos: u8,
+    pub icsum: bool,
+    pub ocsum: bool,
+    pub iseq: bool,
+    pub oseq: bool,
+    /// `Fixed(0)` never occurs: 0 means inherit, as in ip(8).
+    pub ttl: Setting<u8>,
+    pub tos: Setting<u8>,
+    pub flowlabel: Setting<u32>,
     pub pmtudisc: bool,
+    pub ignore_df: bool,
     pub addresses: Vec<IpNet>,
 }
 
@@ -107,6 +185,62 @@ impl Tunnel {
     #[must_use]
     pub fn inject_name(&self) -> String {
         format!("{}{INJECT_SUFFIX}", self.name)
+    }
+
+    /// True for GRE over IPv6 (ip6gre).
+    #[must_use]
+    pub const fn outer_v6(&self) -> bool {
+        self.local.is_ipv6()
+    }
+
+    /// The GRE flags of transmitted packets.
+    #[must_use]
+    pub const fn tx_gre_flags(&self) -> u16 {
+        let mut f = 0;
+        if self.okey.is_some() {
+            f |= gre::FLAG_K;
+        }
+        if self.ocsum {
+            f |= gre::FLAG_C;
+        }
+        if self.oseq {
+            f |= gre::FLAG_S;
+        }
+        f
+    }
+
+    /// Bytes the outer headers add: the tunnel netdev's MTU is the underlay's minus this.
+    #[must_use]
+    pub const fn overhead(&self) -> usize {
+        gre::overhead(self.outer_v6(), self.tx_gre_flags())
+    }
+
+    /// The datapath's `Tunnel::flags` for this tunnel.
+    #[must_use]
+    pub const fn datapath_flags(&self) -> u32 {
+        use gre_common::maps::tunnel_flags as f;
+        let mut flags = 0;
+        let bits = [
+            (self.ikey.is_some(), f::IKEY),
+            (self.okey.is_some(), f::OKEY),
+            (!self.pmtudisc, f::NOPMTUDISC),
+            (self.ignore_df, f::IGNORE_DF),
+            (self.icsum, f::ICSUM),
+            (self.ocsum, f::OCSUM),
+            (self.iseq, f::ISEQ),
+            (self.oseq, f::OSEQ),
+            (matches!(self.tos, Setting::Inherit), f::TOS_INHERIT),
+            (self.outer_v6(), f::OUTER_V6),
+            (matches!(self.flowlabel, Setting::Inherit), f::FLOWLABEL_INHERIT),
+        ];
+        let mut i = 0;
+        while i < bits.len() {
+            if bits[i].0 {
+                flags |= bits[i].1;
+            }
+            i += 1;
+        }
+        flags
     }
 }
 
@@ -187,15 +321,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         }
         let (local, remote) = (*t.local.get_ref(), *t.remote.get_ref());
         for (addr, span, what) in [(local, t.local.span(), "local"), (remote, t.remote.span(), "remote")] {
-            if !addr.is_ipv4() {
-                return Err(at(span, format!("tunnel {name:?}: {what} {addr} is IPv6; this datapath carries GRE over IPv4 outer headers")));
+            if !unicast(addr) {
+                return Err(at(span, format!("tunnel {name:?}: {what} {addr} must be a global or site unicast address")));
             }
-            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || addr == IpAddr::from([255, 255, 255, 255]) {
-                return Err(at(span, format!("tunnel {name:?}: {what} {addr} must be a unicast address")));
-            }
+        }
+        if local.is_ipv4() != remote.is_ipv4() {
+            return Err(at(t.remote.span(), format!("tunnel {name:?}: remote {remote} is not of the same family as local {local}")));
         }
         if local == remote {
             return Err(at(t.remote.span(), format!("tunnel {name:?}: remote is the same address as local")));
+        }
+        let flowlabel = match &t.flowlabel {
+            None => Setting::Fixed(0),
+            Some(f) if local.is_ipv4() => {
+                return Err(at(f.span(), format!("tunnel {name:?}: flowlabel is for IPv6 outer headers only")));
+            }
+            Some(f) => match *f.get_ref() {
+                Setting::Fixed(v) if v > 0xf_ffff => {
+                    return Err(at(f.span(), format!("tunnel {name:?}: flowlabel {v} does not fit in 20 bits")));
+                }
+                s => s,
+            },
+        };
+        let ignore_df = t.ignore_df.as_ref().is_some_and(|s| *s.get_ref());
+        if let Some(s) = t.ignore_df.as_ref().filter(|_| ignore_df && t.pmtudisc) {
+            return Err(at(s.span(), format!("tunnel {name:?}: ignore_df needs pmtudisc = false (as ip(8): nopmtudisc ignore-df)")));
         }
         if let (Some(k), Some(other)) = (&t.key, t.ikey.as_ref().or(t.okey.as_ref())) {
             {
@@ -227,9 +377,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             remote,
             ikey,
             okey,
-            ttl: t.ttl,
+            icsum: t.csum || t.icsum,
+            ocsum: t.csum || t.ocsum,
+            iseq: t.seq || t.iseq,
+            oseq: t.seq || t.oseq,
+            ttl: match t.ttl {
+                Setting::Fixed(0) => Setting::Inherit,
+                ttl => ttl,
+            },
             tos: t.tos,
+            flowlabel,
             pmtudisc: t.pmtudisc,
+            ignore_df,
             addresses: t.address.iter().map(|a| *a.get_ref()).collect(),
         });
     }
@@ -242,6 +401,16 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, column)
+}
+
+/// An address a tunnel can use as an endpoint.
+fn unicast(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_loopback() || v4.is_broadcast()),
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback() || v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some())
+        }
+    }
 }
 
 fn valid_ifname(name: &str, max: usize) -> bool {
@@ -301,11 +470,51 @@ pmtudisc = false
         assert_eq!(c.interfaces.len(), 1);
         assert_eq!(c.interfaces[0].xdp_mode, XdpMode::Auto);
         let t = &c.tunnels[0];
-        assert_eq!((t.ikey, t.okey, t.ttl, t.pmtudisc), (Some(42), Some(42), 64, true));
+        assert_eq!((t.ikey, t.okey, t.ttl, t.pmtudisc), (Some(42), Some(42), Setting::Fixed(64), true));
+        assert_eq!((t.tos, t.overhead()), (Setting::Fixed(0), 28));
         assert_eq!(t.addresses, vec!["203.0.113.1/30".parse::<IpNet>().unwrap(), "2001:db8:100::1/64".parse().unwrap()]);
         assert_eq!(t.inject_name(), "gre0-dp");
         let t = &c.tunnels[1];
-        assert_eq!((t.ikey, t.okey, t.ttl, t.pmtudisc), (Some(7), Some(8), 0, false));
+        assert_eq!((t.ikey, t.okey, t.ttl, t.pmtudisc), (Some(7), Some(8), Setting::Inherit, false));
+    }
+
+    #[test]
+    fn ip6gre_with_every_option() {
+        let text = r#"
+[[interface]]
+name = "eth0"
+xdp_mode = "native"
+
+[[tunnel]]
+name = "g6"
+interface = "eth0"
+local = "2001:db8::1"
+remote = "2001:db8::2"
+key = 5
+csum = true
+iseq = true
+oseq = true
+ttl = "inherit"
+tos = "inherit"
+flowlabel = 12345
+pmtudisc = false
+ignore_df = true
+"#;
+        let c = parse(Path::new("t.toml"), text).unwrap();
+        let t = &c.tunnels[0];
+        assert!(t.outer_v6() && t.icsum && t.ocsum && t.iseq && t.oseq && t.ignore_df);
+        assert_eq!((t.ttl, t.tos, t.flowlabel), (Setting::Inherit, Setting::Inherit, Setting::Fixed(12345)));
+        // IPv6 40 + GRE 4 + checksum 4 + key 4 + sequence 4.
+        assert_eq!(t.overhead(), 56);
+        use gre_common::maps::tunnel_flags as f;
+        assert_eq!(
+            t.datapath_flags(),
+            f::IKEY | f::OKEY | f::ICSUM | f::OCSUM | f::ISEQ | f::OSEQ | f::TOS_INHERIT | f::OUTER_V6 | f::NOPMTUDISC | f::IGNORE_DF
+        );
+        let e = parse(Path::new("t.toml"), &text.replace("12345", "\"inherit\"").replace("2001:db8::2", "fe80::2")).unwrap_err();
+        assert!(e.message.contains("fe80::2 must be a global"), "{e}");
+        let e = parse(Path::new("t.toml"), &text.replace("12345", "1048576")).unwrap_err();
+        assert!(e.message.contains("does not fit in 20 bits"), "{e}");
     }
 
     #[test]
@@ -349,10 +558,13 @@ pmtudisc = false
     fn rejects_names_addresses_and_values() {
         assert!(err(&GOOD.replace("gre1", "much-too-long-name")).message.contains("1 to 12 characters"));
         assert!(err(&GOOD.replace("gre1", "gre0")).message.contains("defined twice"));
-        assert!(err(&GOOD.replace("198.51.100.66\"\nkey", "2001:db8::1\"\nkey")).message.contains("is IPv6"));
+        assert!(err(&GOOD.replace("198.51.100.66\"\nkey", "2001:db8::1\"\nkey")).message.contains("not of the same family"));
+        assert!(err(&GOOD.replace("ttl = 64", "ttl = \"inheritt\"")).message.contains("or \"inherit\""));
+        assert!(err(&GOOD.replace("ttl = 64", "flowlabel = 1")).message.contains("IPv6 outer headers only"));
+        assert!(err(&GOOD.replace("ttl = 64", "ignore_df = true")).message.contains("needs pmtudisc = false"));
         assert!(err(&GOOD.replace("198.51.100.66\"\nkey", "224.0.0.5\"\nkey")).message.contains("unicast"));
         assert!(err(&GOOD.replace("198.51.100.66\"\nkey", "198.51.100.2\"\nkey")).message.contains("same address"));
-        assert!(err(&GOOD.replace("ttl = 64", "ttl = 300")).message.contains("u8"));
+        assert!(err(&GOOD.replace("ttl = 64", "ttl = 300")).message.contains("invalid value: integer `300`"));
         assert!(err(&GOOD.replace("/30", "/33")).message.contains("invalid IP address"));
         assert!(err(&GOOD.replace("\"2001:db8:100::1/64\"", "\"203.0.113.1/30\"")).message.contains("listed twice"));
         assert!(err(&GOOD.replace("name = \"eth0\"", "name = \"eth0\"\nxdp_mode = \"turbo\"")).message.contains("unknown variant"));

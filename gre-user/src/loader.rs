@@ -8,10 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode};
-use gre_common::{
-    gre,
-    maps::{Tunnel, programs, tunnel_flags},
-};
+use gre_common::maps::{Tunnel, programs};
 use log::{info, warn};
 use rtnetlink::Handle;
 
@@ -127,37 +124,15 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
     let mut netdevs = Vec::new();
     for (id, t) in (0u32..).zip(&cfg.tunnels) {
         let underlay = netdev::get(handle, &t.interface).await?;
-        let overhead = u32::try_from(gre::ipv4_overhead(t.okey.is_some())).unwrap_or(u32::MAX);
-        let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= 68).ok_or_else(|| {
-            anyhow!("tunnel {}: underlay {} MTU {} leaves no room for {overhead} bytes of GRE/IPv4", t.name, t.interface, underlay.mtu)
+        let overhead = u32::try_from(t.overhead()).unwrap_or(u32::MAX);
+        // IPv6 needs 1280 on the tunnel netdev; IPv4 68.
+        let min = if t.addresses.iter().any(|a| a.addr().is_ipv6()) { 1280 } else { 68 };
+        let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= min).ok_or_else(|| {
+            anyhow!("tunnel {}: underlay {} MTU {} leaves less than {min} after {overhead} bytes of outer headers", t.name, t.interface, underlay.mtu)
         })?;
         let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), mtu, &t.addresses).await?;
         undo.links.push(kernel.index);
-        let mut flags = 0;
-        if t.ikey.is_some() {
-            flags |= tunnel_flags::IKEY;
-        }
-        if t.okey.is_some() {
-            flags |= tunnel_flags::OKEY;
-        }
-        if !t.pmtudisc {
-            flags |= tunnel_flags::NOPMTUDISC;
-        }
-        let entry = Tunnel {
-            local: store_addr(t.local),
-            remote: store_addr(t.remote),
-            ikey: t.ikey.unwrap_or(0),
-            okey: t.okey.unwrap_or(0),
-            flags,
-            ttl: t.ttl,
-            tos: t.tos,
-            netdev_ifindex: kernel.index,
-            inject_ifindex: inject.index,
-            underlay_ifindex: underlay.index,
-            netdev_mac: kernel.mac,
-            inject_mac: inject.mac,
-            ..Tunnel::default()
-        };
+        let entry = datapath_entry(t, &kernel, &inject, &underlay);
         maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
         netdevs.push((t, kernel.index, inject.index));
         info!("tunnel {}: {} -> {} via {}, mtu {mtu}", t.name, t.local, t.remote, t.interface);
@@ -198,6 +173,33 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         netdev::up(handle, *kernel).await?;
     }
     Ok(())
+}
+
+/// The datapath's record of a tunnel.
+fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Link, underlay: &netdev::Link) -> Tunnel {
+    let fixed = |s: config::Setting<u8>| match s {
+        config::Setting::Fixed(v) => v,
+        config::Setting::Inherit => 0,
+    };
+    Tunnel {
+        local: store_addr(t.local),
+        remote: store_addr(t.remote),
+        ikey: t.ikey.unwrap_or(0),
+        okey: t.okey.unwrap_or(0),
+        flags: t.datapath_flags(),
+        flowlabel: match t.flowlabel {
+            config::Setting::Fixed(v) => v,
+            config::Setting::Inherit => 0,
+        },
+        ttl: fixed(t.ttl),
+        tos: fixed(t.tos),
+        netdev_ifindex: kernel.index,
+        inject_ifindex: inject.index,
+        underlay_ifindex: underlay.index,
+        netdev_mac: kernel.mac,
+        inject_mac: inject.mac,
+        ..Tunnel::default()
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T>

@@ -4,10 +4,14 @@
 use std::{ffi::CStr, fmt::Write as _};
 
 use anyhow::Result;
-use gre_common::maps::{Tunnel, tunnel_flags};
+use gre_common::{
+    drop,
+    maps::{Tunnel, tunnel_flags},
+};
 use serde::Serialize;
 
 use crate::{
+    config::Setting,
     loader,
     maps::{Maps, show_addr},
 };
@@ -29,14 +33,27 @@ pub struct TunnelReport {
     pub remote: String,
     pub ikey: Option<u32>,
     pub okey: Option<u32>,
-    /// 0 = inherit.
-    pub ttl: u8,
-    pub tos: u8,
+    pub icsum: bool,
+    pub ocsum: bool,
+    pub iseq: bool,
+    pub oseq: bool,
+    /// A number, or "inherit".
+    pub ttl: Setting<u8>,
+    /// A number, or "inherit".
+    pub tos: Setting<u8>,
+    /// IPv6 outer only: a number, or "inherit".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flowlabel: Option<Setting<u32>>,
     pub pmtudisc: bool,
+    pub ignore_df: bool,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    pub keepalives_answered: u64,
+    pub keepalives_returned: u64,
+    /// This tunnel's drops by reason (every reason, zeros included).
+    pub drops: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Reads an instance's maps into a report.
@@ -61,13 +78,24 @@ pub fn report(instance: &str) -> Result<Report> {
             remote: show_addr(&t.remote).to_string(),
             ikey: key(&t, tunnel_flags::IKEY, t.ikey),
             okey: key(&t, tunnel_flags::OKEY, t.okey),
-            ttl: t.ttl,
-            tos: t.tos,
+            icsum: t.flags & tunnel_flags::ICSUM != 0,
+            ocsum: t.flags & tunnel_flags::OCSUM != 0,
+            iseq: t.flags & tunnel_flags::ISEQ != 0,
+            oseq: t.flags & tunnel_flags::OSEQ != 0,
+            ttl: if t.ttl == 0 { Setting::Inherit } else { Setting::Fixed(t.ttl) },
+            tos: if t.flags & tunnel_flags::TOS_INHERIT != 0 { Setting::Inherit } else { Setting::Fixed(t.tos) },
+            flowlabel: (t.flags & tunnel_flags::OUTER_V6 != 0).then(|| {
+                if t.flags & tunnel_flags::FLOWLABEL_INHERIT != 0 { Setting::Inherit } else { Setting::Fixed(t.flowlabel) }
+            }),
             pmtudisc: t.flags & tunnel_flags::NOPMTUDISC == 0,
+            ignore_df: t.flags & tunnel_flags::IGNORE_DF != 0,
             rx_packets: s.rx_packets,
             rx_bytes: s.rx_bytes,
             tx_packets: s.tx_packets,
             tx_bytes: s.tx_bytes,
+            keepalives_answered: s.keepalives_answered,
+            keepalives_returned: s.keepalives_returned,
+            drops: drop::NAMES.iter().zip(s.drops).map(|(n, v)| ((*n).to_string(), v.into())).collect(),
         });
     }
     let drops = maps.drops()?.into_iter().map(|(n, v)| (n.to_string(), v.into())).collect();
@@ -95,7 +123,8 @@ fn ifname(index: u32) -> String {
 #[must_use]
 pub fn table(r: &Report) -> String {
     let mut rows = vec![[
-        "tunnel", "interface", "local", "remote", "ikey", "okey", "ttl", "rx packets", "rx bytes", "tx packets", "tx bytes",
+        "tunnel", "interface", "local", "remote", "ikey", "okey", "ttl", "options", "rx packets", "rx bytes", "tx packets",
+        "tx bytes", "drops",
     ]
     .map(String::from)];
     let opt = |k: Option<u32>| k.map_or_else(|| "-".to_string(), |k| k.to_string());
@@ -107,11 +136,13 @@ pub fn table(r: &Report) -> String {
             t.remote.clone(),
             opt(t.ikey),
             opt(t.okey),
-            if t.ttl == 0 { "inherit".to_string() } else { t.ttl.to_string() },
+            t.ttl.to_string(),
+            options(t),
             t.rx_packets.to_string(),
             t.rx_bytes.to_string(),
             t.tx_packets.to_string(),
             t.tx_bytes.to_string(),
+            t.drops.values().filter_map(serde_json::Value::as_u64).sum::<u64>().to_string(),
         ]);
     }
     let mut out = format!("instance {}\n", r.instance);
@@ -121,6 +152,21 @@ pub fn table(r: &Report) -> String {
     out.push('\n');
     out += &columns(&drops);
     out
+}
+
+/// The tunnel's non-default options, in ip(8) words.
+fn options(t: &TunnelReport) -> String {
+    let mut o: Vec<String> = [(t.icsum, "icsum"), (t.ocsum, "ocsum"), (t.iseq, "iseq"), (t.oseq, "oseq"), (!t.pmtudisc, "nopmtudisc"), (t.ignore_df, "ignore-df")]
+        .into_iter()
+        .filter_map(|(on, word)| on.then(|| word.to_string()))
+        .collect();
+    if t.tos != Setting::Fixed(0) {
+        o.push(format!("tos={}", t.tos));
+    }
+    if let Some(f) = t.flowlabel.filter(|f| *f != Setting::Fixed(0)) {
+        o.push(format!("flowlabel={f}"));
+    }
+    if o.is_empty() { "-".to_string() } else { o.join(",") }
 }
 
 /// Left-aligned text columns, numbers right-aligned.
