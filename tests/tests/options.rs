@@ -1,0 +1,262 @@
+//! BPF_PROG_TEST_RUN fixtures for the tunnel options: checksums, sequence numbers, IPv6 outer
+//! headers, TOS/ECN (RFC 6040), DF policies, keepalives and loops. Expected packets come from
+//! scapy (GRE checksums included), an encoder independent of ours.
+
+use etherparse::{EtherType, Ipv4Header};
+use gre_common::{
+    drop,
+    maps::{Tunnel, TunnelStats, tunnel_flags as tf},
+};
+use gre_tests::fixture::*;
+use gre_user::maps::store_addr;
+
+const SRC_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+
+fn tunnel(local: &str, remote: &str, flags: u32) -> Tunnel {
+    Tunnel {
+        local: store_addr(local.parse().unwrap()),
+        remote: store_addr(remote.parse().unwrap()),
+        flags,
+        ..Tunnel::default()
+    }
+}
+
+fn hex_bytes(b: &[u8]) -> String {
+    format!("bytes.fromhex('{}')", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+/// Inner IPv4/UDP with `len` bytes of payload, as scapy builds it.
+fn inner4(tos: u8, ttl: u8, len: usize) -> Vec<u8> {
+    scapy(&format!("IP(src='203.0.113.2', dst='203.0.113.1', tos={tos}, ttl={ttl})/UDP(sport=4000, dport=5000)/Raw(bytes(range(256))*{}+bytes({}))", len / 256, len % 256))
+}
+
+/// The "full" tunnel: key 7, checksums and sequence numbers both ways, TOS inherited, TTL 64.
+fn full(f: &mut Fixture) -> (u32, Netdev) {
+    f.add(Tunnel {
+        ikey: 7,
+        okey: 7,
+        ttl: 64,
+        ..tunnel("198.51.100.1", "198.51.100.4", tf::IKEY | tf::OKEY | tf::ICSUM | tf::OCSUM | tf::ISEQ | tf::OSEQ | tf::TOS_INHERIT)
+    })
+}
+
+fn wire_full(seq: Option<u32>, csum: bool, payload: &[u8]) -> Vec<u8> {
+    let seq = seq.map_or_else(String::new, |s| format!(", seqnum_present=1, sequence_number={s}"));
+    scapy(&format!(
+        "Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:02')/IP(src='198.51.100.4', dst='198.51.100.1', ttl=64)/GRE(chksum_present={}, key_present=1, key=7, proto=0x0800{seq})/Raw({})",
+        u8::from(csum),
+        hex_bytes(payload)
+    ))
+}
+
+#[test]
+fn checksum_and_sequence_on_receive() {
+    let Some(mut f) = setup("checksum_and_sequence_on_receive") else { return };
+    let (id, dev) = full(&mut f);
+    // 1001 bytes of payload: an odd length, and many rounds of the checksum loop.
+    let inner = inner4(0, 9, 1001);
+    let expected = [eth(dev.mac, dev.inject_mac, EtherType::IPV4), inner.clone()].concat();
+    let cases: [(&str, Vec<u8>, Option<u32>); 8] = [
+        ("first packet, sequence 5", wire_full(Some(5), true, &inner), None),
+        ("sequence 5 again", wire_full(Some(5), true, &inner), Some(drop::SEQUENCE)),
+        ("older sequence 4", wire_full(Some(4), true, &inner), Some(drop::SEQUENCE)),
+        ("gap to sequence 9", wire_full(Some(9), true, &inner), None),
+        ("no sequence number", wire_full(None, true, &inner), Some(drop::SEQUENCE)),
+        ("no checksum", wire_full(Some(10), false, &inner), Some(drop::CHECKSUM_POLICY)),
+        ("corrupted payload", {
+            let mut p = wire_full(Some(10), true, &inner);
+            let last = p.len() - 1;
+            p[last] ^= 0x01;
+            p
+        }, Some(drop::BAD_CHECKSUM)),
+        ("sequence 10 after the rejects", wire_full(Some(10), true, &inner), None),
+    ];
+    let mut want = TunnelStats::default();
+    for (what, input, reason) in cases {
+        let (action, out) = f.decap(&input);
+        match reason {
+            None => {
+                assert_eq!(action, XDP_REDIRECT, "{what}");
+                assert_eq!(out, expected, "{what}");
+                want.rx_packets += 1;
+                want.rx_bytes += inner.len() as u64;
+            }
+            Some(r) => {
+                assert_eq!(action, XDP_DROP, "{what}");
+                want.drops[r as usize] += 1;
+            }
+        }
+        assert_eq!(f.stats(id), want, "{what}");
+    }
+    // A checksum on a tunnel that does not expect one is refused too (ip_tunnel_rcv).
+    let keyed = scapy("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(chksum_present=1, key_present=1, key=42, proto=0x0800)/Raw(b'abcd')");
+    assert_eq!(f.decap(&keyed).0, XDP_DROP);
+    assert_eq!(f.stats(0).drops[drop::CHECKSUM_POLICY as usize], 1);
+}
+
+#[test]
+fn checksum_sequence_and_tos_on_transmit() {
+    let Some(mut f) = setup("checksum_sequence_and_tos_on_transmit") else { return };
+    let (id, dev) = full(&mut f);
+    // TOS inherited: EF and not ECN-capable; then EF with CE, which leaves as ECT(0) (RFC 6040).
+    for (seq, inner_tos, outer_tos, len) in [(1, 0xb8, 0xb8, 1001), (2, 0xbb, 0xba, 64), (3, 0x00, 0x00, 0)] {
+        let inner = inner4(inner_tos, 17, len);
+        let (ret, out) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner.clone()].concat(), dev.index);
+        assert_eq!(ret, TC_ACT_REDIRECT, "packet {seq}");
+        let expected = scapy(&format!(
+            "Ether(dst='{}', src='{}')/IP(src='198.51.100.1', dst='198.51.100.4', ttl=64, tos={outer_tos}, id=0, flags='DF')/GRE(chksum_present=1, key_present=1, key=7, seqnum_present=1, sequence_number={seq}, proto=0x0800)/Raw({})",
+            mac_str(dev.mac),
+            mac_str(SRC_MAC),
+            hex_bytes(&inner)
+        ));
+        assert_eq!(out, expected, "packet {seq}");
+    }
+    assert_eq!(f.stats(id).tx_packets, 3);
+    // What we send, our receive side accepts (checksum and sequence verified).
+    let (_, wire) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner4(0, 5, 333)].concat(), dev.index);
+    let mut back = wire.clone();
+    back[26..30].copy_from_slice(&[198, 51, 100, 4]);
+    back[30..34].copy_from_slice(&[198, 51, 100, 1]);
+    let mut ip = Ipv4Header::from_slice(&back[14..]).unwrap().0;
+    ip.header_checksum = ip.calc_header_checksum();
+    back[14..34].copy_from_slice(&ip.to_bytes());
+    assert_eq!(f.decap(&back).0, XDP_REDIRECT);
+}
+
+#[test]
+fn checksum_is_refused_for_gso_packets() {
+    let Some(mut f) = setup("checksum_is_refused_for_gso_packets") else { return };
+    let (id, dev) = full(&mut f);
+    let input = [eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner4(0, 5, 1400)].concat();
+    let (ret, _) = f.encap_gso(&input, dev.index, 1400);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(f.stats(id).drops[drop::CHECKSUM_GSO as usize], 1);
+    // The same packet, not GSO, gets its checksum.
+    let (ret, out) = f.encap(&input, dev.index);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(out[34..36], [0xb0, 0x00], "C, K and S set");
+}
+
+#[test]
+fn ipv6_outer_both_ways() {
+    let Some(mut f) = setup("ipv6_outer_both_ways") else { return };
+    let (id, dev) = f.add(Tunnel { tos: 0x20, flowlabel: 0x12345, ..tunnel("2001:db8::1", "2001:db8::2", tf::OUTER_V6) });
+    // Encap: hop limit inherited (33), traffic class fixed 0x20 with the inner ECT(1) copied in.
+    let inner = inner4(0x01, 33, 200);
+    let (ret, out) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner.clone()].concat(), dev.index);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    let expected = scapy(&format!(
+        "Ether(dst='{}', src='{}', type=0x86dd)/IPv6(src='2001:db8::1', dst='2001:db8::2', hlim=33, tc=0x21, fl=0x12345, nh=47)/GRE(proto=0x0800)/Raw({})",
+        mac_str(dev.mac),
+        mac_str(SRC_MAC),
+        hex_bytes(&inner)
+    ));
+    assert_eq!(out, expected);
+
+    // Decap, plain and with the encapsulation-limit destination option ip6gre senders add.
+    let inner6 = scapy("IPv6(src='2001:db8:100::2', dst='2001:db8:100::1', hlim=9)/UDP(sport=1, dport=2)/Raw(b'inner six')");
+    let plain = scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=47)/GRE(proto=0x86dd)/Raw({})", hex_bytes(&inner6)));
+    let with_option = scapy(&format!(
+        "Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=60)/IPv6ExtHdrDestOpt(nh=47, options=[HBHOptUnknown(otype=4, optdata=b'\\x04'), PadN(optdata=b'\\x00')])/GRE(proto=0x86dd)/Raw({})",
+        hex_bytes(&inner6)
+    ));
+    for input in [plain, with_option] {
+        let (action, out) = f.decap(&input);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out, [eth(dev.mac, dev.inject_mac, EtherType::IPV6), inner6.clone()].concat());
+    }
+    assert_eq!((f.stats(id).rx_packets, f.stats(id).tx_packets), (2, 1));
+    // The same addresses with a key match nothing: a key mismatch for IPv6 endpoints too.
+    let keyed = scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=47)/GRE(key_present=1, key=1, proto=0x86dd)/Raw({})", hex_bytes(&inner6)));
+    assert_eq!(f.decap(&keyed).0, XDP_DROP);
+    assert_eq!(f.drops()[drop::KEY_MISMATCH as usize], 1);
+}
+
+#[test]
+fn ecn_on_receive_follows_rfc_6040() {
+    let Some(mut f) = setup("ecn_on_receive_follows_rfc_6040") else { return };
+    let wire = |outer_tos: u8, inner: &[u8], proto: u16| {
+        scapy(&format!("Ether()/IP(src='198.51.100.3', dst='198.51.100.1', tos={outer_tos})/GRE(proto={proto})/Raw({})", hex_bytes(inner)))
+    };
+    let plain = f.plain;
+    // Outer CE, inner not ECN-capable: dropped.
+    assert_eq!(f.decap(&wire(0x03, &inner4(0, 9, 10), 0x0800)).0, XDP_DROP);
+    assert_eq!(f.stats(1).drops[drop::ECN as usize], 1);
+    // Outer CE, inner ECT(0): the inner packet is marked CE, its checksum updated.
+    let (action, out) = f.decap(&wire(0x03, &inner4(0x02, 9, 10), 0x0800));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, [eth(plain.mac, plain.inject_mac, EtherType::IPV4), inner4(0x03, 9, 10)].concat());
+    // Outer ECT(0), inner not-ECT: passed unchanged.
+    let (_, out) = f.decap(&wire(0x02, &inner4(0x00, 9, 10), 0x0800));
+    assert_eq!(&out[14..], &inner4(0x00, 9, 10)[..]);
+    // IPv6 inner, ECT(1) under outer CE becomes CE.
+    let v6 = |tc: u8| scapy(&format!("IPv6(src='2001:db8:100::2', dst='2001:db8:100::1', tc={tc})/UDP(sport=1, dport=2)/Raw(b'x')"));
+    let (action, out) = f.decap(&wire(0x03, &v6(0x01), 0x86dd));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[14..], &v6(0x03)[..]);
+}
+
+#[test]
+fn df_policies() {
+    let Some(mut f) = setup("df_policies") else { return };
+    let (_, nopmtu) = f.add(tunnel("198.51.100.1", "198.51.100.5", tf::NOPMTUDISC));
+    let (_, ignore) = f.add(tunnel("198.51.100.1", "198.51.100.6", tf::NOPMTUDISC | tf::IGNORE_DF));
+    let with_df = scapy("IP(src='203.0.113.2', dst='203.0.113.1', flags='DF')/UDP()/Raw(b'df')");
+    let without_df = scapy("IP(src='203.0.113.2', dst='203.0.113.1', flags=0)/UDP()/Raw(b'no df')");
+    for (dev, inner, df) in [(nopmtu, &with_df, true), (nopmtu, &without_df, false), (ignore, &with_df, false), (f.keyed, &without_df, true)] {
+        let (ret, out) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner.clone()].concat(), dev.index);
+        assert_eq!(ret, TC_ACT_REDIRECT);
+        let ip = Ipv4Header::from_slice(&out[14..]).unwrap().0;
+        assert_eq!(ip.dont_fragment, df, "outer DF for inner DF {}", inner == &with_df);
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    }
+}
+
+#[test]
+fn keepalives_are_answered_and_counted() {
+    let Some(mut f) = setup("keepalives_are_answered_and_counted") else { return };
+    // The remote's keepalive: GRE to us carrying a GRE packet addressed back to the remote.
+    let from_remote = scapy("Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:02')/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/IP(src='198.51.100.1', dst='198.51.100.2', ttl=255)/GRE(key_present=1, key=42, proto=0)");
+    let (action, out) = f.decap(&from_remote);
+    assert_eq!(action, XDP_TX, "sent back out of the port it came in on");
+    let expected = scapy("Ether(dst='02:00:00:00:00:02', src='02:00:00:00:00:01')/IP(src='198.51.100.1', dst='198.51.100.2', ttl=254)/GRE(key_present=1, key=42, proto=0)");
+    assert_eq!(out, expected);
+    // Our own keepalive coming back: counted, consumed, no error.
+    let (action, _) = f.decap(&expected.iter().copied().collect::<Vec<_>>().into_iter().enumerate().map(|(i, b)| match i {
+        // Seen from our side: from the remote to us.
+        26..=29 => [198, 51, 100, 2][i - 26],
+        30..=33 => [198, 51, 100, 1][i - 30],
+        _ => b,
+    }).collect::<Vec<_>>().pipe(fix_ipv4_checksum));
+    assert_eq!(action, XDP_DROP);
+    let s = f.stats(0);
+    assert_eq!((s.keepalives_answered, s.keepalives_returned, s.rx_packets), (1, 1, 0));
+    assert!(f.drops().iter().all(|d| *d == 0));
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+fn fix_ipv4_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let mut ip = Ipv4Header::from_slice(&frame[14..]).unwrap().0;
+    ip.header_checksum = ip.calc_header_checksum();
+    frame[14..34].copy_from_slice(&ip.to_bytes());
+    frame
+}
+
+#[test]
+fn gre_inside_its_own_tunnel_is_a_loop() {
+    let Some(mut f) = setup("gre_inside_its_own_tunnel_is_a_loop") else { return };
+    let own = scapy("IP(src='198.51.100.1', dst='198.51.100.2')/GRE(key_present=1, key=42, proto=0x0800)/IP()/Raw(b'x')");
+    let (ret, _) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), own].concat(), f.keyed.index);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(f.stats(0).drops[drop::LOOP as usize], 1);
+    // GRE of another tunnel inside this one is fine (GRE over GRE, not a loop).
+    let other = scapy("IP(src='198.51.100.1', dst='198.51.100.9')/GRE(proto=0x0800)/IP()/Raw(b'x')");
+    let (ret, _) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), other].concat(), f.keyed.index);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+}
