@@ -102,7 +102,7 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
         return Err(drop::ENCAP_FAILED);
     }
     if flags & FLAG_C != 0 {
-        write_checksum(ctx, at)?;
+        write_checksum(ctx, at, at + gre_len)?;
     }
     stats::count_tx(id, u64::from(inner_len));
     // SAFETY: no parameters: the kernel looks the next hop up itself.
@@ -235,12 +235,59 @@ fn outer_ipv6(t: &Tunnel, inner: &Inner, payload: u32) -> [u8; IPV6_HLEN] {
 }
 
 /// Fills the GRE checksum over the GRE header and payload (non-GSO packets only).
+///
+/// A locally sent TCP or UDP packet may still have its own checksum to be completed
+/// (CHECKSUM_PARTIAL: the field holds the pseudo-header sum, and the kernel or the NIC writes the
+/// final value only after this program). The GRE checksum must cover the final value, so it is
+/// computed as if the inner checksum were already complete; the packet is not changed.
 #[inline(always)]
-fn write_checksum(ctx: &TcContext, gre: usize) -> Result<(), u32> {
+fn write_checksum(ctx: &TcContext, gre: usize, inner: usize) -> Result<(), u32> {
     let end = ctx.len() as usize;
-    let sum = csum::sum_range(ctx, gre, end).ok_or(drop::ENCAP_FAILED)?;
+    let mut sum = csum::sum_range(ctx, gre, end).ok_or(drop::ENCAP_FAILED)?;
+    if let Some(adjust) = pending_l4_checksum(ctx, inner, end) {
+        sum += adjust;
+    }
     let c = !csum::fold(sum);
     ctx.store(gre + 4, &c.to_be_bytes(), 0).map_err(|_| drop::ENCAP_FAILED)
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// If the inner TCP/UDP checksum is pending (the field holds exactly the pseudo-header sum and
+/// the segment does not verify), what to add to a sum over the packet as it is to get the sum
+/// over the packet with the completed checksum: `~field + final`. `None` when it is complete (or
+/// not TCP/UDP, or broken: then the far end sees what was sent).
+#[inline(always)]
+fn pending_l4_checksum(ctx: &TcContext, inner: usize, end: usize) -> Option<u64> {
+    let first: [u8; 1] = ctx.load(inner).ok()?;
+    let (l4, proto, pseudo) = if first[0] >> 4 == 4 {
+        let h: [u8; IPV4_HLEN] = ctx.load(inner).ok()?;
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        let len = usize::from(u16::from_be_bytes([h[2], h[3]])).checked_sub(ihl)?;
+        let mut addrs = [0u8; 8];
+        addrs.copy_from_slice(&h[12..20]);
+        (inner + ihl, h[9], csum::sum_words(&addrs) + u64::from(h[9]) + len as u64)
+    } else {
+        let h: [u8; IPV6_HLEN] = ctx.load(inner).ok()?;
+        let len = u64::from(u16::from_be_bytes([h[4], h[5]]));
+        let mut addrs = [0u8; 32];
+        addrs.copy_from_slice(&h[8..40]);
+        (inner + IPV6_HLEN, h[6], csum::sum_words(&addrs) + u64::from(h[6]) + len)
+    };
+    let field_at = match proto {
+        IPPROTO_TCP => l4 + 16,
+        IPPROTO_UDP => l4 + 6,
+        _ => return None,
+    };
+    let field = u16::from_be(ctx.load::<u16>(field_at).ok()?);
+    let segment = csum::sum_range(ctx, l4, end)?;
+    if csum::fold(segment + pseudo) == 0xffff || field != csum::fold(pseudo) {
+        return None;
+    }
+    // The sum of the rest of the segment is segment - field, i.e. segment + ~field.
+    let completed = !csum::fold(segment + u64::from(!field) + pseudo);
+    Some(u64::from(!field) + u64::from(completed))
 }
 
 /// Atomic fetch-and-add (BPF_ATOMIC | BPF_ADD | BPF_FETCH, kernel 5.12+). Written in assembly

@@ -130,7 +130,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= min).ok_or_else(|| {
             anyhow!("tunnel {}: underlay {} MTU {} leaves less than {min} after {overhead} bytes of outer headers", t.name, t.interface, underlay.mtu)
         })?;
-        let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), mtu, &t.addresses).await?;
+        let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), mtu, t.ocsum, &t.addresses).await?;
         undo.links.push(kernel.index);
         let entry = datapath_entry(t, &kernel, &inject, &underlay);
         maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;

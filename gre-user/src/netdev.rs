@@ -61,13 +61,13 @@ fn link_of(msg: &LinkMessage) -> Link {
     Link { index: msg.header.index, mtu, mac }
 }
 
-/// Creates the tunnel netdev: a veth pair `name` (kernel side: NOARP, `mtu`, overlay addresses)
-/// and `inject` (where the datapath injects decapsulated packets). Both are left down; [`up`]
-/// brings them up once the programs are attached.
+/// Creates the tunnel netdev: a veth pair `name` (kernel side: NOARP, `mtu`, overlay addresses,
+/// and no GSO when `no_gso`) and `inject` (where the datapath injects decapsulated packets).
+/// Both are left down; [`up`] brings them up once the programs are attached.
 ///
 /// # Errors
 /// A link of either name exists already, or netlink fails.
-pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, mtu: u32, addresses: &[IpNet]) -> Result<(Link, Link)> {
+pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, mtu: u32, no_gso: bool, addresses: &[IpNet]) -> Result<(Link, Link)> {
     for n in [name, inject] {
         if find(handle, n).await?.is_some() {
             bail!("interface {n} exists already; pick another tunnel name or remove it");
@@ -92,6 +92,16 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, mtu
         .execute()
         .await
         .with_context(|| format!("setting MTU {mtu} and NOARP on {name}"))?;
+    if no_gso {
+        // One segment per packet: the stack then hands over packets of one MSS, not GSO ones, so
+        // each can carry its own GRE checksum.
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(kernel.index).append_extra_attribute(LinkAttribute::GsoMaxSegs(1)).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting gso_max_segs 1 on {name}"))?;
+    }
     // The datapath end carries whole underlay-sized frames; never let it be the bottleneck.
     handle
         .link()

@@ -140,6 +140,8 @@ impl Drop for Lab {
 ///   site a                       wan                        site b
 ///   eth0 198.51.100.1/26 ── a0 198.51.100.62/26
 ///                              b0 198.51.100.126/26 ── eth0 198.51.100.65/26
+///   eth0 2001:db8:1::1/64 ── a0 2001:db8:1::ffff/64
+///                              b0 2001:db8:2::ffff/64 ── eth0 2001:db8:2::1/64
 ///   gre0 203.0.113.1/30, 2001:db8:100::1/64  ═══ GRE ═══  gre0 203.0.113.2/30, 2001:db8:100::2/64
 /// ```
 pub struct TwoSites {
@@ -151,6 +153,8 @@ pub struct TwoSites {
 
 pub const A_UNDERLAY: &str = "198.51.100.1";
 pub const B_UNDERLAY: &str = "198.51.100.65";
+pub const A_UNDERLAY6: &str = "2001:db8:1::1";
+pub const B_UNDERLAY6: &str = "2001:db8:2::1";
 pub const A_OVERLAY4: &str = "203.0.113.1";
 pub const B_OVERLAY4: &str = "203.0.113.2";
 pub const A_OVERLAY6: &str = "2001:db8:100::1";
@@ -168,9 +172,16 @@ impl TwoSites {
         let b = lab.add_ns("b")?;
         lab.link((&a, "eth0", "198.51.100.1/26"), (&wan, "a0", "198.51.100.62/26"))?;
         lab.link((&b, "eth0", "198.51.100.65/26"), (&wan, "b0", "198.51.100.126/26"))?;
+        // The IPv6 underlay beside it (no DAD: the addresses are usable at once).
+        for (ns, ifname, addr) in [(&a, "eth0", "2001:db8:1::1/64"), (&wan, "a0", "2001:db8:1::ffff/64"), (&b, "eth0", "2001:db8:2::1/64"), (&wan, "b0", "2001:db8:2::ffff/64")] {
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname, "nodad"])?;
+        }
         ns_sh(&wan, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        ns_sh(&wan, &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
         sh(&["ip", "-n", &a, "route", "add", "default", "via", "198.51.100.62"])?;
         sh(&["ip", "-n", &b, "route", "add", "default", "via", "198.51.100.126"])?;
+        sh(&["ip", "-n", &a, "-6", "route", "add", "default", "via", "2001:db8:1::ffff"])?;
+        sh(&["ip", "-n", &b, "-6", "route", "add", "default", "via", "2001:db8:2::ffff"])?;
         Ok(Self { lab, a, wan, b })
     }
 
@@ -178,11 +189,31 @@ impl TwoSites {
     #[must_use]
     pub fn site_config(local: &str, remote: &str, key: Option<u32>, overlay4: &str, overlay6: &str) -> String {
         let key = key.map_or_else(String::new, |k| format!("key = {k}\n"));
+        Self::site_config_with(local, remote, &format!("{key}ttl = 64\n"), overlay4, overlay6)
+    }
+
+    /// The configuration of one site's end of a tunnel, with `options` (TOML lines) added.
+    #[must_use]
+    pub fn site_config_with(local: &str, remote: &str, options: &str, overlay4: &str, overlay6: &str) -> String {
         format!(
             "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\n\
-             local = \"{local}\"\nremote = \"{remote}\"\n{key}ttl = 64\n\
+             local = \"{local}\"\nremote = \"{remote}\"\n{options}\
              address = [\"{overlay4}/30\", \"{overlay6}/64\"]\n"
         )
+    }
+
+    /// Brings up a tunnel with the same `options` on both sites, between the given underlay
+    /// addresses of a and b; returns the instances of a and b.
+    ///
+    /// # Errors
+    /// `gre up` fails on either side.
+    pub fn tunnel_with(&mut self, a_underlay: &str, b_underlay: &str, options: &str) -> Result<(String, String)> {
+        let ca = Self::site_config_with(a_underlay, b_underlay, options, A_OVERLAY4, A_OVERLAY6);
+        let cb = Self::site_config_with(b_underlay, a_underlay, options, B_OVERLAY4, B_OVERLAY6);
+        let (a, b) = (self.a.clone(), self.b.clone());
+        let ia = self.lab.gre_up(&a, "a", &ca)?;
+        let ib = self.lab.gre_up(&b, "b", &cb)?;
+        Ok((ia, ib))
     }
 
     /// Brings up a keyed (or keyless) point-to-point tunnel between the sites; returns the

@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "tcpdump",
     "tshark",
+    "python3-scapy",
 ];
 
 pub fn run() -> Result<()> {
