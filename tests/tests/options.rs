@@ -260,3 +260,25 @@ fn gre_inside_its_own_tunnel_is_a_loop() {
     let (ret, _) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), other].concat(), f.keyed.index);
     assert_eq!(ret, TC_ACT_REDIRECT);
 }
+
+#[test]
+fn tunnels_between_the_same_endpoints_are_told_apart_by_key() {
+    let Some(mut f) = setup("tunnels_between_the_same_endpoints_are_told_apart_by_key") else { return };
+    // Tunnel 0 is 198.51.100.2 → .1 with key 42; add key 43 and separate in/out keys 50/51.
+    let (k43, dev43) = f.add(Tunnel { ikey: 43, okey: 43, ..tunnel("198.51.100.1", "198.51.100.2", tf::IKEY | tf::OKEY) });
+    let (split, dev_split) = f.add(Tunnel { ikey: 50, okey: 51, ..tunnel("198.51.100.1", "198.51.100.2", tf::IKEY | tf::OKEY) });
+    let inner = inner4(0, 9, 20);
+    for (key, id, dev) in [(42, 0, f.keyed), (43, k43, dev43), (50, split, dev_split)] {
+        let wire = scapy(&format!("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key={key}, proto=0x0800)/Raw({})", hex_bytes(&inner)));
+        let (action, out) = f.decap(&wire);
+        assert_eq!(action, XDP_REDIRECT, "key {key}");
+        assert_eq!(out[..6], dev.mac, "key {key} goes to its own tunnel netdev");
+        assert_eq!(f.stats(id).rx_packets, 1, "key {key}");
+    }
+    // 51 is the split tunnel's output key, not an input key.
+    let wire = scapy(&format!("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=51, proto=0x0800)/Raw({})", hex_bytes(&inner)));
+    assert_eq!(f.decap(&wire).0, XDP_DROP);
+    assert_eq!(f.drops()[drop::KEY_MISMATCH as usize], 1);
+    let (_, out) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner].concat(), dev_split.index);
+    assert_eq!(out[34..42], [0x20, 0x00, 0x08, 0x00, 0, 0, 0, 51], "sent with okey 51");
+}
