@@ -35,8 +35,12 @@ pub const LOOP: u32 = 14;
 /// `ocsum` on a GSO packet: the checksum must be per segment, which only the kernel's GSO could do.
 pub const CHECKSUM_GSO: u32 = 15;
 
+/// A frame that can only be sent with a known underlay next hop (a non-IP frame of a gretap
+/// tunnel), while the kernel has not resolved it yet.
+pub const NO_NEIGHBOUR: u32 = 16;
+
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 16;
+pub const COUNT: u32 = 17;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -56,4 +60,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "ecn",
     "loop",
     "checksum_gso",
+    "no_neighbour",
 ];

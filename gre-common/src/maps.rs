@@ -15,6 +15,7 @@ pub mod names {
     pub const INJECT_PORTS: &str = "INJECT_PORTS";
     pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
     pub const SEQUENCES: &str = "SEQUENCES";
+    pub const NEIGHBOURS: &str = "NEIGHBOURS";
     pub const DROPS: &str = "DROPS";
 }
 
@@ -30,6 +31,10 @@ pub mod programs {
 
 /// `RxKey::flags`: the packet (or tunnel) carries a key.
 pub const RX_KEY_PRESENT: u32 = 1;
+/// `RxKey::flags`: the packet carries Ethernet (protocol type 0x6558), the tunnel is a gretap.
+/// Like the kernel, which keeps gre and gretap tunnels in separate tables, this lets a gre and a
+/// gretap tunnel share endpoints and key.
+pub const RX_TEB: u32 = 2;
 
 /// Decapsulation match: the outer addresses as seen on receipt (local = destination) and the key.
 #[repr(C)]
@@ -74,6 +79,8 @@ pub mod tunnel_flags {
     pub const OUTER_V6: u32 = 1 << 9;
     /// The outer IPv6 flow label copies the inner IPv6 one (`flowlabel inherit`).
     pub const FLOWLABEL_INHERIT: u32 = 1 << 10;
+    /// gretap / ip6gretap: Ethernet frames (protocol type 0x6558) instead of IP packets.
+    pub const TEB: u32 = 1 << 11;
 }
 
 /// One tunnel, indexed by its id in the `TUNNELS` array.
@@ -152,8 +159,19 @@ pub struct Sequence {
     pub pad0: u32,
 }
 
+/// A neighbour entry `gre up` asked the kernel to keep resolved (a managed neighbour), so that
+/// `gre down` removes exactly those.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NeighbourKey {
+    pub ifindex: u32,
+    pub pad0: u32,
+    pub addr: Addr,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::NeighbourKey {}
     // SAFETY: all of these are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::RxKey {}
     unsafe impl aya::Pod for super::EndpointKey {}
@@ -173,5 +191,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 12 + 12);
         assert_eq!(core::mem::size_of::<TunnelStats>(), 48 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);
+        assert_eq!(core::mem::size_of::<NeighbourKey>(), 24);
     }
 }

@@ -18,10 +18,11 @@ use gre_common::{
     gre::{
         ECN_CE, ECN_MASK, ECN_NOT_ECT, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6,
         FLAG_C, FLAG_K, FLAG_R, FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_DSTOPTS, IPV6_HLEN,
-        IPV6_HOPOPTS, OPTION_LEN, PROTO_IPV4, PROTO_IPV6, PROTO_KEEPALIVE, VERSION_MASK, VLAN_HLEN,
+        IPV6_HOPOPTS, OPTION_LEN, PROTO_IPV4, PROTO_IPV6, PROTO_KEEPALIVE, PROTO_TEB, VERSION_MASK,
+        VLAN_HLEN,
         header_len,
     },
-    maps::{EndpointKey, RX_KEY_PRESENT, RxKey, Tunnel, tunnel_flags},
+    maps::{EndpointKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags},
 };
 
 use crate::{
@@ -83,6 +84,9 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     if gre.flags & FLAG_K != 0 {
         rx.key = gre.key;
         rx.flags = RX_KEY_PRESENT;
+    }
+    if gre.protocol == PROTO_TEB {
+        rx.flags |= RX_TEB;
     }
     // SAFETY: the value is a plain u32 copied out at once.
     let Some(id) = (unsafe { RX_MATCH.get(&rx) }).copied() else {
@@ -226,6 +230,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
                 unsafe { (*b)[1] |= ECN_CE << 4 };
             }
         }
+        PROTO_TEB => return inject_frame(ctx, o, inner, id),
         PROTO_KEEPALIVE => {
             // Our own keepalive, sent back by the remote: proof that the tunnel works both ways.
             stats::count_keepalive_returned(id);
@@ -324,6 +329,45 @@ fn answer_keepalive(ctx: &XdpContext, o: &Outer, inner: usize, id: u32) -> Verdi
     Ok(xdp_action::XDP_TX)
 }
 
+/// gretap: the payload is an Ethernet frame; after RFC 6040 on the IP packet it carries, it goes
+/// into the tunnel netdev as it is.
+#[inline(always)]
+fn inject_frame(ctx: &XdpContext, o: &Outer, inner: usize, id: u32) -> Verdict {
+    if inner + ETH_HLEN > o.end {
+        return Err(drop::TRUNCATED);
+    }
+    let l3 = inner + ETH_HLEN;
+    match be16(ctx, inner + 12).ok_or(drop::TRUNCATED)? {
+        ETH_P_IPV4 => {
+            let tos = read::<2, _>(ctx, l3).ok_or(drop::TRUNCATED)?[1];
+            if ecn_decap(o.ecn, tos & ECN_MASK)? {
+                set_ce_ipv4(ctx, l3)?;
+            }
+        }
+        ETH_P_IPV6 => {
+            let ih = read::<2, _>(ctx, l3).ok_or(drop::TRUNCATED)?;
+            if ecn_decap(o.ecn, (ih[1] >> 4) & ECN_MASK)? {
+                let b = bytes::<2, _>(ctx, l3).ok_or(drop::TRUNCATED)?;
+                // SAFETY: bounds checked by `bytes`.
+                unsafe { (*b)[1] |= ECN_CE << 4 };
+            }
+        }
+        _ => {}
+    }
+    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "bounded offsets")]
+    // SAFETY: the helper re-validates; all packet pointers above are dead after this call.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner as i32) } != 0 {
+        return Err(drop::TRUNCATED);
+    }
+    match INJECT_PORTS.redirect(id, 0) {
+        Ok(action) => {
+            stats::count_rx(id, (o.end - inner) as u64);
+            Ok(action)
+        }
+        Err(_) => Err(drop::NO_INJECT_PORT),
+    }
+}
+
 /// Replaces the outer headers by an Ethernet header and redirects into the tunnel netdev.
 #[inline(always)]
 fn inject(ctx: &XdpContext, t: &Tunnel, protocol: u16, inner: usize, id: u32, inner_len: usize) -> Verdict {
@@ -365,7 +409,11 @@ fn miss(rx: &RxKey) -> Verdict {
     let pair = EndpointKey { local: rx.local, remote: rx.remote };
     // SAFETY: only presence is tested.
     if unsafe { ENDPOINTS.get(&pair) }.is_some() {
-        Err(drop::KEY_MISMATCH)
+        // A gretap tunnel for an IP packet, or a gre tunnel for a frame: the key matched, the
+        // protocol type did not.
+        let other = RxKey { flags: rx.flags ^ RX_TEB, ..*rx };
+        // SAFETY: only presence is tested.
+        if unsafe { RX_MATCH.get(&other) }.is_some() { Err(drop::UNKNOWN_PROTOCOL) } else { Err(drop::KEY_MISMATCH) }
     } else {
         ours_drop(&rx.local, drop::NO_TUNNEL)
     }

@@ -7,28 +7,31 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_GRE,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6,
+        BPF_F_ADJ_ROOM_ENCAP_L4_GRE,
         BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh},
+    helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
     programs::TcContext,
 };
 use gre_common::{
     addr, drop,
     gre::{
         ECN_CE, ECN_ECT0, ECN_MASK, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, FLAG_C, FLAG_K, FLAG_S,
-        IPPROTO_GRE, IPV4_HLEN, IPV6_HLEN, MAX_LEN,
+        IPPROTO_GRE, IPV4_HLEN, IPV6_HLEN, MAX_LEN, PROTO_TEB,
     },
     maps::{Tunnel, tunnel_flags},
 };
 
 use crate::{
-    csum,
+    csum, fib,
     maps::{SEQUENCES, TUNNELS, TX_BY_IFINDEX},
     stats,
 };
 
 const IP_DF: u16 = 0x4000;
+/// The default hop limit, for frames that carry none of their own.
+const DEFAULT_TTL: u8 = 64;
 
 /// What the outer header takes from the inner packet.
 struct Inner {
@@ -52,8 +55,24 @@ pub fn try_encap(ctx: &TcContext) -> Result<i32, u32> {
 
 #[inline(always)]
 fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
-    let inner = inner(ctx, t)?;
-    let inner_len = ctx.len() - ETH_HLEN as u32;
+    let teb = t.flags & tunnel_flags::TEB != 0;
+    // A gretap carries the whole frame: its Ethernet header becomes part of the payload.
+    let (inner, protocol, l2) = if teb {
+        let frame_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| drop::TRUNCATED)?);
+        let inner = if frame_type == ETH_P_IPV4 || frame_type == ETH_P_IPV6 {
+            inner(ctx, t)?
+        } else {
+            // ip_gre sends what carries no TTL with the route's default hop limit.
+            Inner { ethertype: frame_type, tos: 0, ttl: DEFAULT_TTL, df: false, flowlabel: 0 }
+        };
+        (inner, PROTO_TEB, ETH_HLEN)
+    } else {
+        let inner = inner(ctx, t)?;
+        let ethertype = inner.ethertype;
+        (inner, ethertype, 0)
+    };
+    let inner_is_ip = inner.ethertype == ETH_P_IPV4 || inner.ethertype == ETH_P_IPV6;
+    let inner_len = ctx.len() - ETH_HLEN as u32 + l2 as u32;
     // SAFETY: reading fields of the context.
     let gso = unsafe { (*ctx.skb.skb).gso_segs > 1 || (*ctx.skb.skb).gso_size != 0 };
     let mut flags = 0u16;
@@ -69,45 +88,84 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     if t.flags & tunnel_flags::OSEQ != 0 {
         flags |= FLAG_S;
     }
-    let (gre, gre_len) = gre_header(id, t, flags, inner.ethertype)?;
-
     let v6 = t.flags & tunnel_flags::OUTER_V6 != 0;
     let outer_len = if v6 { IPV6_HLEN } else { IPV4_HLEN };
-    let room = (outer_len + gre_len) as u32;
+    let outer_type = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+    let at = ETH_HLEN + outer_len;
+
+    if !inner_is_ip {
+        // ARP and other non-IP frames of a gretap: bpf_skb_adjust_room and bpf_redirect_neigh
+        // only take IP packets, so the frame gets a new head and a complete Ethernet header
+        // toward the underlay next hop, which must be known (gre up keeps it resolved).
+        let (smac, dmac) = fib::tunnel_next_hop(ctx.skb.skb.cast(), t).ok_or(drop::NO_NEIGHBOUR)?;
+        let (gre, gre_len) = gre_header(id, t, flags, protocol)?;
+        let room = (at + gre_len) as u32;
+        // SAFETY: the helper grows the headroom; offsets below are re-checked by store.
+        if unsafe { bpf_skb_change_head(ctx.skb.skb, room, 0) } != 0 {
+            return Err(drop::ENCAP_FAILED);
+        }
+        let mut eth = [0u8; ETH_HLEN];
+        eth[..6].copy_from_slice(&dmac);
+        eth[6..12].copy_from_slice(&smac);
+        eth[12..].copy_from_slice(&outer_type.to_be_bytes());
+        ctx.store(0, &eth, 0).map_err(|_| drop::ENCAP_FAILED)?;
+        store_headers(ctx, t, &inner, inner_len, v6, &gre, gre_len)?;
+        if flags & FLAG_C != 0 {
+            write_checksum(ctx, at, None)?;
+        }
+        stats::count_tx(id, u64::from(inner_len));
+        // SAFETY: plain redirect to the underlay interface.
+        #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
+        return Ok(unsafe { bpf_redirect(t.underlay_ifindex, 0) } as i32);
+    }
+
+    let (gre, gre_len) = gre_header(id, t, flags, protocol)?;
+    let frame_eth: [u8; ETH_HLEN] = if teb { ctx.load(0).map_err(|_| drop::TRUNCATED)? } else { [0; ETH_HLEN] };
+    let room = (outer_len + gre_len + l2) as u32;
     let l3_flag = if v6 { BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 } else { BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 };
     // FIXED_GSO keeps gso_size: the tunnel MTU already leaves the room, and without it the kernel
-    // would shrink every segment by the header length.
-    let adj = u64::from(BPF_F_ADJ_ROOM_FIXED_GSO | l3_flag | BPF_F_ADJ_ROOM_ENCAP_L4_GRE);
-    #[expect(clippy::cast_possible_wrap, reason = "at most 56")]
+    // would shrink every segment by the header length. A gretap also tells GSO that an inner
+    // Ethernet header follows the GRE header.
+    let mut adj = u64::from(BPF_F_ADJ_ROOM_FIXED_GSO | l3_flag | BPF_F_ADJ_ROOM_ENCAP_L4_GRE);
+    if teb {
+        adj |= u64::from(BPF_F_ADJ_ROOM_ENCAP_L2_ETH) | ((ETH_HLEN as u64) << 56);
+    }
+    #[expect(clippy::cast_possible_wrap, reason = "at most 70")]
     ctx.adjust_room(room as i32, BPF_ADJ_ROOM_MAC, adj).map_err(|_| drop::ENCAP_FAILED)?;
-
-    let payload = inner_len + gre_len as u32;
-    let stored = if v6 {
-        ctx.store(ETH_HLEN, &outer_ipv6(t, &inner, payload), 0)
-    } else {
-        ctx.store(ETH_HLEN, &outer_ipv4(t, &inner, payload + IPV4_HLEN as u32), 0)
-    };
-    let at = ETH_HLEN + outer_len;
-    let stored = stored.and_then(|()| match gre_len {
-        4 => ctx.store(at, &first::<4>(&gre), 0),
-        8 => ctx.store(at, &first::<8>(&gre), 0),
-        12 => ctx.store(at, &first::<12>(&gre), 0),
-        _ => ctx.store(at, &gre, 0),
-    });
+    store_headers(ctx, t, &inner, inner_len, v6, &gre, gre_len)?;
+    if teb {
+        ctx.store(at + gre_len, &frame_eth, 0).map_err(|_| drop::ENCAP_FAILED)?;
+    }
     // bpf_redirect_neigh refuses multicast destinations (IPv6 ND, 224.0.0.x hellos); any unicast
     // MAC will do, the helper writes the real one.
-    let outer_type = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
-    let eth = ctx.store(0, &t.netdev_mac, 0).and_then(|()| ctx.store(12, &outer_type.to_be(), 0));
-    if stored.is_err() || eth.is_err() {
-        return Err(drop::ENCAP_FAILED);
-    }
+    ctx.store(0, &t.netdev_mac, 0).and_then(|()| ctx.store(12, &outer_type.to_be(), 0)).map_err(|_| drop::ENCAP_FAILED)?;
     if flags & FLAG_C != 0 {
-        write_checksum(ctx, at, at + gre_len)?;
+        write_checksum(ctx, at, Some(at + gre_len + l2))?;
     }
     stats::count_tx(id, u64::from(inner_len));
     // SAFETY: no parameters: the kernel looks the next hop up itself.
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
     Ok(unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// Writes the outer IP header at ETH_HLEN and the GRE header after it.
+#[inline(always)]
+fn store_headers(ctx: &TcContext, t: &Tunnel, inner: &Inner, inner_len: u32, v6: bool, gre: &[u8; MAX_LEN], gre_len: usize) -> Result<(), u32> {
+    let payload = inner_len + gre_len as u32;
+    let stored = if v6 {
+        ctx.store(ETH_HLEN, &outer_ipv6(t, inner, payload), 0)
+    } else {
+        ctx.store(ETH_HLEN, &outer_ipv4(t, inner, payload + IPV4_HLEN as u32), 0)
+    };
+    let at = ETH_HLEN + if v6 { IPV6_HLEN } else { IPV4_HLEN };
+    stored
+        .and_then(|()| match gre_len {
+            4 => ctx.store(at, &first::<4>(gre), 0),
+            8 => ctx.store(at, &first::<8>(gre), 0),
+            12 => ctx.store(at, &first::<12>(gre), 0),
+            _ => ctx.store(at, gre, 0),
+        })
+        .map_err(|_| drop::ENCAP_FAILED)
 }
 
 #[inline(always)]
@@ -241,10 +299,10 @@ fn outer_ipv6(t: &Tunnel, inner: &Inner, payload: u32) -> [u8; IPV6_HLEN] {
 /// final value only after this program). The GRE checksum must cover the final value, so it is
 /// computed as if the inner checksum were already complete; the packet is not changed.
 #[inline(always)]
-fn write_checksum(ctx: &TcContext, gre: usize, inner: usize) -> Result<(), u32> {
+fn write_checksum(ctx: &TcContext, gre: usize, inner_ip: Option<usize>) -> Result<(), u32> {
     let end = ctx.len() as usize;
     let mut sum = csum::sum_range(ctx, gre, end).ok_or(drop::ENCAP_FAILED)?;
-    if let Some(adjust) = pending_l4_checksum(ctx, inner, end) {
+    if let Some(adjust) = inner_ip.and_then(|inner| pending_l4_checksum(ctx, inner, end)) {
         sum += adjust;
     }
     let c = !csum::fold(sum);

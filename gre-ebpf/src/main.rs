@@ -8,6 +8,7 @@
 mod csum;
 mod decap;
 mod encap;
+mod fib;
 mod maps;
 mod packet;
 mod stats;

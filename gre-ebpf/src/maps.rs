@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use gre_common::{
     drop,
-    maps::{EndpointKey, MAX_TUNNELS, RxKey, Sequence, Tunnel, TunnelStats},
+    maps::{EndpointKey, MAX_TUNNELS, NeighbourKey, RxKey, Sequence, Tunnel, TunnelStats},
 };
 
 /// Tunnel parameters, indexed by tunnel id.
@@ -37,6 +37,11 @@ pub static TUNNEL_STATS: PerCpuArray<TunnelStats> = PerCpuArray::with_max_entrie
 /// Sequence numbers, indexed by tunnel id (shared by all CPUs: updated atomically).
 #[map]
 pub static SEQUENCES: Array<Sequence> = Array::with_max_entries(MAX_TUNNELS, 0);
+
+/// Managed neighbours made by `gre up` (only userspace uses it; it lives here to be pinned with
+/// the instance's other state).
+#[map]
+pub static NEIGHBOURS: HashMap<NeighbourKey, u32> = HashMap::with_max_entries(MAX_TUNNELS * 2, 0);
 
 /// Drops by reason (gre_common::drop).
 #[map]

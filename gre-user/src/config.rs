@@ -56,6 +56,9 @@ pub enum XdpMode {
 pub struct TunnelSpec {
     /// The tunnel netdev the kernel sees (overlay addresses, routes).
     pub name: Spanned<String>,
+    /// `gre` (IP packets; the default) or `gretap` (Ethernet frames, protocol type 0x6558).
+    #[serde(default)]
+    pub mode: Mode,
     /// Underlay interface, one of the `[[interface]]` entries.
     pub interface: Spanned<String>,
     pub local: Spanned<IpAddr>,
@@ -104,6 +107,17 @@ const fn yes() -> bool {
 
 const fn tos_default() -> Setting<u8> {
     Setting::Fixed(0)
+}
+
+/// What a tunnel carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// IPv4 and IPv6 packets (ip_gre / ip6_gre).
+    #[default]
+    Gre,
+    /// Ethernet frames (gretap / ip6gretap): the tunnel netdev is a bridgeable Ethernet link.
+    Gretap,
 }
 
 /// A value that is either fixed or inherited from the inner packet (`"inherit"` in the file).
@@ -162,6 +176,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunnel {
     pub name: String,
+    pub mode: Mode,
     pub interface: String,
     pub local: IpAddr,
     pub remote: IpAddr,
@@ -209,10 +224,12 @@ impl Tunnel {
         f
     }
 
-    /// Bytes the outer headers add: the tunnel netdev's MTU is the underlay's minus this.
+    /// Bytes the outer headers add (and, for a gretap, the inner Ethernet header): the tunnel
+    /// netdev's MTU is the underlay's minus this.
     #[must_use]
     pub const fn overhead(&self) -> usize {
-        gre::overhead(self.outer_v6(), self.tx_gre_flags())
+        let l2 = if matches!(self.mode, Mode::Gretap) { gre::ETH_HLEN } else { 0 };
+        gre::overhead(self.outer_v6(), self.tx_gre_flags()) + l2
     }
 
     /// The datapath's `Tunnel::flags` for this tunnel.
@@ -232,6 +249,7 @@ impl Tunnel {
             (matches!(self.tos, Setting::Inherit), f::TOS_INHERIT),
             (self.outer_v6(), f::OUTER_V6),
             (matches!(self.flowlabel, Setting::Inherit), f::FLOWLABEL_INHERIT),
+            (matches!(self.mode, Mode::Gretap), f::TEB),
         ];
         let mut i = 0;
         while i < bits.len() {
@@ -357,11 +375,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         }
         let ikey = t.key.as_ref().or(t.ikey.as_ref()).map(|k| *k.get_ref());
         let okey = t.key.as_ref().or(t.okey.as_ref()).map(|k| *k.get_ref());
-        let rx = (local, remote, ikey);
+        let rx = (local, remote, ikey, t.mode);
         if let Some(other) = matches.insert(rx, name.clone()) {
             let key = ikey.map_or_else(|| "no key".to_string(), |k| format!("key {k}"));
             return Err(at(t.name.span(), format!(
-                "tunnel {name:?}: tunnel {other:?} already receives from {remote} to {local} with {key}"
+                "tunnel {name:?}: tunnel {other:?} already receives {} from {remote} to {local} with {key}",
+                if t.mode == Mode::Gretap { "frames" } else { "packets" }
             )));
         }
         let mut seen = HashSet::new();
@@ -372,6 +391,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         }
         tunnels.push(Tunnel {
             name: name.clone(),
+            mode: t.mode,
             interface: t.interface.get_ref().clone(),
             local,
             remote,
@@ -544,7 +564,10 @@ ignore_df = true
     fn duplicate_match_is_rejected() {
         let e = err(&GOOD.replace("ikey = 7\nokey = 8", "key = 42"));
         assert_eq!(e.line, 15, "{e}");
-        assert!(e.message.contains("already receives from 198.51.100.66 to 198.51.100.2 with key 42"), "{}", e.message);
+        assert!(e.message.contains("already receives packets from 198.51.100.66 to 198.51.100.2 with key 42"), "{}", e.message);
+        // A gretap may share endpoints and key with a gre tunnel, as in the kernel.
+        let c = parse(Path::new("test.toml"), &GOOD.replace("ikey = 7\nokey = 8", "key = 42\nmode = \"gretap\"")).unwrap();
+        assert_eq!((c.tunnels[1].mode, c.tunnels[1].overhead()), (Mode::Gretap, 28 + 14));
     }
 
     #[test]

@@ -78,10 +78,11 @@ pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
             }
         }
     }
-    let mut undo = Undo { handle: handle.clone(), links: Vec::new(), dir: None };
+    let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), dir: None };
     match build(cfg, &dir, &handle, &mut undo).await {
         Ok(()) => {
             undo.links.clear();
+            undo.neighbours.clear();
             undo.dir = None;
             Ok(())
         }
@@ -96,11 +97,17 @@ pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
 struct Undo {
     handle: Handle,
     links: Vec<u32>,
+    neighbours: Vec<(u32, std::net::IpAddr)>,
     dir: Option<PathBuf>,
 }
 
 impl Undo {
     async fn run(self) {
+        for (ifindex, addr) in self.neighbours {
+            if let Err(e) = netdev::delete_neighbour(&self.handle, ifindex, addr).await {
+                warn!("cleaning up: {e:#}");
+            }
+        }
         for index in self.links {
             if let Err(e) = netdev::delete(&self.handle, index).await {
                 warn!("cleaning up: {e:#}");
@@ -130,8 +137,25 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= min).ok_or_else(|| {
             anyhow!("tunnel {}: underlay {} MTU {} leaves less than {min} after {overhead} bytes of outer headers", t.name, t.interface, underlay.mtu)
         })?;
-        let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), mtu, t.ocsum, &t.addresses).await?;
+        let spec = netdev::NetdevSpec { mtu, ethernet: t.mode == config::Mode::Gretap, no_gso: t.ocsum, addresses: &t.addresses };
+        let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), spec).await?;
         undo.links.push(kernel.index);
+        if t.mode == config::Mode::Gretap {
+            // Non-IP frames (ARP first of all) are sent straight to the underlay next hop, which
+            // the kernel must therefore keep resolved.
+            let (ifindex, hop) = netdev::next_hop(handle, t.remote).await?;
+            // The kernel's FIB helper, which finds the next hop's MAC, answers only for an
+            // interface that forwards.
+            let family = if t.outer_v6() { "ipv6" } else { "ipv4" };
+            let sysctl = format!("/proc/sys/net/{family}/conf/{}/forwarding", t.interface);
+            if fs::read_to_string(&sysctl).is_ok_and(|v| v.trim() == "0") {
+                warn!("tunnel {}: {sysctl} is 0: ARP and other non-IP frames of this gretap will be dropped (no_neighbour) until forwarding is on", t.name);
+            }
+            if netdev::manage_neighbour(handle, ifindex, hop).await? {
+                undo.neighbours.push((ifindex, hop));
+                maps.record_neighbour(ifindex, hop)?;
+            }
+        }
         let entry = datapath_entry(t, &kernel, &inject, &underlay);
         maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
         netdevs.push((t, kernel.index, inject.index));
@@ -241,8 +265,13 @@ pub async fn down(instance: &str) -> Result<()> {
     }
     let handle = netdev::connect()?;
     let mut first_error = None;
-    match Maps::open_pinned(&dir.join("maps")).and_then(|m| m.tunnels()) {
-        Ok(tunnels) => {
+    match Maps::open_pinned(&dir.join("maps")).and_then(|m| Ok((m.tunnels()?, m.neighbours()))) {
+        Ok((tunnels, neighbours)) => {
+            for (ifindex, addr) in neighbours {
+                if let Err(e) = netdev::delete_neighbour(&handle, ifindex, addr).await {
+                    first_error.get_or_insert(e);
+                }
+            }
             for (_, t) in tunnels {
                 if let Err(e) = netdev::delete(&handle, t.netdev_ifindex).await {
                     first_error.get_or_insert(e);

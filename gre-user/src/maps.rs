@@ -7,7 +7,7 @@ use aya::maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray};
 use gre_common::{
     addr,
     drop,
-    maps::{EndpointKey, RX_KEY_PRESENT, RxKey, Tunnel, TunnelStats, names, tunnel_flags},
+    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, TunnelStats, names, tunnel_flags},
 };
 
 /// The datapath's maps.
@@ -19,6 +19,7 @@ pub struct Maps {
     inject_ports: DevMap<MapData>,
     tunnel_stats: PerCpuArray<MapData, TunnelStats>,
     drops: PerCpuArray<MapData, u64>,
+    neighbours: HashMap<MapData, NeighbourKey, u32>,
 }
 
 impl Maps {
@@ -63,6 +64,7 @@ impl Maps {
             inject_ports: typed(names::INJECT_PORTS, get(names::INJECT_PORTS)?)?,
             tunnel_stats: typed(names::TUNNEL_STATS, get(names::TUNNEL_STATS)?)?,
             drops: typed(names::DROPS, get(names::DROPS)?)?,
+            neighbours: typed(names::NEIGHBOURS, get(names::NEIGHBOURS)?)?,
         })
     }
 
@@ -132,6 +134,23 @@ impl Maps {
     }
 }
 
+impl Maps {
+    /// Records a managed neighbour made by `gre up`.
+    ///
+    /// # Errors
+    /// The map is full.
+    pub fn record_neighbour(&mut self, ifindex: u32, addr: std::net::IpAddr) -> Result<()> {
+        let key = NeighbourKey { ifindex, pad0: 0, addr: store_addr(addr) };
+        self.neighbours.insert(key, 1, 0).context("recording a managed neighbour (NEIGHBOURS is full?)")
+    }
+
+    /// The managed neighbours `gre up` made: (ifindex, address).
+    #[must_use]
+    pub fn neighbours(&self) -> Vec<(u32, std::net::IpAddr)> {
+        self.neighbours.keys().filter_map(Result::ok).map(|k| (k.ifindex, show_addr(&k.addr))).collect()
+    }
+}
+
 fn full(map: &str, id: u32) -> String {
     format!("adding tunnel {id} to {map} (is the map full?)")
 }
@@ -140,11 +159,12 @@ fn full(map: &str, id: u32) -> String {
 #[must_use]
 pub fn rx_key(t: &Tunnel) -> RxKey {
     let keyed = t.flags & tunnel_flags::IKEY != 0;
+    let teb = if t.flags & tunnel_flags::TEB != 0 { RX_TEB } else { 0 };
     RxKey {
         local: t.local,
         remote: t.remote,
         key: if keyed { t.ikey } else { 0 },
-        flags: if keyed { RX_KEY_PRESENT } else { 0 },
+        flags: if keyed { RX_KEY_PRESENT | teb } else { teb },
     }
 }
 

@@ -3,9 +3,16 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use rtnetlink::{
-    Handle, LinkUnspec, LinkVeth,
-    packet_route::link::{LinkAttribute, LinkMessage},
+    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        link::{LinkAttribute, LinkMessage},
+        neighbour::{NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState},
+        route::{RouteAddress, RouteAttribute},
+    },
 };
 
 /// What the loader needs to know of a link.
@@ -61,13 +68,25 @@ fn link_of(msg: &LinkMessage) -> Link {
     Link { index: msg.header.index, mtu, mac }
 }
 
-/// Creates the tunnel netdev: a veth pair `name` (kernel side: NOARP, `mtu`, overlay addresses,
-/// and no GSO when `no_gso`) and `inject` (where the datapath injects decapsulated packets).
-/// Both are left down; [`up`] brings them up once the programs are attached.
+/// How the kernel side of a tunnel netdev is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct NetdevSpec<'a> {
+    pub mtu: u32,
+    /// A gretap: an Ethernet link with ARP; otherwise NOARP, like a GRE device.
+    pub ethernet: bool,
+    /// One segment per packet (for tunnels that checksum every packet).
+    pub no_gso: bool,
+    pub addresses: &'a [IpNet],
+}
+
+/// Creates the tunnel netdev: a veth pair `name` (kernel side: `spec`) and `inject` (where the
+/// datapath injects decapsulated packets). Both are left down; [`up`] brings them up once the
+/// programs are attached.
 ///
 /// # Errors
 /// A link of either name exists already, or netlink fails.
-pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, mtu: u32, no_gso: bool, addresses: &[IpNet]) -> Result<(Link, Link)> {
+pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spec: NetdevSpec<'_>) -> Result<(Link, Link)> {
+    let NetdevSpec { mtu, ethernet, no_gso, addresses } = spec;
     for n in [name, inject] {
         if find(handle, n).await?.is_some() {
             bail!("interface {n} exists already; pick another tunnel name or remove it");
@@ -88,10 +107,10 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, mtu
     sysctl_ipv6(inject, "disable_ipv6", "1")?;
     handle
         .link()
-        .set(LinkUnspec::new_with_index(kernel.index).mtu(mtu).arp(false).build())
+        .set(LinkUnspec::new_with_index(kernel.index).mtu(mtu).arp(ethernet).build())
         .execute()
         .await
-        .with_context(|| format!("setting MTU {mtu} and NOARP on {name}"))?;
+        .with_context(|| format!("setting MTU {mtu} and ARP {ethernet} on {name}"))?;
     if no_gso {
         // One segment per packet: the stack then hands over packets of one MSS, not GSO ones, so
         // each can carry its own GRE checksum.
@@ -128,6 +147,63 @@ fn sysctl_ipv6(ifname: &str, key: &str, value: &str) -> Result<()> {
         std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
     }
     Ok(())
+}
+
+/// The underlay next hop toward `dst`: the interface and the gateway, or `dst` itself when it
+/// is on link.
+///
+/// # Errors
+/// No route, or netlink fails.
+pub async fn next_hop(handle: &Handle, dst: IpAddr) -> Result<(u32, IpAddr)> {
+    let msg = match dst {
+        IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(v4, 32).build(),
+        IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(v6, 128).build(),
+    };
+    let mut routes = handle.route().get(msg).execute();
+    let route = routes.try_next().await.with_context(|| format!("looking up the route to {dst}"))?.ok_or_else(|| anyhow!("no route to {dst}"))?;
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
+            _ => {}
+        }
+    }
+    Ok((oif.ok_or_else(|| anyhow!("the route to {dst} has no interface"))?, gateway.unwrap_or(dst)))
+}
+
+/// Asks the kernel to keep the neighbour `addr` on `ifindex` resolved (a managed entry), so the
+/// datapath can send to it without the kernel's help. Returns false if an entry was there
+/// already (it is left as it is).
+///
+/// # Errors
+/// Netlink fails for another reason.
+pub async fn manage_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<bool> {
+    let mut req = handle.neighbours().add(ifindex, addr).state(NeighbourState::None);
+    req.message_mut().attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    match req.execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("adding a managed neighbour {addr} on link {ifindex}")),
+    }
+}
+
+/// Deletes a neighbour entry; one that is gone already is fine.
+///
+/// # Errors
+/// Netlink fails for another reason.
+pub async fn delete_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<()> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.ifindex = ifindex;
+    msg.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.attributes.push(NeighbourAttribute::Destination(addr.into()));
+    match handle.neighbours().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting neighbour {addr} on link {ifindex}")),
+    }
 }
 
 /// Brings a link up.

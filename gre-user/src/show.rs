@@ -28,6 +28,8 @@ pub struct Report {
 pub struct TunnelReport {
     pub id: u32,
     pub name: String,
+    /// "gre" or "gretap".
+    pub mode: &'static str,
     pub interface: String,
     pub local: String,
     pub remote: String,
@@ -73,6 +75,7 @@ pub fn report(instance: &str) -> Result<Report> {
         tunnels.push(TunnelReport {
             id,
             name: ifname(t.netdev_ifindex),
+            mode: if t.flags & tunnel_flags::TEB != 0 { "gretap" } else { "gre" },
             interface: ifname(t.underlay_ifindex),
             local: show_addr(&t.local).to_string(),
             remote: show_addr(&t.remote).to_string(),
@@ -123,7 +126,7 @@ fn ifname(index: u32) -> String {
 #[must_use]
 pub fn table(r: &Report) -> String {
     let mut rows = vec![[
-        "tunnel", "interface", "local", "remote", "ikey", "okey", "ttl", "options", "rx packets", "rx bytes", "tx packets",
+        "tunnel", "mode", "interface", "local", "remote", "ikey", "okey", "ttl", "options", "rx packets", "rx bytes", "tx packets",
         "tx bytes", "drops",
     ]
     .map(String::from)];
@@ -131,6 +134,7 @@ pub fn table(r: &Report) -> String {
     for t in &r.tunnels {
         rows.push([
             t.name.clone(),
+            t.mode.to_string(),
             t.interface.clone(),
             t.local.clone(),
             t.remote.clone(),

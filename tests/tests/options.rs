@@ -282,3 +282,60 @@ fn tunnels_between_the_same_endpoints_are_told_apart_by_key() {
     let (_, out) = f.encap(&[eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner].concat(), dev_split.index);
     assert_eq!(out[34..42], [0x20, 0x00, 0x08, 0x00, 0, 0, 0, 51], "sent with okey 51");
 }
+
+#[test]
+fn gretap_frames_both_ways() {
+    let Some(mut f) = setup("gretap_frames_both_ways") else { return };
+    let (id, dev) = f.add(Tunnel { ikey: 9, okey: 9, ttl: 64, ..tunnel("198.51.100.1", "198.51.100.8", tf::IKEY | tf::OKEY | tf::TEB) });
+    // A plain gre tunnel between the same endpoints and key, as the kernel allows.
+    let (gre_id, gre_dev) = f.add(Tunnel { ikey: 9, okey: 9, ..tunnel("198.51.100.1", "198.51.100.8", tf::IKEY | tf::OKEY) });
+    let frame = scapy("Ether(dst='02:11:11:11:11:11', src='02:22:22:22:22:22')/IP(src='203.0.113.2', dst='203.0.113.1', ttl=7)/UDP(sport=1, dport=2)/Raw(b'bridged')");
+    let wire = |proto: &str, payload: &[u8]| scapy(&format!("Ether()/IP(src='198.51.100.8', dst='198.51.100.1')/GRE(key_present=1, key=9, proto={proto})/Raw({})", hex_bytes(payload)));
+    // Decap: the inner frame goes into the gretap netdev as it is.
+    let (action, out) = f.decap(&wire("0x6558", &frame));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, frame);
+    assert_eq!((f.stats(id).rx_packets, f.stats(id).rx_bytes), (1, frame.len() as u64));
+    // An IP packet with the same key goes to the gre tunnel, not the gretap.
+    let (action, out) = f.decap(&wire("0x0800", &frame[14..]));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out[..6], gre_dev.mac);
+    assert_eq!(f.stats(gre_id).rx_packets, 1);
+
+    // Encap of an IP frame: the whole frame, Ethernet header included, follows the GRE header.
+    let (ret, out) = f.encap(&frame, dev.index);
+    assert_eq!(ret, TC_ACT_REDIRECT, "{:?}", f.stats(id).drops);
+    let expected = scapy(&format!(
+        "Ether(dst='{}', src='02:22:22:22:22:22')/IP(src='198.51.100.1', dst='198.51.100.8', ttl=64, id=0, flags='DF')/GRE(key_present=1, key=9, proto=0x6558)/Raw({})",
+        mac_str(dev.mac),
+        hex_bytes(&frame)
+    ));
+    assert_eq!(out, expected);
+
+    // ARP has to go straight to the underlay next hop: without a neighbour, a counted drop.
+    let arp = scapy("Ether(dst='ff:ff:ff:ff:ff:ff', src='02:22:22:22:22:22')/ARP(psrc='203.0.113.2', pdst='203.0.113.1')");
+    let (ret, _) = f.encap(&arp, dev.index);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(f.stats(id).drops[drop::NO_NEIGHBOUR as usize], 1);
+    // With the underlay routed and the next hop resolved, it leaves with the next hop's MAC.
+    let t = format!("t{id}");
+    // The kernel's FIB helper answers only for interfaces that forward.
+    for cmd in [
+        vec!["sysctl", "-q", "-w", &format!("net.ipv4.conf.{t}.forwarding=1")],
+        vec!["ip", "addr", "add", "198.51.100.1/24", "dev", &t],
+        vec!["ip", "link", "set", &format!("{t}-dp"), "up"],
+        vec!["ip", "link", "set", &t, "up"],
+        vec!["ip", "neigh", "replace", "198.51.100.8", "lladdr", "02:00:00:00:00:08", "dev", &t, "nud", "permanent"],
+    ] {
+        gre_tests::topology::sh(&cmd).expect("fixture underlay");
+    }
+    let (ret, out) = f.encap(&arp, dev.index);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    let expected = scapy(&format!(
+        "Ether(dst='02:00:00:00:00:08', src='{}')/IP(src='198.51.100.1', dst='198.51.100.8', ttl=64, id=0, flags='DF')/GRE(key_present=1, key=9, proto=0x6558)/Raw({})",
+        mac_str(dev.mac),
+        hex_bytes(&arp)
+    ));
+    assert_eq!(out, expected);
+    assert_eq!(f.stats(id).tx_packets, 2);
+}

@@ -127,3 +127,47 @@ fn tshark_decodes_ipv4_variants() {
         assert!(!Path::new(gre_user::loader::PIN_ROOT).join(format!("{tag}-a")).exists());
     }
 }
+
+#[test]
+fn gretap_carries_arp_ping_and_tcp() {
+    if !privilege::require_root("gretap_carries_arp_ping_and_tcp") {
+        return;
+    }
+    let mut sites = TwoSites::new("gtap").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    for ns in [&a, &b] {
+        ns_sh(ns, &["sysctl", "-q", "-w", "net.ipv4.conf.eth0.forwarding=1"]).unwrap();
+    }
+    let (ia, ib) = sites.tunnel_with(A_UNDERLAY, B_UNDERLAY, "mode = \"gretap\"\nkey = 5\n").expect("gre up");
+    let link = ns_sh(&a, &["ip", "link", "show", "gre0"]).unwrap();
+    // 1500 - IPv4 20 - GRE 8 - inner Ethernet 14; an Ethernet link with ARP.
+    assert!(link.contains("mtu 1458") && !link.contains("NOARP"), "{link}");
+    let managed = ns_sh(&a, &["ip", "neigh", "show", "dev", "eth0"]).unwrap();
+    assert!(managed.contains("198.51.100.62") && managed.contains("managed"), "the next hop is kept resolved: {managed}");
+
+    let packets = capture(&sites, "ip proto 47", 4, &["ip.src", "gre.proto", "gre.key", "eth.type", "arp.opcode"], || {
+        // The first packets across are ARP, carried as Ethernet frames.
+        traffic::ping(&a, B_OVERLAY4, 1).expect("ping");
+    });
+    assert!(packets.len() == 4);
+    for p in &packets {
+        assert_eq!(field(p, "_ws.malformed"), None, "{p}");
+        assert_eq!(field(p, "gre.proto").as_deref(), Some("0x6558"));
+        assert_eq!(field(p, "gre.key").as_deref(), Some("0x00000005"));
+    }
+    assert!(packets.iter().any(|p| field(p, "arp.opcode").is_some()), "ARP crossed the tunnel");
+    traffic::ping(&b, A_OVERLAY4, 3).expect("ping b -> a");
+    traffic::ping(&a, B_OVERLAY6, 3).expect("ping6 over gretap");
+    let server: SocketAddr = format!("{B_OVERLAY4}:5004").parse().unwrap();
+    let (sent, received) = traffic::tcp_transfer(&b, server, &a, 10 << 20).expect("tcp over gretap");
+    assert_eq!(sent, received);
+    for (ns, instance) in [(&a, &ia), (&b, &ib)] {
+        let v = gre::show(ns, instance).unwrap();
+        assert_eq!(tunnel(&v)["mode"], "gretap");
+        let dropped: u64 = tunnel(&v)["drops"].as_object().unwrap().values().map(|d| d.as_u64().unwrap()).sum();
+        assert_eq!(dropped, 0, "{v}");
+    }
+    sites.lab.gre_down(&a, &ia).expect("down");
+    let after = ns_sh(&a, &["ip", "neigh", "show", "dev", "eth0"]).unwrap();
+    assert!(!after.contains("managed"), "gre down removes the managed neighbour it made: {after}");
+}
