@@ -412,8 +412,11 @@ fn miss(rx: &RxKey) -> Verdict {
         // A gretap tunnel for an IP packet, or a gre tunnel for a frame: the key matched, the
         // protocol type did not.
         let other = RxKey { flags: rx.flags ^ RX_TEB, ..*rx };
-        // SAFETY: only presence is tested.
-        if unsafe { RX_MATCH.get(&other) }.is_some() { Err(drop::UNKNOWN_PROTOCOL) } else { Err(drop::KEY_MISMATCH) }
+        // SAFETY: the value is a plain u32 copied out at once.
+        match unsafe { RX_MATCH.get(&other) }.copied() {
+            Some(id) => Err(stats::tunnel_drop(id, drop::UNKNOWN_PROTOCOL)),
+            None => Err(drop::KEY_MISMATCH),
+        }
     } else {
         ours_drop(&rx.local, drop::NO_TUNNEL)
     }

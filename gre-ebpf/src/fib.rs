@@ -20,18 +20,12 @@ pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel) -> Option<([u8; 6], [u8; 6]
     p.ifindex = t.underlay_ifindex;
     if t.flags & tunnel_flags::OUTER_V6 != 0 {
         p.family = AF_INET6;
-        // SAFETY: writing plain integers into the request's address unions.
-        unsafe {
-            p.__bindgen_anon_3.ipv6_src = words(&t.local);
-            p.__bindgen_anon_4.ipv6_dst = words(&t.remote);
-        }
+        p.__bindgen_anon_3.ipv6_src = words(&t.local);
+        p.__bindgen_anon_4.ipv6_dst = words(&t.remote);
     } else {
         p.family = AF_INET;
-        // SAFETY: as above.
-        unsafe {
-            p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([t.local[12], t.local[13], t.local[14], t.local[15]]);
-            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([t.remote[12], t.remote[13], t.remote[14], t.remote[15]]);
-        }
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([t.local[12], t.local[13], t.local[14], t.local[15]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([t.remote[12], t.remote[13], t.remote[14], t.remote[15]]);
     }
     #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
     // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.

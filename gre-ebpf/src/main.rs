@@ -9,6 +9,7 @@ mod csum;
 mod decap;
 mod encap;
 mod fib;
+mod headers;
 mod maps;
 mod packet;
 mod stats;
