@@ -5,6 +5,10 @@ use crate::addr::Addr;
 
 /// How many tunnels one instance can hold (the size of the tunnel-indexed arrays).
 pub const MAX_TUNNELS: u32 = 256;
+/// How many overlay routes the fast path can hold.
+pub const MAX_ROUTES: u32 = 16384;
+/// How many ports (underlay and LAN interfaces) the fast paths can redirect to.
+pub const MAX_PORTS: u32 = 64;
 
 /// Map names, as pinned under `/sys/fs/bpf/gre/<instance>/`.
 pub mod names {
@@ -16,6 +20,8 @@ pub mod names {
     pub const TUNNEL_STATS: &str = "TUNNEL_STATS";
     pub const SEQUENCES: &str = "SEQUENCES";
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
+    pub const ROUTES: &str = "ROUTES";
+    pub const PORTS: &str = "PORTS";
     pub const DROPS: &str = "DROPS";
 }
 
@@ -27,6 +33,8 @@ pub mod programs {
     pub const ENCAP: &str = "gre_encap";
     /// XDP on the tunnel netdev: gives its veth NAPI so redirected frames are accepted.
     pub const NAPI_PASS: &str = "gre_napi_pass";
+    /// XDP on LAN ports: encapsulation fast path for routed overlay traffic.
+    pub const LAN: &str = "gre_lan";
 }
 
 /// `RxKey::flags`: the packet (or tunnel) carries a key.
@@ -109,6 +117,8 @@ pub struct Tunnel {
     pub inject_ifindex: u32,
     /// Where encapsulated packets are sent (`bpf_redirect_neigh`).
     pub underlay_ifindex: u32,
+    /// MTU of the tunnel netdev: what the fast path may encapsulate without the kernel's help.
+    pub mtu: u32,
     /// MAC of `gre0`: the destination of decapsulated frames, so the kernel takes them as its own.
     pub netdev_mac: [u8; 6],
     /// MAC of `gre0-dp`: their source.
@@ -128,6 +138,10 @@ pub struct TunnelStats {
     pub keepalives_answered: u64,
     /// Our own keepalives that came back (GRE protocol type 0 from the remote).
     pub keepalives_returned: u64,
+    /// Of `rx_packets`: decapsulated straight to a LAN port (XDP fast path).
+    pub fast_rx: u64,
+    /// Of `tx_packets`: encapsulated straight from a LAN port (XDP fast path).
+    pub fast_tx: u64,
     /// Drops of this tunnel's packets by reason (`drop`); the global `DROPS` counts them too.
     pub drops: [u64; crate::drop::COUNT as usize],
 }
@@ -141,6 +155,8 @@ impl TunnelStats {
         self.tx_bytes += other.tx_bytes;
         self.keepalives_answered += other.keepalives_answered;
         self.keepalives_returned += other.keepalives_returned;
+        self.fast_rx += other.fast_rx;
+        self.fast_tx += other.fast_tx;
         for (d, o) in self.drops.iter_mut().zip(other.drops) {
             *d += o;
         }
@@ -157,6 +173,12 @@ pub struct Sequence {
     /// The next sequence number expected; 0 until the first packet is accepted.
     pub rx_next: u32,
     pub pad0: u32,
+}
+
+/// Prefix length of an IPv4 prefix stored as an IPv4-mapped address in the overlay route table.
+#[must_use]
+pub const fn route_prefix_len(v4: bool, len: u8) -> u32 {
+    if v4 { 96 + len as u32 } else { len as u32 }
 }
 
 /// A neighbour entry `gre up` asked the kernel to keep resolved (a managed neighbour), so that
@@ -188,8 +210,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 12 + 12);
-        assert_eq!(core::mem::size_of::<TunnelStats>(), 48 + 8 * crate::drop::COUNT as usize);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 16 + 12);
+        assert_eq!(core::mem::size_of::<TunnelStats>(), 64 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);
         assert_eq!(core::mem::size_of::<NeighbourKey>(), 24);
     }

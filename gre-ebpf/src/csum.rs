@@ -38,7 +38,7 @@ pub fn ipv4_header(h: &[u8; 20]) -> u16 {
 
 /// Bytes summed per `bpf_loop` round; the callback's buffer lives on the BPF stack (512 bytes
 /// for the whole call chain), so it stays small.
-const CHUNK: u32 = 64;
+const CHUNK: u32 = 32;
 const MAX_ROUNDS: u32 = (crate::packet::MAX_OFFSET as u32) / CHUNK + 1;
 
 /// State shared with the `bpf_loop` callback.

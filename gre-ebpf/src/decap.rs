@@ -26,8 +26,8 @@ use gre_common::{
 };
 
 use crate::{
-    csum,
-    maps::{ENDPOINTS, INJECT_PORTS, RX_MATCH, SEQUENCES, TUNNELS},
+    csum, fib,
+    maps::{ENDPOINTS, INJECT_PORTS, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
     packet::{Packet as _, be16, be32, bytes, read},
     stats,
 };
@@ -221,6 +221,12 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
             if ecn_decap(o.ecn, ih[1] & ECN_MASK)? {
                 set_ce_ipv4(ctx, inner)?;
             }
+            if ih[8] > 1 {
+                let (src, dst) = (addr::from_v4([ih[12], ih[13], ih[14], ih[15]]), addr::from_v4([ih[16], ih[17], ih[18], ih[19]]));
+                if let Some(verdict) = fast_decap(ctx, t, id, inner, o.end, false, &src, &dst, u32::from(ih[1])) {
+                    return verdict;
+                }
+            }
         }
         PROTO_IPV6 => {
             let ih = read::<2, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
@@ -228,6 +234,17 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
                 let b = bytes::<2, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
                 // SAFETY: bounds checked by `bytes`; ECN is bits 4-5 of the second byte.
                 unsafe { (*b)[1] |= ECN_CE << 4 };
+            }
+            let ih = read::<IPV6_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
+            if ih[7] > 1 {
+                let mut src = [0u8; 16];
+                let mut dst = [0u8; 16];
+                src.copy_from_slice(&ih[8..24]);
+                dst.copy_from_slice(&ih[24..40]);
+                let flow = u32::from_be_bytes([ih[0], ih[1], ih[2], ih[3]]) & 0x0fff_ffff;
+                if let Some(verdict) = fast_decap(ctx, t, id, inner, o.end, true, &src, &dst, flow) {
+                    return verdict;
+                }
             }
         }
         PROTO_TEB => return inject_frame(ctx, o, inner, id),
@@ -239,6 +256,54 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
         _ => return Err(drop::UNKNOWN_PROTOCOL),
     }
     inject(ctx, t, g.protocol, inner, id, o.end - inner)
+}
+
+/// The decapsulation fast path: when the kernel would forward the inner packet out of a port
+/// we may redirect to (a plain unicast forward, neighbour resolved, fits the MTU), do it here —
+/// TTL / hop limit decremented, MACs from the FIB — instead of handing it to the tunnel netdev.
+/// `None` leaves the packet to the kernel path.
+#[expect(clippy::too_many_arguments, reason = "the parsed facts of one packet")]
+#[inline(always)]
+fn fast_decap(ctx: &XdpContext, t: &Tunnel, id: u32, inner: usize, end: usize, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_or_flow: u32) -> Option<Verdict> {
+    #[expect(clippy::cast_possible_truncation, reason = "bounded by the outer length")]
+    let len = (end - inner) as u16;
+    let fwd = fib::forward(ctx.ctx.cast(), v6, src, dst, tos_or_flow, len, t.netdev_ifindex)?;
+    PORTS.get(fwd.ifindex)?;
+    let ethertype = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+    if v6 {
+        let b = bytes::<8, _>(ctx, inner)?;
+        // SAFETY: bounds checked by `bytes`; the hop limit is byte 7.
+        unsafe { (*b)[7] -= 1 };
+    } else {
+        let h = bytes::<IPV4_HLEN, _>(ctx, inner)?;
+        // SAFETY: bounds checked by `bytes`.
+        let h = unsafe { &mut *h };
+        let old = u16::from_be_bytes([h[8], h[9]]);
+        h[8] -= 1;
+        update_checksum(h, old, u16::from_be_bytes([h[8], h[9]]));
+    }
+    let mut hdr = [0u8; ETH_HLEN];
+    hdr[..6].copy_from_slice(&fwd.dmac);
+    hdr[6..12].copy_from_slice(&fwd.smac);
+    hdr[12..].copy_from_slice(&ethertype.to_be_bytes());
+    #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "bounded offsets")]
+    // SAFETY: the helper re-validates; all packet pointers above are dead after this call.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, (inner - ETH_HLEN) as i32) } != 0 {
+        return Some(Err(drop::TRUNCATED));
+    }
+    let Some(eth) = bytes::<ETH_HLEN, _>(ctx, 0) else {
+        return Some(Err(drop::TRUNCATED));
+    };
+    // SAFETY: bounds checked by `bytes`.
+    unsafe { *eth = hdr };
+    Some(match PORTS.redirect(fwd.ifindex, 0) {
+        Ok(action) => {
+            stats::count_rx(id, u64::from(len));
+            stats::count_fast_rx(id);
+            Ok(action)
+        }
+        Err(_) => Err(drop::NO_INJECT_PORT),
+    })
 }
 
 /// `iseq`: a sequence number must be present and not older than the last accepted; gaps are

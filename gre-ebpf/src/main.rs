@@ -10,6 +10,7 @@ mod decap;
 mod encap;
 mod fib;
 mod headers;
+mod lan;
 mod maps;
 mod packet;
 mod stats;
@@ -40,6 +41,19 @@ pub fn gre_encap(ctx: TcContext) -> i32 {
         Err(reason) => {
             stats::count_drop(reason);
             TC_ACT_SHOT
+        }
+    }
+}
+
+/// XDP on LAN ports: encapsulates routed overlay traffic straight to the underlay when all is
+/// known; passes everything else to the kernel.
+#[xdp]
+pub fn gre_lan(ctx: XdpContext) -> u32 {
+    match lan::try_lan(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count_drop(reason);
+            xdp_action::XDP_DROP
         }
     }
 }

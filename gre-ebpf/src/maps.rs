@@ -1,12 +1,13 @@
 //! Every map of the datapath, defined once. Names and value types come from gre-common.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMap, HashMap, PerCpuArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, LpmTrie, PerCpuArray},
 };
 use gre_common::{
     drop,
-    maps::{EndpointKey, MAX_TUNNELS, NeighbourKey, RxKey, Sequence, Tunnel, TunnelStats},
+    maps::{EndpointKey, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NeighbourKey, RxKey, Sequence, Tunnel, TunnelStats},
 };
 
 /// Tunnel parameters, indexed by tunnel id.
@@ -42,6 +43,15 @@ pub static SEQUENCES: Array<Sequence> = Array::with_max_entries(MAX_TUNNELS, 0);
 /// the instance's other state).
 #[map]
 pub static NEIGHBOURS: HashMap<NeighbourKey, u32> = HashMap::with_max_entries(MAX_TUNNELS * 2, 0);
+
+/// Overlay routes: inner destination prefix (16-byte form) → tunnel id. Read by the LAN fast path;
+/// the same routes are in the kernel for the slow path.
+#[map]
+pub static ROUTES: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ROUTES, BPF_F_NO_PREALLOC);
+
+/// Ports the fast paths may redirect to (underlay and LAN interfaces), by ifindex.
+#[map]
+pub static PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 
 /// Drops by reason (gre_common::drop).
 #[map]

@@ -54,3 +54,13 @@ pub fn count_keepalive_answered(tunnel: u32) {
 pub fn count_keepalive_returned(tunnel: u32) {
     with_tunnel(tunnel, |s| s.keepalives_returned += 1);
 }
+
+#[inline(always)]
+pub fn count_fast_rx(tunnel: u32) {
+    with_tunnel(tunnel, |s| s.fast_rx += 1);
+}
+
+#[inline(always)]
+pub fn count_fast_tx(tunnel: u32) {
+    with_tunnel(tunnel, |s| s.fast_tx += 1);
+}

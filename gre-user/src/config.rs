@@ -9,7 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use gre_common::{gre, maps::MAX_TUNNELS};
+use gre_common::{
+    gre,
+    maps::{MAX_ROUTES, MAX_TUNNELS},
+};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -27,15 +30,45 @@ pub struct File {
     pub interfaces: Vec<Interface>,
     #[serde(default, rename = "tunnel")]
     pub tunnels: Vec<TunnelSpec>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSpec>,
 }
 
-/// An underlay interface: where GRE arrives (XDP decap) and leaves.
+/// An overlay route: traffic to `prefix` goes into tunnel `tunnel` (in the kernel, and in the
+/// LAN fast path).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub prefix: Spanned<IpNet>,
+    pub tunnel: Spanned<String>,
+}
+
+/// A validated overlay route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: IpNet,
+    /// Index into `Config::tunnels`.
+    pub tunnel: usize,
+}
+
+/// An interface of the datapath: an underlay port (GRE arrives there: XDP decapsulation) or a
+/// LAN port (routed overlay traffic arrives there: the XDP encapsulation fast path).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Interface {
     pub name: Spanned<String>,
     #[serde(default)]
+    pub role: Role,
+    #[serde(default)]
     pub xdp_mode: XdpMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Underlay,
+    Lan,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -170,6 +203,7 @@ impl<T: fmt::Display> fmt::Display for Setting<T> {
 pub struct Config {
     pub interfaces: Vec<Interface>,
     pub tunnels: Vec<Tunnel>,
+    pub routes: Vec<Route>,
 }
 
 /// A validated tunnel.
@@ -337,6 +371,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 t.interface.get_ref()
             )));
         }
+        if file.interfaces.iter().any(|i| i.name.get_ref() == t.interface.get_ref() && i.role == Role::Lan) {
+            return Err(at(t.interface.span(), format!("tunnel {name:?}: interface {:?} is a LAN port, not an underlay one", t.interface.get_ref())));
+        }
         let (local, remote) = (*t.local.get_ref(), *t.remote.get_ref());
         for (addr, span, what) in [(local, t.local.span(), "local"), (remote, t.remote.span(), "remote")] {
             if !unicast(addr) {
@@ -412,7 +449,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             addresses: t.address.iter().map(|a| *a.get_ref()).collect(),
         });
     }
-    Ok(Config { interfaces: file.interfaces, tunnels })
+    let mut routes: Vec<Route> = Vec::new();
+    for r in &file.routes {
+        let prefix = r.prefix.get_ref().trunc();
+        let Some(tunnel) = tunnels.iter().position(|t| &t.name == r.tunnel.get_ref()) else {
+            return Err(at(r.tunnel.span(), format!("route {prefix}: no tunnel named {:?}", r.tunnel.get_ref())));
+        };
+        if routes.iter().any(|other| other.prefix == prefix) {
+            return Err(at(r.prefix.span(), format!("route {prefix} is listed twice")));
+        }
+        if routes.len() >= MAX_ROUTES as usize {
+            return Err(at(r.prefix.span(), format!("more than {MAX_ROUTES} routes")));
+        }
+        routes.push(Route { prefix, tunnel });
+    }
+    Ok(Config { interfaces: file.interfaces, tunnels, routes })
 }
 
 /// 1-based line and column of a byte offset.
@@ -443,10 +494,11 @@ fn valid_ifname(name: &str, max: usize) -> bool {
 
 impl Config {
     /// Puts every tunnel on one underlay interface (`gre up --iface`), keeping the XDP mode of
-    /// the first declared interface.
+    /// the first declared interface and the LAN ports.
     pub fn override_interface(&mut self, iface: &str) {
         let mode = self.interfaces.first().map(|i| i.xdp_mode).unwrap_or_default();
-        self.interfaces = vec![Interface { name: Spanned::new(0..0, iface.to_string()), xdp_mode: mode }];
+        self.interfaces.retain(|i| i.role == Role::Lan);
+        self.interfaces.insert(0, Interface { name: Spanned::new(0..0, iface.to_string()), role: Role::Underlay, xdp_mode: mode });
         for t in &mut self.tunnels {
             t.interface = iface.to_string();
         }
@@ -535,6 +587,18 @@ ignore_df = true
         assert!(e.message.contains("fe80::2 must be a global"), "{e}");
         let e = parse(Path::new("t.toml"), &text.replace("12345", "1048576")).unwrap_err();
         assert!(e.message.contains("does not fit in 20 bits"), "{e}");
+    }
+
+    #[test]
+    fn routes_and_lan_ports() {
+        let text = format!("{GOOD}\n[[interface]]\nname = \"lan0\"\nrole = \"lan\"\n\n[[route]]\nprefix = \"203.0.113.130/26\"\ntunnel = \"gre1\"\n");
+        let c = parse(Path::new("t.toml"), &text).unwrap();
+        assert_eq!(c.routes, vec![Route { prefix: "203.0.113.128/26".parse().unwrap(), tunnel: 1 }]);
+        assert_eq!(c.interfaces[1].role, Role::Lan);
+        let e = parse(Path::new("t.toml"), &text.replace("tunnel = \"gre1\"\n", "tunnel = \"gre9\"\n")).unwrap_err();
+        assert!(e.message.contains("no tunnel named \"gre9\""), "{e}");
+        let e = parse(Path::new("t.toml"), &text.replace("name = \"eth0\"\n", "name = \"eth0\"\nrole = \"lan\"\n")).unwrap_err();
+        assert!(e.message.contains("is a LAN port"), "{e}");
     }
 
     #[test]

@@ -156,7 +156,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
                 maps.record_neighbour(ifindex, hop)?;
             }
         }
-        let entry = datapath_entry(t, &kernel, &inject, &underlay);
+        let entry = Tunnel { mtu, ..datapath_entry(t, &kernel, &inject, &underlay) };
         maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
         netdevs.push((t, kernel.index, inject.index));
         info!("tunnel {}: {} -> {} via {}, mtu {mtu}", t.name, t.local, t.remote, t.interface);
@@ -183,18 +183,31 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         encap.pin(progs.join(programs::ENCAP)).context("pinning the encapsulation program")?;
     }
     {
-        let decap: &mut Xdp = program(&mut ebpf, programs::DECAP)?;
-        decap.load().context("loading the decapsulation program")?;
+        // Every port may be a fast-path target; underlay ports decapsulate, LAN ports take the
+        // encapsulation fast path.
         for i in &cfg.interfaces {
-            let name = i.name.get_ref();
-            let id = attach_xdp(decap, name, i.xdp_mode)?;
-            pin_link(FdLink::try_from(decap.take_link(id)?)?, &links.join(format!("decap@{name}")))?;
+            maps.add_port(netdev::get(handle, i.name.get_ref()).await?.index)?;
         }
-        decap.pin(progs.join(programs::DECAP)).context("pinning the decapsulation program")?;
+        for (role, prog_name, tag) in [(config::Role::Underlay, programs::DECAP, "decap"), (config::Role::Lan, programs::LAN, "lan")] {
+            let prog: &mut Xdp = program(&mut ebpf, prog_name)?;
+            prog.load().with_context(|| format!("loading {prog_name}"))?;
+            for i in cfg.interfaces.iter().filter(|i| i.role == role) {
+                let name = i.name.get_ref();
+                let id = attach_xdp(prog, name, i.xdp_mode)?;
+                pin_link(FdLink::try_from(prog.take_link(id)?)?, &links.join(format!("{tag}@{name}")))?;
+            }
+            prog.pin(progs.join(prog_name)).with_context(|| format!("pinning {prog_name}"))?;
+        }
     }
     for (_, kernel, inject) in &netdevs {
         netdev::up(handle, *inject).await?;
         netdev::up(handle, *kernel).await?;
+    }
+    // Overlay routes: in the kernel (the slow path) and in the fast path's table.
+    for r in &cfg.routes {
+        let (t, kernel, _) = &netdevs[r.tunnel];
+        netdev::add_route(handle, r.prefix, *kernel).await.with_context(|| format!("route {} via tunnel {}", r.prefix, t.name))?;
+        maps.add_route(r.prefix, u32::try_from(r.tunnel).unwrap_or(u32::MAX))?;
     }
     Ok(())
 }

@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, DevMap, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use gre_common::{
     addr,
     drop,
-    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, TunnelStats, names, tunnel_flags},
+    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, TunnelStats, names, route_prefix_len, tunnel_flags},
 };
 
 /// The datapath's maps.
@@ -20,6 +20,8 @@ pub struct Maps {
     tunnel_stats: PerCpuArray<MapData, TunnelStats>,
     drops: PerCpuArray<MapData, u64>,
     neighbours: HashMap<MapData, NeighbourKey, u32>,
+    routes: LpmTrie<MapData, [u8; 16], u32>,
+    ports: DevMapHash<MapData>,
 }
 
 impl Maps {
@@ -65,6 +67,8 @@ impl Maps {
             tunnel_stats: typed(names::TUNNEL_STATS, get(names::TUNNEL_STATS)?)?,
             drops: typed(names::DROPS, get(names::DROPS)?)?,
             neighbours: typed(names::NEIGHBOURS, get(names::NEIGHBOURS)?)?,
+            routes: typed(names::ROUTES, get(names::ROUTES)?)?,
+            ports: typed(names::PORTS, get(names::PORTS)?)?,
         })
     }
 
@@ -135,6 +139,37 @@ impl Maps {
 }
 
 impl Maps {
+    /// Adds an overlay route for the fast path: `prefix` goes into tunnel `id`.
+    ///
+    /// # Errors
+    /// The route table is full.
+    pub fn add_route(&mut self, prefix: ipnet::IpNet, id: u32) -> Result<()> {
+        let key = Key::new(route_prefix_len(prefix.addr().is_ipv4(), prefix.prefix_len()), store_addr(prefix.network()));
+        self.routes.insert(&key, id, 0).with_context(|| format!("adding route {prefix} (ROUTES is full?)"))
+    }
+
+    /// The overlay routes of the fast path: (prefix, tunnel id).
+    #[must_use]
+    pub fn routes(&self) -> Vec<(ipnet::IpNet, u32)> {
+        self.routes
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, id)| {
+                let addr = show_addr(&k.data());
+                let len = if addr.is_ipv4() { k.prefix_len().checked_sub(96)? } else { k.prefix_len() };
+                Some((ipnet::IpNet::new(addr, u8::try_from(len).ok()?).ok()?, id))
+            })
+            .collect()
+    }
+
+    /// Lets the fast paths redirect to interface `ifindex`.
+    ///
+    /// # Errors
+    /// The port map is full or the kernel refuses the interface.
+    pub fn add_port(&mut self, ifindex: u32) -> Result<()> {
+        self.ports.insert(ifindex, ifindex, None, 0).with_context(|| format!("adding port {ifindex} to PORTS"))
+    }
+
     /// Records a managed neighbour made by `gre up`.
     ///
     /// # Errors

@@ -206,6 +206,18 @@ pub async fn delete_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Re
     }
 }
 
+/// Adds a route to `prefix` through link `ifindex` (no gateway: the tunnel is point to point).
+///
+/// # Errors
+/// Netlink fails (for instance, the route exists already).
+pub async fn add_route(handle: &Handle, prefix: IpNet, ifindex: u32) -> Result<()> {
+    let msg = match prefix {
+        IpNet::V4(p) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
+        IpNet::V6(p) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
+    };
+    handle.route().add(msg).execute().await.with_context(|| format!("adding route {prefix} dev {ifindex}"))
+}
+
 /// Brings a link up.
 ///
 /// # Errors

@@ -20,8 +20,16 @@ use crate::{
 pub struct Report {
     pub instance: String,
     pub tunnels: Vec<TunnelReport>,
+    /// Overlay routes of the fast path.
+    pub routes: Vec<RouteReport>,
     /// Drops by reason name (every reason, zeros included).
     pub drops: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteReport {
+    pub prefix: String,
+    pub tunnel: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +62,10 @@ pub struct TunnelReport {
     pub tx_bytes: u64,
     pub keepalives_answered: u64,
     pub keepalives_returned: u64,
+    /// Of rx_packets: decapsulated straight to a LAN port.
+    pub fast_rx: u64,
+    /// Of tx_packets: encapsulated straight from a LAN port.
+    pub fast_tx: u64,
     /// This tunnel's drops by reason (every reason, zeros included).
     pub drops: serde_json::Map<String, serde_json::Value>,
 }
@@ -98,11 +110,21 @@ pub fn report(instance: &str) -> Result<Report> {
             tx_bytes: s.tx_bytes,
             keepalives_answered: s.keepalives_answered,
             keepalives_returned: s.keepalives_returned,
+            fast_rx: s.fast_rx,
+            fast_tx: s.fast_tx,
             drops: drop::NAMES.iter().zip(s.drops).map(|(n, v)| ((*n).to_string(), v.into())).collect(),
         });
     }
     let drops = maps.drops()?.into_iter().map(|(n, v)| (n.to_string(), v.into())).collect();
-    Ok(Report { instance: instance.to_string(), tunnels, drops })
+    let routes = maps
+        .routes()
+        .into_iter()
+        .map(|(prefix, id)| RouteReport {
+            prefix: prefix.to_string(),
+            tunnel: tunnels.iter().find(|t| t.id == id).map_or_else(|| format!("#{id}"), |t| t.name.clone()),
+        })
+        .collect();
+    Ok(Report { instance: instance.to_string(), tunnels, routes, drops })
 }
 
 fn key(t: &Tunnel, flag: u32, value: u32) -> Option<u32> {

@@ -50,6 +50,17 @@ pub fn link_info(name: &str) -> (u32, [u8; 6]) {
     (index, mac)
 }
 
+/// Runs `ip`/`sysctl` commands in the fixture's namespace.
+///
+/// # Panics
+/// When one fails.
+pub fn net(cmds: &[&str]) {
+    for cmd in cmds {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        crate::topology::sh(&args).unwrap_or_else(|e| panic!("{cmd}: {e:#}"));
+    }
+}
+
 pub fn veth(name: &str) -> Netdev {
     let peer = format!("{name}-dp");
     let st = Command::new("ip").args(["link", "add", name, "type", "veth", "peer", "name", &peer]).status().expect("ip");
@@ -90,6 +101,7 @@ impl Fixture {
                 netdev_ifindex: dev.index,
                 inject_ifindex: dev.inject_index,
                 underlay_ifindex: dev.index,
+                mtu: 1472,
                 netdev_mac: dev.mac,
                 inject_mac: dev.inject_mac,
                 ..Tunnel::default()
@@ -100,6 +112,8 @@ impl Fixture {
         decap.load().expect("verifier accepts decap");
         let encap: &mut SchedClassifier = ebpf.program_mut(programs::ENCAP).unwrap().try_into().unwrap();
         encap.load().expect("verifier accepts encap");
+        let lan: &mut Xdp = ebpf.program_mut(programs::LAN).unwrap().try_into().unwrap();
+        lan.load().expect("verifier accepts the LAN program");
         Self { _ns: ns, ebpf, maps, keyed, plain, extra: Vec::new() }
     }
 
@@ -112,6 +126,7 @@ impl Fixture {
             netdev_ifindex: dev.index,
             inject_ifindex: dev.inject_index,
             underlay_ifindex: dev.index,
+            mtu: if t.mtu == 0 { 1472 } else { t.mtu },
             netdev_mac: dev.mac,
             inject_mac: dev.inject_mac,
             ..t
@@ -123,6 +138,11 @@ impl Fixture {
 
     pub fn decap(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
         let prog: &mut Xdp = self.ebpf.program_mut(programs::DECAP).unwrap().try_into().unwrap();
+        run(|opts| prog.test_run(opts), input, None)
+    }
+
+    pub fn lan(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self.ebpf.program_mut(programs::LAN).unwrap().try_into().unwrap();
         run(|opts| prog.test_run(opts), input, None)
     }
 
@@ -233,6 +253,19 @@ pub fn scapy(expr: &str) -> Vec<u8> {
     assert!(out.status.success(), "scapy {expr}: {}", String::from_utf8_lossy(&out.stderr));
     let hex = String::from_utf8(out.stdout).unwrap();
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// A MAC address from its text form.
+///
+/// # Panics
+/// When `s` is not six hex bytes separated by colons.
+#[must_use]
+pub fn mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, part) in m.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(part, 16).expect("hex");
+    }
+    m
 }
 
 /// A MAC address as scapy writes it.

@@ -1,0 +1,108 @@
+//! BPF_PROG_TEST_RUN fixtures for the fast paths: decapsulation straight to a LAN port and
+//! encapsulation straight from one, each falling back to the kernel path whenever something is
+//! not known or not plain.
+
+use etherparse::EtherType;
+use gre_common::maps::TunnelStats;
+use gre_tests::fixture::*;
+
+const HOST_MAC: &str = "02:00:00:00:00:66";
+const PEER_MAC: &str = "02:00:00:00:00:02";
+
+fn hex_bytes(b: &[u8]) -> String {
+    format!("bytes.fromhex('{}')", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+fn inner(dst: &str, ttl: u8, len: usize) -> Vec<u8> {
+    scapy(&format!("IP(src='203.0.113.130', dst='{dst}', ttl={ttl})/UDP(sport=7, dport=9)/Raw(b'z'*{len})"))
+}
+
+/// A LAN port `lan0` with a host 203.0.113.66 behind it, forwarding on the tunnel netdev t0.
+fn lan_port(f: &mut Fixture) -> Netdev {
+    let lan = veth("lan0");
+    net(&[
+        "ip addr add 203.0.113.65/26 dev lan0",
+        "ip link set lan0-dp up",
+        "ip link set lan0 up",
+        &format!("ip neigh replace 203.0.113.66 lladdr {HOST_MAC} dev lan0 nud permanent"),
+        "sysctl -q -w net.ipv4.conf.t0.forwarding=1",
+        "ip link set t0-dp up",
+        "ip link set t0 up",
+    ]);
+    f.maps.add_port(lan.index).expect("port");
+    lan
+}
+
+#[test]
+fn decap_straight_to_a_lan_port() {
+    let Some(mut f) = setup("decap_straight_to_a_lan_port") else { return };
+    let lan = lan_port(&mut f);
+    let wire = |inner: &[u8]| scapy(&format!("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/Raw({})", hex_bytes(inner)));
+    let (action, out) = f.decap(&wire(&inner("203.0.113.66", 9, 100)));
+    assert_eq!(action, XDP_REDIRECT);
+    // Routed as the kernel would: the host's MAC from the neighbour table, TTL 9 -> 8.
+    let expected = [eth(mac(HOST_MAC), lan.mac, EtherType::IPV4), inner("203.0.113.66", 8, 100)].concat();
+    assert_eq!(out, expected);
+    let s = f.stats(0);
+    assert_eq!((s.rx_packets, s.fast_rx), (1, 1));
+
+    // Everything that is not a plain forward goes to the tunnel netdev, for the kernel.
+    net(&["ip link set lan0 mtu 1280"]);
+    for (what, packet) in [
+        ("TTL about to expire", inner("203.0.113.66", 1, 100)),
+        ("local destination", inner("203.0.113.65", 9, 100)),
+        ("too big for the egress port", inner("203.0.113.66", 9, 1300)),
+        ("no route", inner("198.51.100.200", 9, 100)),
+    ] {
+        let (action, out) = f.decap(&wire(&packet));
+        assert_eq!(action, XDP_REDIRECT, "{what}");
+        assert_eq!(out, [eth(f.keyed.mac, f.keyed.inject_mac, EtherType::IPV4), packet].concat(), "{what}: the kernel path");
+    }
+    assert_eq!(f.stats(0).fast_rx, 1);
+    assert_eq!(f.stats(0).rx_packets, 5);
+}
+
+/// A packet from the LAN host to a destination behind the tunnel.
+fn from_host(dst: &str, ttl: u8, len: usize) -> Vec<u8> {
+    scapy(&format!("IP(src='203.0.113.66', dst='{dst}', ttl={ttl})/UDP(sport=7, dport=9)/Raw(b'y'*{len})"))
+}
+
+#[test]
+fn encap_straight_from_a_lan_port() {
+    let Some(mut f) = setup("encap_straight_from_a_lan_port") else { return };
+    let lan = lan_port(&mut f);
+    // The underlay: t0 addressed, the remote's MAC known.
+    net(&["ip addr add 198.51.100.1/24 dev t0", &format!("ip neigh replace 198.51.100.2 lladdr {PEER_MAC} dev t0 nud permanent")]);
+    f.maps.add_port(f.keyed.index).expect("port");
+    f.maps.add_route("203.0.113.128/26".parse().unwrap(), 0).expect("route");
+    let frame = |packet: &[u8]| [eth(lan.mac, mac(HOST_MAC), EtherType::IPV4), packet.to_vec()].concat();
+
+    let (action, out) = f.lan(&frame(&from_host("203.0.113.130", 9, 100)));
+    assert_eq!(action, XDP_REDIRECT);
+    // Routed (TTL 9 -> 8) and encapsulated as the TC path would (key 42, TTL inherited, DF).
+    let expected = scapy(&format!(
+        "Ether(dst='{PEER_MAC}', src='{}')/IP(src='198.51.100.1', dst='198.51.100.2', ttl=8, id=0, flags='DF')/GRE(key_present=1, key=42, proto=0x0800)/Raw({})",
+        mac_str(f.keyed.mac),
+        hex_bytes(&from_host("203.0.113.130", 8, 100))
+    ));
+    assert_eq!(out, expected);
+    let s = f.stats(0);
+    assert_eq!((s.tx_packets, s.fast_tx, s.tx_bytes), (1, 1, from_host("203.0.113.130", 8, 100).len() as u64));
+
+    // Anything not known or not plain passes to the kernel untouched.
+    for (what, packet) in [
+        ("no overlay route", from_host("198.51.100.200", 9, 100)),
+        ("TTL about to expire", from_host("203.0.113.130", 1, 100)),
+        ("too big for the tunnel (MTU 1472)", from_host("203.0.113.130", 9, 1460)),
+    ] {
+        let input = frame(&packet);
+        let (action, out) = f.lan(&input);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_eq!(out, input, "{what}");
+    }
+    net(&["ip neigh del 198.51.100.2 dev t0"]);
+    let input = frame(&from_host("203.0.113.130", 9, 100));
+    assert_eq!(f.lan(&input), (XDP_PASS, input), "unresolved underlay next hop");
+    assert_eq!(f.stats(0).fast_tx, 1);
+    assert_eq!(f.stats(0).drops, TunnelStats::default().drops);
+}
