@@ -166,7 +166,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
     let progs = dir.join("progs");
     {
         let napi: &mut Xdp = program(&mut ebpf, programs::NAPI_PASS)?;
-        napi.load().context("loading the NAPI program")?;
+        load(|| napi.load()).context("loading the NAPI program")?;
         for (t, index, _) in &netdevs {
             let id = napi.attach_to_if_index(*index, XdpMode::Driver).with_context(|| format!("attaching XDP to {}", t.name))?;
             pin_link(FdLink::try_from(napi.take_link(id)?)?, &links.join(format!("napi@{}", t.name)))?;
@@ -175,7 +175,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
     }
     {
         let encap: &mut SchedClassifier = program(&mut ebpf, programs::ENCAP)?;
-        encap.load().context("loading the encapsulation program")?;
+        load(|| encap.load()).context("loading the encapsulation program")?;
         for (t, _, _) in &netdevs {
             let id = encap.attach(&t.name, TcAttachType::Egress).with_context(|| format!("attaching TC egress to {}", t.name))?;
             pin_link(FdLink::try_from(encap.take_link(id)?)?, &links.join(format!("encap@{}", t.name)))?;
@@ -190,7 +190,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         }
         for (role, prog_name, tag) in [(config::Role::Underlay, programs::DECAP, "decap"), (config::Role::Lan, programs::LAN, "lan")] {
             let prog: &mut Xdp = program(&mut ebpf, prog_name)?;
-            prog.load().with_context(|| format!("loading {prog_name}"))?;
+            load(|| prog.load()).with_context(|| format!("loading {prog_name}"))?;
             for i in cfg.interfaces.iter().filter(|i| i.role == role) {
                 let name = i.name.get_ref();
                 let id = attach_xdp(prog, name, i.xdp_mode)?;
@@ -236,6 +236,21 @@ fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Li
         netdev_mac: kernel.mac,
         inject_mac: inject.mac,
         ..Tunnel::default()
+    }
+}
+
+/// Loads a program, retrying when the verifier was interrupted (EAGAIN: a signal arrived while
+/// it worked through a large program), as libbpf does.
+///
+/// # Errors
+/// The load fails for another reason, or keeps being interrupted.
+pub fn load(mut f: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. }) if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 => tries += 1,
+            other => return other,
+        }
     }
 }
 
