@@ -16,7 +16,13 @@ use anyhow::{Context as _, Result, bail};
 pub fn sh(cmd: &[&str]) -> Result<String> {
     let out = Command::new(cmd[0]).args(&cmd[1..]).output().with_context(|| format!("running {}", cmd.join(" ")))?;
     if !out.status.success() {
-        bail!("{} failed ({}): {}", cmd.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{} failed ({}): {}{}",
+            cmd.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -227,6 +233,59 @@ impl TwoSites {
         let (a, b) = (self.a.clone(), self.b.clone());
         let ia = self.lab.gre_up(&a, "a", &ca)?;
         let ib = self.lab.gre_up(&b, "b", &cb)?;
+        Ok((ia, ib))
+    }
+}
+
+/// Two sites with a LAN host behind each: `host_a` (203.0.113.66/26) on a's `lan0`
+/// (203.0.113.65/26), `host_b` (203.0.113.130/26) on b's `lan0` (203.0.113.129/26). The sites
+/// route; the veth ends that receive redirected frames run GRO, which gives them the NAPI context
+/// XDP redirects into veth need.
+pub struct SitesWithLans {
+    pub sites: TwoSites,
+    pub host_a: String,
+    pub host_b: String,
+}
+
+pub const HOST_A: &str = "203.0.113.66";
+pub const HOST_B: &str = "203.0.113.130";
+
+impl SitesWithLans {
+    /// # Errors
+    /// A step fails (what was made is removed).
+    pub fn new(tag: &str) -> Result<Self> {
+        let mut sites = TwoSites::new(tag)?;
+        let host_a = sites.lab.add_ns("ha")?;
+        let host_b = sites.lab.add_ns("hb")?;
+        let (a, b, wan) = (sites.a.clone(), sites.b.clone(), sites.wan.clone());
+        sites.lab.link((&host_a, "eth0", "203.0.113.66/26"), (&a, "lan0", "203.0.113.65/26"))?;
+        sites.lab.link((&host_b, "eth0", "203.0.113.130/26"), (&b, "lan0", "203.0.113.129/26"))?;
+        sh(&["ip", "-n", &host_a, "route", "add", "default", "via", "203.0.113.65"])?;
+        sh(&["ip", "-n", &host_b, "route", "add", "default", "via", "203.0.113.129"])?;
+        for ns in [&a, &b] {
+            ns_sh(ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        }
+        for (ns, ifname) in [(&host_a, "eth0"), (&host_b, "eth0"), (&wan, "a0"), (&wan, "b0")] {
+            ns_sh(ns, &["ethtool", "-K", ifname, "gro", "on"])?;
+        }
+        Ok(Self { sites, host_a, host_b })
+    }
+
+    /// Brings up the tunnel with the LAN ports and a route to the other LAN on each site.
+    ///
+    /// # Errors
+    /// `gre up` fails.
+    pub fn tunnel(&mut self, key: u32) -> Result<(String, String)> {
+        let conf = |local: &str, remote: &str, o4: &str, o6: &str, lan: &str| {
+            format!(
+                "[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"lan0\"\nrole = \"lan\"\n\n\
+                 [[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nremote = \"{remote}\"\nkey = {key}\n\
+                 address = [\"{o4}/30\", \"{o6}/64\"]\n\n[[route]]\nprefix = \"{lan}\"\ntunnel = \"gre0\"\n"
+            )
+        };
+        let (a, b) = (self.sites.a.clone(), self.sites.b.clone());
+        let ia = self.sites.lab.gre_up(&a, "a", &conf(A_UNDERLAY, B_UNDERLAY, A_OVERLAY4, A_OVERLAY6, "203.0.113.128/26"))?;
+        let ib = self.sites.lab.gre_up(&b, "b", &conf(B_UNDERLAY, A_UNDERLAY, B_OVERLAY4, B_OVERLAY6, "203.0.113.64/26"))?;
         Ok((ia, ib))
     }
 }

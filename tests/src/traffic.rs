@@ -43,6 +43,20 @@ pub fn ping(ns: &str, dst: &str, count: u32) -> Result<String> {
     Ok(out)
 }
 
+/// One ping of `size` payload bytes, with DF (`-M do`) or without (`-M dont`); fails unless the
+/// reply came back.
+///
+/// # Errors
+/// No reply, or ping failing.
+pub fn ping_sized(ns: &str, dst: &str, size: u32, df: bool) -> Result<String> {
+    let size = size.to_string();
+    let out = ns_sh(ns, &["ping", "-c", "1", "-W", "2", "-M", if df { "do" } else { "dont" }, "-s", &size, dst])?;
+    if !out.contains("1 received") {
+        bail!("ping -s {size} {dst} from {ns}: no reply:\n{out}");
+    }
+    Ok(out)
+}
+
 /// What a TCP transfer moved.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Transfer {
