@@ -39,8 +39,12 @@ pub const CHECKSUM_GSO: u32 = 15;
 /// tunnel), while the kernel has not resolved it yet.
 pub const NO_NEIGHBOUR: u32 = 16;
 
+/// A decapsulated packet larger than this tunnel's MTU: the tunnel netdev cannot take it (the
+/// remote's tunnel MTU is larger than ours). The fast path to a LAN port is not limited by it.
+pub const TOO_BIG: u32 = 17;
+
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 17;
+pub const COUNT: u32 = 18;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -61,4 +65,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "loop",
     "checksum_gso",
     "no_neighbour",
+    "too_big",
 ];

@@ -77,6 +77,26 @@ pub const fn overhead(outer_v6: bool, flags: u16) -> usize {
     (if outer_v6 { IPV6_HLEN } else { IPV4_HLEN }) + header_len(flags)
 }
 
+/// The Internet checksum (RFC 1071) of `data`: the value to put in a checksum field that was
+/// zero while summing; over data that includes a correct checksum it is 0.
+#[must_use]
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits above")]
+    let folded = sum as u16;
+    !folded
+}
+
 /// A decoded GRE header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Header {
@@ -234,6 +254,15 @@ mod tests {
         // Key announced but missing.
         assert_eq!(Header::decode(&[0x20, 0x00, 0x08, 0x00, 0, 0]), Err(Error::Truncated));
         assert_eq!(Header { key: Some(1), ..Header::default() }.encode(&mut [0u8; 7]), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn internet_checksum_of_rfc_1071_example() {
+        // RFC 1071 section 3: the sum of 0001 f203 f4f5 f6f7 is ddf2, so the checksum is 220d.
+        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7, 0x22, 0x0d]), 0);
+        // An odd length is padded with a zero byte.
+        assert_eq!(internet_checksum(&[0x01]), !0x0100);
     }
 
     #[test]

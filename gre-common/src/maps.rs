@@ -22,6 +22,7 @@ pub mod names {
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
     pub const ROUTES: &str = "ROUTES";
     pub const PORTS: &str = "PORTS";
+    pub const TUNNEL_STATE: &str = "TUNNEL_STATE";
     pub const DROPS: &str = "DROPS";
 }
 
@@ -119,6 +120,11 @@ pub struct Tunnel {
     pub underlay_ifindex: u32,
     /// MTU of the tunnel netdev: what the fast path may encapsulate without the kernel's help.
     pub mtu: u32,
+    /// Seconds between keepalives `gre daemon` sends; 0: none.
+    pub keepalive_period: u16,
+    /// Keepalives that may go unanswered before the tunnel is declared down.
+    pub keepalive_retries: u8,
+    pub pad1: u8,
     /// MAC of `gre0`: the destination of decapsulated frames, so the kernel takes them as its own.
     pub netdev_mac: [u8; 6],
     /// MAC of `gre0-dp`: their source.
@@ -175,6 +181,34 @@ pub struct Sequence {
     pub pad0: u32,
 }
 
+/// `TunnelState::state`.
+pub mod tunnel_state {
+    /// No keepalives configured, or `gre daemon` not running yet.
+    pub const UNKNOWN: u32 = 0;
+    pub const UP: u32 = 1;
+    pub const DOWN: u32 = 2;
+    /// Stable names, indexed by state.
+    pub const NAMES: [&str; 3] = ["unknown", "up", "down"];
+}
+
+/// What `gre daemon` knows of a tunnel (an array indexed by tunnel id, written by the daemon
+/// only, read by `gre show`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelState {
+    /// [`tunnel_state`].
+    pub state: u32,
+    /// How often the state changed.
+    pub transitions: u32,
+    /// When it last changed, seconds since the Unix epoch.
+    pub since: u64,
+    /// Keepalives the daemon sent.
+    pub keepalives_sent: u64,
+    /// Packets that arrived as fragments, were reassembled by the kernel and decapsulated by the
+    /// daemon.
+    pub reassembled: u64,
+}
+
 /// Prefix length of an IPv4 prefix stored as an IPv4-mapped address in the overlay route table.
 #[must_use]
 pub const fn route_prefix_len(v4: bool, len: u8) -> u32 {
@@ -194,6 +228,7 @@ pub struct NeighbourKey {
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::NeighbourKey {}
+    unsafe impl aya::Pod for super::TunnelState {}
     // SAFETY: all of these are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::RxKey {}
     unsafe impl aya::Pod for super::EndpointKey {}
@@ -210,7 +245,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 16 + 12);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12);
+        assert_eq!(core::mem::size_of::<TunnelState>(), 32);
         assert_eq!(core::mem::size_of::<TunnelStats>(), 64 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);
         assert_eq!(core::mem::size_of::<NeighbourKey>(), 24);

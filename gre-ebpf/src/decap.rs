@@ -247,13 +247,16 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
                 }
             }
         }
-        PROTO_TEB => return inject_frame(ctx, o, inner, id),
+        PROTO_TEB => return inject_frame(ctx, o, inner, id, t.mtu),
         PROTO_KEEPALIVE => {
             // Our own keepalive, sent back by the remote: proof that the tunnel works both ways.
             stats::count_keepalive_returned(id);
             return Ok(xdp_action::XDP_DROP);
         }
         _ => return Err(drop::UNKNOWN_PROTOCOL),
+    }
+    if o.end - inner > t.mtu as usize {
+        return Err(drop::TOO_BIG);
     }
     inject(ctx, t, g.protocol, inner, id, o.end - inner)
 }
@@ -397,9 +400,12 @@ fn answer_keepalive(ctx: &XdpContext, o: &Outer, inner: usize, id: u32) -> Verdi
 /// gretap: the payload is an Ethernet frame; after RFC 6040 on the IP packet it carries, it goes
 /// into the tunnel netdev as it is.
 #[inline(always)]
-fn inject_frame(ctx: &XdpContext, o: &Outer, inner: usize, id: u32) -> Verdict {
+fn inject_frame(ctx: &XdpContext, o: &Outer, inner: usize, id: u32, mtu: u32) -> Verdict {
     if inner + ETH_HLEN > o.end {
         return Err(drop::TRUNCATED);
+    }
+    if o.end - inner > mtu as usize + ETH_HLEN {
+        return Err(drop::TOO_BIG);
     }
     let l3 = inner + ETH_HLEN;
     match be16(ctx, inner + 12).ok_or(drop::TRUNCATED)? {

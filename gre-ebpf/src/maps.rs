@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use gre_common::{
     drop,
-    maps::{EndpointKey, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NeighbourKey, RxKey, Sequence, Tunnel, TunnelStats},
+    maps::{EndpointKey, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NeighbourKey, RxKey, Sequence, Tunnel, TunnelState, TunnelStats},
 };
 
 /// Tunnel parameters, indexed by tunnel id.
@@ -52,6 +52,10 @@ pub static ROUTES: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ROUTES
 /// Ports the fast paths may redirect to (underlay and LAN interfaces), by ifindex.
 #[map]
 pub static PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
+
+/// Tunnel state and daemon counters (written by `gre daemon` only; pinned with the instance).
+#[map]
+pub static TUNNEL_STATE: Array<TunnelState> = Array::with_max_entries(MAX_TUNNELS, 0);
 
 /// Drops by reason (gre_common::drop).
 #[map]

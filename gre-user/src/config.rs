@@ -132,6 +132,21 @@ pub struct TunnelSpec {
     /// Overlay addresses of the tunnel netdev, with prefix length.
     #[serde(default)]
     pub address: Vec<Spanned<IpNet>>,
+    /// Cisco-style keepalives sent by `gre daemon` (IOS `keepalive PERIOD RETRIES`).
+    pub keepalive: Option<Spanned<Keepalive>>,
+}
+
+/// Keepalive timing: one every `period` seconds; down after `retries` unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    pub period: u16,
+    #[serde(default = "three")]
+    pub retries: u8,
+}
+
+const fn three() -> u8 {
+    3
 }
 
 const fn yes() -> bool {
@@ -227,6 +242,7 @@ pub struct Tunnel {
     pub pmtudisc: bool,
     pub ignore_df: bool,
     pub addresses: Vec<IpNet>,
+    pub keepalive: Option<Keepalive>,
 }
 
 impl Tunnel {
@@ -420,6 +436,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 if t.mode == Mode::Gretap { "frames" } else { "packets" }
             )));
         }
+        if let Some(k) = &t.keepalive {
+            let ka = k.get_ref();
+            let reason = if ka.period == 0 || ka.retries == 0 {
+                Some("period and retries must be at least 1")
+            } else if !local.is_ipv4() || t.mode != Mode::Gre {
+                Some("keepalives are for gre tunnels over IPv4, as Cisco's")
+            } else if t.csum || t.ocsum || t.seq || t.oseq {
+                Some("keepalives cannot be combined with ocsum or oseq (they are sent outside the datapath)")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(at(k.span(), format!("tunnel {name:?}: keepalive: {reason}")));
+            }
+        }
         let mut seen = HashSet::new();
         for a in &t.address {
             if !seen.insert(*a.get_ref()) {
@@ -447,6 +478,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             pmtudisc: t.pmtudisc,
             ignore_df,
             addresses: t.address.iter().map(|a| *a.get_ref()).collect(),
+            keepalive: t.keepalive.as_ref().map(|k| *k.get_ref()),
         });
     }
     let mut routes: Vec<Route> = Vec::new();

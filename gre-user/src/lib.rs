@@ -2,6 +2,7 @@
 //! reading the live maps.
 
 pub mod config;
+pub mod daemon;
 pub mod loader;
 pub mod maps;
 pub mod netdev;

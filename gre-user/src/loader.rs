@@ -230,6 +230,8 @@ fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Li
         },
         ttl: fixed(t.ttl),
         tos: fixed(t.tos),
+        keepalive_period: t.keepalive.map_or(0, |k| k.period),
+        keepalive_retries: t.keepalive.map_or(0, |k| k.retries),
         netdev_ifindex: kernel.index,
         inject_ifindex: inject.index,
         underlay_ifindex: underlay.index,

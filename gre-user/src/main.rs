@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use gre_user::{config, loader, netns, show};
+use gre_user::{config, daemon, loader, netns, show};
 
 #[derive(Parser)]
 #[command(name = "gre", version, about = "GRE tunnels in eBPF: XDP decapsulation, TC encapsulation")]
@@ -41,6 +41,9 @@ enum Command {
         #[arg(short = 'p', long)]
         pretty: bool,
     },
+    /// Run what needs a process: keepalives and tunnel state, GRE that arrived in fragments.
+    /// Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it.
+    Daemon,
     /// Check a configuration file and print what it would set up; changes nothing.
     Check {
         #[arg(short = 'c', long)]
@@ -83,6 +86,7 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", show::table(&r));
             }
         }
+        Command::Daemon => daemon::run(&cli.instance).await?,
         Command::Check { config } => {
             let cfg = config::load(&config)?;
             for t in &cfg.tunnels {

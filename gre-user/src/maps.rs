@@ -7,7 +7,7 @@ use aya::maps::{Array, DevMap, DevMapHash, HashMap, LpmTrie, Map, MapData, MapEr
 use gre_common::{
     addr,
     drop,
-    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, TunnelStats, names, route_prefix_len, tunnel_flags},
+    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
 };
 
 /// The datapath's maps.
@@ -22,6 +22,7 @@ pub struct Maps {
     neighbours: HashMap<MapData, NeighbourKey, u32>,
     routes: LpmTrie<MapData, [u8; 16], u32>,
     ports: DevMapHash<MapData>,
+    state: Array<MapData, TunnelState>,
 }
 
 impl Maps {
@@ -69,6 +70,7 @@ impl Maps {
             neighbours: typed(names::NEIGHBOURS, get(names::NEIGHBOURS)?)?,
             routes: typed(names::ROUTES, get(names::ROUTES)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
+            state: typed(names::TUNNEL_STATE, get(names::TUNNEL_STATE)?)?,
         })
     }
 
@@ -139,6 +141,30 @@ impl Maps {
 }
 
 impl Maps {
+    /// What the daemon knows of tunnel `id`.
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn state(&self, id: u32) -> Result<TunnelState> {
+        self.state.get(&id, 0).context("reading TUNNEL_STATE")
+    }
+
+    /// Records what the daemon knows of tunnel `id`.
+    ///
+    /// # Errors
+    /// The map cannot be written.
+    pub fn set_state(&mut self, id: u32, s: &TunnelState) -> Result<()> {
+        self.state.set(id, s, 0).context("writing TUNNEL_STATE")
+    }
+
+    /// The tunnel a received packet belongs to, as the datapath would match it.
+    #[must_use]
+    pub fn match_rx(&self, key: &RxKey) -> Option<(u32, Tunnel)> {
+        let id = self.rx_match.get(key, 0).ok()?;
+        let t = self.tunnels.get(&id, 0).ok()?;
+        (t.in_use != 0).then_some((id, t))
+    }
+
     /// Adds an overlay route for the fast path: `prefix` goes into tunnel `id`.
     ///
     /// # Errors

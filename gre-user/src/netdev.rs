@@ -121,7 +121,7 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spe
             .await
             .with_context(|| format!("setting gso_max_segs 1 on {name}"))?;
     }
-    // The datapath end carries whole underlay-sized frames; never let it be the bottleneck.
+    // The datapath end gets the same MTU: what goes through it must fit the kernel end anyway.
     handle
         .link()
         .set(LinkUnspec::new_with_index(dp.index).mtu(mtu).arp(false).build())

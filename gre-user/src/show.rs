@@ -6,7 +6,7 @@ use std::{ffi::CStr, fmt::Write as _};
 use anyhow::Result;
 use gre_common::{
     drop,
-    maps::{Tunnel, tunnel_flags},
+    maps::{Tunnel, tunnel_flags, tunnel_state},
 };
 use serde::Serialize;
 
@@ -38,6 +38,13 @@ pub struct TunnelReport {
     pub name: String,
     /// "gre" or "gretap".
     pub mode: &'static str,
+    /// "up" or "down" while `gre daemon` sends keepalives; "unknown" otherwise.
+    pub state: &'static str,
+    /// Keepalive period in seconds and retries; `null` when none.
+    pub keepalive: Option<[u16; 2]>,
+    pub keepalives_sent: u64,
+    /// Packets that arrived in fragments and were decapsulated by `gre daemon`.
+    pub reassembled: u64,
     pub interface: String,
     pub local: String,
     pub remote: String,
@@ -84,10 +91,15 @@ pub fn report(instance: &str) -> Result<Report> {
     let mut tunnels = Vec::new();
     for (id, t) in maps.tunnels()? {
         let s = maps.tunnel_stats(id)?;
+        let st = maps.state(id)?;
         tunnels.push(TunnelReport {
             id,
             name: ifname(t.netdev_ifindex),
             mode: if t.flags & tunnel_flags::TEB != 0 { "gretap" } else { "gre" },
+            state: tunnel_state::NAMES.get(st.state as usize).copied().unwrap_or("unknown"),
+            keepalive: (t.keepalive_period != 0).then_some([t.keepalive_period, u16::from(t.keepalive_retries)]),
+            keepalives_sent: st.keepalives_sent,
+            reassembled: st.reassembled,
             interface: ifname(t.underlay_ifindex),
             local: show_addr(&t.local).to_string(),
             remote: show_addr(&t.remote).to_string(),
@@ -148,7 +160,7 @@ fn ifname(index: u32) -> String {
 #[must_use]
 pub fn table(r: &Report) -> String {
     let mut rows = vec![[
-        "tunnel", "mode", "interface", "local", "remote", "ikey", "okey", "ttl", "options", "rx packets", "rx bytes", "tx packets",
+        "tunnel", "mode", "state", "interface", "local", "remote", "ikey", "okey", "ttl", "options", "rx packets", "rx bytes", "tx packets",
         "tx bytes", "drops",
     ]
     .map(String::from)];
@@ -157,6 +169,7 @@ pub fn table(r: &Report) -> String {
         rows.push([
             t.name.clone(),
             t.mode.to_string(),
+            t.state.to_string(),
             t.interface.clone(),
             t.local.clone(),
             t.remote.clone(),

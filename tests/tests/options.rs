@@ -339,3 +339,15 @@ fn gretap_frames_both_ways() {
     assert_eq!(out, expected);
     assert_eq!(f.stats(id).tx_packets, 2);
 }
+
+#[test]
+fn packets_larger_than_the_tunnel_mtu_are_counted() {
+    let Some(mut f) = setup("packets_larger_than_the_tunnel_mtu_are_counted") else { return };
+    // The remote's tunnel MTU is larger than ours (1280): the tunnel netdev cannot take it.
+    let (id, dev) = f.add(Tunnel { mtu: 1280, ..tunnel("198.51.100.1", "198.51.100.10", 0) });
+    let wire = |len: usize| scapy(&format!("Ether()/IP(src='198.51.100.10', dst='198.51.100.1')/GRE(proto=0x0800)/Raw({})", hex_bytes(&inner4(0, 9, len))));
+    let (action, out) = f.decap(&wire(1280 - 28));
+    assert_eq!((action, out[..6].to_vec()), (XDP_REDIRECT, dev.mac.to_vec()), "exactly the MTU fits");
+    assert_eq!(f.decap(&wire(1280 - 27)).0, XDP_DROP);
+    assert_eq!(f.stats(id).drops[drop::TOO_BIG as usize], 1);
+}

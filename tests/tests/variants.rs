@@ -171,3 +171,113 @@ fn gretap_carries_arp_ping_and_tcp() {
     let after = ns_sh(&a, &["ip", "neigh", "show", "dev", "eth0"]).unwrap();
     assert!(!after.contains("managed"), "gre down removes the managed neighbour it made: {after}");
 }
+
+/// `gre daemon`, as a child process that is stopped (SIGTERM) when dropped.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(ns: &str, instance: &str) -> Self {
+        let child = Command::new(gre::bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon");
+        Self(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn keepalives_track_the_tunnel_state() {
+    if !privilege::require_root("keepalives_track_the_tunnel_state") {
+        return;
+    }
+    let mut sites = TwoSites::new("gka").expect("topology");
+    // b answers from XDP (XDP_TX out of its underlay port): the router's end needs NAPI.
+    ns_sh(&sites.wan, &["ethtool", "-K", "b0", "gro", "on"]).unwrap();
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    let ca = TwoSites::site_config_with(A_UNDERLAY, B_UNDERLAY, "key = 3\nkeepalive = { period = 1, retries = 2 }\n", A_OVERLAY4, A_OVERLAY6);
+    let cb = TwoSites::site_config(B_UNDERLAY, A_UNDERLAY, Some(3), B_OVERLAY4, B_OVERLAY6);
+    let ia = sites.lab.gre_up(&a, "a", &ca).expect("gre up a");
+    let ib = sites.lab.gre_up(&b, "b", &cb).expect("gre up b");
+    let state = |ns: &str, i: &str| gre::show(ns, i).unwrap()["tunnels"][0].clone();
+    assert_eq!(state(&a, &ia)["state"], "unknown", "no daemon yet");
+    {
+        let _daemon = Daemon::start(&a, &ia);
+        wait_for("the tunnel to come up", 10, || state(&a, &ia)["state"] == "up");
+        let t = state(&a, &ia);
+        assert_eq!(t["keepalive"], serde_json::json!([1, 2]));
+        assert!(t["keepalives_returned"].as_u64().unwrap() >= 1, "{t}");
+        assert!(state(&b, &ib)["keepalives_answered"].as_u64().unwrap() >= 1, "b sent them back from XDP");
+        // The remote goes away: after 2 unanswered periods the tunnel is down.
+        sites.lab.gre_down(&b, &ib).expect("down b");
+        wait_for("the tunnel to go down", 10, || state(&a, &ia)["state"] == "down");
+        let t = state(&a, &ia);
+        assert!(t["keepalives_sent"].as_u64().unwrap() > t["keepalives_returned"].as_u64().unwrap(), "{t}");
+    }
+    assert_eq!(state(&a, &ia)["state"], "unknown", "a stopped daemon watches nothing");
+}
+
+#[test]
+fn fragmented_gre_is_reassembled_and_delivered() {
+    if !privilege::require_root("fragmented_gre_is_reassembled_and_delivered") {
+        return;
+    }
+    let mut sites = TwoSites::new("gfr").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    // The router's port toward b has a smaller MTU than the tunnel needs: without DF, it
+    // fragments a's GRE packets.
+    ns_sh(&sites.wan, &["ip", "link", "set", "b0", "mtu", "1400"]).unwrap();
+    let (_, ib) = sites.tunnel_with(A_UNDERLAY, B_UNDERLAY, "pmtudisc = false\n").expect("gre up");
+    let datagram: Vec<u8> = (0..1420u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(udp_across(&a, &b, &datagram, 7000), None, "no daemon: the kernel reassembles, but nothing takes the GRE");
+    let _daemon = Daemon::start(&b, &ib);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(udp_across(&a, &b, &datagram, 7001).as_deref(), Some(&datagram[..]), "the daemon decapsulates the reassembled packet");
+    let t = gre::show(&b, &ib).unwrap()["tunnels"][0].clone();
+    assert_eq!(t["reassembled"], 1, "{t}");
+    // Small packets still take the datapath.
+    traffic::ping(&a, B_OVERLAY4, 2).expect("ping");
+}
+
+/// Sends one UDP datagram without DF from a's overlay address to b's; what b received, if
+/// anything, within two seconds.
+fn udp_across(a: &str, b: &str, data: &[u8], port: u16) -> Option<Vec<u8>> {
+    use std::{net::UdpSocket, os::fd::AsRawFd as _};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = thread::spawn({
+        let b = b.to_string();
+        move || {
+            traffic::in_netns(&b, move || {
+                let s = UdpSocket::bind((B_OVERLAY4, port))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                ready_tx.send(()).ok();
+                let mut buf = vec![0u8; 65536];
+                Ok(s.recv(&mut buf).ok().map(|n| buf[..n].to_vec()))
+            })
+        }
+    });
+    ready_rx.recv().expect("receiver ready");
+    let data = data.to_vec();
+    traffic::in_netns(a, move || {
+        let s = UdpSocket::bind((A_OVERLAY4, 0))?;
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: setting an int socket option on our own socket.
+        unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, (&raw const dont).cast(), 4) };
+        s.send_to(&data, (B_OVERLAY4, port))?;
+        Ok(())
+    })
+    .expect("send");
+    receiver.join().expect("receiver").expect("receiver in b")
+}

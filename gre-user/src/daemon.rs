@@ -1,0 +1,304 @@
+//! `gre daemon`: the parts of a tunnel that need a running process. It sends Cisco-style
+//! keepalives and keeps each tunnel's up/down state (in the pinned TUNNEL_STATE map, for
+//! `gre show`), and it decapsulates GRE that arrived in fragments: XDP passes fragments to the
+//! kernel, which reassembles them but has no GRE module to give them to; a raw socket gets them
+//! here, and they go into the tunnel netdev like any other packet. The datapath itself never
+//! depends on this process.
+
+use std::{
+    collections::HashMap,
+    io::ErrorKind,
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use gre_common::{
+    addr,
+    gre::{self, FLAG_K},
+    maps::{RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags, tunnel_state},
+};
+use log::{info, warn};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{loader, maps::Maps};
+
+/// Runs until SIGINT or SIGTERM.
+///
+/// # Errors
+/// The instance is not up, or a socket cannot be opened.
+pub async fn run(instance: &str) -> Result<()> {
+    let dir = loader::instance_dir(instance)?;
+    loader::ensure_bpffs()?;
+    if !dir.exists() {
+        bail!("instance {instance} is not up (no {})", dir.display());
+    }
+    let mut maps = Maps::open_pinned(&dir.join("maps"))?;
+    let sender = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).context("opening a raw IPv4 socket for keepalives")?;
+    let receiver = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(gre::IPPROTO_GRE)))).context("opening a raw GRE socket")?;
+    receiver.set_nonblocking(true)?;
+    // SAFETY: the socket is moved in and owned by the AsyncFd for as long as it is registered.
+    let receiver = unsafe { AsyncFd::register(receiver) }.map_err(|e| e.into_parts().1).context("registering the raw GRE socket")?;
+    let injector = packet_socket()?;
+    let mut keepalives = Keepalives::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    info!("daemon for instance {instance} running");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => keepalives.tick(&mut maps, &sender)?,
+            ready = receiver.readable() => {
+                let mut guard = ready?;
+                drain(&mut maps, guard.get_inner(), &injector);
+                guard.clear_ready();
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    // Nobody watches the tunnels any more.
+    for (id, _) in maps.tunnels()? {
+        let mut s = maps.state(id)?;
+        if s.state != tunnel_state::UNKNOWN {
+            s.state = tunnel_state::UNKNOWN;
+            s.since = unix_now();
+            maps.set_state(id, &s)?;
+        }
+    }
+    info!("daemon for instance {instance} stopped");
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Keepalive bookkeeping of one tunnel.
+struct Watch {
+    next_send: Instant,
+    /// `keepalives_returned` when last read.
+    returned: u64,
+    /// When one last came back (or when watching started).
+    last_seen: Instant,
+    answered_once: bool,
+}
+
+#[derive(Default)]
+struct Keepalives {
+    watches: HashMap<u32, Watch>,
+}
+
+impl Keepalives {
+    fn tick(&mut self, maps: &mut Maps, sender: &Socket) -> Result<()> {
+        let now = Instant::now();
+        for (id, t) in maps.tunnels()? {
+            if t.keepalive_period == 0 {
+                continue;
+            }
+            let period = Duration::from_secs(u64::from(t.keepalive_period));
+            let returned = maps.tunnel_stats(id)?.keepalives_returned;
+            let w = self.watches.entry(id).or_insert(Watch { next_send: now, returned, last_seen: now, answered_once: false });
+            let mut s = maps.state(id)?;
+            if now >= w.next_send {
+                if let Err(e) = send_keepalive(sender, &t) {
+                    warn!("tunnel {id}: sending a keepalive: {e:#}");
+                }
+                s.keepalives_sent += 1;
+                w.next_send = now + period;
+            }
+            if returned > w.returned {
+                w.returned = returned;
+                w.last_seen = now;
+                w.answered_once = true;
+            }
+            // Up while answers come; down after `retries` periods without one (IOS semantics).
+            let silent = now.duration_since(w.last_seen);
+            let wanted = if w.answered_once && silent <= period * u32::from(t.keepalive_retries) {
+                tunnel_state::UP
+            } else if silent > period * u32::from(t.keepalive_retries) {
+                tunnel_state::DOWN
+            } else {
+                s.state
+            };
+            if wanted != s.state {
+                info!("tunnel {id} ({} -> {}): {}", crate::maps::show_addr(&t.local), crate::maps::show_addr(&t.remote), tunnel_state::NAMES[wanted as usize]);
+                s.state = wanted;
+                s.transitions += 1;
+                s.since = unix_now();
+            }
+            maps.set_state(id, &s)?;
+        }
+        Ok(())
+    }
+}
+
+/// A Cisco keepalive: GRE to the remote carrying a GRE packet from the remote to us with
+/// protocol type 0. The remote decapsulates it and forwards (or, with this datapath, reflects)
+/// the inner packet back; our XDP counts it as `keepalives_returned`.
+fn keepalive_packet(t: &Tunnel) -> Option<Vec<u8>> {
+    let local = addr::to_v4(&t.local)?;
+    let remote = addr::to_v4(&t.remote)?;
+    let inner_gre = gre::Header { protocol: gre::PROTO_KEEPALIVE, key: (t.flags & tunnel_flags::IKEY != 0).then_some(t.ikey), ..gre::Header::default() };
+    let outer_gre = gre::Header { protocol: gre::PROTO_IPV4, key: (t.flags & tunnel_flags::OKEY != 0).then_some(t.okey), ..gre::Header::default() };
+    let inner_len = gre::IPV4_HLEN + inner_gre.len();
+    let total = gre::IPV4_HLEN + outer_gre.len() + inner_len;
+    let mut p = vec![0u8; total];
+    let ttl = if t.ttl == 0 { 255 } else { t.ttl };
+    write_ipv4(&mut p[..gre::IPV4_HLEN], local, remote, total, ttl);
+    let mut at = gre::IPV4_HLEN;
+    at += outer_gre.encode(&mut p[at..]).ok()?;
+    write_ipv4(&mut p[at..at + gre::IPV4_HLEN], remote, local, inner_len, 255);
+    at += gre::IPV4_HLEN;
+    inner_gre.encode(&mut p[at..]).ok()?;
+    Some(p)
+}
+
+fn write_ipv4(h: &mut [u8], src: [u8; 4], dst: [u8; 4], total: usize, ttl: u8) {
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&u16::try_from(total).unwrap_or(u16::MAX).to_be_bytes());
+    h[8] = ttl;
+    h[9] = gre::IPPROTO_GRE;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    let c = gre::internet_checksum(&h[..gre::IPV4_HLEN]);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+fn send_keepalive(sender: &Socket, t: &Tunnel) -> Result<()> {
+    let p = keepalive_packet(t).context("keepalives need IPv4 endpoints")?;
+    let remote = IpAddr::V4(Ipv4Addr::from(addr::to_v4(&t.remote).unwrap_or_default()));
+    sender.send_to(&p, &SocketAddr::new(remote, 0).into()).context("sendto")?;
+    Ok(())
+}
+
+/// Reads every reassembled GRE packet waiting on the raw socket.
+fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 65536];
+    loop {
+        match receiver.recv(&mut buf) {
+            Ok(n) => {
+                // SAFETY: recv initialised the first n bytes.
+                let packet: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
+                if let Err(e) = decapsulate(maps, packet, injector) {
+                    log::debug!("reassembled GRE not delivered: {e:#}");
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) => {
+                warn!("reading the raw GRE socket: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Decapsulates one reassembled GRE/IPv4 packet the way the datapath would (tunnel match,
+/// checksum policy and checksum) and injects it into the tunnel netdev.
+fn decapsulate(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<()> {
+    let ihl = usize::from(packet.first().context("empty")? & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*packet.get(2).context("short")?, *packet.get(3).context("short")?]));
+    let ip = packet.get(..ihl).context("short IPv4 header")?;
+    let body = packet.get(ihl..total.min(packet.len())).context("short packet")?;
+    let (h, hlen) = gre::Header::decode(body).map_err(|e| anyhow::anyhow!("GRE header: {e:?}"))?;
+    let mut key = RxKey {
+        local: addr::from_v4([ip[16], ip[17], ip[18], ip[19]]),
+        remote: addr::from_v4([ip[12], ip[13], ip[14], ip[15]]),
+        key: h.key.unwrap_or(0),
+        flags: if h.flags() & FLAG_K != 0 { RX_KEY_PRESENT } else { 0 },
+    };
+    if h.protocol == gre::PROTO_TEB {
+        key.flags |= RX_TEB;
+    }
+    let (id, t) = maps.match_rx(&key).context("no tunnel")?;
+    if h.checksum.is_some() != (t.flags & tunnel_flags::ICSUM != 0) {
+        bail!("checksum policy");
+    }
+    if h.checksum.is_some() && gre::internet_checksum(body) != 0 {
+        bail!("bad checksum");
+    }
+    let payload = &body[hlen..];
+    if payload.len() > t.mtu as usize + if h.protocol == gre::PROTO_TEB { gre::ETH_HLEN } else { 0 } {
+        bail!("{} bytes, larger than the tunnel MTU {}", payload.len(), t.mtu);
+    }
+    let frame = match h.protocol {
+        gre::PROTO_TEB => payload.to_vec(),
+        gre::PROTO_IPV4 | gre::PROTO_IPV6 => {
+            let mut f = Vec::with_capacity(gre::ETH_HLEN + payload.len());
+            f.extend_from_slice(&t.netdev_mac);
+            f.extend_from_slice(&t.inject_mac);
+            f.extend_from_slice(&h.protocol.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        }
+        other => bail!("protocol type {other:#06x}"),
+    };
+    inject(injector, t.inject_ifindex, &frame)?;
+    let mut s = maps.state(id)?;
+    s.reassembled += 1;
+    maps.set_state(id, &s)
+}
+
+fn packet_socket() -> Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening a packet socket");
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends an Ethernet frame out of `ifindex` (the datapath end of a tunnel netdev: it arrives on
+/// the kernel end as received).
+fn inject(sock: &OwnedFd, ifindex: u32, frame: &[u8]) -> Result<()> {
+    // SAFETY: all-zero is a valid sockaddr_ll to fill in.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or_default();
+    to.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(frame.get(..6).context("short frame")?);
+    // SAFETY: `frame` and `to` are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const to).cast(),
+            u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or_default(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()).context("injecting into the tunnel netdev");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_is_gre_in_gre_back_to_us() {
+        let t = Tunnel {
+            local: addr::from_v4([198, 51, 100, 1]),
+            remote: addr::from_v4([198, 51, 100, 65]),
+            ikey: 7,
+            okey: 8,
+            flags: tunnel_flags::IKEY | tunnel_flags::OKEY,
+            ..Tunnel::default()
+        };
+        let p = keepalive_packet(&t).unwrap();
+        assert_eq!(p.len(), 20 + 8 + 20 + 8);
+        assert_eq!((&p[12..16], &p[16..20], p[9], p[8]), (&[198, 51, 100, 1][..], &[198, 51, 100, 65][..], 47, 255));
+        assert_eq!(gre::internet_checksum(&p[..20]), 0, "outer header checksum");
+        assert_eq!(gre::Header::decode(&p[20..]).unwrap().0, gre::Header { protocol: 0x0800, key: Some(8), ..gre::Header::default() });
+        // The inner packet goes from the remote back to us, with our input key.
+        assert_eq!((&p[40..44], &p[44..48]), (&[198, 51, 100, 65][..], &[198, 51, 100, 1][..]));
+        assert_eq!(gre::internet_checksum(&p[28..48]), 0, "inner header checksum");
+        assert_eq!(gre::Header::decode(&p[48..]).unwrap().0, gre::Header { protocol: 0, key: Some(7), ..gre::Header::default() });
+    }
+}
