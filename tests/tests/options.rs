@@ -351,3 +351,48 @@ fn packets_larger_than_the_tunnel_mtu_are_counted() {
     assert_eq!(f.decap(&wire(1280 - 27)).0, XDP_DROP);
     assert_eq!(f.stats(id).drops[drop::TOO_BIG as usize], 1);
 }
+
+#[test]
+fn ipv6_and_gretap_truncation_and_ipv4_options() {
+    let Some(mut f) = setup("ipv6_and_gretap_truncation_and_ipv4_options") else { return };
+    let (v6, _) = f.add(tunnel("2001:db8::1", "2001:db8::2", tf::OUTER_V6));
+    let (tap, _) = f.add(Tunnel { ikey: 4, okey: 4, ..tunnel("198.51.100.1", "198.51.100.11", tf::IKEY | tf::OKEY | tf::TEB) });
+    let inner6 = scapy("IPv6(src='2001:db8:100::2', dst='2001:db8:100::1')/UDP()/Raw(b'six')");
+    let full6 = scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=60)/IPv6ExtHdrDestOpt(nh=47, options=[PadN(optdata=b'\\x00\\x00\\x00\\x00')])/GRE(proto=0x86dd)/Raw({})", hex_bytes(&inner6)));
+    // Ethernet 14, IPv6 40, destination options 8, GRE 4.
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("IPv6 header cut short", full6[..14 + 30].to_vec(), drop::TRUNCATED),
+        ("destination options cut short", full6[..14 + 40 + 1].to_vec(), drop::TRUNCATED),
+        ("GRE after IPv6 cut short", full6[..14 + 48 + 2].to_vec(), drop::TRUNCATED),
+        ("gretap frame shorter than an Ethernet header", scapy("Ether()/IP(src='198.51.100.11', dst='198.51.100.1')/GRE(key_present=1, key=4, proto=0x6558)/Raw(b'0123456789')"), drop::TRUNCATED),
+    ];
+    for (what, input, reason) in cases {
+        let before = f.drops()[reason as usize];
+        assert_eq!(f.decap(&input).0, XDP_DROP, "{what}");
+        assert_eq!(f.drops()[reason as usize] - before, 1, "{what}");
+    }
+    assert_eq!(f.stats(tap).drops[drop::TRUNCATED as usize], 1, "the frame was the gretap's");
+    // Intact, the same IPv6 packet is delivered.
+    assert_eq!(f.decap(&full6).0, XDP_REDIRECT);
+    assert_eq!(f.stats(v6).rx_packets, 1);
+    // An outer IPv4 header with options (IHL 6) is parsed, not misread.
+    let with_options = scapy(&format!(
+        "Ether()/IP(src='198.51.100.2', dst='198.51.100.1', options=[IPOption_Router_Alert()])/GRE(key_present=1, key=42, proto=0x0800)/Raw({})",
+        hex_bytes(&inner4(0, 9, 30))
+    ));
+    assert_eq!(with_options[14] & 0x0f, 6);
+    let (action, out) = f.decap(&with_options);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out[14..], inner4(0, 9, 30)[..]);
+}
+
+#[test]
+fn encap_failure_is_counted() {
+    let Some(mut f) = setup("encap_failure_is_counted") else { return };
+    // bpf_skb_adjust_room refuses a GSO packet whose segments are not TCP (here: UDP claiming
+    // a gso_size, which no real stack sends without a gso_type); the packet is dropped, counted.
+    let input = [eth([2, 0, 0, 0, 0, 9], SRC_MAC, EtherType::IPV4), inner4(0, 5, 1400)].concat();
+    let (ret, _) = f.encap_gso(&input, f.keyed.index, 1400);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(f.stats(0).drops[drop::ENCAP_FAILED as usize], 1);
+}
