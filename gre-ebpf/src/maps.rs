@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMap, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
 };
 use gre_common::{
     drop,
@@ -27,9 +27,10 @@ pub static ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(MAX_
 #[map]
 pub static TX_BY_IFINDEX: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
 
-/// Injection ports (the datapath end of each tunnel netdev), indexed by tunnel id.
+/// Injection ports (the datapath end of each tunnel netdev), by tunnel id. A hash, so that a
+/// tunnel's entry can be removed.
 #[map]
-pub static INJECT_PORTS: DevMap = DevMap::with_max_entries(MAX_TUNNELS, 0);
+pub static INJECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TUNNELS, 0);
 
 /// Per-tunnel counters, indexed by tunnel id.
 #[map]

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, DevMap, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use gre_common::{
     addr,
     drop,
@@ -16,7 +16,7 @@ pub struct Maps {
     rx_match: HashMap<MapData, RxKey, u32>,
     endpoints: HashMap<MapData, EndpointKey, u32>,
     tx_by_ifindex: HashMap<MapData, u32, u32>,
-    inject_ports: DevMap<MapData>,
+    inject_ports: DevMapHash<MapData>,
     tunnel_stats: PerCpuArray<MapData, TunnelStats>,
     drops: PerCpuArray<MapData, u64>,
     neighbours: HashMap<MapData, NeighbourKey, u32>,
@@ -86,7 +86,7 @@ impl Maps {
         let t = Tunnel { in_use: 1, ..*t };
         self.tunnels.set(id, t, 0).with_context(|| format!("writing tunnel {id} (TUNNELS is full?)"))?;
         self.inject_ports
-            .set(id, t.inject_ifindex, None, 0)
+            .insert(id, t.inject_ifindex, None, 0)
             .with_context(|| format!("adding injection port {} for tunnel {id}", t.inject_ifindex))?;
         let rx = rx_key(&t);
         self.rx_match.insert(rx, id, 0).with_context(|| full("RX_MATCH", id))?;
@@ -186,6 +186,15 @@ impl Maps {
                 Some((ipnet::IpNet::new(addr, u8::try_from(len).ok()?).ok()?, id))
             })
             .collect()
+    }
+
+    /// Removes tunnel `id`'s injection port: its decapsulated packets are then dropped
+    /// (`no_inject_port`).
+    ///
+    /// # Errors
+    /// There is no such entry.
+    pub fn remove_inject_port(&mut self, id: u32) -> Result<()> {
+        self.inject_ports.remove(id).with_context(|| format!("removing the injection port of tunnel {id}"))
     }
 
     /// Lets the fast paths redirect to interface `ifindex`.

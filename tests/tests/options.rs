@@ -396,3 +396,13 @@ fn encap_failure_is_counted() {
     assert_eq!(ret, TC_ACT_SHOT);
     assert_eq!(f.stats(0).drops[drop::ENCAP_FAILED as usize], 1);
 }
+
+#[test]
+fn a_tunnel_without_its_injection_port_drops_and_counts() {
+    let Some(mut f) = setup("a_tunnel_without_its_injection_port_drops_and_counts") else { return };
+    f.maps.remove_inject_port(1).expect("remove");
+    let wire = scapy(&format!("Ether()/IP(src='198.51.100.3', dst='198.51.100.1')/GRE(proto=0x0800)/Raw({})", hex_bytes(&inner4(0, 9, 30))));
+    assert_eq!(f.decap(&wire).0, XDP_DROP);
+    assert_eq!(f.stats(1).drops[drop::NO_INJECT_PORT as usize], 1);
+    assert_eq!(f.stats(1).rx_packets, 0);
+}
