@@ -38,10 +38,18 @@ pub async fn run(instance: &str) -> Result<()> {
     }
     let mut maps = Maps::open_pinned(&dir.join("maps"))?;
     let sender = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).context("opening a raw IPv4 socket for keepalives")?;
-    let receiver = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(gre::IPPROTO_GRE)))).context("opening a raw GRE socket")?;
-    receiver.set_nonblocking(true)?;
-    // SAFETY: the socket is moved in and owned by the AsyncFd for as long as it is registered.
+    let receiver = raw_gre_socket(Domain::IPV4)?;
+    let receiver6 = raw_gre_socket(Domain::IPV6)?;
+    // The IPv6 socket gets the payload only: ask for the destination address alongside.
+    let on: libc::c_int = 1;
+    // SAFETY: setting an int socket option on our own socket.
+    if unsafe { libc::setsockopt(receiver6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, (&raw const on).cast(), 4) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("IPV6_RECVPKTINFO");
+    }
+    // SAFETY: the sockets are moved in and owned by the AsyncFds for as long as they are registered.
     let receiver = unsafe { AsyncFd::register(receiver) }.map_err(|e| e.into_parts().1).context("registering the raw GRE socket")?;
+    // SAFETY: as above.
+    let receiver6 = unsafe { AsyncFd::register(receiver6) }.map_err(|e| e.into_parts().1).context("registering the raw GRE/IPv6 socket")?;
     let injector = packet_socket()?;
     let mut keepalives = Keepalives::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -53,6 +61,11 @@ pub async fn run(instance: &str) -> Result<()> {
             ready = receiver.readable() => {
                 let mut guard = ready?;
                 drain(&mut maps, guard.get_inner(), &injector);
+                guard.clear_ready();
+            }
+            ready = receiver6.readable() => {
+                let mut guard = ready?;
+                drain6(&mut maps, guard.get_inner(), &injector);
                 guard.clear_ready();
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -70,6 +83,12 @@ pub async fn run(instance: &str) -> Result<()> {
     }
     info!("daemon for instance {instance} stopped");
     Ok(())
+}
+
+fn raw_gre_socket(domain: Domain) -> Result<Socket> {
+    let s = Socket::new(domain, Type::RAW, Some(Protocol::from(i32::from(gre::IPPROTO_GRE)))).context("opening a raw GRE socket")?;
+    s.set_nonblocking(true)?;
+    Ok(s)
 }
 
 fn unix_now() -> u64 {
@@ -182,7 +201,7 @@ fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
             Ok(n) => {
                 // SAFETY: recv initialised the first n bytes.
                 let packet: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
-                if let Err(e) = decapsulate(maps, packet, injector) {
+                if let Err(e) = decapsulate_v4(maps, packet, injector) {
                     log::debug!("reassembled GRE not delivered: {e:#}");
                 }
             }
@@ -195,17 +214,75 @@ fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
     }
 }
 
-/// Decapsulates one reassembled GRE/IPv4 packet the way the datapath would (tunnel match,
-/// checksum policy and checksum) and injects it into the tunnel netdev.
-fn decapsulate(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<()> {
+/// Reads every reassembled GRE/IPv6 packet waiting on the raw IPv6 socket: the payload, the
+/// source from the socket address, the destination from IPV6_PKTINFO.
+fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
+    let mut buf = vec![0u8; 65536];
+    // Control messages are read as cmsghdr structs: the buffer must be aligned for them.
+    #[repr(C, align(8))]
+    struct Control([u8; 64]);
+    let mut control = Control([0; 64]);
+    loop {
+        // SAFETY: all-zero is a valid sockaddr_in6 / msghdr to fill in.
+        let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw mut from).cast();
+        msg.msg_namelen = u32::try_from(std::mem::size_of::<libc::sockaddr_in6>()).unwrap_or_default();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = control.0.len();
+        // SAFETY: every pointer in `msg` is valid for the lengths given.
+        let n = unsafe { libc::recvmsg(receiver.as_raw_fd(), &raw mut msg, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::WouldBlock {
+                warn!("reading the raw GRE/IPv6 socket: {e}");
+            }
+            return;
+        }
+        let Some(local) = pktinfo_destination(&msg) else { continue };
+        let body = &buf[..usize::try_from(n).unwrap_or(0)];
+        if let Err(e) = decapsulate(maps, local, from.sin6_addr.s6_addr, body, injector) {
+            log::debug!("reassembled GRE/IPv6 not delivered: {e:#}");
+        }
+    }
+}
+
+/// The destination address of a received IPv6 packet, from its IPV6_PKTINFO control message.
+fn pktinfo_destination(msg: &libc::msghdr) -> Option<[u8; 16]> {
+    // SAFETY: walking the control messages recvmsg filled in, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
+                let info = libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>().read_unaligned();
+                return Some(info.ipi6_addr.s6_addr);
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    None
+}
+
+/// Splits a reassembled GRE/IPv4 packet (the raw IPv4 socket includes the IP header).
+fn decapsulate_v4(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<()> {
     let ihl = usize::from(packet.first().context("empty")? & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([*packet.get(2).context("short")?, *packet.get(3).context("short")?]));
     let ip = packet.get(..ihl).context("short IPv4 header")?;
     let body = packet.get(ihl..total.min(packet.len())).context("short packet")?;
+    decapsulate(maps, addr::from_v4([ip[16], ip[17], ip[18], ip[19]]), addr::from_v4([ip[12], ip[13], ip[14], ip[15]]), body, injector)
+}
+
+/// Decapsulates one reassembled GRE packet (`body`: GRE header and payload) the way the datapath
+/// would (tunnel match, checksum policy and checksum) and injects it into the tunnel netdev.
+fn decapsulate(maps: &mut Maps, local: addr::Addr, remote: addr::Addr, body: &[u8], injector: &OwnedFd) -> Result<()> {
     let (h, hlen) = gre::Header::decode(body).map_err(|e| anyhow::anyhow!("GRE header: {e:?}"))?;
     let mut key = RxKey {
-        local: addr::from_v4([ip[16], ip[17], ip[18], ip[19]]),
-        remote: addr::from_v4([ip[12], ip[13], ip[14], ip[15]]),
+        local,
+        remote,
         key: h.key.unwrap_or(0),
         flags: if h.flags() & FLAG_K != 0 { RX_KEY_PRESENT } else { 0 },
     };

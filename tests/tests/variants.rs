@@ -281,3 +281,53 @@ fn udp_across(a: &str, b: &str, data: &[u8], port: u16) -> Option<Vec<u8>> {
     .expect("send");
     receiver.join().expect("receiver").expect("receiver in b")
 }
+
+#[test]
+fn fragmented_ip6gre_from_another_implementation_is_delivered() {
+    if !privilege::require_root("fragmented_ip6gre_from_another_implementation_is_delivered") {
+        return;
+    }
+    let mut sites = TwoSites::new("gf6").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    let (_, ib) = sites.tunnel_with(A_UNDERLAY6, B_UNDERLAY6, "").expect("gre up");
+    let _daemon = Daemon::start(&b, &ib);
+    thread::sleep(Duration::from_millis(500));
+    // IPv6 routers never fragment: a sender does. scapy plays an ip6gre sender that fragments
+    // the outer packet, as Linux's ip6gre does when its tunnel MTU exceeds the path's.
+    let router: Value = serde_json::from_str(&ns_sh(&sites.wan, &["ip", "-j", "link", "show", "a0"]).unwrap()).unwrap();
+    let router_mac = router[0]["address"].as_str().unwrap().to_string();
+    let payload: Vec<u8> = (0..1200u32).map(|i| (i % 253) as u8).collect();
+    let script = format!(
+        "from scapy.all import *\n\
+         inner = IP(src='{A_OVERLAY4}', dst='{B_OVERLAY4}', flags=0)/UDP(sport=5555, dport=7003)/Raw(bytes.fromhex('{}'))\n\
+         pkt = IPv6(src='{A_UNDERLAY6}', dst='{B_UNDERLAY6}')/IPv6ExtHdrFragment()/GRE(proto=0x0800)/inner\n\
+         sendp([Ether(dst='{router_mac}')/f for f in fragment6(pkt, 800)], iface='eth0', verbose=False)\n",
+        payload.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let got = udp_receive(&b, 7003, || {
+        ns_sh(&a, &["/usr/bin/python3", "-c", &script]).expect("scapy sends the fragments");
+    });
+    assert_eq!(got.as_deref(), Some(&payload[..]), "the reassembled packet reached b's overlay socket");
+    assert_eq!(gre::show(&b, &ib).unwrap()["tunnels"][0]["reassembled"], 1);
+}
+
+/// Listens on b's overlay address, runs `send`, and returns the first datagram received within
+/// two seconds.
+fn udp_receive(b: &str, port: u16, send: impl FnOnce()) -> Option<Vec<u8>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = thread::spawn({
+        let b = b.to_string();
+        move || {
+            traffic::in_netns(&b, move || {
+                let s = std::net::UdpSocket::bind((B_OVERLAY4, port))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                ready_tx.send(()).ok();
+                let mut buf = vec![0u8; 65536];
+                Ok(s.recv(&mut buf).ok().map(|n| buf[..n].to_vec()))
+            })
+        }
+    });
+    ready_rx.recv().expect("receiver ready");
+    send();
+    receiver.join().expect("receiver").expect("receiver in b")
+}
