@@ -29,6 +29,12 @@ pub const PROTO_TEB: u16 = 0x6558;
 pub const PROTO_NHRP: u16 = 0x2001;
 /// Cisco keepalive: an empty GRE packet that the remote sends back to its origin.
 pub const PROTO_KEEPALIVE: u16 = 0x0000;
+/// Cisco MetaData (TrustSec inline tagging): a header of its own before the payload, whose first
+/// two bytes are the payload's protocol type and whose fourth gives its option words.
+pub const PROTO_CISCO_METADATA: u16 = 0x8909;
+/// Cisco MetaData: fixed part (type, version, length) plus `length` 4-byte option words.
+pub const CMD_BASE_LEN: usize = 4;
+pub const CMD_MAX_WORDS: usize = 3;
 
 /// IP protocol number of GRE.
 pub const IPPROTO_GRE: u8 = 47;

@@ -18,7 +18,8 @@ use gre_common::{
     gre::{
         ECN_CE, ECN_MASK, ECN_NOT_ECT, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6,
         FLAG_C, FLAG_K, FLAG_R, FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_DSTOPTS, IPV6_HLEN,
-        IPV6_HOPOPTS, OPTION_LEN, PROTO_IPV4, PROTO_IPV6, PROTO_KEEPALIVE, PROTO_TEB, VERSION_MASK,
+        CMD_BASE_LEN, CMD_MAX_WORDS, IPV6_HOPOPTS, OPTION_LEN, PROTO_CISCO_METADATA, PROTO_IPV4, PROTO_IPV6,
+        PROTO_KEEPALIVE, PROTO_TEB, VERSION_MASK,
         VLAN_HLEN,
         header_len,
     },
@@ -208,8 +209,19 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
     if t.flags & tunnel_flags::ISEQ != 0 {
         check_sequence(id, g)?;
     }
-    let inner = o.gre + g.len;
-    match g.protocol {
+    let mut inner = o.gre + g.len;
+    let mut protocol = g.protocol;
+    if protocol == PROTO_CISCO_METADATA {
+        // Cisco TrustSec inline tag (SGT): step over it; the payload's type is in its first word.
+        let cmd = read::<4, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
+        let words = usize::from(cmd[3]);
+        if words > CMD_MAX_WORDS {
+            return Err(drop::UNKNOWN_PROTOCOL);
+        }
+        protocol = u16::from_be_bytes([cmd[0], cmd[1]]);
+        inner += CMD_BASE_LEN + 4 * words;
+    }
+    match protocol {
         PROTO_IPV4 => {
             let ih = read::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
             if !o.v6 && ih[9] == IPPROTO_GRE && addr::from_v4([ih[12], ih[13], ih[14], ih[15]]) == t.local
@@ -258,7 +270,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
     if o.end - inner > t.mtu as usize {
         return Err(drop::TOO_BIG);
     }
-    inject(ctx, t, g.protocol, inner, id, o.end - inner)
+    inject(ctx, t, protocol, inner, id, o.end - inner)
 }
 
 /// The decapsulation fast path: when the kernel would forward the inner packet out of a port

@@ -296,17 +296,23 @@ fn decapsulate(maps: &mut Maps, local: addr::Addr, remote: addr::Addr, body: &[u
     if h.checksum.is_some() && gre::internet_checksum(body) != 0 {
         bail!("bad checksum");
     }
-    let payload = &body[hlen..];
+    let mut payload = &body[hlen..];
+    let mut protocol = h.protocol;
+    if protocol == gre::PROTO_CISCO_METADATA {
+        let words = usize::from(*payload.get(3).context("short Cisco MetaData")?);
+        protocol = u16::from_be_bytes([payload[0], payload[1]]);
+        payload = payload.get(gre::CMD_BASE_LEN + 4 * words..).context("short Cisco MetaData")?;
+    }
     if payload.len() > t.mtu as usize + if h.protocol == gre::PROTO_TEB { gre::ETH_HLEN } else { 0 } {
         bail!("{} bytes, larger than the tunnel MTU {}", payload.len(), t.mtu);
     }
-    let frame = match h.protocol {
+    let frame = match protocol {
         gre::PROTO_TEB => payload.to_vec(),
         gre::PROTO_IPV4 | gre::PROTO_IPV6 => {
             let mut f = Vec::with_capacity(gre::ETH_HLEN + payload.len());
             f.extend_from_slice(&t.netdev_mac);
             f.extend_from_slice(&t.inject_mac);
-            f.extend_from_slice(&h.protocol.to_be_bytes());
+            f.extend_from_slice(&protocol.to_be_bytes());
             f.extend_from_slice(payload);
             f
         }
