@@ -86,6 +86,7 @@ pub enum XdpMode {
 /// seq/iseq/oseq, ttl, tos, flowlabel, pmtudisc, ignore-df (here `ignore_df`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[expect(clippy::struct_excessive_bools, reason = "ip(8)'s on/off options, as the file spells them")]
 pub struct TunnelSpec {
     /// The tunnel netdev the kernel sees (overlay addresses, routes).
     pub name: Spanned<String>,
@@ -223,6 +224,7 @@ pub struct Config {
 
 /// A validated tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(clippy::struct_excessive_bools, reason = "ip(8)'s on/off options")]
 pub struct Tunnel {
     pub name: String,
     pub mode: Mode,
@@ -343,6 +345,7 @@ pub fn load(path: &Path) -> anyhow::Result<Config> {
 ///
 /// # Errors
 /// The first problem found, with its position.
+#[expect(clippy::too_many_lines, reason = "one check after the other, in file order")]
 pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     let at = |span: Range<usize>, message: String| {
         let (line, column) = position(text, span.start);
@@ -584,6 +587,7 @@ pmtudisc = false
 
     #[test]
     fn ip6gre_with_every_option() {
+        use gre_common::maps::tunnel_flags as f;
         let text = r#"
 [[interface]]
 name = "eth0"
@@ -610,7 +614,6 @@ ignore_df = true
         assert_eq!((t.ttl, t.tos, t.flowlabel), (Setting::Inherit, Setting::Inherit, Setting::Fixed(12345)));
         // IPv6 40 + GRE 4 + checksum 4 + key 4 + sequence 4.
         assert_eq!(t.overhead(), 56);
-        use gre_common::maps::tunnel_flags as f;
         assert_eq!(
             t.datapath_flags(),
             f::IKEY | f::OKEY | f::ICSUM | f::OCSUM | f::ISEQ | f::OSEQ | f::TOS_INHERIT | f::OUTER_V6 | f::NOPMTUDISC | f::IGNORE_DF

@@ -195,7 +195,7 @@ fn send_keepalive(sender: &Socket, t: &Tunnel) -> Result<()> {
 
 /// Reads every reassembled GRE packet waiting on the raw socket.
 fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
-    let mut buf = [MaybeUninit::<u8>::uninit(); 65536];
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); 65536];
     loop {
         match receiver.recv(&mut buf) {
             Ok(n) => {
@@ -217,10 +217,10 @@ fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
 /// Reads every reassembled GRE/IPv6 packet waiting on the raw IPv6 socket: the payload, the
 /// source from the socket address, the destination from IPV6_PKTINFO.
 fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
-    let mut buf = vec![0u8; 65536];
     // Control messages are read as cmsghdr structs: the buffer must be aligned for them.
     #[repr(C, align(8))]
     struct Control([u8; 64]);
+    let mut buf = vec![0u8; 65536];
     let mut control = Control([0; 64]);
     loop {
         // SAFETY: all-zero is a valid sockaddr_in6 / msghdr to fill in.

@@ -33,6 +33,7 @@ pub struct RouteReport {
 }
 
 #[derive(Debug, Serialize)]
+#[expect(clippy::struct_excessive_bools, reason = "the tunnel's on/off options, as JSON fields")]
 pub struct TunnelReport {
     pub id: u32,
     pub name: String,
@@ -111,8 +112,10 @@ pub fn report(instance: &str) -> Result<Report> {
             oseq: t.flags & tunnel_flags::OSEQ != 0,
             ttl: if t.ttl == 0 { Setting::Inherit } else { Setting::Fixed(t.ttl) },
             tos: if t.flags & tunnel_flags::TOS_INHERIT != 0 { Setting::Inherit } else { Setting::Fixed(t.tos) },
-            flowlabel: (t.flags & tunnel_flags::OUTER_V6 != 0).then(|| {
-                if t.flags & tunnel_flags::FLOWLABEL_INHERIT != 0 { Setting::Inherit } else { Setting::Fixed(t.flowlabel) }
+            flowlabel: (t.flags & tunnel_flags::OUTER_V6 != 0).then_some(if t.flags & tunnel_flags::FLOWLABEL_INHERIT != 0 {
+                Setting::Inherit
+            } else {
+                Setting::Fixed(t.flowlabel)
             }),
             pmtudisc: t.flags & tunnel_flags::NOPMTUDISC == 0,
             ignore_df: t.flags & tunnel_flags::IGNORE_DF != 0,
@@ -197,7 +200,8 @@ pub fn table(r: &Report) -> String {
 fn options(t: &TunnelReport) -> String {
     let mut o: Vec<String> = [(t.icsum, "icsum"), (t.ocsum, "ocsum"), (t.iseq, "iseq"), (t.oseq, "oseq"), (!t.pmtudisc, "nopmtudisc"), (t.ignore_df, "ignore-df")]
         .into_iter()
-        .filter_map(|(on, word)| on.then(|| word.to_string()))
+        .filter(|(on, _)| *on)
+        .map(|(_, word)| word.to_string())
         .collect();
     if t.tos != Setting::Fixed(0) {
         o.push(format!("tos={}", t.tos));

@@ -83,6 +83,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    #[expect(clippy::new_without_default, reason = "it creates a namespace and loads programs: not a default")]
     pub fn new() -> Self {
         let ns = NetNsGuard::new().expect("test namespace");
         let keyed = veth("t0");
@@ -253,6 +254,16 @@ pub fn scapy(expr: &str) -> Vec<u8> {
     assert!(out.status.success(), "scapy {expr}: {}", String::from_utf8_lossy(&out.stderr));
     let hex = String::from_utf8(out.stdout).unwrap();
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Bytes as a Python expression, for scapy: `bytes.fromhex('…')`.
+pub fn hex_bytes(b: &[u8]) -> String {
+    let hex = b.iter().fold(String::with_capacity(2 * b.len()), |mut s, x| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{x:02x}");
+        s
+    });
+    format!("bytes.fromhex('{hex}')")
 }
 
 /// A MAC address from its text form.

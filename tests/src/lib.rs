@@ -1,5 +1,6 @@
 //! What the integration tests and the demo share: privileged-test policy, network namespaces with
 //! veth topologies on documentation addresses, the `gre` binary, and traffic across them.
+#![allow(clippy::missing_panics_doc, clippy::must_use_candidate, reason = "test helpers panic on purpose when the test cannot go on")]
 
 pub mod fixture;
 pub mod gre;

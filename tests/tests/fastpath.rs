@@ -9,10 +9,6 @@ use gre_tests::fixture::*;
 const HOST_MAC: &str = "02:00:00:00:00:66";
 const PEER_MAC: &str = "02:00:00:00:00:02";
 
-fn hex_bytes(b: &[u8]) -> String {
-    format!("bytes.fromhex('{}')", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
-}
-
 fn inner(dst: &str, ttl: u8, len: usize) -> Vec<u8> {
     scapy(&format!("IP(src='203.0.113.130', dst='{dst}', ttl={ttl})/UDP(sport=7, dport=9)/Raw(b'z'*{len})"))
 }

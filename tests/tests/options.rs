@@ -21,10 +21,6 @@ fn tunnel(local: &str, remote: &str, flags: u32) -> Tunnel {
     }
 }
 
-fn hex_bytes(b: &[u8]) -> String {
-    format!("bytes.fromhex('{}')", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
-}
-
 /// Inner IPv4/UDP with `len` bytes of payload, as scapy builds it.
 fn inner4(tos: u8, ttl: u8, len: usize) -> Vec<u8> {
     scapy(&format!("IP(src='203.0.113.2', dst='203.0.113.1', tos={tos}, ttl={ttl})/UDP(sport=4000, dport=5000)/Raw(bytes(range(256))*{}+bytes({}))", len / 256, len % 256))
@@ -221,31 +217,12 @@ fn keepalives_are_answered_and_counted() {
     assert_eq!(action, XDP_TX, "sent back out of the port it came in on");
     let expected = scapy("Ether(dst='02:00:00:00:00:02', src='02:00:00:00:00:01')/IP(src='198.51.100.1', dst='198.51.100.2', ttl=254)/GRE(key_present=1, key=42, proto=0)");
     assert_eq!(out, expected);
-    // Our own keepalive coming back: counted, consumed, no error.
-    let (action, _) = f.decap(&expected.iter().copied().collect::<Vec<_>>().into_iter().enumerate().map(|(i, b)| match i {
-        // Seen from our side: from the remote to us.
-        26..=29 => [198, 51, 100, 2][i - 26],
-        30..=33 => [198, 51, 100, 1][i - 30],
-        _ => b,
-    }).collect::<Vec<_>>().pipe(fix_ipv4_checksum));
-    assert_eq!(action, XDP_DROP);
+    // Our own keepalive coming back from the remote: counted, consumed, no error.
+    let returned = scapy("Ether()/IP(src='198.51.100.2', dst='198.51.100.1', ttl=254)/GRE(key_present=1, key=42, proto=0)");
+    assert_eq!(f.decap(&returned).0, XDP_DROP);
     let s = f.stats(0);
     assert_eq!((s.keepalives_answered, s.keepalives_returned, s.rx_packets), (1, 1, 0));
     assert!(f.drops().iter().all(|d| *d == 0));
-}
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
-
-fn fix_ipv4_checksum(mut frame: Vec<u8>) -> Vec<u8> {
-    let mut ip = Ipv4Header::from_slice(&frame[14..]).unwrap().0;
-    ip.header_checksum = ip.calc_header_checksum();
-    frame[14..34].copy_from_slice(&ip.to_bytes());
-    frame
 }
 
 #[test]
@@ -362,7 +339,7 @@ fn ipv6_and_gretap_truncation_and_ipv4_options() {
     // Ethernet 14, IPv6 40, destination options 8, GRE 4.
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
         ("IPv6 header cut short", full6[..14 + 30].to_vec(), drop::TRUNCATED),
-        ("destination options cut short", full6[..14 + 40 + 1].to_vec(), drop::TRUNCATED),
+        ("destination options cut short", full6[..=14 + 40].to_vec(), drop::TRUNCATED),
         ("GRE after IPv6 cut short", full6[..14 + 48 + 2].to_vec(), drop::TRUNCATED),
         ("gretap frame shorter than an Ethernet header", scapy("Ether()/IP(src='198.51.100.11', dst='198.51.100.1')/GRE(key_present=1, key=4, proto=0x6558)/Raw(b'0123456789')"), drop::TRUNCATED),
     ];

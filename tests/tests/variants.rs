@@ -299,10 +299,10 @@ fn fragmented_ip6gre_from_another_implementation_is_delivered() {
     let payload: Vec<u8> = (0..1200u32).map(|i| (i % 253) as u8).collect();
     let script = format!(
         "from scapy.all import *\n\
-         inner = IP(src='{A_OVERLAY4}', dst='{B_OVERLAY4}', flags=0)/UDP(sport=5555, dport=7003)/Raw(bytes.fromhex('{}'))\n\
+         inner = IP(src='{A_OVERLAY4}', dst='{B_OVERLAY4}', flags=0)/UDP(sport=5555, dport=7003)/Raw({})\n\
          pkt = IPv6(src='{A_UNDERLAY6}', dst='{B_UNDERLAY6}')/IPv6ExtHdrFragment()/GRE(proto=0x0800)/inner\n\
          sendp([Ether(dst='{router_mac}')/f for f in fragment6(pkt, 800)], iface='eth0', verbose=False)\n",
-        payload.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        gre_tests::fixture::hex_bytes(&payload)
     );
     let got = udp_receive(&b, 7003, || {
         ns_sh(&a, &["/usr/bin/python3", "-c", &script]).expect("scapy sends the fragments");
