@@ -383,3 +383,23 @@ fn a_tunnel_without_its_injection_port_drops_and_counts() {
     assert_eq!(f.stats(1).drops[drop::NO_INJECT_PORT as usize], 1);
     assert_eq!(f.stats(1).rx_packets, 0);
 }
+
+#[test]
+fn ip6gretap_both_ways() {
+    let Some(mut f) = setup("ip6gretap_both_ways") else { return };
+    let (id, dev) = f.add(Tunnel { ikey: 6, okey: 6, ttl: 64, ..tunnel("2001:db8::1", "2001:db8::2", tf::IKEY | tf::OKEY | tf::TEB | tf::OUTER_V6) });
+    let frame = scapy("Ether(dst='02:11:11:11:11:11', src='02:22:22:22:22:22')/IPv6(src='2001:db8:100::2', dst='2001:db8:100::1', tc=0x02)/UDP(sport=1, dport=2)/Raw(b'bridged six')");
+    let wire = scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=47)/GRE(key_present=1, key=6, proto=0x6558)/Raw({})", hex_bytes(&frame)));
+    let (action, out) = f.decap(&wire);
+    assert_eq!((action, out.clone()), (XDP_REDIRECT, frame.clone()));
+    let (ret, out) = f.encap(&frame, dev.index);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    // Traffic class: fixed 0 with the inner ECT(0) copied; hop limit fixed 64.
+    let expected = scapy(&format!(
+        "Ether(dst='{}', src='02:22:22:22:22:22', type=0x86dd)/IPv6(src='2001:db8::1', dst='2001:db8::2', hlim=64, tc=0x02, nh=47)/GRE(key_present=1, key=6, proto=0x6558)/Raw({})",
+        mac_str(dev.mac),
+        hex_bytes(&frame)
+    ));
+    assert_eq!(out, expected);
+    assert_eq!((f.stats(id).rx_packets, f.stats(id).tx_packets), (1, 1));
+}
