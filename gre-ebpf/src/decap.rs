@@ -27,7 +27,7 @@ use gre_common::{
 };
 
 use crate::{
-    csum, fib,
+    csum, fib, ip,
     maps::{ENDPOINTS, INJECT_PORTS, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
     packet::{Packet as _, be16, be32, bytes, read},
     stats,
@@ -231,7 +231,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
                 return answer_keepalive(ctx, o, inner, id);
             }
             if ecn_decap(o.ecn, ih[1] & ECN_MASK)? {
-                set_ce_ipv4(ctx, inner)?;
+                ip::set_ce_ipv4(ctx, inner).ok_or(drop::TRUNCATED)?;
             }
             if ih[8] > 1 {
                 let (src, dst) = (addr::from_v4([ih[12], ih[13], ih[14], ih[15]]), addr::from_v4([ih[16], ih[17], ih[18], ih[19]]));
@@ -243,9 +243,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
         PROTO_IPV6 => {
             let ih = read::<2, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
             if ecn_decap(o.ecn, (ih[1] >> 4) & ECN_MASK)? {
-                let b = bytes::<2, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
-                // SAFETY: bounds checked by `bytes`; ECN is bits 4-5 of the second byte.
-                unsafe { (*b)[1] |= ECN_CE << 4 };
+                ip::set_ce_ipv6(ctx, inner).ok_or(drop::TRUNCATED)?;
             }
             let ih = read::<IPV6_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
             if ih[7] > 1 {
@@ -285,18 +283,7 @@ fn fast_decap(ctx: &XdpContext, t: &Tunnel, id: u32, inner: usize, end: usize, v
     let fwd = fib::forward(ctx.ctx.cast(), v6, src, dst, tos_or_flow, len, t.netdev_ifindex)?;
     PORTS.get(fwd.ifindex)?;
     let ethertype = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
-    if v6 {
-        let b = bytes::<8, _>(ctx, inner)?;
-        // SAFETY: bounds checked by `bytes`; the hop limit is byte 7.
-        unsafe { (*b)[7] -= 1 };
-    } else {
-        let h = bytes::<IPV4_HLEN, _>(ctx, inner)?;
-        // SAFETY: bounds checked by `bytes`.
-        let h = unsafe { &mut *h };
-        let old = u16::from_be_bytes([h[8], h[9]]);
-        h[8] -= 1;
-        update_checksum(h, old, u16::from_be_bytes([h[8], h[9]]));
-    }
+    ip::decrement_ttl(ctx, inner, v6)?;
     let mut hdr = [0u8; ETH_HLEN];
     hdr[..6].copy_from_slice(&fwd.dmac);
     hdr[6..12].copy_from_slice(&fwd.smac);
@@ -350,26 +337,6 @@ fn ecn_decap(outer: u8, inner: u8) -> Result<bool, u32> {
     Ok(outer == ECN_CE && inner != ECN_CE)
 }
 
-/// Sets CE in an inner IPv4 header and updates its checksum (RFC 1624).
-#[inline(always)]
-fn set_ce_ipv4(ctx: &XdpContext, inner: usize) -> Result<(), u32> {
-    let h = bytes::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
-    // SAFETY: bounds checked by `bytes`.
-    let h = unsafe { &mut *h };
-    let old = u16::from_be_bytes([h[0], h[1]]);
-    h[1] |= ECN_CE;
-    let new = u16::from_be_bytes([h[0], h[1]]);
-    update_checksum(h, old, new);
-    Ok(())
-}
-
-/// Incremental IPv4 header checksum update for one changed 16-bit word.
-#[inline(always)]
-fn update_checksum(h: &mut [u8; IPV4_HLEN], old: u16, new: u16) {
-    let sum = u64::from(!u16::from_be_bytes([h[10], h[11]])) + u64::from(!old) + u64::from(new);
-    h[10..12].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
-}
-
 /// A Cisco keepalive from the remote: the inner packet is GRE addressed back to the remote. Send
 /// it there from here at line rate, as a router would (TTL decremented), instead of through the
 /// kernel.
@@ -387,14 +354,7 @@ fn answer_keepalive(ctx: &XdpContext, o: &Outer, inner: usize, id: u32) -> Verdi
     mac.copy_from_slice(&l2[..6]);
     l2.copy_within(6..12, 0);
     l2[6..12].copy_from_slice(&mac);
-    {
-        let h = bytes::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
-        // SAFETY: bounds checked by `bytes`.
-        let h = unsafe { &mut *h };
-        let old = u16::from_be_bytes([h[8], h[9]]);
-        h[8] -= 1;
-        update_checksum(h, old, u16::from_be_bytes([h[8], h[9]]));
-    }
+    ip::decrement_ttl(ctx, inner, false).ok_or(drop::TRUNCATED)?;
     #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "bounded offsets")]
     // SAFETY: the helper re-validates; all packet pointers above are dead after this call.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, (inner - o.l3) as i32) } != 0 {
@@ -424,15 +384,13 @@ fn inject_frame(ctx: &XdpContext, o: &Outer, inner: usize, id: u32, mtu: u32) ->
         ETH_P_IPV4 => {
             let tos = read::<2, _>(ctx, l3).ok_or(drop::TRUNCATED)?[1];
             if ecn_decap(o.ecn, tos & ECN_MASK)? {
-                set_ce_ipv4(ctx, l3)?;
+                ip::set_ce_ipv4(ctx, l3).ok_or(drop::TRUNCATED)?;
             }
         }
         ETH_P_IPV6 => {
             let ih = read::<2, _>(ctx, l3).ok_or(drop::TRUNCATED)?;
             if ecn_decap(o.ecn, (ih[1] >> 4) & ECN_MASK)? {
-                let b = bytes::<2, _>(ctx, l3).ok_or(drop::TRUNCATED)?;
-                // SAFETY: bounds checked by `bytes`.
-                unsafe { (*b)[1] |= ECN_CE << 4 };
+                ip::set_ce_ipv6(ctx, l3).ok_or(drop::TRUNCATED)?;
             }
         }
         _ => {}

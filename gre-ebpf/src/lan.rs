@@ -17,7 +17,7 @@ use gre_common::{
 };
 
 use crate::{
-    csum, fib,
+    csum, fib, ip,
     headers::{self, HEADERS_MAX, Inner},
     maps::{PORTS, ROUTES, TUNNELS},
     packet::{Packet as _, be16, bytes, read},
@@ -59,7 +59,7 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
     if PORTS.get(t.underlay_ifindex).is_none() {
         return Ok(PASS);
     }
-    decrement_ttl(ctx, v6).ok_or(gre_common::drop::TRUNCATED)?;
+    ip::decrement_ttl(ctx, ETH_HLEN, v6).ok_or(gre_common::drop::TRUNCATED)?;
     inner.ttl -= 1;
     let flags = headers::tx_flags(t, false).map_err(|r| stats::tunnel_drop(id, r))?;
     #[expect(clippy::cast_possible_truncation, reason = "bounded by the MTU")]
@@ -102,25 +102,4 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
         }
         Err(_) => Err(stats::tunnel_drop(id, gre_common::drop::ENCAP_FAILED)),
     }
-}
-
-/// Decrements the TTL / hop limit of the IP header after the Ethernet header (with the IPv4
-/// checksum updated), as a router does.
-#[inline(always)]
-fn decrement_ttl(ctx: &XdpContext, v6: bool) -> Option<()> {
-    if v6 {
-        let b = bytes::<8, _>(ctx, ETH_HLEN)?;
-        // SAFETY: bounds checked by `bytes`; the hop limit is byte 7.
-        unsafe { (*b)[7] -= 1 };
-    } else {
-        let h = bytes::<IPV4_HLEN, _>(ctx, ETH_HLEN)?;
-        // SAFETY: bounds checked by `bytes`.
-        let h = unsafe { &mut *h };
-        let old = u16::from_be_bytes([h[8], h[9]]);
-        h[8] -= 1;
-        let new = u16::from_be_bytes([h[8], h[9]]);
-        let sum = u64::from(!u16::from_be_bytes([h[10], h[11]])) + u64::from(!old) + u64::from(new);
-        h[10..12].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
-    }
-    Some(())
 }

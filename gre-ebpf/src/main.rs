@@ -10,6 +10,7 @@ mod decap;
 mod encap;
 mod fib;
 mod headers;
+mod ip;
 mod lan;
 mod maps;
 mod packet;
