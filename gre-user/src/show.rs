@@ -172,7 +172,7 @@ pub fn table(r: &Report) -> String {
         rows.push([
             t.name.clone(),
             t.mode.to_string(),
-            t.state.to_string(),
+            if t.keepalive.is_some() { t.state.to_string() } else { "-".to_string() },
             t.interface.clone(),
             t.local.clone(),
             t.remote.clone(),
@@ -189,10 +189,21 @@ pub fn table(r: &Report) -> String {
     }
     let mut out = format!("instance {}\n", r.instance);
     out += &columns(&rows);
+    if !r.routes.is_empty() {
+        let mut routes = vec![["route".to_string(), "tunnel".to_string()]];
+        routes.extend(r.routes.iter().map(|rt| [rt.prefix.clone(), rt.tunnel.clone()]));
+        out.push('\n');
+        out += &columns(&routes);
+    }
+    // Only the reasons that happened; `-j` lists them all.
     let mut drops = vec![["drop reason".to_string(), "packets".to_string()]];
-    drops.extend(r.drops.iter().map(|(k, v)| [k.clone(), v.to_string()]));
+    drops.extend(r.drops.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| [k.clone(), v.to_string()]));
     out.push('\n');
-    out += &columns(&drops);
+    if drops.len() == 1 {
+        out += "no drops\n";
+    } else {
+        out += &columns(&drops);
+    }
     out
 }
 

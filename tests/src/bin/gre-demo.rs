@@ -109,7 +109,5 @@ fn demo(sites: &mut TwoSites) -> Result<()> {
         step(&format!("gre -n {ns} -i {instance} show"))?;
         print!("{}", gre::run(ns, instance, &["show"])?);
     }
-    step(&format!("gre -n {a} -i {ia} show -p (the same for scripts)"))?;
-    print!("{}", gre::run(&a, &ia, &["show", "-p"])?);
     Ok(())
 }
