@@ -7,6 +7,7 @@ pub mod loader;
 pub mod maps;
 pub mod netdev;
 pub mod netns;
+pub mod nhrp;
 pub mod show;
 
 /// The eBPF object built from gre-ebpf, embedded so the `gre` binary is all an operator installs.

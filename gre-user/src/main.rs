@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use gre_user::{config, daemon, loader, netns, show};
+use gre_user::{config, daemon, loader, netns, nhrp, show};
 
 #[derive(Parser)]
 #[command(name = "gre", version, about = "GRE tunnels in eBPF: XDP decapsulation, TC encapsulation")]
@@ -44,10 +44,25 @@ enum Command {
     /// Run what needs a process: keepalives and tunnel state, GRE that arrived in fragments.
     /// Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it.
     Daemon,
+    /// NHRP tools.
+    #[command(subcommand)]
+    Nhrp(NhrpCommand),
     /// Check a configuration file and print what it would set up; changes nothing.
     Check {
         #[arg(short = 'c', long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NhrpCommand {
+    /// Decode the NHRP messages of a capture (pcap or pcapng), one line each.
+    Dump {
+        /// The capture file.
+        file: PathBuf,
+        /// JSON on one line per message, with every field.
+        #[arg(short = 'j', long)]
+        json: bool,
     },
 }
 
@@ -87,6 +102,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Daemon => daemon::run(&cli.instance).await?,
+        Command::Nhrp(NhrpCommand::Dump { file, json }) => {
+            for m in nhrp::dump::read(&file)? {
+                if json {
+                    println!("{}", serde_json::to_string(&nhrp::dump::MessageView::from(&m))?);
+                } else {
+                    println!("{}", nhrp::dump::line(&m));
+                }
+            }
+        }
         Command::Check { config } => {
             let cfg = config::load(&config)?;
             for t in &cfg.tunnels {

@@ -1,0 +1,4 @@
+//! NHRP (RFC 2332, with the Cisco and FRR practice): the wire codec and capture decoding.
+
+pub mod dump;
+pub mod wire;
