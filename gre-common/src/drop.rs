@@ -43,8 +43,13 @@ pub const NO_NEIGHBOUR: u32 = 16;
 /// remote's tunnel MTU is larger than ours). The fast path to a LAN port is not limited by it.
 pub const TOO_BIG: u32 = 17;
 
+/// Multipoint, strict: GRE from an NBMA address that is not one of the tunnel's peers.
+pub const UNKNOWN_PEER: u32 = 18;
+/// Multipoint: no peer for the next hop and no NHS to send through.
+pub const NO_PEER: u32 = 19;
+
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 18;
+pub const COUNT: u32 = 20;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -66,4 +71,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "checksum_gso",
     "no_neighbour",
     "too_big",
+    "unknown_peer",
+    "no_peer",
 ];

@@ -5,6 +5,8 @@ use crate::addr::Addr;
 
 /// How many tunnels one instance can hold (the size of the tunnel-indexed arrays).
 pub const MAX_TUNNELS: u32 = 256;
+/// How many peers (NHRP cache entries) one instance can hold.
+pub const MAX_PEERS: u32 = 65536;
 /// How many overlay routes the fast path can hold.
 pub const MAX_ROUTES: u32 = 16384;
 /// How many ports (underlay and LAN interfaces) the fast paths can redirect to.
@@ -23,6 +25,9 @@ pub mod names {
     pub const ROUTES: &str = "ROUTES";
     pub const PORTS: &str = "PORTS";
     pub const TUNNEL_STATE: &str = "TUNNEL_STATE";
+    pub const PEERS: &str = "PEERS";
+    pub const NBMA_PEERS: &str = "NBMA_PEERS";
+    pub const EVENTS: &str = "EVENTS";
     pub const DROPS: &str = "DROPS";
 }
 
@@ -90,6 +95,10 @@ pub mod tunnel_flags {
     pub const FLOWLABEL_INHERIT: u32 = 1 << 10;
     /// gretap / ip6gretap: Ethernet frames (protocol type 0x6558) instead of IP packets.
     pub const TEB: u32 = 1 << 11;
+    /// Multipoint GRE: no fixed remote; the outer destination comes from the peer table.
+    pub const MULTIPOINT: u32 = 1 << 12;
+    /// Multipoint: accept GRE only from NBMA addresses of known peers.
+    pub const STRICT: u32 = 1 << 13;
 }
 
 /// One tunnel, indexed by its id in the `TUNNELS` array.
@@ -120,6 +129,9 @@ pub struct Tunnel {
     pub underlay_ifindex: u32,
     /// MTU of the tunnel netdev: what the fast path may encapsulate without the kernel's help.
     pub mtu: u32,
+    /// Multipoint: overlay address of the NHS, where traffic goes while a peer is unresolved
+    /// (all zero: none).
+    pub nhs: Addr,
     /// Seconds between keepalives `gre daemon` sends; 0: none.
     pub keepalive_period: u16,
     /// Keepalives that may go unanswered before the tunnel is declared down.
@@ -181,6 +193,87 @@ pub struct Sequence {
     pub pad0: u32,
 }
 
+/// A peer of a multipoint tunnel: the overlay (protocol) address behind an NBMA address. The
+/// table is the NHRP cache: static entries from the configuration, dynamic ones from NHRP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PeerKey {
+    pub tunnel: u32,
+    pub pad0: u32,
+    pub overlay: Addr,
+}
+
+/// `Peer::kind`.
+pub mod peer_kind {
+    pub const STATIC: u8 = 0;
+    pub const DYNAMIC: u8 = 1;
+    /// Resolution asked, no answer yet: traffic keeps going through the NHS.
+    pub const INCOMPLETE: u8 = 2;
+    pub const NAMES: [&str; 3] = ["static", "dynamic", "incomplete"];
+}
+
+/// `Peer::flags`.
+pub mod peer_flags {
+    /// Multicast (routing-protocol hellos) is replicated to this peer.
+    pub const MULTICAST: u8 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Peer {
+    pub nbma: Addr,
+    /// [`peer_kind`].
+    pub kind: u8,
+    /// [`peer_flags`].
+    pub flags: u8,
+    pub pad0: [u8; 6],
+    /// When the entry expires, seconds since the Unix epoch (0: never). Userspace removes
+    /// expired entries.
+    pub expires: u64,
+    /// Last time the datapath sent to it (bpf_ktime_get_ns, refreshed at most once a second).
+    pub used_ns: u64,
+}
+
+/// An NBMA address of a multipoint tunnel's peers (strict mode: who may send to us).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NbmaKey {
+    pub tunnel: u32,
+    pub pad0: u32,
+    pub nbma: Addr,
+}
+
+/// An overlay route: into which tunnel, toward which overlay next hop (all zero: the
+/// destination itself, on the tunnel's subnet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Route {
+    pub tunnel: u32,
+    pub pad0: u32,
+    pub nexthop: Addr,
+}
+
+/// `Event::kind`.
+pub mod event_kind {
+    /// A multipoint tunnel had traffic for an overlay address it has no peer for.
+    pub const RESOLUTION_WANTED: u32 = 1;
+}
+
+/// A record of the EVENTS ring buffer, datapath to daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    /// [`event_kind`].
+    pub kind: u32,
+    pub tunnel: u32,
+    /// The overlay address concerned.
+    pub target: Addr,
+    /// The overlay source of the packet that caused it.
+    pub source: Addr,
+    pub time_ns: u64,
+    pub pad0: u64,
+}
+
 /// `TunnelState::state`.
 pub mod tunnel_state {
     /// No keepalives configured, or `gre daemon` not running yet.
@@ -229,6 +322,11 @@ pub struct NeighbourKey {
 mod pod {
     unsafe impl aya::Pod for super::NeighbourKey {}
     unsafe impl aya::Pod for super::TunnelState {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::Peer {}
+    unsafe impl aya::Pod for super::NbmaKey {}
+    unsafe impl aya::Pod for super::Route {}
+    unsafe impl aya::Pod for super::Event {}
     // SAFETY: all of these are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::RxKey {}
     unsafe impl aya::Pod for super::EndpointKey {}
@@ -245,7 +343,11 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16);
+        assert_eq!(core::mem::size_of::<PeerKey>(), 24);
+        assert_eq!(core::mem::size_of::<Peer>(), 40);
+        assert_eq!(core::mem::size_of::<Route>(), 24);
+        assert_eq!(core::mem::size_of::<Event>(), 56);
         assert_eq!(core::mem::size_of::<TunnelState>(), 32);
         assert_eq!(core::mem::size_of::<TunnelStats>(), 64 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);

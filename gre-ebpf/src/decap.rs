@@ -23,12 +23,12 @@ use gre_common::{
         VLAN_HLEN,
         header_len,
     },
-    maps::{EndpointKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags},
+    maps::{EndpointKey, NbmaKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags},
 };
 
 use crate::{
     csum, fib, ip,
-    maps::{ENDPOINTS, INJECT_PORTS, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
+    maps::{ENDPOINTS, INJECT_PORTS, NBMA_PEERS, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
     packet::{Packet as _, be16, be32, bytes, read},
     stats,
 };
@@ -89,13 +89,21 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     if gre.protocol == PROTO_TEB {
         rx.flags |= RX_TEB;
     }
-    // SAFETY: the value is a plain u32 copied out at once.
-    let Some(id) = (unsafe { RX_MATCH.get(&rx) }).copied() else {
+    // A point-to-point tunnel matches the remote; a multipoint one any remote (all zero).
+    // SAFETY: the values are plain u32s copied out at once.
+    let Some(id) = (unsafe { RX_MATCH.get(&rx) }).copied().or_else(|| unsafe { RX_MATCH.get(&RxKey { remote: [0; 16], ..rx }) }.copied()) else {
         return miss(&rx);
     };
     let Some(tunnel) = TUNNELS.get(id) else {
         return Err(drop::NO_TUNNEL);
     };
+    if tunnel.flags & tunnel_flags::STRICT != 0 {
+        let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: outer.remote };
+        // SAFETY: only presence is tested.
+        if unsafe { NBMA_PEERS.get(&nbma) }.is_none() {
+            return Err(stats::tunnel_drop(id, drop::UNKNOWN_PEER));
+        }
+    }
     matched(ctx, &outer, &gre, id, tunnel).map_err(|reason| stats::tunnel_drop(id, reason))
 }
 
@@ -224,7 +232,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
     match protocol {
         PROTO_IPV4 => {
             let ih = read::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
-            if !o.v6 && ih[9] == IPPROTO_GRE && addr::from_v4([ih[12], ih[13], ih[14], ih[15]]) == t.local
+            if !o.v6 && t.flags & tunnel_flags::MULTIPOINT == 0 && ih[9] == IPPROTO_GRE && addr::from_v4([ih[12], ih[13], ih[14], ih[15]]) == t.local
                 && addr::from_v4([ih[16], ih[17], ih[18], ih[19]]) == t.remote
                 && ih[8] > 1
             {

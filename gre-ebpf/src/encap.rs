@@ -21,7 +21,7 @@ use gre_common::{
 };
 
 use crate::{
-    csum, fib,
+    csum, fib, peers,
     headers::{self, DEFAULT_TTL, HEADERS_MAX, Headers, Inner},
     maps::{TUNNELS, TX_BY_IFINDEX},
     stats,
@@ -48,7 +48,7 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
             inner(ctx, t)?
         } else {
             // ip_gre sends what carries no TTL with the route's default hop limit.
-            Inner { ethertype: frame_type, tos: 0, ttl: DEFAULT_TTL, df: false, flowlabel: 0 }
+            Inner { ethertype: frame_type, tos: 0, ttl: DEFAULT_TTL, df: false, flowlabel: 0, src: [0; 16], dst: [0; 16] }
         };
         (inner, PROTO_TEB, ETH_HLEN)
     } else {
@@ -63,14 +63,16 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     let flags = headers::tx_flags(t, gso)?;
     let v6 = t.flags & tunnel_flags::OUTER_V6 != 0;
     let outer_type = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+    // A multipoint tunnel sends each packet to the NBMA address of its overlay next hop.
+    let remote = if t.flags & tunnel_flags::MULTIPOINT != 0 { peers::resolve(id, t, &inner.src, &inner.dst)? } else { t.remote };
     let frame_eth: [u8; ETH_HLEN] = if teb && inner_is_ip { ctx.load(0).map_err(|_| drop::TRUNCATED)? } else { [0; ETH_HLEN] };
 
     if !inner_is_ip {
         // ARP and other non-IP frames of a gretap: bpf_skb_adjust_room and bpf_redirect_neigh
         // only take IP packets, so the frame gets a new head and a complete Ethernet header
         // toward the underlay next hop, which must be known (gre up keeps it resolved).
-        let (smac, dmac) = fib::tunnel_next_hop(ctx.skb.skb.cast(), t).ok_or(drop::NO_NEIGHBOUR)?;
-        let h = headers::build(id, t, &inner, inner_len, protocol, flags, None)?;
+        let (smac, dmac) = fib::tunnel_next_hop(ctx.skb.skb.cast(), t, &remote).ok_or(drop::NO_NEIGHBOUR)?;
+        let h = headers::build(id, t, &remote, &inner, inner_len, protocol, flags, None)?;
         // SAFETY: the helper grows the headroom; offsets below are re-checked by the helpers.
         if unsafe { bpf_skb_change_head(ctx.skb.skb, (ETH_HLEN + h.len) as u32, 0) } != 0 {
             return Err(drop::ENCAP_FAILED);
@@ -90,7 +92,7 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
         return Ok(unsafe { bpf_redirect(t.underlay_ifindex, 0) } as i32);
     }
 
-    let h = headers::build(id, t, &inner, inner_len, protocol, flags, teb.then_some(&frame_eth))?;
+    let h = headers::build(id, t, &remote, &inner, inner_len, protocol, flags, teb.then_some(&frame_eth))?;
     let l3_flag = if v6 { BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 } else { BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 };
     // FIXED_GSO keeps gso_size: the tunnel MTU already leaves the room, and without it the kernel
     // would shrink every segment by the header length. A gretap also tells GSO that an inner
@@ -118,7 +120,7 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
 #[inline(always)]
 fn store_headers(ctx: &TcContext, h: &Headers) -> Result<(), u32> {
     #[expect(clippy::cast_possible_truncation, reason = "at most HEADERS_MAX")]
-    let len = (h.len as u32).min(HEADERS_MAX as u32);
+    let len = (h.len as u32).clamp(1, HEADERS_MAX as u32);
     // SAFETY: `len` bytes of `h.buf` are readable; the helper checks the packet's bounds.
     let r = unsafe { bpf_skb_store_bytes(ctx.skb.skb.cast(), ETH_HLEN as u32, h.buf.as_ptr().cast(), len, 0) };
     if r == 0 { Ok(()) } else { Err(drop::ENCAP_FAILED) }
@@ -140,7 +142,15 @@ fn inner(ctx: &TcContext, t: &Tunnel) -> Result<Inner, u32> {
             {
                 return Err(drop::LOOP);
             }
-            Ok(Inner { ethertype, tos: h[1], ttl: h[8], df: h[6] & 0x40 != 0, flowlabel: 0 })
+            Ok(Inner {
+                ethertype,
+                tos: h[1],
+                ttl: h[8],
+                df: h[6] & 0x40 != 0,
+                flowlabel: 0,
+                src: addr::from_v4([h[12], h[13], h[14], h[15]]),
+                dst: addr::from_v4([h[16], h[17], h[18], h[19]]),
+            })
         }
         ETH_P_IPV6 => {
             let h: [u8; IPV6_HLEN] = ctx.load(ETH_HLEN).map_err(|_| drop::TRUNCATED)?;
@@ -149,7 +159,11 @@ fn inner(ctx: &TcContext, t: &Tunnel) -> Result<Inner, u32> {
             }
             let tos = (h[0] << 4) | (h[1] >> 4);
             let flowlabel = u32::from_be_bytes([0, h[1] & 0x0f, h[2], h[3]]);
-            Ok(Inner { ethertype, tos, ttl: h[7], df: true, flowlabel })
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src.copy_from_slice(&h[8..24]);
+            dst.copy_from_slice(&h[24..40]);
+            Ok(Inner { ethertype, tos, ttl: h[7], df: true, flowlabel, src, dst })
         }
         _ => Err(drop::ENCAP_UNSUPPORTED),
     }

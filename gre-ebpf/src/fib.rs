@@ -28,20 +28,20 @@ fn request() -> Option<&'static mut bpf_fib_lookup> {
     }
 }
 
-/// The (source, destination) MACs toward a tunnel's remote on its underlay interface, when the
+/// The (source, destination) MACs toward a tunnel's `remote` on its underlay interface, when the
 /// route and the neighbour are known; `None` otherwise.
 #[inline(always)]
-pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel) -> Option<([u8; 6], [u8; 6])> {
+pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Option<([u8; 6], [u8; 6])> {
     let p = request()?;
     p.ifindex = t.underlay_ifindex;
     if t.flags & tunnel_flags::OUTER_V6 != 0 {
         p.family = AF_INET6;
         p.__bindgen_anon_3.ipv6_src = words(&t.local);
-        p.__bindgen_anon_4.ipv6_dst = words(&t.remote);
+        p.__bindgen_anon_4.ipv6_dst = words(remote);
     } else {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([t.local[12], t.local[13], t.local[14], t.local[15]]);
-        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([t.remote[12], t.remote[13], t.remote[14], t.remote[15]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([remote[12], remote[13], remote[14], remote[15]]);
     }
     #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
     // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.

@@ -3,12 +3,13 @@
 //! encapsulation on LAN ports: one place for these facts, two hooks that write the result.
 
 use gre_common::{
+    addr::Addr,
     drop,
     gre::{ECN_CE, ECN_ECT0, ECN_MASK, ETH_HLEN, ETH_P_IPV4, FLAG_C, FLAG_K, FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_HLEN, MAX_LEN},
     maps::{Tunnel, tunnel_flags},
 };
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::PerCpuArray};
 
 use crate::{csum, maps::SEQUENCES};
 
@@ -24,6 +25,9 @@ pub struct Inner {
     pub ttl: u8,
     pub df: bool,
     pub flowlabel: u32,
+    /// Source and destination (16-byte form; zero for non-IP frames).
+    pub src: Addr,
+    pub dst: Addr,
 }
 
 /// Outer IP header, GRE header and (for a gretap) the inner Ethernet header, contiguous: what
@@ -56,17 +60,26 @@ pub fn tx_flags(t: &Tunnel, gso: bool) -> Result<u16, u32> {
     Ok(flags)
 }
 
-/// Builds the headers of tunnel `id` for an inner packet (or frame) of `inner_len` bytes.
+/// Per-CPU room for the headers being built: the programs' 512-byte stacks cannot spare it.
+#[map]
+static HEADERS: PerCpuArray<Headers> = PerCpuArray::with_max_entries(1, 0);
+
+/// Builds the headers of tunnel `id` for an inner packet (or frame) of `inner_len` bytes, in this
+/// CPU's scratch space.
+#[expect(clippy::too_many_arguments, reason = "the facts of one packet and tunnel")]
 #[inline(always)]
-pub fn build(id: u32, t: &Tunnel, inner: &Inner, inner_len: u32, protocol: u16, flags: u16, frame_eth: Option<&[u8; ETH_HLEN]>) -> Result<Headers, u32> {
+pub fn build(id: u32, t: &Tunnel, remote: &Addr, inner: &Inner, inner_len: u32, protocol: u16, flags: u16, frame_eth: Option<&[u8; ETH_HLEN]>) -> Result<&'static mut Headers, u32> {
     let (gre, gre_len) = gre_header(id, t, flags, protocol)?;
-    let mut h = Headers { buf: [0; HEADERS_MAX], len: 0, gre_at: 0 };
+    let h = HEADERS.get_ptr_mut(0).ok_or(drop::ENCAP_FAILED)?;
+    // SAFETY: a per-CPU slot, used by one program run at a time.
+    let h = unsafe { &mut *h };
+    h.len = 0;
     let payload = inner_len + gre_len as u32;
     if t.flags & tunnel_flags::OUTER_V6 != 0 {
-        h.buf[..IPV6_HLEN].copy_from_slice(&outer_ipv6(t, inner, payload));
+        h.buf[..IPV6_HLEN].copy_from_slice(&outer_ipv6(t, remote, inner, payload));
         h.gre_at = IPV6_HLEN;
     } else {
-        h.buf[..IPV4_HLEN].copy_from_slice(&outer_ipv4(t, inner, payload + IPV4_HLEN as u32));
+        h.buf[..IPV4_HLEN].copy_from_slice(&outer_ipv4(t, remote, inner, payload + IPV4_HLEN as u32));
         h.gre_at = IPV4_HLEN;
     }
     h.buf[h.gre_at..h.gre_at + MAX_LEN].copy_from_slice(&gre);
@@ -119,7 +132,7 @@ fn outer_ttl(t: &Tunnel, inner: &Inner) -> u8 {
 /// The outer IPv4 header, checksum included. `total` may exceed 65535 for a GSO packet; the
 /// kernel rewrites the length of every segment, so it is clamped.
 #[inline(always)]
-pub fn outer_ipv4(t: &Tunnel, inner: &Inner, total: u32) -> [u8; IPV4_HLEN] {
+pub fn outer_ipv4(t: &Tunnel, remote: &Addr, inner: &Inner, total: u32) -> [u8; IPV4_HLEN] {
     let mut h = [0u8; IPV4_HLEN];
     h[0] = 0x45;
     h[1] = outer_tos(t, inner);
@@ -142,7 +155,7 @@ pub fn outer_ipv4(t: &Tunnel, inner: &Inner, total: u32) -> [u8; IPV4_HLEN] {
     h[8] = outer_ttl(t, inner);
     h[9] = IPPROTO_GRE;
     h[12..16].copy_from_slice(&t.local[12..]);
-    h[16..20].copy_from_slice(&t.remote[12..]);
+    h[16..20].copy_from_slice(&remote[12..]);
     let c = csum::ipv4_header(&h);
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h
@@ -150,7 +163,7 @@ pub fn outer_ipv4(t: &Tunnel, inner: &Inner, total: u32) -> [u8; IPV4_HLEN] {
 
 /// The outer IPv6 header.
 #[inline(always)]
-pub fn outer_ipv6(t: &Tunnel, inner: &Inner, payload: u32) -> [u8; IPV6_HLEN] {
+pub fn outer_ipv6(t: &Tunnel, remote: &Addr, inner: &Inner, payload: u32) -> [u8; IPV6_HLEN] {
     let flowlabel = if t.flags & tunnel_flags::FLOWLABEL_INHERIT != 0 { inner.flowlabel } else { t.flowlabel };
     let word0 = (6u32 << 28) | (u32::from(outer_tos(t, inner)) << 20) | (flowlabel & 0x000f_ffff);
     let mut h = [0u8; IPV6_HLEN];
@@ -160,7 +173,7 @@ pub fn outer_ipv6(t: &Tunnel, inner: &Inner, payload: u32) -> [u8; IPV6_HLEN] {
     h[6] = IPPROTO_GRE;
     h[7] = outer_ttl(t, inner);
     h[8..24].copy_from_slice(&t.local);
-    h[24..40].copy_from_slice(&t.remote);
+    h[24..40].copy_from_slice(remote);
     h
 }
 

@@ -17,7 +17,7 @@ use gre_common::{
 };
 
 use crate::{
-    csum, fib, ip,
+    csum, fib, ip, peers,
     headers::{self, HEADERS_MAX, Inner},
     maps::{PORTS, ROUTES, TUNNELS},
     packet::{Packet as _, be16, bytes, read},
@@ -41,21 +41,32 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
         dst.copy_from_slice(&h[24..40]);
         let flowlabel = u32::from_be_bytes([0, h[1] & 0x0f, h[2], h[3]]);
         let len = usize::from(u16::from_be_bytes([h[4], h[5]])) + IPV6_HLEN;
-        (dst, (Inner { ethertype, tos: (h[0] << 4) | (h[1] >> 4), ttl: h[7], df: true, flowlabel }, len))
+        let mut src = [0u8; 16];
+        src.copy_from_slice(&h[8..24]);
+        (dst, (Inner { ethertype, tos: (h[0] << 4) | (h[1] >> 4), ttl: h[7], df: true, flowlabel, src, dst }, len))
     } else {
         let Some(h) = read::<IPV4_HLEN, _>(ctx, ETH_HLEN) else { return Ok(PASS) };
         let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        (addr::from_v4([h[16], h[17], h[18], h[19]]), (Inner { ethertype, tos: h[1], ttl: h[8], df: h[6] & 0x40 != 0, flowlabel: 0 }, len))
+        let dst = addr::from_v4([h[16], h[17], h[18], h[19]]);
+        let src = addr::from_v4([h[12], h[13], h[14], h[15]]);
+        (dst, (Inner { ethertype, tos: h[1], ttl: h[8], df: h[6] & 0x40 != 0, flowlabel: 0, src, dst }, len))
     };
     let (mut inner, inner_len) = inner;
-    let Some(id) = ROUTES.get(Key::new(128, dst)).copied() else { return Ok(PASS) };
+    let Some(id) = ROUTES.get(Key::new(128, dst)).map(|r| r.tunnel) else { return Ok(PASS) };
     let Some(t) = TUNNELS.get(id) else { return Ok(PASS) };
     // Left to the kernel: gretap (LAN frames are bridged, not routed), packets too big for the
     // tunnel (ICMP or fragments), TTL about to expire (ICMP), unknown underlay next hop (ARP/ND).
     if t.flags & tunnel_flags::TEB != 0 || inner_len > t.mtu as usize || inner_len + ETH_HLEN > ctx.len() || inner.ttl <= 1 {
         return Ok(PASS);
     }
-    let Some((smac, dmac)) = fib::tunnel_next_hop(ctx.ctx.cast(), t) else { return Ok(PASS) };
+    // Multipoint: only a resolved peer; the kernel path sends the rest through the NHS.
+    let remote = if t.flags & tunnel_flags::MULTIPOINT != 0 {
+        let Some(nbma) = peers::lookup(id, &peers::next_hop(id, &dst)) else { return Ok(PASS) };
+        nbma
+    } else {
+        t.remote
+    };
+    let Some((smac, dmac)) = fib::tunnel_next_hop(ctx.ctx.cast(), t, &remote) else { return Ok(PASS) };
     if PORTS.get(t.underlay_ifindex).is_none() {
         return Ok(PASS);
     }
@@ -63,7 +74,7 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
     inner.ttl -= 1;
     let flags = headers::tx_flags(t, false).map_err(|r| stats::tunnel_drop(id, r))?;
     #[expect(clippy::cast_possible_truncation, reason = "bounded by the MTU")]
-    let h = headers::build(id, t, &inner, inner_len as u32, ethertype, flags, None).map_err(|r| stats::tunnel_drop(id, r))?;
+    let h = headers::build(id, t, &remote, &inner, inner_len as u32, ethertype, flags, None).map_err(|r| stats::tunnel_drop(id, r))?;
     let v6_outer = t.flags & tunnel_flags::OUTER_V6 != 0;
     let mut eth = [0u8; ETH_HLEN];
     eth[..6].copy_from_slice(&dmac);
@@ -79,7 +90,7 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
     // SAFETY: bounds checked by `bytes`.
     unsafe { *out = eth };
     #[expect(clippy::cast_possible_truncation, reason = "at most HEADERS_MAX")]
-    let len = (h.len as u32).min(HEADERS_MAX as u32);
+    let len = (h.len as u32).clamp(1, HEADERS_MAX as u32);
     // SAFETY: `len` bytes of `h.buf` are readable; the helper checks the packet's bounds.
     if unsafe { bpf_xdp_store_bytes(ctx.ctx, ETH_HLEN as u32, h.buf.as_ptr().cast_mut().cast(), len) } != 0 {
         return Err(stats::tunnel_drop(id, gre_common::drop::ENCAP_FAILED));

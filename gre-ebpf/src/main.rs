@@ -14,6 +14,7 @@ mod ip;
 mod lan;
 mod maps;
 mod packet;
+mod peers;
 mod stats;
 
 use aya_ebpf::{

@@ -3,11 +3,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gre_common::{
     drop,
-    maps::{EndpointKey, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NeighbourKey, RxKey, Sequence, Tunnel, TunnelState, TunnelStats},
+    maps::{
+        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NbmaKey, NeighbourKey, Peer, PeerKey, Route, RxKey,
+        Sequence, Tunnel, TunnelState, TunnelStats,
+    },
 };
 
 /// Tunnel parameters, indexed by tunnel id.
@@ -45,10 +48,26 @@ pub static SEQUENCES: Array<Sequence> = Array::with_max_entries(MAX_TUNNELS, 0);
 #[map]
 pub static NEIGHBOURS: HashMap<NeighbourKey, u32> = HashMap::with_max_entries(MAX_TUNNELS * 2, 0);
 
-/// Overlay routes: inner destination prefix (16-byte form) → tunnel id. Read by the LAN fast path;
-/// the same routes are in the kernel for the slow path.
+/// Overlay routes: inner destination prefix (16-byte form) → tunnel and overlay next hop. Read by
+/// the LAN fast path and by multipoint tunnels; the same routes are in the kernel for the slow path.
 #[map]
-pub static ROUTES: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ROUTES, BPF_F_NO_PREALLOC);
+pub static ROUTES: LpmTrie<[u8; 16], Route> = LpmTrie::with_max_entries(MAX_ROUTES, BPF_F_NO_PREALLOC);
+
+/// The NHRP cache of multipoint tunnels: (tunnel, overlay address) → NBMA address.
+#[map]
+pub static PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// NBMA addresses of each multipoint tunnel's peers (strict mode), with how many peers use each.
+#[map]
+pub static NBMA_PEERS: HashMap<NbmaKey, u32> = HashMap::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// Datapath → daemon: resolution wanted (rate-limited per destination).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// When a resolution was last asked for, per (tunnel, destination): at most one a second.
+#[map]
+pub static RESOLUTION_ASKED: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Ports the fast paths may redirect to (underlay and LAN interfaces), by ifindex.
 #[map]

@@ -32,6 +32,30 @@ pub struct File {
     pub tunnels: Vec<TunnelSpec>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerSpec>,
+}
+
+/// A static peer of a multipoint tunnel (Cisco `ip nhrp map`, FRR `nhrp map`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    pub tunnel: Spanned<String>,
+    pub overlay: Spanned<IpAddr>,
+    pub nbma: Spanned<IpAddr>,
+    /// Replicate multicast to it (`ip nhrp map multicast`).
+    #[serde(default)]
+    pub multicast: bool,
+}
+
+/// A validated static peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Index into `Config::tunnels`.
+    pub tunnel: usize,
+    pub overlay: IpAddr,
+    pub nbma: IpAddr,
+    pub multicast: bool,
 }
 
 /// An overlay route: traffic to `prefix` goes into tunnel `tunnel` (in the kernel, and in the
@@ -41,6 +65,8 @@ pub struct File {
 pub struct RouteSpec {
     pub prefix: Spanned<IpNet>,
     pub tunnel: Spanned<String>,
+    /// Multipoint: the overlay next hop (by default the destination itself).
+    pub via: Option<Spanned<IpAddr>>,
 }
 
 /// A validated overlay route.
@@ -49,6 +75,7 @@ pub struct Route {
     pub prefix: IpNet,
     /// Index into `Config::tunnels`.
     pub tunnel: usize,
+    pub via: Option<IpAddr>,
 }
 
 /// An interface of the datapath: an underlay port (GRE arrives there: XDP decapsulation) or a
@@ -96,7 +123,14 @@ pub struct TunnelSpec {
     /// Underlay interface, one of the `[[interface]]` entries.
     pub interface: Spanned<String>,
     pub local: Spanned<IpAddr>,
-    pub remote: Spanned<IpAddr>,
+    /// Absent: a multipoint tunnel (mGRE), whose remotes are its peers.
+    pub remote: Option<Spanned<IpAddr>>,
+    /// Multipoint: the overlay address of the NHS (hub), where traffic goes while a peer is not
+    /// resolved. Its NBMA address comes from a `[[peer]]` entry.
+    pub nhs: Option<Spanned<IpAddr>>,
+    /// Multipoint: accept GRE only from the NBMA addresses of known peers.
+    #[serde(default)]
+    pub strict: bool,
     /// Sets both `ikey` and `okey`.
     pub key: Option<Spanned<u32>>,
     pub ikey: Option<Spanned<u32>>,
@@ -220,6 +254,7 @@ pub struct Config {
     pub interfaces: Vec<Interface>,
     pub tunnels: Vec<Tunnel>,
     pub routes: Vec<Route>,
+    pub peers: Vec<Peer>,
 }
 
 /// A validated tunnel.
@@ -230,7 +265,11 @@ pub struct Tunnel {
     pub mode: Mode,
     pub interface: String,
     pub local: IpAddr,
+    /// The unspecified address for a multipoint tunnel.
     pub remote: IpAddr,
+    pub multipoint: bool,
+    pub nhs: Option<IpAddr>,
+    pub strict: bool,
     pub ikey: Option<u32>,
     pub okey: Option<u32>,
     pub icsum: bool,
@@ -302,6 +341,8 @@ impl Tunnel {
             (self.outer_v6(), f::OUTER_V6),
             (matches!(self.flowlabel, Setting::Inherit), f::FLOWLABEL_INHERIT),
             (matches!(self.mode, Mode::Gretap), f::TEB),
+            (self.multipoint, f::MULTIPOINT),
+            (self.strict, f::STRICT),
         ];
         let mut i = 0;
         while i < bits.len() {
@@ -393,17 +434,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         if file.interfaces.iter().any(|i| i.name.get_ref() == t.interface.get_ref() && i.role == Role::Lan) {
             return Err(at(t.interface.span(), format!("tunnel {name:?}: interface {:?} is a LAN port, not an underlay one", t.interface.get_ref())));
         }
-        let (local, remote) = (*t.local.get_ref(), *t.remote.get_ref());
-        for (addr, span, what) in [(local, t.local.span(), "local"), (remote, t.remote.span(), "remote")] {
+        let local = *t.local.get_ref();
+        let multipoint = t.remote.is_none();
+        let unspecified = if local.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u8; 16]) };
+        let remote = t.remote.as_ref().map_or(unspecified, |r| *r.get_ref());
+        let mut checked = vec![(local, t.local.span(), "local")];
+        if let Some(r) = &t.remote {
+            checked.push((remote, r.span(), "remote"));
+        }
+        for (addr, span, what) in checked {
             if !unicast(addr) {
                 return Err(at(span, format!("tunnel {name:?}: {what} {addr} must be a global or site unicast address")));
             }
         }
-        if local.is_ipv4() != remote.is_ipv4() {
-            return Err(at(t.remote.span(), format!("tunnel {name:?}: remote {remote} is not of the same family as local {local}")));
+        if let Some(r) = &t.remote {
+            if local.is_ipv4() != remote.is_ipv4() {
+                return Err(at(r.span(), format!("tunnel {name:?}: remote {remote} is not of the same family as local {local}")));
+            }
+            if local == remote {
+                return Err(at(r.span(), format!("tunnel {name:?}: remote is the same address as local")));
+            }
         }
-        if local == remote {
-            return Err(at(t.remote.span(), format!("tunnel {name:?}: remote is the same address as local")));
+        let multipoint_only = [(t.nhs.as_ref().map(Spanned::span), "nhs"), (t.strict.then(|| t.name.span()), "strict")];
+        for (span, what) in multipoint_only {
+            if let (Some(span), false) = (span, multipoint) {
+                return Err(at(span, format!("tunnel {name:?}: {what} is for multipoint tunnels (without remote)")));
+            }
+        }
+        if multipoint && (t.mode == Mode::Gretap || t.keepalive.is_some()) {
+            return Err(at(t.name.span(), format!("tunnel {name:?}: a multipoint tunnel is gre without keepalives")));
         }
         let flowlabel = match &t.flowlabel {
             None => Setting::Fixed(0),
@@ -466,6 +525,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             interface: t.interface.get_ref().clone(),
             local,
             remote,
+            multipoint,
+            nhs: t.nhs.as_ref().map(|n| *n.get_ref()),
+            strict: t.strict,
             ikey,
             okey,
             icsum: t.csum || t.icsum,
@@ -496,9 +558,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         if routes.len() >= MAX_ROUTES as usize {
             return Err(at(r.prefix.span(), format!("more than {MAX_ROUTES} routes")));
         }
-        routes.push(Route { prefix, tunnel });
+        let via = r.via.as_ref().map(|v| *v.get_ref());
+        if let (Some(v), false) = (&r.via, tunnels[tunnel].multipoint) {
+            return Err(at(v.span(), format!("route {prefix}: via is for multipoint tunnels")));
+        }
+        routes.push(Route { prefix, tunnel, via });
     }
-    Ok(Config { interfaces: file.interfaces, tunnels, routes })
+    let mut peers: Vec<Peer> = Vec::new();
+    for p in &file.peers {
+        let Some(tunnel) = tunnels.iter().position(|t| &t.name == p.tunnel.get_ref()) else {
+            return Err(at(p.tunnel.span(), format!("peer: no tunnel named {:?}", p.tunnel.get_ref())));
+        };
+        if !tunnels[tunnel].multipoint {
+            return Err(at(p.tunnel.span(), format!("peer: tunnel {:?} is point to point", p.tunnel.get_ref())));
+        }
+        let (overlay, nbma) = (*p.overlay.get_ref(), *p.nbma.get_ref());
+        if nbma.is_ipv4() != tunnels[tunnel].local.is_ipv4() || !unicast(nbma) {
+            return Err(at(p.nbma.span(), format!("peer {overlay}: NBMA address {nbma} must be unicast, of the tunnel's outer family")));
+        }
+        if peers.iter().any(|q| q.tunnel == tunnel && q.overlay == overlay) {
+            return Err(at(p.overlay.span(), format!("peer {overlay} is listed twice")));
+        }
+        peers.push(Peer { tunnel, overlay, nbma, multicast: p.multicast });
+    }
+    Ok(Config { interfaces: file.interfaces, tunnels, routes, peers })
 }
 
 /// 1-based line and column of a byte offset.
@@ -628,7 +711,7 @@ ignore_df = true
     fn routes_and_lan_ports() {
         let text = format!("{GOOD}\n[[interface]]\nname = \"lan0\"\nrole = \"lan\"\n\n[[route]]\nprefix = \"203.0.113.130/26\"\ntunnel = \"gre1\"\n");
         let c = parse(Path::new("t.toml"), &text).unwrap();
-        assert_eq!(c.routes, vec![Route { prefix: "203.0.113.128/26".parse().unwrap(), tunnel: 1 }]);
+        assert_eq!(c.routes, vec![Route { prefix: "203.0.113.128/26".parse().unwrap(), tunnel: 1, via: None }]);
         assert_eq!(c.interfaces[1].role, Role::Lan);
         let e = parse(Path::new("t.toml"), &text.replace("tunnel = \"gre1\"\n", "tunnel = \"gre9\"\n")).unwrap_err();
         assert!(e.message.contains("no tunnel named \"gre9\""), "{e}");

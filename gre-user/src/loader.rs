@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode};
-use gre_common::maps::{Tunnel, programs};
+use gre_common::maps::{Peer, Tunnel, peer_flags, peer_kind, programs};
 use log::{info, warn};
 use rtnetlink::Handle;
 
@@ -159,7 +159,8 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         let entry = Tunnel { mtu, ..datapath_entry(t, &kernel, &inject, &underlay) };
         maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
         netdevs.push((t, kernel.index, inject.index));
-        info!("tunnel {}: {} -> {} via {}, mtu {mtu}", t.name, t.local, t.remote, t.interface);
+        let remote = if t.multipoint { "multipoint".to_string() } else { t.remote.to_string() };
+        info!("tunnel {}: {} -> {remote} via {}, mtu {mtu}", t.name, t.local, t.interface);
     }
 
     let links = dir.join("links");
@@ -207,7 +208,13 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
     for r in &cfg.routes {
         let (t, kernel, _) = &netdevs[r.tunnel];
         netdev::add_route(handle, r.prefix, *kernel).await.with_context(|| format!("route {} via tunnel {}", r.prefix, t.name))?;
-        maps.add_route(r.prefix, u32::try_from(r.tunnel).unwrap_or(u32::MAX))?;
+        maps.add_route(r.prefix, u32::try_from(r.tunnel).unwrap_or(u32::MAX), r.via)?;
+    }
+    // Static peers of multipoint tunnels (the NHRP cache entries that never expire).
+    for p in &cfg.peers {
+        let flags = if p.multicast { peer_flags::MULTICAST } else { 0 };
+        let entry = Peer { nbma: store_addr(p.nbma), kind: peer_kind::STATIC, flags, ..Peer::default() };
+        maps.set_peer(u32::try_from(p.tunnel).unwrap_or(u32::MAX), p.overlay, &entry)?;
     }
     Ok(())
 }
@@ -220,7 +227,8 @@ fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Li
     };
     Tunnel {
         local: store_addr(t.local),
-        remote: store_addr(t.remote),
+        remote: if t.multipoint { [0; 16] } else { store_addr(t.remote) },
+        nhs: t.nhs.map_or([0; 16], store_addr),
         ikey: t.ikey.unwrap_or(0),
         okey: t.okey.unwrap_or(0),
         flags: t.datapath_flags(),

@@ -7,7 +7,7 @@ use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, Per
 use gre_common::{
     addr,
     drop,
-    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
+    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, NbmaKey, Peer, PeerKey, Route, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
 };
 
 /// The datapath's maps.
@@ -20,7 +20,9 @@ pub struct Maps {
     tunnel_stats: PerCpuArray<MapData, TunnelStats>,
     drops: PerCpuArray<MapData, u64>,
     neighbours: HashMap<MapData, NeighbourKey, u32>,
-    routes: LpmTrie<MapData, [u8; 16], u32>,
+    routes: LpmTrie<MapData, [u8; 16], Route>,
+    peers: HashMap<MapData, PeerKey, Peer>,
+    nbma_peers: HashMap<MapData, NbmaKey, u32>,
     ports: DevMapHash<MapData>,
     state: Array<MapData, TunnelState>,
 }
@@ -69,6 +71,8 @@ impl Maps {
             drops: typed(names::DROPS, get(names::DROPS)?)?,
             neighbours: typed(names::NEIGHBOURS, get(names::NEIGHBOURS)?)?,
             routes: typed(names::ROUTES, get(names::ROUTES)?)?,
+            peers: typed(names::PEERS, get(names::PEERS)?)?,
+            nbma_peers: typed(names::NBMA_PEERS, get(names::NBMA_PEERS)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
             state: typed(names::TUNNEL_STATE, get(names::TUNNEL_STATE)?)?,
         })
@@ -165,27 +169,71 @@ impl Maps {
         (t.in_use != 0).then_some((id, t))
     }
 
-    /// Adds an overlay route for the fast path: `prefix` goes into tunnel `id`.
+    /// Adds an overlay route: `prefix` goes into tunnel `id`, toward the overlay next hop `via`
+    /// (multipoint; by default the destination itself).
     ///
     /// # Errors
     /// The route table is full.
-    pub fn add_route(&mut self, prefix: ipnet::IpNet, id: u32) -> Result<()> {
+    pub fn add_route(&mut self, prefix: ipnet::IpNet, id: u32, via: Option<std::net::IpAddr>) -> Result<()> {
         let key = Key::new(route_prefix_len(prefix.addr().is_ipv4(), prefix.prefix_len()), store_addr(prefix.network()));
-        self.routes.insert(&key, id, 0).with_context(|| format!("adding route {prefix} (ROUTES is full?)"))
+        let route = Route { tunnel: id, pad0: 0, nexthop: via.map_or([0; 16], store_addr) };
+        self.routes.insert(&key, route, 0).with_context(|| format!("adding route {prefix} (ROUTES is full?)"))
     }
 
-    /// The overlay routes of the fast path: (prefix, tunnel id).
+    /// The overlay routes: (prefix, tunnel id, next hop).
     #[must_use]
-    pub fn routes(&self) -> Vec<(ipnet::IpNet, u32)> {
+    pub fn routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
         self.routes
             .iter()
             .filter_map(Result::ok)
-            .filter_map(|(k, id)| {
+            .filter_map(|(k, r)| {
                 let addr = show_addr(&k.data());
                 let len = if addr.is_ipv4() { k.prefix_len().checked_sub(96)? } else { k.prefix_len() };
-                Some((ipnet::IpNet::new(addr, u8::try_from(len).ok()?).ok()?, id))
+                let via = (r.nexthop != [0; 16]).then(|| show_addr(&r.nexthop));
+                Some((ipnet::IpNet::new(addr, u8::try_from(len).ok()?).ok()?, r.tunnel, via))
             })
             .collect()
+    }
+
+    /// Adds or replaces a peer of multipoint tunnel `id`, keeping the NBMA index right.
+    ///
+    /// # Errors
+    /// The peer table is full.
+    pub fn set_peer(&mut self, id: u32, overlay: std::net::IpAddr, peer: &Peer) -> Result<()> {
+        let key = PeerKey { tunnel: id, pad0: 0, overlay: store_addr(overlay) };
+        if let Ok(old) = self.peers.get(&key, 0) {
+            self.release_nbma(id, &old.nbma);
+        }
+        self.peers.insert(key, peer, 0).with_context(|| format!("adding peer {overlay} (PEERS is full?)"))?;
+        let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: peer.nbma };
+        let users = self.nbma_peers.get(&nbma, 0).unwrap_or(0);
+        self.nbma_peers.insert(nbma, users + 1, 0).context("indexing the peer's NBMA address (NBMA_PEERS is full?)")
+    }
+
+    /// Removes a peer of multipoint tunnel `id`; false if there was none.
+    pub fn remove_peer(&mut self, id: u32, overlay: std::net::IpAddr) -> bool {
+        let key = PeerKey { tunnel: id, pad0: 0, overlay: store_addr(overlay) };
+        let Ok(old) = self.peers.get(&key, 0) else { return false };
+        self.release_nbma(id, &old.nbma);
+        self.peers.remove(&key).is_ok()
+    }
+
+    fn release_nbma(&mut self, id: u32, nbma: &gre_common::addr::Addr) {
+        let key = NbmaKey { tunnel: id, pad0: 0, nbma: *nbma };
+        match self.nbma_peers.get(&key, 0) {
+            Ok(n) if n > 1 => {
+                let _ = self.nbma_peers.insert(key, n - 1, 0);
+            }
+            _ => {
+                let _ = self.nbma_peers.remove(&key);
+            }
+        }
+    }
+
+    /// Every peer: (tunnel id, overlay address, entry).
+    #[must_use]
+    pub fn peers(&self) -> Vec<(u32, std::net::IpAddr, Peer)> {
+        self.peers.iter().filter_map(Result::ok).map(|(k, p)| (k.tunnel, show_addr(&k.overlay), p)).collect()
     }
 
     /// Removes tunnel `id`'s injection port: its decapsulated packets are then dropped

@@ -20,8 +20,10 @@ use crate::{
 pub struct Report {
     pub instance: String,
     pub tunnels: Vec<TunnelReport>,
-    /// Overlay routes of the fast path.
+    /// Overlay routes.
     pub routes: Vec<RouteReport>,
+    /// Peers of multipoint tunnels (the NHRP cache).
+    pub peers: Vec<PeerReport>,
     /// Drops by reason name (every reason, zeros included).
     pub drops: serde_json::Map<String, serde_json::Value>,
 }
@@ -30,6 +32,20 @@ pub struct Report {
 pub struct RouteReport {
     pub prefix: String,
     pub tunnel: String,
+    /// Multipoint: the overlay next hop; `null` for the destination itself.
+    pub via: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerReport {
+    pub tunnel: String,
+    pub overlay: String,
+    pub nbma: String,
+    /// "static", "dynamic" or "incomplete".
+    pub kind: &'static str,
+    pub multicast: bool,
+    /// Seconds until it expires; `null` for never.
+    pub expires_in: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +119,7 @@ pub fn report(instance: &str) -> Result<Report> {
             reassembled: st.reassembled,
             interface: ifname(t.underlay_ifindex),
             local: show_addr(&t.local).to_string(),
-            remote: show_addr(&t.remote).to_string(),
+            remote: if t.flags & tunnel_flags::MULTIPOINT != 0 { "multipoint".to_string() } else { show_addr(&t.remote).to_string() },
             ikey: key(&t, tunnel_flags::IKEY, t.ikey),
             okey: key(&t, tunnel_flags::OKEY, t.okey),
             icsum: t.flags & tunnel_flags::ICSUM != 0,
@@ -134,12 +150,27 @@ pub fn report(instance: &str) -> Result<Report> {
     let routes = maps
         .routes()
         .into_iter()
-        .map(|(prefix, id)| RouteReport {
+        .map(|(prefix, id, via)| RouteReport {
             prefix: prefix.to_string(),
+            via: via.map(|v| v.to_string()),
             tunnel: tunnels.iter().find(|t| t.id == id).map_or_else(|| format!("#{id}"), |t| t.name.clone()),
         })
         .collect();
-    Ok(Report { instance: instance.to_string(), tunnels, routes, drops })
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut peers: Vec<PeerReport> = maps
+        .peers()
+        .into_iter()
+        .map(|(id, overlay, p)| PeerReport {
+            tunnel: tunnels.iter().find(|t| t.id == id).map_or_else(|| format!("#{id}"), |t| t.name.clone()),
+            overlay: overlay.to_string(),
+            nbma: show_addr(&p.nbma).to_string(),
+            kind: gre_common::maps::peer_kind::NAMES.get(usize::from(p.kind)).copied().unwrap_or("unknown"),
+            multicast: p.flags & gre_common::maps::peer_flags::MULTICAST != 0,
+            expires_in: (p.expires != 0).then(|| p.expires.saturating_sub(now)),
+        })
+        .collect();
+    peers.sort_by(|a, b| (&a.tunnel, &a.overlay).cmp(&(&b.tunnel, &b.overlay)));
+    Ok(Report { instance: instance.to_string(), tunnels, routes, peers, drops })
 }
 
 fn key(t: &Tunnel, flag: u32, value: u32) -> Option<u32> {
@@ -191,9 +222,17 @@ pub fn table(r: &Report) -> String {
     out += &columns(&rows);
     if !r.routes.is_empty() {
         let mut routes = vec![["route".to_string(), "tunnel".to_string()]];
-        routes.extend(r.routes.iter().map(|rt| [rt.prefix.clone(), rt.tunnel.clone()]));
+        routes.extend(r.routes.iter().map(|rt| [rt.prefix.clone(), rt.via.as_ref().map_or_else(|| rt.tunnel.clone(), |v| format!("{} via {v}", rt.tunnel))]));
         out.push('\n');
         out += &columns(&routes);
+    }
+    if !r.peers.is_empty() {
+        let mut peers = vec![["peer", "tunnel", "nbma", "kind", "expires in"].map(String::from)];
+        peers.extend(r.peers.iter().map(|p| {
+            [p.overlay.clone(), p.tunnel.clone(), p.nbma.clone(), p.kind.to_string(), p.expires_in.map_or_else(|| "never".to_string(), |s| format!("{s}s"))]
+        }));
+        out.push('\n');
+        out += &columns(&peers);
     }
     // Only the reasons that happened; `-j` lists them all.
     let mut drops = vec![["drop reason".to_string(), "packets".to_string()]];

@@ -70,7 +70,7 @@ fn encap_straight_from_a_lan_port() {
     // The underlay: t0 addressed, the remote's MAC known.
     net(&["ip addr add 198.51.100.1/24 dev t0", &format!("ip neigh replace 198.51.100.2 lladdr {PEER_MAC} dev t0 nud permanent")]);
     f.maps.add_port(f.keyed.index).expect("port");
-    f.maps.add_route("203.0.113.128/26".parse().unwrap(), 0).expect("route");
+    f.maps.add_route("203.0.113.128/26".parse().unwrap(), 0, None).expect("route");
     let frame = |packet: &[u8]| [eth(lan.mac, mac(HOST_MAC), EtherType::IPV4), packet.to_vec()].concat();
 
     let (action, out) = f.lan(&frame(&from_host("203.0.113.130", 9, 100)));

@@ -1,0 +1,75 @@
+//! Multipoint tunnels: where a packet goes. The overlay route gives the next hop (or the
+//! destination itself, on the tunnel's subnet); the peer table (the NHRP cache) gives its NBMA
+//! address. While a peer is unknown, traffic goes through the NHS, and the daemon is asked —
+//! once a second per destination at most — to resolve it.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use gre_common::{
+    addr::Addr,
+    drop,
+    maps::{Event, PeerKey, Tunnel, event_kind, peer_kind},
+};
+
+use crate::maps::{EVENTS, PEERS, RESOLUTION_ASKED, ROUTES};
+
+const ZERO: Addr = [0; 16];
+const SECOND: u64 = 1_000_000_000;
+
+/// The overlay next hop toward `dst` in tunnel `id`.
+#[inline(always)]
+pub fn next_hop(id: u32, dst: &Addr) -> Addr {
+    match ROUTES.get(Key::new(128, *dst)) {
+        Some(r) if r.tunnel == id && r.nexthop != ZERO => r.nexthop,
+        _ => *dst,
+    }
+}
+
+/// The NBMA address of a resolved peer, refreshing its `used` time at most once a second.
+#[inline(always)]
+pub fn lookup(id: u32, overlay: &Addr) -> Option<Addr> {
+    let key = PeerKey { tunnel: id, pad0: 0, overlay: *overlay };
+    let p = PEERS.get_ptr_mut(&key)?;
+    // SAFETY: a map value; `used_ns` is advisory, a racing write is harmless.
+    unsafe {
+        if (*p).kind == peer_kind::INCOMPLETE {
+            return None;
+        }
+        let now = bpf_ktime_get_ns();
+        if now.wrapping_sub((*p).used_ns) > SECOND {
+            (*p).used_ns = now;
+        }
+        Some((*p).nbma)
+    }
+}
+
+/// The outer destination for a packet of multipoint tunnel `id` from `src` to `dst`.
+#[inline(always)]
+pub fn resolve(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) -> Result<Addr, u32> {
+    let hop = next_hop(id, dst);
+    if let Some(nbma) = lookup(id, &hop) {
+        return Ok(nbma);
+    }
+    ask_resolution(id, &hop, src);
+    if t.nhs != ZERO {
+        if let Some(nbma) = lookup(id, &t.nhs) {
+            return Ok(nbma);
+        }
+    }
+    Err(drop::NO_PEER)
+}
+
+/// Tells the daemon that `target` needs resolving, unless it was told less than a second ago.
+#[inline(always)]
+fn ask_resolution(id: u32, target: &Addr, source: &Addr) {
+    let key = PeerKey { tunnel: id, pad0: 0, overlay: *target };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is a plain u64 copied out at once.
+    if unsafe { RESOLUTION_ASKED.get(&key) }.is_some_and(|last| now.wrapping_sub(*last) < SECOND) {
+        return;
+    }
+    let _ = RESOLUTION_ASKED.insert(&key, &now, 0);
+    let event = Event { kind: event_kind::RESOLUTION_WANTED, tunnel: id, target: *target, source: *source, time_ns: now, pad0: 0 };
+    // A full ring drops the event: the next packet (after a second) asks again.
+    let _ = EVENTS.output::<Event>(&event, 0);
+}
