@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key};
 use gre_common::{
     addr,
     drop,
-    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, NbmaKey, Peer, PeerKey, Route, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
+    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, Event, NbmaKey, Peer, PeerKey, Route, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
 };
 
 /// The datapath's maps.
@@ -25,6 +25,7 @@ pub struct Maps {
     nbma_peers: HashMap<MapData, NbmaKey, u32>,
     ports: DevMapHash<MapData>,
     state: Array<MapData, TunnelState>,
+    events: RingBuf<MapData>,
 }
 
 impl Maps {
@@ -75,6 +76,7 @@ impl Maps {
             nbma_peers: typed(names::NBMA_PEERS, get(names::NBMA_PEERS)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
             state: typed(names::TUNNEL_STATE, get(names::TUNNEL_STATE)?)?,
+            events: typed(names::EVENTS, get(names::EVENTS)?)?,
         })
     }
 
@@ -145,6 +147,15 @@ impl Maps {
 }
 
 impl Maps {
+    /// The next event from the datapath, if any is waiting.
+    pub fn next_event(&mut self) -> Option<Event> {
+        let item = self.events.next()?;
+        let bytes: &[u8] = &item;
+        (bytes.len() >= std::mem::size_of::<Event>())
+            // SAFETY: the datapath writes whole Event records; read_unaligned copies one out.
+            .then(|| unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() })
+    }
+
     /// What the daemon knows of tunnel `id`.
     ///
     /// # Errors
