@@ -169,7 +169,8 @@ pub fn report(instance: &str) -> Result<Report> {
             expires_in: (p.expires != 0).then(|| p.expires.saturating_sub(now)),
         })
         .collect();
-    peers.sort_by(|a, b| (&a.tunnel, &a.overlay).cmp(&(&b.tunnel, &b.overlay)));
+    let addr = |s: &str| s.parse::<std::net::IpAddr>().ok();
+    peers.sort_by(|a, b| (&a.tunnel, addr(&a.overlay)).cmp(&(&b.tunnel, addr(&b.overlay))));
     Ok(Report { instance: instance.to_string(), tunnels, routes, peers, drops })
 }
 
