@@ -48,8 +48,11 @@ pub const UNKNOWN_PEER: u32 = 18;
 /// Multipoint: no peer for the next hop and no NHS to send through.
 pub const NO_PEER: u32 = 19;
 
+/// NHRP beyond what the daemon is handed per second (or with the ring full).
+pub const NHRP_RATE: u32 = 20;
+
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 20;
+pub const COUNT: u32 = 21;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -73,4 +76,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "too_big",
     "unknown_peer",
     "no_peer",
+    "nhrp_rate",
 ];

@@ -28,6 +28,7 @@ pub mod names {
     pub const PEERS: &str = "PEERS";
     pub const NBMA_PEERS: &str = "NBMA_PEERS";
     pub const EVENTS: &str = "EVENTS";
+    pub const NHRP_PUNT: &str = "NHRP_PUNT";
     pub const DROPS: &str = "DROPS";
 }
 
@@ -132,6 +133,13 @@ pub struct Tunnel {
     /// Multipoint: overlay address of the NHS, where traffic goes while a peer is unresolved
     /// (all zero: none).
     pub nhs: Addr,
+    /// NHRP role of a multipoint tunnel ([`nhrp_role`]); its holding time, network id and
+    /// authentication (Cisco style: a password of up to 8 bytes, zero-padded).
+    pub nhrp_role: u8,
+    pub pad2: u8,
+    pub nhrp_holdtime: u16,
+    pub nhrp_network_id: u32,
+    pub nhrp_auth: [u8; 8],
     /// Seconds between keepalives `gre daemon` sends; 0: none.
     pub keepalive_period: u16,
     /// Keepalives that may go unanswered before the tunnel is declared down.
@@ -156,6 +164,8 @@ pub struct TunnelStats {
     pub keepalives_answered: u64,
     /// Our own keepalives that came back (GRE protocol type 0 from the remote).
     pub keepalives_returned: u64,
+    /// NHRP packets handed to the daemon.
+    pub nhrp_punted: u64,
     /// Of `rx_packets`: decapsulated straight to a LAN port (XDP fast path).
     pub fast_rx: u64,
     /// Of `tx_packets`: encapsulated straight from a LAN port (XDP fast path).
@@ -173,6 +183,7 @@ impl TunnelStats {
         self.tx_bytes += other.tx_bytes;
         self.keepalives_answered += other.keepalives_answered;
         self.keepalives_returned += other.keepalives_returned;
+        self.nhrp_punted += other.nhrp_punted;
         self.fast_rx += other.fast_rx;
         self.fast_tx += other.fast_tx;
         for (d, o) in self.drops.iter_mut().zip(other.drops) {
@@ -274,6 +285,35 @@ pub struct Event {
     pub pad0: u64,
 }
 
+/// The most NHRP bytes handed to the daemon per packet (NHRP packets are small; a larger one is
+/// cut, and the daemon sees it truncated).
+pub const NHRP_PUNT_MAX: usize = 1024;
+
+/// An NHRP packet as it arrived, datapath to daemon (the NHRP_PUNT ring buffer): with the outer
+/// addresses and key as they were on the wire — the true NBMA address, also behind NAT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NhrpPunt {
+    pub tunnel: u32,
+    /// Bytes of NHRP in `data`.
+    pub len: u32,
+    pub key: u32,
+    /// 1 if the packet had a GRE key.
+    pub keyed: u32,
+    pub local: Addr,
+    pub remote: Addr,
+    pub data: [u8; NHRP_PUNT_MAX],
+}
+
+/// `Tunnel::nhrp_role`.
+pub mod nhrp_role {
+    pub const NONE: u8 = 0;
+    /// Next Hop Server: the hub, which takes registrations and answers resolutions.
+    pub const NHS: u8 = 1;
+    /// Next Hop Client: a spoke, which registers with its NHS and resolves through it.
+    pub const NHC: u8 = 2;
+}
+
 /// `TunnelState::state`.
 pub mod tunnel_state {
     /// No keepalives configured, or `gre daemon` not running yet.
@@ -343,13 +383,14 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16);
         assert_eq!(core::mem::size_of::<PeerKey>(), 24);
         assert_eq!(core::mem::size_of::<Peer>(), 40);
         assert_eq!(core::mem::size_of::<Route>(), 24);
         assert_eq!(core::mem::size_of::<Event>(), 56);
+        assert_eq!(core::mem::size_of::<NhrpPunt>(), 48 + NHRP_PUNT_MAX);
         assert_eq!(core::mem::size_of::<TunnelState>(), 32);
-        assert_eq!(core::mem::size_of::<TunnelStats>(), 64 + 8 * crate::drop::COUNT as usize);
+        assert_eq!(core::mem::size_of::<TunnelStats>(), 72 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);
         assert_eq!(core::mem::size_of::<NeighbourKey>(), 24);
     }

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::XdpContext,
 };
 use gre_common::{
@@ -18,17 +18,17 @@ use gre_common::{
     gre::{
         ECN_CE, ECN_MASK, ECN_NOT_ECT, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6,
         FLAG_C, FLAG_K, FLAG_R, FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_DSTOPTS, IPV6_HLEN,
-        CMD_BASE_LEN, CMD_MAX_WORDS, IPV6_HOPOPTS, OPTION_LEN, PROTO_CISCO_METADATA, PROTO_IPV4, PROTO_IPV6,
+        CMD_BASE_LEN, CMD_MAX_WORDS, IPV6_HOPOPTS, OPTION_LEN, PROTO_CISCO_METADATA, PROTO_IPV4, PROTO_IPV6, PROTO_NHRP,
         PROTO_KEEPALIVE, PROTO_TEB, VERSION_MASK,
         VLAN_HLEN,
         header_len,
     },
-    maps::{EndpointKey, NbmaKey, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags},
+    maps::{EndpointKey, NHRP_PUNT_MAX, NbmaKey, NhrpPunt, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags},
 };
 
 use crate::{
     csum, fib, ip,
-    maps::{ENDPOINTS, INJECT_PORTS, NBMA_PEERS, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
+    maps::{ENDPOINTS, INJECT_PORTS, NBMA_PEERS, NHRP_BUDGET, NHRP_PUNT, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
     packet::{Packet as _, be16, be32, bytes, read},
     stats,
 };
@@ -266,6 +266,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
             }
         }
         PROTO_TEB => return inject_frame(ctx, o, inner, id, t.mtu),
+        PROTO_NHRP => return punt_nhrp(ctx, o, g, inner, id),
         PROTO_KEEPALIVE => {
             // Our own keepalive, sent back by the remote: proof that the tunnel works both ways.
             stats::count_keepalive_returned(id);
@@ -314,6 +315,56 @@ fn fast_decap(ctx: &XdpContext, t: &Tunnel, id: u32, inner: usize, end: usize, v
         }
         Err(_) => Err(drop::NO_INJECT_PORT),
     })
+}
+
+/// NHRP handed to the daemon per CPU per second, at most: a flood costs it little.
+const NHRP_PER_SECOND: u64 = 200;
+
+/// NHRP goes to the daemon, never to the overlay: with the outer addresses and key as they were
+/// on the wire (the true NBMA address of a spoke behind NAT).
+#[inline(always)]
+fn punt_nhrp(ctx: &XdpContext, o: &Outer, g: &Gre, inner: usize, id: u32) -> Verdict {
+    let budget = NHRP_BUDGET.get_ptr_mut(0).ok_or(drop::NHRP_RATE)?;
+    // SAFETY: a per-CPU slot, used by one program run at a time.
+    let budget = unsafe { &mut *budget };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(budget[0]) > 1_000_000_000 {
+        *budget = [now, 0];
+    }
+    if budget[1] >= NHRP_PER_SECOND {
+        return Err(drop::NHRP_RATE);
+    }
+    budget[1] += 1;
+    let len = (o.end - inner).min(NHRP_PUNT_MAX);
+    if len == 0 {
+        return Err(drop::TRUNCATED);
+    }
+    let Some(mut entry) = NHRP_PUNT.reserve::<NhrpPunt>(0) else {
+        return Err(drop::NHRP_RATE);
+    };
+    let p = entry.as_mut_ptr();
+    // In 1..=NHRP_PUNT_MAX, in a form the verifier can bound.
+    #[expect(clippy::cast_possible_truncation, reason = "at most NHRP_PUNT_MAX")]
+    let n = (((len - 1) & (NHRP_PUNT_MAX - 1)) + 1) as u32;
+    // SAFETY: `p` is the reserved record; the helper copies n bytes into its data.
+    let loaded = unsafe {
+        (*p).tunnel = id;
+        (*p).len = n;
+        (*p).key = g.key;
+        (*p).keyed = u32::from(g.flags & FLAG_K != 0);
+        (*p).local = o.local;
+        (*p).remote = o.remote;
+        #[expect(clippy::cast_possible_truncation, reason = "bounded offsets")]
+        bpf_xdp_load_bytes(ctx.ctx, inner as u32, (*p).data.as_mut_ptr().cast(), n)
+    };
+    if loaded != 0 {
+        entry.discard(0);
+        return Err(drop::TRUNCATED);
+    }
+    entry.submit(0);
+    stats::count_nhrp_punted(id);
+    Ok(xdp_action::XDP_DROP)
 }
 
 /// `iseq`: a sequence number must be present and not older than the last accepted; gaps are

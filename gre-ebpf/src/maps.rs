@@ -65,6 +65,14 @@ pub static NBMA_PEERS: HashMap<NbmaKey, u32> = HashMap::with_max_entries(MAX_PEE
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// Datapath → daemon: NHRP packets with their outer addresses and key.
+#[map]
+pub static NHRP_PUNT: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
+
+/// Per CPU: the current one-second window and how many NHRP packets were handed over in it.
+#[map]
+pub static NHRP_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// When a resolution was last asked for, per (tunnel, destination): at most one a second.
 #[map]
 pub static RESOLUTION_ASKED: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(4096, 0);

@@ -64,3 +64,8 @@ pub fn count_fast_rx(tunnel: u32) {
 pub fn count_fast_tx(tunnel: u32) {
     with_tunnel(tunnel, |s| s.fast_tx += 1);
 }
+
+#[inline(always)]
+pub fn count_nhrp_punted(tunnel: u32) {
+    with_tunnel(tunnel, |s| s.nhrp_punted += 1);
+}

@@ -169,6 +169,35 @@ pub struct TunnelSpec {
     pub address: Vec<Spanned<IpNet>>,
     /// Cisco-style keepalives sent by `gre daemon` (IOS `keepalive PERIOD RETRIES`).
     pub keepalive: Option<Spanned<Keepalive>>,
+    /// NHRP on a multipoint tunnel, run by `gre daemon`.
+    pub nhrp: Option<Spanned<Nhrp>>,
+}
+
+/// NHRP settings of a multipoint tunnel (Cisco `ip nhrp …`, FRR `ip nhrp …`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nhrp {
+    /// "nhs" (a hub: takes registrations, answers resolutions) or "nhc" (a spoke).
+    pub role: NhrpRole,
+    /// Seconds a registration or resolution holds (`ip nhrp holdtime`); a spoke re-registers
+    /// every third of it.
+    #[serde(default = "default_holdtime")]
+    pub holdtime: u16,
+    #[serde(default)]
+    pub network_id: u32,
+    /// Cisco-style authentication (`ip nhrp authentication`): at most 8 bytes.
+    pub auth: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NhrpRole {
+    Nhs,
+    Nhc,
+}
+
+const fn default_holdtime() -> u16 {
+    7200
 }
 
 /// Keepalive timing: one every `period` seconds; down after `retries` unanswered.
@@ -284,6 +313,7 @@ pub struct Tunnel {
     pub ignore_df: bool,
     pub addresses: Vec<IpNet>,
     pub keepalive: Option<Keepalive>,
+    pub nhrp: Option<Nhrp>,
 }
 
 impl Tunnel {
@@ -461,6 +491,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 return Err(at(span, format!("tunnel {name:?}: {what} is for multipoint tunnels (without remote)")));
             }
         }
+        if let Some(n) = &t.nhrp {
+            let reason = if !multipoint {
+                Some("NHRP runs on multipoint tunnels (without remote)".to_string())
+            } else if !local.is_ipv4() {
+                Some("NHRP is implemented for IPv4 NBMA addresses".to_string())
+            } else if n.get_ref().holdtime < 3 {
+                Some("holdtime must be at least 3 seconds".to_string())
+            } else if n.get_ref().auth.as_ref().is_some_and(|a| a.len() > 8) {
+                Some("auth is at most 8 bytes, as Cisco's".to_string())
+            } else if n.get_ref().role == NhrpRole::Nhc && t.nhs.is_none() {
+                Some("a spoke (nhc) needs `nhs`, the hub's overlay address".to_string())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(at(n.span(), format!("tunnel {name:?}: nhrp: {reason}")));
+            }
+        }
         if multipoint && (t.mode == Mode::Gretap || t.keepalive.is_some()) {
             return Err(at(t.name.span(), format!("tunnel {name:?}: a multipoint tunnel is gre without keepalives")));
         }
@@ -544,6 +592,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             ignore_df,
             addresses: t.address.iter().map(|a| *a.get_ref()).collect(),
             keepalive: t.keepalive.as_ref().map(|k| *k.get_ref()),
+            nhrp: t.nhrp.as_ref().map(|n| n.get_ref().clone()),
         });
     }
     let mut routes: Vec<Route> = Vec::new();

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode};
-use gre_common::maps::{Peer, Tunnel, peer_flags, peer_kind, programs};
+use gre_common::maps::{Peer, Tunnel, nhrp_role, peer_flags, peer_kind, programs};
 use log::{info, warn};
 use rtnetlink::Handle;
 
@@ -238,6 +238,18 @@ fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Li
         },
         ttl: fixed(t.ttl),
         tos: fixed(t.tos),
+        nhrp_role: match t.nhrp.as_ref().map(|n| n.role) {
+            None => nhrp_role::NONE,
+            Some(config::NhrpRole::Nhs) => nhrp_role::NHS,
+            Some(config::NhrpRole::Nhc) => nhrp_role::NHC,
+        },
+        nhrp_holdtime: t.nhrp.as_ref().map_or(0, |n| n.holdtime),
+        nhrp_network_id: t.nhrp.as_ref().map_or(0, |n| n.network_id),
+        nhrp_auth: t.nhrp.as_ref().and_then(|n| n.auth.as_ref()).map_or([0; 8], |a| {
+            let mut b = [0u8; 8];
+            b[..a.len().min(8)].copy_from_slice(&a.as_bytes()[..a.len().min(8)]);
+            b
+        }),
         keepalive_period: t.keepalive.map_or(0, |k| k.period),
         keepalive_retries: t.keepalive.map_or(0, |k| k.retries),
         netdev_ifindex: kernel.index,

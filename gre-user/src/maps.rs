@@ -7,7 +7,7 @@ use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, Per
 use gre_common::{
     addr,
     drop,
-    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, Event, NbmaKey, Peer, PeerKey, Route, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
+    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, Event, NbmaKey, NhrpPunt, Peer, PeerKey, Route, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
 };
 
 /// The datapath's maps.
@@ -26,6 +26,7 @@ pub struct Maps {
     ports: DevMapHash<MapData>,
     state: Array<MapData, TunnelState>,
     events: RingBuf<MapData>,
+    nhrp_punt: RingBuf<MapData>,
 }
 
 impl Maps {
@@ -77,6 +78,7 @@ impl Maps {
             ports: typed(names::PORTS, get(names::PORTS)?)?,
             state: typed(names::TUNNEL_STATE, get(names::TUNNEL_STATE)?)?,
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
+            nhrp_punt: typed(names::NHRP_PUNT, get(names::NHRP_PUNT)?)?,
         })
     }
 
@@ -154,6 +156,27 @@ impl Maps {
         (bytes.len() >= std::mem::size_of::<Event>())
             // SAFETY: the datapath writes whole Event records; read_unaligned copies one out.
             .then(|| unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() })
+    }
+
+    /// The next NHRP packet the datapath handed over: (tunnel id, outer local, outer remote,
+    /// key, NHRP bytes).
+    pub fn next_nhrp(&mut self) -> Option<(u32, std::net::IpAddr, std::net::IpAddr, Option<u32>, Vec<u8>)> {
+        let item = self.nhrp_punt.next()?;
+        let bytes: &[u8] = &item;
+        if bytes.len() < std::mem::size_of::<NhrpPunt>() {
+            return None;
+        }
+        // SAFETY: the datapath writes whole NhrpPunt records; read_unaligned copies one out.
+        let p = unsafe { bytes.as_ptr().cast::<NhrpPunt>().read_unaligned() };
+        let len = (p.len as usize).min(p.data.len());
+        Some((p.tunnel, show_addr(&p.local), show_addr(&p.remote), (p.keyed != 0).then_some(p.key), p.data[..len].to_vec()))
+    }
+
+    /// The ring buffers' descriptors, to wait on.
+    #[must_use]
+    pub fn ring_fds(&self) -> [std::os::fd::RawFd; 2] {
+        use std::os::fd::AsRawFd as _;
+        [self.events.as_raw_fd(), self.nhrp_punt.as_raw_fd()]
     }
 
     /// What the daemon knows of tunnel `id`.
