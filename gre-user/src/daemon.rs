@@ -52,12 +52,22 @@ pub async fn run(instance: &str) -> Result<()> {
     let receiver6 = unsafe { AsyncFd::register(receiver6) }.map_err(|e| e.into_parts().1).context("registering the raw GRE/IPv6 socket")?;
     let injector = packet_socket()?;
     let mut keepalives = Keepalives::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut nhrp = crate::nhrp::agent::Agent::new(&maps).await?;
+    let mut last_second = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     info!("daemon for instance {instance} running");
     loop {
         tokio::select! {
-            _ = tick.tick() => keepalives.tick(&mut maps, &sender)?,
+            _ = tick.tick() => {
+                let now = unix_now();
+                nhrp.drain(&mut maps, &sender, now);
+                if now != last_second {
+                    last_second = now;
+                    keepalives.tick(&mut maps, &sender)?;
+                    nhrp.tick(&mut maps, &sender, now)?;
+                }
+            }
             ready = receiver.readable() => {
                 let mut guard = ready?;
                 drain(&mut maps, guard.get_inner(), &injector);

@@ -218,6 +218,26 @@ pub async fn add_route(handle: &Handle, prefix: IpNet, ifindex: u32) -> Result<(
     handle.route().add(msg).execute().await.with_context(|| format!("adding route {prefix} dev {ifindex}"))
 }
 
+/// The first IPv4 address of link `ifindex`.
+///
+/// # Errors
+/// Netlink fails.
+pub async fn first_ipv4(handle: &Handle, ifindex: u32) -> Result<Option<Ipv4Addr>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut addrs = handle.address().get().set_link_index_filter(ifindex).execute();
+    while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+        if msg.header.family != AddressFamily::Inet {
+            continue;
+        }
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                return Ok(Some(*a));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Brings a link up.
 ///
 /// # Errors

@@ -86,6 +86,8 @@ pub struct TunnelReport {
     pub tx_bytes: u64,
     pub keepalives_answered: u64,
     pub keepalives_returned: u64,
+    /// NHRP packets handed to `gre daemon`.
+    pub nhrp_punted: u64,
     /// Of rx_packets: decapsulated straight to a LAN port.
     pub fast_rx: u64,
     /// Of tx_packets: encapsulated straight from a LAN port.
@@ -141,6 +143,7 @@ pub fn report(instance: &str) -> Result<Report> {
             tx_bytes: s.tx_bytes,
             keepalives_answered: s.keepalives_answered,
             keepalives_returned: s.keepalives_returned,
+            nhrp_punted: s.nhrp_punted,
             fast_rx: s.fast_rx,
             fast_tx: s.fast_tx,
             drops: drop::NAMES.iter().zip(s.drops).map(|(n, v)| ((*n).to_string(), v.into())).collect(),
@@ -204,7 +207,7 @@ pub fn table(r: &Report) -> String {
         rows.push([
             t.name.clone(),
             t.mode.to_string(),
-            if t.keepalive.is_some() { t.state.to_string() } else { "-".to_string() },
+            if t.keepalive.is_some() || t.state != "unknown" { t.state.to_string() } else { "-".to_string() },
             t.interface.clone(),
             t.local.clone(),
             t.remote.clone(),

@@ -289,3 +289,67 @@ impl SitesWithLans {
         Ok((ia, ib))
     }
 }
+
+/// A hub and `n` spokes behind one underlay router, each on its own /28 of 198.51.100.0/24:
+/// the hub at 198.51.100.10, spoke `i` (from 1) at 198.51.100.(16 i + 1). Overlay 203.0.113.0/24:
+/// the hub .254, spoke `i` .`i`.
+pub struct HubAndSpokes {
+    pub lab: Lab,
+    pub wan: String,
+    pub hub: String,
+    pub spokes: Vec<String>,
+}
+
+pub const HUB_NBMA: &str = "198.51.100.10";
+pub const HUB_OVERLAY: &str = "203.0.113.254";
+
+impl HubAndSpokes {
+    /// # Errors
+    /// A step fails (what was made is removed).
+    pub fn new(tag: &str, n: u8) -> Result<Self> {
+        let mut lab = Lab::new(tag);
+        let wan = lab.add_ns("wan")?;
+        let hub = lab.add_ns("hub")?;
+        lab.link((&hub, "eth0", "198.51.100.10/28"), (&wan, "h0", "198.51.100.14/28"))?;
+        sh(&["ip", "-n", &hub, "route", "add", "default", "via", "198.51.100.14"])?;
+        let mut spokes = Vec::new();
+        for i in 1..=n {
+            let ns = lab.add_ns(&format!("s{i}"))?;
+            let base = 16 * u32::from(i);
+            lab.link((&ns, "eth0", &format!("198.51.100.{}/28", base + 1)), (&wan, &format!("s{i}"), &format!("198.51.100.{}/28", base + 14)))?;
+            sh(&["ip", "-n", &ns, "route", "add", "default", "via", &format!("198.51.100.{}", base + 14)])?;
+            spokes.push(ns);
+        }
+        ns_sh(&wan, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        // The hub routes spoke-to-spoke traffic back into the tunnel, without ICMP redirects.
+        for key in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"] {
+            ns_sh(&hub, &["sysctl", "-q", "-w", key])?;
+        }
+        Ok(Self { lab, wan, hub, spokes })
+    }
+
+    /// The NBMA address of spoke `i` (from 1).
+    #[must_use]
+    pub fn spoke_nbma(i: u8) -> String {
+        format!("198.51.100.{}", 16 * u32::from(i) + 1)
+    }
+
+    /// The overlay address of spoke `i` (from 1).
+    #[must_use]
+    pub fn spoke_overlay(i: u8) -> String {
+        format!("203.0.113.{i}")
+    }
+
+    /// A multipoint tunnel's configuration: key 100, the overlay /24, `extra` TOML lines in the
+    /// tunnel, and static peers (overlay, NBMA).
+    #[must_use]
+    pub fn config(local: &str, overlay: &str, extra: &str, peers: &[(&str, &str)]) -> String {
+        let mut c = format!(
+            "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nkey = 100\n{extra}address = [\"{overlay}/24\"]\n"
+        );
+        for (overlay, nbma) in peers {
+            c += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{overlay}\"\nnbma = \"{nbma}\"\n");
+        }
+        c
+    }
+}

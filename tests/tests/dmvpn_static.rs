@@ -3,24 +3,12 @@
 
 use gre_tests::{
     gre, privilege,
-    topology::{Lab, ns_sh, sh},
+    topology::{HUB_NBMA, HUB_OVERLAY as HUB, HubAndSpokes, ns_sh},
     traffic,
 };
 
-const HUB: &str = "203.0.113.254";
 const SPOKE1: &str = "203.0.113.1";
 const SPOKE2: &str = "203.0.113.2";
-
-fn config(local: &str, overlay: &str, nhs: Option<&str>, peers: &[(&str, &str)]) -> String {
-    let nhs = nhs.map_or_else(String::new, |n| format!("nhs = \"{n}\"\n"));
-    let mut c = format!(
-        "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nkey = 100\n{nhs}address = [\"{overlay}/24\"]\n"
-    );
-    for (overlay, nbma) in peers {
-        c += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{overlay}\"\nnbma = \"{nbma}\"\n");
-    }
-    c
-}
 
 fn counters(ns: &str, instance: &str) -> (u64, u64) {
     let v = gre::show(ns, instance).expect("show");
@@ -32,29 +20,15 @@ fn spokes_talk_through_the_hub_or_direct() {
     if !privilege::require_root("spokes_talk_through_the_hub_or_direct") {
         return;
     }
-    let mut lab = Lab::new("gd");
-    let wan = lab.add_ns("wan").unwrap();
-    let hub = lab.add_ns("hub").unwrap();
-    let s1 = lab.add_ns("s1").unwrap();
-    let s2 = lab.add_ns("s2").unwrap();
-    lab.link((&hub, "eth0", "198.51.100.10/28"), (&wan, "h0", "198.51.100.14/28")).unwrap();
-    lab.link((&s1, "eth0", "198.51.100.17/28"), (&wan, "s1", "198.51.100.30/28")).unwrap();
-    lab.link((&s2, "eth0", "198.51.100.33/28"), (&wan, "s2", "198.51.100.46/28")).unwrap();
-    ns_sh(&wan, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]).unwrap();
-    for (ns, gw) in [(&hub, "198.51.100.14"), (&s1, "198.51.100.30"), (&s2, "198.51.100.46")] {
-        sh(&["ip", "-n", ns, "route", "add", "default", "via", gw]).unwrap();
-    }
-    // The hub routes spoke-to-spoke traffic back into the tunnel; no ICMP redirects for it.
-    for key in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"] {
-        ns_sh(&hub, &["sysctl", "-q", "-w", key]).unwrap();
-    }
-    let ih = lab.gre_up(&hub, "hub", &config("198.51.100.10", HUB, None, &[(SPOKE1, "198.51.100.17"), (SPOKE2, "198.51.100.33")])).unwrap();
+    let mut t = HubAndSpokes::new("gd", 2).expect("topology");
+    let (hub, s1, s2) = (t.hub.clone(), t.spokes[0].clone(), t.spokes[1].clone());
+    let nhs = format!("nhs = \"{HUB}\"\n");
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB, "", &[(SPOKE1, "198.51.100.17"), (SPOKE2, "198.51.100.33")])).unwrap();
     // Spoke 1 knows spoke 2; spoke 2 knows only the hub.
-    let i1 = lab.gre_up(&s1, "s1", &config("198.51.100.17", SPOKE1, Some(HUB), &[(HUB, "198.51.100.10"), (SPOKE2, "198.51.100.33")])).unwrap();
-    let i2 = lab.gre_up(&s2, "s2", &config("198.51.100.33", SPOKE2, Some(HUB), &[(HUB, "198.51.100.10")])).unwrap();
+    let i1 = t.lab.gre_up(&s1, "s1", &HubAndSpokes::config("198.51.100.17", SPOKE1, &nhs, &[(HUB, HUB_NBMA), (SPOKE2, "198.51.100.33")])).unwrap();
+    t.lab.gre_up(&s2, "s2", &HubAndSpokes::config("198.51.100.33", SPOKE2, &nhs, &[(HUB, HUB_NBMA)])).unwrap();
     let link = ns_sh(&hub, &["ip", "link", "show", "gre0"]).unwrap();
     assert!(link.contains("mtu 1472"), "{link}");
-
     traffic::ping(&s1, HUB, 2).expect("spoke 1 to the hub");
     traffic::ping(&s2, HUB, 2).expect("spoke 2 to the hub");
     // Spoke 2 to spoke 1: requests cross the hub (no peer for spoke 1 on spoke 2), replies come
@@ -70,5 +44,4 @@ fn spokes_talk_through_the_hub_or_direct() {
     assert_eq!(peers.as_array().unwrap().len(), 2, "{peers}");
     assert_eq!(peers[0]["overlay"], SPOKE2);
     assert_eq!(peers[0]["kind"], "static");
-    let _ = i2;
 }

@@ -1,0 +1,206 @@
+//! The NHRP side of `gre daemon`: one [`Engine`] per multipoint tunnel with an NHRP role, fed with
+//! what the datapath hands over (NHRP packets, resolution requests) and a clock, and whose actions
+//! become GRE packets on the wire and entries in the peer table.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use anyhow::{Context as _, Result};
+use gre_common::{
+    addr, gre,
+    maps::{Event, Peer, Tunnel, event_kind, nhrp_role, peer_flags, peer_kind, tunnel_flags, tunnel_state},
+};
+use log::{debug, info, warn};
+use socket2::Socket;
+
+use super::{
+    engine::{Action, Engine, Settings},
+    wire::Packet,
+};
+use crate::{
+    maps::{Maps, show_addr, store_addr},
+    netdev,
+};
+
+pub struct Agent {
+    engines: HashMap<u32, Engine>,
+}
+
+impl Agent {
+    /// An engine for every tunnel with an NHRP role. A spoke's NHS NBMA address comes from the
+    /// static peer of its `nhs`; our overlay address from the tunnel netdev.
+    ///
+    /// # Errors
+    /// The maps or netlink cannot be read.
+    pub async fn new(maps: &Maps) -> Result<Self> {
+        let handle = netdev::connect()?;
+        let peers = maps.peers();
+        let mut engines = HashMap::new();
+        for (id, t) in maps.tunnels()? {
+            if t.nhrp_role == nhrp_role::NONE {
+                continue;
+            }
+            let Some(overlay) = netdev::first_ipv4(&handle, t.netdev_ifindex).await? else {
+                warn!("tunnel {id}: no IPv4 address on the tunnel netdev; NHRP not started");
+                continue;
+            };
+            let nbma = Ipv4Addr::from(addr::to_v4(&t.local).unwrap_or_default());
+            let nhs = (t.nhs != [0; 16]).then(|| {
+                let nhs_overlay = show_addr(&t.nhs);
+                let nbma = peers.iter().find(|(pid, o, _)| *pid == id && *o == nhs_overlay).and_then(|(_, _, p)| addr::to_v4(&p.nbma));
+                (nhs_overlay, nbma)
+            });
+            let nhs = match nhs {
+                Some((IpAddr::V4(o), Some(n))) => Some((o, Ipv4Addr::from(n))),
+                Some((o, _)) => {
+                    warn!("tunnel {id}: NHS {o} has no static peer entry with its NBMA address");
+                    None
+                }
+                None => None,
+            };
+            let auth = t.nhrp_auth.iter().position(|b| *b == 0).map_or(t.nhrp_auth.to_vec(), |n| t.nhrp_auth[..n].to_vec());
+            let settings = Settings {
+                nhs_role: t.nhrp_role == nhrp_role::NHS,
+                overlay,
+                nbma,
+                nhs,
+                holdtime: t.nhrp_holdtime,
+                auth: (!auth.is_empty()).then_some(auth),
+                mtu: u16::try_from(t.mtu).unwrap_or(u16::MAX),
+            };
+            info!("tunnel {id}: NHRP {} as {overlay} ({nbma})", if settings.nhs_role { "server" } else { "client" });
+            engines.insert(id, Engine::new(settings));
+        }
+        Ok(Self { engines })
+    }
+
+    /// Every second: registrations, expiries, the state of each spoke's NHS.
+    ///
+    /// # Errors
+    /// The maps cannot be read or written.
+    pub fn tick(&mut self, maps: &mut Maps, sender: &Socket, now: u64) -> Result<()> {
+        // Dynamic entries past their holding time go, on every tunnel.
+        for (id, overlay, p) in maps.peers() {
+            if p.kind != peer_kind::STATIC && p.expires != 0 && p.expires <= now {
+                info!("tunnel {id}: peer {overlay} ({}) expired", show_addr(&p.nbma));
+                maps.remove_peer(id, overlay);
+            }
+        }
+        let tunnels: HashMap<u32, Tunnel> = maps.tunnels()?.into_iter().collect();
+        for (id, engine) in &mut self.engines {
+            let Some(t) = tunnels.get(id) else { continue };
+            let actions = engine.tick(now);
+            apply(maps, sender, *id, t, actions, now);
+            if !engine.settings.nhs_role {
+                let mut s = maps.state(*id)?;
+                let wanted = if engine.nhs_up(now) { tunnel_state::UP } else { tunnel_state::DOWN };
+                if s.state != wanted {
+                    info!("tunnel {id}: NHS {}", tunnel_state::NAMES[wanted as usize]);
+                    s.state = wanted;
+                    s.transitions += 1;
+                    s.since = now;
+                    maps.set_state(*id, &s)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes what the datapath handed over since the last call.
+    pub fn drain(&mut self, maps: &mut Maps, sender: &Socket, now: u64) {
+        while let Some((id, _local, remote, _key, bytes)) = maps.next_nhrp() {
+            let packet = match Packet::decode(&bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!("tunnel {id}: NHRP from {remote}: {e}");
+                    continue;
+                }
+            };
+            let (Some(engine), Ok(tunnels)) = (self.engines.get_mut(&id), maps.tunnels()) else { continue };
+            let Some(t) = tunnels.into_iter().find(|(i, _)| *i == id).map(|(_, t)| t) else { continue };
+            let peers = maps.peers();
+            let lookup = |overlay: IpAddr| peers.iter().find(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::INCOMPLETE).map(|(_, _, p)| show_addr(&p.nbma));
+            let actions = engine.receive(remote, &packet, now, &lookup);
+            apply(maps, sender, id, &t, actions, now);
+        }
+        while let Some(event) = maps.next_event() {
+            self.event(maps, sender, &event, now);
+        }
+    }
+
+    fn event(&mut self, maps: &mut Maps, sender: &Socket, e: &Event, now: u64) {
+        if e.kind != event_kind::RESOLUTION_WANTED {
+            return;
+        }
+        let Some(engine) = self.engines.get_mut(&e.tunnel).filter(|en| !en.settings.nhs_role) else { return };
+        let IpAddr::V4(target) = show_addr(&e.target) else { return };
+        debug!("tunnel {}: resolving {target}", e.tunnel);
+        let actions = engine.resolve(target);
+        if let Ok(Some((_, t))) = maps.tunnels().map(|ts| ts.into_iter().find(|(i, _)| *i == e.tunnel)) {
+            apply(maps, sender, e.tunnel, &t, actions, now);
+        }
+    }
+}
+
+/// Carries out an engine's actions.
+fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
+    for a in actions {
+        match a {
+            Action::Send { to, packet } => {
+                if let Err(e) = send(sender, t, to, &packet) {
+                    warn!("tunnel {id}: sending NHRP to {to}: {e:#}");
+                }
+            }
+            Action::Peer { overlay, nbma, holdtime, multicast } => {
+                let peer = Peer {
+                    nbma: store_addr(nbma),
+                    kind: peer_kind::DYNAMIC,
+                    flags: if multicast { peer_flags::MULTICAST } else { 0 },
+                    expires: now + u64::from(holdtime),
+                    ..Peer::default()
+                };
+                let existing = maps.peers().into_iter().find(|(pid, o, _)| *pid == id && *o == overlay);
+                if existing.as_ref().is_some_and(|(_, _, p)| p.kind == peer_kind::STATIC) {
+                    continue;
+                }
+                if existing.is_none() {
+                    info!("tunnel {id}: peer {overlay} is at {nbma} for {holdtime}s");
+                }
+                if let Err(e) = maps.set_peer(id, overlay, &peer) {
+                    warn!("tunnel {id}: {e:#}");
+                }
+            }
+            Action::Forget { overlay } => {
+                if maps.peers().iter().any(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::STATIC) {
+                    info!("tunnel {id}: peer {overlay} purged");
+                    maps.remove_peer(id, overlay);
+                }
+            }
+        }
+    }
+}
+
+/// NHRP over the tunnel's GRE: outer IPv4 from our NBMA address, GRE with the output key and
+/// protocol type 0x2001, sent through a raw socket (the kernel routes it to the underlay).
+fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
+    let IpAddr::V4(dst) = to else { anyhow::bail!("NHRP over IPv6 NBMA is not implemented") };
+    let src = addr::to_v4(&t.local).context("IPv4 tunnel")?;
+    let g = gre::Header { protocol: super::wire::GRE_PROTOCOL, key: (t.flags & tunnel_flags::OKEY != 0).then_some(t.okey), ..gre::Header::default() };
+    let total = gre::IPV4_HLEN + g.len() + nhrp.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&u16::try_from(total).unwrap_or(u16::MAX).to_be_bytes());
+    p[6] = 0x40;
+    p[8] = if t.ttl == 0 { 255 } else { t.ttl };
+    p[9] = gre::IPPROTO_GRE;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = gre::internet_checksum(&p[..gre::IPV4_HLEN]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let at = gre::IPV4_HLEN + g.encode(&mut p[gre::IPV4_HLEN..]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    p[at..].copy_from_slice(nhrp);
+    sender.send_to(&p, &SocketAddr::new(to, 0).into()).context("sendto")?;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! DMVPN with NHRP: a hub (NHS) and spokes (NHC) that know only the hub. The spokes register,
+//! the hub learns them; spoke-to-spoke traffic starts through the hub, the spokes resolve each
+//! other through it, and then talk directly (phase 2). Registrations expire without refresh.
+
+use std::{process::Command, thread, time::Duration};
+
+use gre_tests::{
+    gre, privilege,
+    topology::{HUB_NBMA, HUB_OVERLAY, HubAndSpokes},
+    traffic,
+};
+use serde_json::Value;
+
+/// `gre daemon`, stopped (SIGTERM) when dropped.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(ns: &str, instance: &str) -> Self {
+        Self(Command::new(gre::bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn peers(ns: &str, instance: &str) -> Vec<Value> {
+    gre::show(ns, instance).expect("show")["peers"].as_array().cloned().unwrap_or_default()
+}
+
+fn peer<'a>(list: &'a [Value], overlay: &str) -> Option<&'a Value> {
+    list.iter().find(|p| p["overlay"] == overlay)
+}
+
+#[test]
+fn spokes_register_resolve_and_go_direct() {
+    if !privilege::require_root("spokes_register_resolve_and_go_direct") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gn", 3).expect("topology");
+    let hub = t.hub.clone();
+    let nhrp_hub = "nhrp = { role = \"nhs\", holdtime = 6, auth = \"dmvpn\" }\n";
+    let nhrp_spoke = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 6, auth = \"dmvpn\" }}\n");
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, nhrp_hub, &[])).unwrap();
+    let mut spokes = Vec::new();
+    for i in 1..=3u8 {
+        let ns = t.spokes[usize::from(i - 1)].clone();
+        let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhrp_spoke, &[(HUB_OVERLAY, HUB_NBMA)]);
+        let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
+        spokes.push((ns, inst));
+    }
+    let _hub_daemon = Daemon::start(&hub, &ih);
+    let mut spoke_daemons: Vec<Option<Daemon>> = spokes.iter().map(|(ns, i)| Some(Daemon::start(ns, i))).collect();
+
+    // Registrations appear on the hub, with the spokes' NBMA addresses; the spokes see the NHS up.
+    wait_for("three registrations on the hub", 10, || peers(&hub, &ih).len() == 3);
+    for i in 1..=3u8 {
+        let list = peers(&hub, &ih);
+        let p = peer(&list, &HubAndSpokes::spoke_overlay(i)).expect("registered");
+        assert_eq!((p["nbma"].as_str().unwrap(), p["kind"].as_str().unwrap()), (HubAndSpokes::spoke_nbma(i).as_str(), "dynamic"));
+        assert!(p["expires_in"].as_u64().unwrap() <= 6);
+    }
+    for (ns, inst) in &spokes {
+        wait_for("the NHS up on every spoke", 10, || gre::show(ns, inst).unwrap()["tunnels"][0]["state"] == "up");
+    }
+
+    // Spoke 1 to spoke 2: the first packets cross the hub while spoke 1 resolves spoke 2 (and
+    // spoke 2 resolves spoke 1 for its replies); then the traffic is direct.
+    let (s1, i1) = spokes[0].clone();
+    let (s2, i2) = spokes[1].clone();
+    traffic::ping(&s1, &HubAndSpokes::spoke_overlay(2), 3).expect("spoke 1 to spoke 2");
+    wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some());
+    wait_for("spoke 2 to learn spoke 1", 5, || peer(&peers(&s2, &i2), "203.0.113.1").is_some());
+    let learned = peers(&s1, &i1);
+    let p = peer(&learned, "203.0.113.2").unwrap();
+    assert_eq!((p["nbma"].as_str().unwrap(), p["kind"].as_str().unwrap()), ("198.51.100.33", "dynamic"));
+    let hub_rx = |h: &str| gre::show(&hub, h).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let before = hub_rx(&ih);
+    traffic::ping(&s1, &HubAndSpokes::spoke_overlay(2), 5).expect("spoke 1 to spoke 2, direct");
+    let after = hub_rx(&ih);
+    // Only NHRP (re-registrations) may reach the hub meanwhile; no ping crosses it.
+    let nhrp_delta = gre::show(&hub, &ih).unwrap()["tunnels"][0]["nhrp_punted"].as_u64().unwrap();
+    assert!(after - before <= 6, "the hub relayed {} packets during a direct ping (NHRP total {nhrp_delta})", after - before);
+
+    // A spoke that stops refreshing is forgotten after its holding time.
+    spoke_daemons[2] = None;
+    wait_for("spoke 3's registration to expire", 12, || peer(&peers(&hub, &ih), "203.0.113.3").is_none());
+    assert!(peer(&peers(&hub, &ih), "203.0.113.1").is_some(), "the others refresh theirs");
+}
