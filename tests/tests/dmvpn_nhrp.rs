@@ -76,6 +76,18 @@ fn spokes_register_resolve_and_go_direct() {
         wait_for("the NHS up on every spoke", 10, || gre::show(ns, inst).unwrap()["tunnels"][0]["state"] == "up");
     }
 
+    // What tshark's NHRP dissector makes of what we send: registrations and resolutions both
+    // ways, well formed, with the fields we meant.
+    let pcap = std::env::temp_dir().join(format!("gre-nhrp-{}.pcap", std::process::id()));
+    let mut dump = Command::new("ip")
+        .args(["netns", "exec", &t.wan, "timeout", "20", "tcpdump", "-i", "s1", "-n", "-U", "-w"])
+        .arg(&pcap)
+        .args(["-c", "4", "ip proto 47 and ip[22:2] = 0x2001"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    thread::sleep(Duration::from_millis(1000));
+
     // Spoke 1 to spoke 2: the first packets cross the hub while spoke 1 resolves spoke 2 (and
     // spoke 2 resolves spoke 1 for its replies); then the traffic is direct.
     let (s1, i1) = spokes[0].clone();
@@ -83,6 +95,32 @@ fn spokes_register_resolve_and_go_direct() {
     traffic::ping(&s1, &HubAndSpokes::spoke_overlay(2), 3).expect("spoke 1 to spoke 2");
     wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some());
     wait_for("spoke 2 to learn spoke 1", 5, || peer(&peers(&s2, &i2), "203.0.113.1").is_some());
+    let status = dump.wait().expect("tcpdump");
+    assert!(status.success());
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-T", "json", "-e", "nhrp.hdr.op.type", "-e", "nhrp.src.prot.addr", "-e", "nhrp.dst.prot.addr", "-e", "nhrp.src.nbma.addr"])
+        .args(["-e", "nhrp.hdr.chksum.status", "-e", "nhrp.htime", "-e", "nhrp.code", "-e", "nhrp.client.nbma.addr", "-e", "_ws.malformed", "-e", "_ws.expert"])
+        .output()
+        .expect("tshark");
+    let _ = std::fs::remove_file(&pcap);
+    let decoded: Vec<Value> = serde_json::from_slice(&out.stdout).expect("tshark json");
+    assert_eq!(decoded.len(), 4);
+    let f = |p: &Value, k: &str| p["_source"]["layers"][k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap_or_default();
+    let mut types = Vec::new();
+    for p in &decoded {
+        assert!(f(p, "_ws.malformed").is_empty() && f(p, "_ws.expert").is_empty(), "tshark objects to {p}");
+        assert_eq!(f(p, "nhrp.hdr.chksum.status"), ["1"], "checksum good: {p}");
+        types.push(f(p, "nhrp.hdr.op.type")[0].clone());
+        if f(p, "nhrp.hdr.op.type")[0] == "2" {
+            // The resolution reply the hub sent spoke 1: spoke 2 is at 198.51.100.33.
+            assert_eq!(f(p, "nhrp.dst.prot.addr"), ["203.0.113.2"]);
+            assert!(f(p, "nhrp.client.nbma.addr").contains(&"198.51.100.33".to_string()), "{p}");
+        }
+    }
+    assert!(types.contains(&"1".to_string()) && types.contains(&"2".to_string()), "a resolution request and reply among {types:?}");
+
     let learned = peers(&s1, &i1);
     let p = peer(&learned, "203.0.113.2").unwrap();
     assert_eq!((p["nbma"].as_str().unwrap(), p["kind"].as_str().unwrap()), ("198.51.100.33", "dynamic"));

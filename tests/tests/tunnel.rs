@@ -124,7 +124,7 @@ fn tshark_decodes_the_tunnel_traffic() {
     let pcap = std::env::temp_dir().join(format!("gre-test-{}.pcap", std::process::id()));
     // Capture where the router receives from a: XDP on a's own eth0 would hide received GRE.
     let mut dump = Command::new("ip")
-        .args(["netns", "exec", &wan, "tcpdump", "-i", "a0", "-n", "-U", "-w"])
+        .args(["netns", "exec", &wan, "timeout", "30", "tcpdump", "-i", "a0", "-n", "-U", "-w"])
         .arg(&pcap)
         .args(["-c", "16", "ip proto 47"])
         .stderr(std::process::Stdio::null())

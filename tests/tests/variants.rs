@@ -19,7 +19,7 @@ fn tunnel(v: &Value) -> &Value {
 fn capture(sites: &TwoSites, filter: &str, count: usize, fields: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
     let pcap = std::env::temp_dir().join(format!("gre-variant-{}-{}.pcap", std::process::id(), sites.a));
     let mut dump = Command::new("ip")
-        .args(["netns", "exec", &sites.wan, "tcpdump", "-i", "a0", "-n", "-U", "-w"])
+        .args(["netns", "exec", &sites.wan, "timeout", "30", "tcpdump", "-i", "a0", "-n", "-U", "-w"])
         .arg(&pcap)
         .args(["-c", &count.to_string(), filter])
         .stderr(std::process::Stdio::null())
