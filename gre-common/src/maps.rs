@@ -268,6 +268,8 @@ pub struct Route {
 pub mod event_kind {
     /// A multipoint tunnel had traffic for an overlay address it has no peer for.
     pub const RESOLUTION_WANTED: u32 = 1;
+    /// An NHS relayed traffic between two of its peers: tell the source (phase 3 redirect).
+    pub const TRAFFIC_INDICATION: u32 = 2;
 }
 
 /// A record of the EVENTS ring buffer, datapath to daemon.

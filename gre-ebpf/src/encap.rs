@@ -64,7 +64,12 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     let v6 = t.flags & tunnel_flags::OUTER_V6 != 0;
     let outer_type = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
     // A multipoint tunnel sends each packet to the NBMA address of its overlay next hop.
-    let remote = if t.flags & tunnel_flags::MULTIPOINT != 0 { peers::resolve(id, t, &inner.src, &inner.dst)? } else { t.remote };
+    let remote = if t.flags & tunnel_flags::MULTIPOINT != 0 {
+        peers::note_relay(id, t, &inner.src, &inner.dst);
+        peers::resolve(id, t, &inner.src, &inner.dst)?
+    } else {
+        t.remote
+    };
     let frame_eth: [u8; ETH_HLEN] = if teb && inner_is_ip { ctx.load(0).map_err(|_| drop::TRUNCATED)? } else { [0; ETH_HLEN] };
 
     if !inner_is_ip {

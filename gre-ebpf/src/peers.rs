@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use gre_common::{
     addr::Addr,
     drop,
-    maps::{Event, PeerKey, Tunnel, event_kind, peer_kind},
+    maps::{Event, PeerKey, Tunnel, event_kind, nhrp_role, peer_kind},
 };
 
 use crate::maps::{EVENTS, PEERS, RESOLUTION_ASKED, ROUTES};
@@ -58,10 +58,27 @@ pub fn resolve(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) -> Result<Addr, u32>
     Err(drop::NO_PEER)
 }
 
+/// An NHS relaying traffic from one of its peers to another (it came in through the tunnel and
+/// goes back out of it): the daemon is asked to send the source a Traffic Indication, so that it
+/// resolves the destination and takes a shortcut (DMVPN phase 3).
+#[inline(always)]
+pub fn note_relay(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) {
+    if t.nhrp_role == nhrp_role::NHS && lookup(id, src).is_some() {
+        tell(event_kind::TRAFFIC_INDICATION, id, dst, src);
+    }
+}
+
 /// Tells the daemon that `target` needs resolving, unless it was told less than a second ago.
 #[inline(always)]
 fn ask_resolution(id: u32, target: &Addr, source: &Addr) {
-    let key = PeerKey { tunnel: id, pad0: 0, overlay: *target };
+    tell(event_kind::RESOLUTION_WANTED, id, target, source);
+}
+
+/// Sends the daemon an event about `target`, at most once a second per kind, tunnel and target.
+#[inline(always)]
+fn tell(kind: u32, id: u32, target: &Addr, source: &Addr) {
+    // The kind goes into the key's spare word, so the two kinds are limited separately.
+    let key = PeerKey { tunnel: id, pad0: kind, overlay: *target };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the value is a plain u64 copied out at once.
@@ -69,7 +86,7 @@ fn ask_resolution(id: u32, target: &Addr, source: &Addr) {
         return;
     }
     let _ = RESOLUTION_ASKED.insert(&key, &now, 0);
-    let event = Event { kind: event_kind::RESOLUTION_WANTED, tunnel: id, target: *target, source: *source, time_ns: now, pad0: 0 };
+    let event = Event { kind, tunnel: id, target: *target, source: *source, time_ns: now, pad0: 0 };
     // A full ring drops the event: the next packet (after a second) asks again.
     let _ = EVENTS.output::<Event>(&event, 0);
 }

@@ -214,6 +214,12 @@ impl Maps {
         self.routes.insert(&key, route, 0).with_context(|| format!("adding route {prefix} (ROUTES is full?)"))
     }
 
+    /// Removes an overlay route; false if there was none.
+    pub fn remove_route(&mut self, prefix: ipnet::IpNet) -> bool {
+        let key = Key::new(route_prefix_len(prefix.addr().is_ipv4(), prefix.prefix_len()), store_addr(prefix.network()));
+        self.routes.remove(&key).is_ok()
+    }
+
     /// The overlay routes: (prefix, tunnel id, next hop).
     #[must_use]
     pub fn routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {

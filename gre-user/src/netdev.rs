@@ -215,7 +215,15 @@ pub async fn add_route(handle: &Handle, prefix: IpNet, ifindex: u32) -> Result<(
         IpNet::V4(p) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
         IpNet::V6(p) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
     };
-    handle.route().add(msg).execute().await.with_context(|| format!("adding route {prefix} dev {ifindex}"))
+    match handle.route().add(msg).execute().await {
+        Ok(()) => Ok(()),
+        // The tunnel's own subnet, for one: the kernel routes it through the tunnel already.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+            log::info!("route {prefix}: the kernel has one already; only the datapath's entry is added");
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("adding route {prefix} dev {ifindex}")),
+    }
 }
 
 /// The first IPv4 address of link `ifindex`.

@@ -137,3 +137,36 @@ fn spokes_register_resolve_and_go_direct() {
     wait_for("spoke 3's registration to expire", 12, || peer(&peers(&hub, &ih), "203.0.113.3").is_none());
     assert!(peer(&peers(&hub, &ih), "203.0.113.1").is_some(), "the others refresh theirs");
 }
+
+#[test]
+fn phase_3_the_hub_redirects_and_spokes_take_shortcuts() {
+    if !privilege::require_root("phase_3_the_hub_redirects_and_spokes_take_shortcuts") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("g3", 2).expect("topology");
+    let hub = t.hub.clone();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
+    // Phase 3 spokes route the whole overlay through the hub; nothing would make them resolve.
+    let spoke_extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let mut spokes = Vec::new();
+    for i in 1..=2u8 {
+        let ns = t.spokes[usize::from(i - 1)].clone();
+        let mut conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &spoke_extra, &[(HUB_OVERLAY, HUB_NBMA)]);
+        conf += &format!("\n[[route]]\nprefix = \"203.0.113.0/24\"\ntunnel = \"gre0\"\nvia = \"{HUB_OVERLAY}\"\n");
+        let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
+        spokes.push((ns, inst));
+    }
+    let _daemons: Vec<Daemon> = std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| Daemon::start(&ns, &i)).collect();
+    wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+    let (s1, i1) = spokes[0].clone();
+    // The hub relays the first packets, then sends a Traffic Indication; spoke 1 resolves spoke
+    // 2 and installs a host route to it (and spoke 2 likewise for its replies).
+    traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2");
+    let routes = |ns: &str, i: &str| gre::show(ns, i).unwrap()["routes"].as_array().cloned().unwrap_or_default();
+    wait_for("a shortcut on spoke 1", 5, || routes(&s1, &i1).iter().any(|r| r["prefix"] == "203.0.113.2/32"));
+    wait_for("a shortcut on spoke 2", 5, || routes(&spokes[1].0, &spokes[1].1).iter().any(|r| r["prefix"] == "203.0.113.1/32"));
+    let hub_rx = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let before = hub_rx();
+    traffic::ping(&s1, "203.0.113.2", 5).expect("spoke 1 to spoke 2 on the shortcut");
+    assert_eq!(hub_rx() - before, 0, "nothing crossed the hub once the shortcut was there");
+}

@@ -26,6 +26,8 @@ use crate::{
 
 pub struct Agent {
     engines: HashMap<u32, Engine>,
+    /// Phase 3 shortcuts installed: (tunnel, overlay host). They go with their peer.
+    shortcuts: Vec<(u32, IpAddr)>,
 }
 
 impl Agent {
@@ -73,7 +75,7 @@ impl Agent {
             info!("tunnel {id}: NHRP {} as {overlay} ({nbma})", if settings.nhs_role { "server" } else { "client" });
             engines.insert(id, Engine::new(settings));
         }
-        Ok(Self { engines })
+        Ok(Self { engines, shortcuts: Vec::new() })
     }
 
     /// Every second: registrations, expiries, the state of each spoke's NHS.
@@ -88,11 +90,21 @@ impl Agent {
                 maps.remove_peer(id, overlay);
             }
         }
+        // A shortcut whose peer is gone goes too: traffic returns to the NHS.
+        let peers = maps.peers();
+        self.shortcuts.retain(|(id, overlay)| {
+            let alive = peers.iter().any(|(pid, o, _)| pid == id && o == overlay);
+            if !alive {
+                maps.remove_route(host_route(*overlay));
+            }
+            alive
+        });
         let tunnels: HashMap<u32, Tunnel> = maps.tunnels()?.into_iter().collect();
+        let mut shortcuts = Vec::new();
         for (id, engine) in &mut self.engines {
             let Some(t) = tunnels.get(id) else { continue };
             let actions = engine.tick(now);
-            apply(maps, sender, *id, t, actions, now);
+            shortcuts.extend(apply(maps, sender, *id, t, actions, now));
             if !engine.settings.nhs_role {
                 let mut s = maps.state(*id)?;
                 let wanted = if engine.nhs_up(now) { tunnel_state::UP } else { tunnel_state::DOWN };
@@ -105,6 +117,7 @@ impl Agent {
                 }
             }
         }
+        self.shortcuts.extend(shortcuts);
         Ok(())
     }
 
@@ -123,7 +136,7 @@ impl Agent {
             let peers = maps.peers();
             let lookup = |overlay: IpAddr| peers.iter().find(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::INCOMPLETE).map(|(_, _, p)| show_addr(&p.nbma));
             let actions = engine.receive(remote, &packet, now, &lookup);
-            apply(maps, sender, id, &t, actions, now);
+            self.apply(maps, sender, id, &t, actions, now);
         }
         while let Some(event) = maps.next_event() {
             self.event(maps, sender, &event, now);
@@ -131,21 +144,42 @@ impl Agent {
     }
 
     fn event(&mut self, maps: &mut Maps, sender: &Socket, e: &Event, now: u64) {
-        if e.kind != event_kind::RESOLUTION_WANTED {
-            return;
-        }
-        let Some(engine) = self.engines.get_mut(&e.tunnel).filter(|en| !en.settings.nhs_role) else { return };
-        let IpAddr::V4(target) = show_addr(&e.target) else { return };
-        debug!("tunnel {}: resolving {target}", e.tunnel);
-        let actions = engine.resolve(target);
+        let Some(engine) = self.engines.get_mut(&e.tunnel) else { return };
+        let (IpAddr::V4(target), IpAddr::V4(source)) = (show_addr(&e.target), show_addr(&e.source)) else { return };
+        let actions = match (e.kind, engine.settings.nhs_role) {
+            (event_kind::RESOLUTION_WANTED, false) => {
+                debug!("tunnel {}: resolving {target}", e.tunnel);
+                engine.resolve(target)
+            }
+            (event_kind::TRAFFIC_INDICATION, true) => {
+                let nbma = maps.peers().into_iter().find(|(id, o, _)| *id == e.tunnel && *o == IpAddr::V4(source)).map(|(_, _, p)| show_addr(&p.nbma));
+                let Some(nbma) = nbma else { return };
+                debug!("tunnel {}: relayed {source} -> {target}: Traffic Indication to {nbma}", e.tunnel);
+                engine.indicate(source, nbma, target)
+            }
+            _ => return,
+        };
         if let Ok(Some((_, t))) = maps.tunnels().map(|ts| ts.into_iter().find(|(i, _)| *i == e.tunnel)) {
-            apply(maps, sender, e.tunnel, &t, actions, now);
+            self.apply(maps, sender, e.tunnel, &t, actions, now);
         }
     }
 }
 
-/// Carries out an engine's actions.
-fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
+impl Agent {
+    fn apply(&mut self, maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
+        let shortcuts = apply(maps, sender, id, t, actions, now);
+        self.shortcuts.extend(shortcuts);
+    }
+}
+
+/// A host route to `overlay`.
+fn host_route(overlay: IpAddr) -> ipnet::IpNet {
+    ipnet::IpNet::new(overlay, if overlay.is_ipv4() { 32 } else { 128 }).unwrap_or_default()
+}
+
+/// Carries out an engine's actions; returns the shortcuts it installed.
+fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) -> Vec<(u32, IpAddr)> {
+    let mut installed = Vec::new();
     for a in actions {
         match a {
             Action::Send { to, packet } => {
@@ -178,8 +212,16 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                     maps.remove_peer(id, overlay);
                 }
             }
+            Action::Shortcut { overlay } => match maps.add_route(host_route(overlay), id, None) {
+                Ok(()) => {
+                    info!("tunnel {id}: shortcut to {overlay}");
+                    installed.push((id, overlay));
+                }
+                Err(e) => warn!("tunnel {id}: {e:#}"),
+            },
         }
     }
+    installed
 }
 
 /// NHRP over the tunnel's GRE: outer IPv4 from our NBMA address, GRE with the output key and

@@ -27,6 +27,8 @@ pub enum Action {
     Peer { overlay: IpAddr, nbma: IpAddr, holdtime: u16, multicast: bool },
     /// Remove a peer.
     Forget { overlay: IpAddr },
+    /// Route `overlay` (a host route) straight to its peer: a phase 3 shortcut.
+    Shortcut { overlay: IpAddr },
 }
 
 /// The tunnel's NHRP identity and settings.
@@ -64,8 +66,8 @@ pub struct Engine {
     pub nhs: NhsState,
     next_id: u32,
     registrations: HashMap<IpAddr, Registration>,
-    /// Resolution requests sent: request id → target.
-    resolving: HashMap<u32, IpAddr>,
+    /// Resolution requests sent: request id → (target, asked for by a Traffic Indication).
+    resolving: HashMap<u32, (IpAddr, bool)>,
 }
 
 impl Engine {
@@ -141,9 +143,13 @@ impl Engine {
 
     /// A spoke wants `target` resolved (the datapath asked): a Resolution Request to the NHS.
     pub fn resolve(&mut self, target: Ipv4Addr) -> Vec<Action> {
+        self.resolve_for(target, false)
+    }
+
+    fn resolve_for(&mut self, target: Ipv4Addr, shortcut: bool) -> Vec<Action> {
         let Some((_, nhs_nbma)) = self.settings.nhs else { return vec![] };
         let id = self.id();
-        self.resolving.insert(id, target.into());
+        self.resolving.insert(id, (target.into(), shortcut));
         let cie = Cie { prefix_len: 32, mtu: self.settings.mtu, holding_time: self.settings.holdtime, ..Cie::default() };
         let p = self.packet(kind::RESOLUTION_REQUEST, flags::Q | flags::CISCO_NAT, id, target, vec![cie]);
         vec![Action::Send { to: nhs_nbma.into(), packet: Self::encode(&p) }]
@@ -167,16 +173,26 @@ impl Engine {
             }
             (kind::RESOLUTION_REQUEST, true) => self.resolution(from, p, peers),
             (kind::RESOLUTION_REPLY, false) => {
-                let Some(target) = self.resolving.remove(&p.request_id) else { return vec![] };
-                p.cies()
-                    .iter()
-                    .filter(|c| c.code == code::SUCCESS && !c.nbma.bytes.is_empty())
-                    .filter_map(|c| {
-                        let nbma = proto_addr(&c.nbma.bytes)?;
-                        let overlay = proto_addr(&c.proto).unwrap_or(target);
-                        Some(Action::Peer { overlay, nbma, holdtime: c.holding_time, multicast: false })
-                    })
-                    .collect()
+                let Some((target, shortcut)) = self.resolving.remove(&p.request_id) else { return vec![] };
+                let mut actions = Vec::new();
+                for c in p.cies().iter().filter(|c| c.code == code::SUCCESS && !c.nbma.bytes.is_empty()) {
+                    let Some(nbma) = proto_addr(&c.nbma.bytes) else { continue };
+                    let overlay = proto_addr(&c.proto).unwrap_or(target);
+                    actions.push(Action::Peer { overlay, nbma, holdtime: c.holding_time, multicast: false });
+                    if shortcut {
+                        actions.push(Action::Shortcut { overlay });
+                    }
+                }
+                actions
+            }
+            (kind::TRAFFIC_INDICATION, false) => {
+                // The NHS relayed our traffic: resolve its destination (the offending packet's)
+                // and take the shortcut once the answer comes.
+                let Payload::Raw(original) = &p.payload else { return vec![] };
+                match (original.first().map(|b| b >> 4), original.get(16..20)) {
+                    (Some(4), Some(dst)) => self.resolve_for(Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]), true),
+                    _ => vec![],
+                }
             }
             (kind::PURGE_REQUEST, _) => {
                 let mut actions: Vec<Action> = p.cies().iter().filter_map(|c| proto_addr(&c.proto)).map(|overlay| Action::Forget { overlay }).collect();
@@ -189,6 +205,23 @@ impl Engine {
             }
             _ => vec![],
         }
+    }
+
+    /// The NHS relayed traffic from `source` (one of its peers, at `source_nbma`) to `target`: a
+    /// Traffic Indication tells the source, carrying the head of the offending packet.
+    pub fn indicate(&mut self, source: Ipv4Addr, source_nbma: IpAddr, target: Ipv4Addr) -> Vec<Action> {
+        let mut original = vec![0u8; 20];
+        original[0] = 0x45;
+        original[2..4].copy_from_slice(&20u16.to_be_bytes());
+        original[8] = 64;
+        original[12..16].copy_from_slice(&source.octets());
+        original[16..20].copy_from_slice(&target.octets());
+        let c = gre_common::gre::internet_checksum(&original);
+        original[10..12].copy_from_slice(&c.to_be_bytes());
+        let id = self.id();
+        let mut p = self.packet(kind::TRAFFIC_INDICATION, 0, id, source, vec![]);
+        p.payload = Payload::Raw(original);
+        vec![Action::Send { to: source_nbma, packet: Self::encode(&p) }]
     }
 
     fn authenticated(&self, p: &Packet) -> bool {
@@ -321,6 +354,15 @@ mod tests {
         assert_eq!((to, reply.kind), (IpAddr::from([198, 51, 100, 17]), kind::RESOLUTION_REPLY));
         let actions = s.receive(to, &reply, 0, &|_| None);
         assert_eq!(actions, vec![Action::Peer { overlay: [203, 0, 113, 2].into(), nbma: [198, 51, 100, 33].into(), holdtime: 60, multicast: false }]);
+        // Phase 3: the hub relayed spoke 1's traffic to 203.0.113.2 and tells it so; spoke 1
+        // resolves the destination and asks for a shortcut.
+        let (to, indication) = sent(&h.indicate([203, 0, 113, 1].into(), [198, 51, 100, 17].into(), [203, 0, 113, 2].into()));
+        assert_eq!((to, indication.kind), (IpAddr::from([198, 51, 100, 17]), kind::TRAFFIC_INDICATION));
+        let (_, request) = sent(&s.receive([198, 51, 100, 10].into(), &indication, 0, &|_| None));
+        assert_eq!(request.dst_proto, vec![203, 0, 113, 2]);
+        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &table));
+        let actions = s.receive([198, 51, 100, 10].into(), &reply, 0, &|_| None);
+        assert!(actions.contains(&Action::Shortcut { overlay: [203, 0, 113, 2].into() }), "{actions:?}");
         // Unknown target: a negative answer installs nothing.
         let (_, request) = sent(&s.resolve([203, 0, 113, 3].into()));
         let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &table));
