@@ -24,11 +24,7 @@ pub const fn from_v4(octets: [u8; 4]) -> Addr {
 /// The IPv4 octets of a stored address, if it is IPv4-mapped.
 #[must_use]
 pub fn to_v4(a: &Addr) -> Option<[u8; 4]> {
-    if a[..12] == V4_MAPPED_PREFIX {
-        Some([a[12], a[13], a[14], a[15]])
-    } else {
-        None
-    }
+    if a[..12] == V4_MAPPED_PREFIX { Some([a[12], a[13], a[14], a[15]]) } else { None }
 }
 
 #[cfg(test)]

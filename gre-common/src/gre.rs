@@ -236,10 +236,7 @@ mod tests {
         let h = Header { protocol: PROTO_IPV4, checksum: Some(0xabcd), key: Some(42), sequence: Some(7) };
         let mut buf = [0xffu8; 16];
         assert_eq!(h.encode(&mut buf), Ok(16));
-        assert_eq!(
-            buf,
-            [0xb0, 0x00, 0x08, 0x00, 0xab, 0xcd, 0, 0, 0, 0, 0, 42, 0, 0, 0, 7]
-        );
+        assert_eq!(buf, [0xb0, 0x00, 0x08, 0x00, 0xab, 0xcd, 0, 0, 0, 0, 0, 42, 0, 0, 0, 7]);
         assert_eq!(Header::decode(&buf), Ok((h, 16)));
     }
 

@@ -16,12 +16,9 @@ use gre_common::{
     addr::{self, Addr},
     drop,
     gre::{
-        ECN_CE, ECN_MASK, ECN_NOT_ECT, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6,
-        FLAG_C, FLAG_K, FLAG_R, FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_DSTOPTS, IPV6_HLEN,
-        CMD_BASE_LEN, CMD_MAX_WORDS, IPV6_HOPOPTS, OPTION_LEN, PROTO_CISCO_METADATA, PROTO_IPV4, PROTO_IPV6, PROTO_NHRP,
-        PROTO_KEEPALIVE, PROTO_TEB, VERSION_MASK,
-        VLAN_HLEN,
-        header_len,
+        CMD_BASE_LEN, CMD_MAX_WORDS, ECN_CE, ECN_MASK, ECN_NOT_ECT, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, FLAG_C, FLAG_K, FLAG_R,
+        FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_DSTOPTS, IPV6_HLEN, IPV6_HOPOPTS, OPTION_LEN, PROTO_CISCO_METADATA, PROTO_IPV4, PROTO_IPV6, PROTO_KEEPALIVE,
+        PROTO_NHRP, PROTO_TEB, VERSION_MASK, VLAN_HLEN, header_len,
     },
     maps::{EndpointKey, NHRP_PUNT_MAX, NbmaKey, NhrpPunt, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags},
 };
@@ -159,15 +156,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Outer, Verdict> {
         // Not GRE, or a fragment (the kernel reassembles it), or more options than we walk.
         return Err(Ok(xdp_action::XDP_PASS));
     }
-    Ok(Outer {
-        local,
-        remote,
-        l3,
-        gre,
-        end: l3 + IPV6_HLEN + payload,
-        ecn: (ip[1] >> 4) & ECN_MASK,
-        v6: true,
-    })
+    Ok(Outer { local, remote, l3, gre, end: l3 + IPV6_HLEN + payload, ecn: (ip[1] >> 4) & ECN_MASK, v6: true })
 }
 
 #[inline(always)]
@@ -232,7 +221,10 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
     match protocol {
         PROTO_IPV4 => {
             let ih = read::<IPV4_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
-            if !o.v6 && t.flags & tunnel_flags::MULTIPOINT == 0 && ih[9] == IPPROTO_GRE && addr::from_v4([ih[12], ih[13], ih[14], ih[15]]) == t.local
+            if !o.v6
+                && t.flags & tunnel_flags::MULTIPOINT == 0
+                && ih[9] == IPPROTO_GRE
+                && addr::from_v4([ih[12], ih[13], ih[14], ih[15]]) == t.local
                 && addr::from_v4([ih[16], ih[17], ih[18], ih[19]]) == t.remote
                 && ih[8] > 1
             {

@@ -7,9 +7,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6,
-        BPF_F_ADJ_ROOM_ENCAP_L4_GRE,
-        BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_GRE, BPF_F_ADJ_ROOM_FIXED_GSO,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_store_bytes},
     programs::TcContext,
@@ -21,12 +20,11 @@ use gre_common::{
 };
 
 use crate::{
-    csum, fib, peers,
+    csum, fib,
     headers::{self, DEFAULT_TTL, HEADERS_MAX, Headers, Inner},
     maps::{TUNNELS, TX_BY_IFINDEX},
-    stats,
+    peers, stats,
 };
-
 
 #[inline(always)]
 pub fn try_encap(ctx: &TcContext) -> Result<i32, u32> {
@@ -229,4 +227,3 @@ fn pending_l4_checksum(ctx: &TcContext, inner: usize, end: usize) -> Option<u64>
     let completed = !csum::fold(segment + u64::from(!field) + pseudo);
     Some(u64::from(!field) + u64::from(completed))
 }
-

@@ -68,7 +68,16 @@ static HEADERS: PerCpuArray<Headers> = PerCpuArray::with_max_entries(1, 0);
 /// CPU's scratch space.
 #[expect(clippy::too_many_arguments, reason = "the facts of one packet and tunnel")]
 #[inline(always)]
-pub fn build(id: u32, t: &Tunnel, remote: &Addr, inner: &Inner, inner_len: u32, protocol: u16, flags: u16, frame_eth: Option<&[u8; ETH_HLEN]>) -> Result<&'static mut Headers, u32> {
+pub fn build(
+    id: u32,
+    t: &Tunnel,
+    remote: &Addr,
+    inner: &Inner,
+    inner_len: u32,
+    protocol: u16,
+    flags: u16,
+    frame_eth: Option<&[u8; ETH_HLEN]>,
+) -> Result<&'static mut Headers, u32> {
     let (gre, gre_len) = gre_header(id, t, flags, protocol)?;
     let h = HEADERS.get_ptr_mut(0).ok_or(drop::ENCAP_FAILED)?;
     // SAFETY: a per-CPU slot, used by one program run at a time.
@@ -138,11 +147,7 @@ pub fn outer_ipv4(t: &Tunnel, remote: &Addr, inner: &Inner, total: u32) -> [u8; 
     h[1] = outer_tos(t, inner);
     #[expect(clippy::cast_possible_truncation, reason = "clamped")]
     h[2..4].copy_from_slice(&(total.min(0xffff) as u16).to_be_bytes());
-    let df = if t.flags & tunnel_flags::NOPMTUDISC == 0 {
-        true
-    } else {
-        inner.ethertype == ETH_P_IPV4 && inner.df && t.flags & tunnel_flags::IGNORE_DF == 0
-    };
+    let df = if t.flags & tunnel_flags::NOPMTUDISC == 0 { true } else { inner.ethertype == ETH_P_IPV4 && inner.df && t.flags & tunnel_flags::IGNORE_DF == 0 };
     let (id, frag) = if df {
         (0, IP_DF)
     } else {

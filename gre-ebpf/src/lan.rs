@@ -17,11 +17,12 @@ use gre_common::{
 };
 
 use crate::{
-    csum, fib, ip, peers,
+    csum, fib,
     headers::{self, HEADERS_MAX, Inner},
+    ip,
     maps::{PORTS, ROUTES, TUNNELS},
     packet::{Packet as _, be16, bytes, read},
-    stats,
+    peers, stats,
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use gre_common::{
     drop,
     maps::{
-        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NbmaKey, NeighbourKey, Peer, PeerKey, Route, RxKey,
-        Sequence, Tunnel, TunnelState, TunnelStats,
+        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NbmaKey, NeighbourKey, Peer, PeerKey, Route, RxKey, Sequence, Tunnel, TunnelState,
+        TunnelStats,
     },
 };
 

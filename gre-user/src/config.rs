@@ -407,8 +407,7 @@ impl std::error::Error for Error {}
 /// # Errors
 /// The file cannot be read, is not valid TOML for this schema, or fails validation.
 pub fn load(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     Ok(parse(path, &text)?)
 }
 
@@ -422,9 +421,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         let (line, column) = position(text, span.start);
         Error { file: path.to_path_buf(), line, column, message }
     };
-    let file: File = toml::from_str(text).map_err(|e| {
-        at(e.span().unwrap_or(0..0), e.message().trim_end().to_string())
-    })?;
+    let file: File = toml::from_str(text).map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
 
     let mut interfaces = HashSet::new();
     for i in &file.interfaces {
@@ -445,9 +442,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     for t in &file.tunnels {
         let name = t.name.get_ref();
         if !valid_ifname(name, MAX_TUNNEL_NAME) {
-            return Err(at(t.name.span(), format!(
-                "tunnel name {name:?} must be 1 to {MAX_TUNNEL_NAME} characters of letters, digits, '-', '_' or '.'"
-            )));
+            return Err(at(t.name.span(), format!("tunnel name {name:?} must be 1 to {MAX_TUNNEL_NAME} characters of letters, digits, '-', '_' or '.'")));
         }
         if interfaces.contains(name) {
             return Err(at(t.name.span(), format!("tunnel name {name:?} is also an underlay interface")));
@@ -456,10 +451,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             return Err(at(t.name.span(), format!("tunnel {name:?} is defined twice")));
         }
         if !interfaces.contains(t.interface.get_ref()) {
-            return Err(at(t.interface.span(), format!(
-                "tunnel {name:?}: interface {:?} is not declared in an [[interface]] section",
-                t.interface.get_ref()
-            )));
+            return Err(at(t.interface.span(), format!("tunnel {name:?}: interface {:?} is not declared in an [[interface]] section", t.interface.get_ref())));
         }
         if file.interfaces.iter().any(|i| i.name.get_ref() == t.interface.get_ref() && i.role == Role::Lan) {
             return Err(at(t.interface.span(), format!("tunnel {name:?}: interface {:?} is a LAN port, not an underlay one", t.interface.get_ref())));
@@ -530,10 +522,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         }
         if let (Some(k), Some(other)) = (&t.key, t.ikey.as_ref().or(t.okey.as_ref())) {
             {
-                return Err(at(other.span(), format!(
-                    "tunnel {name:?}: `key` sets both directions (line {}); give either `key` or `ikey`/`okey`",
-                    position(text, k.span().start).0
-                )));
+                return Err(at(
+                    other.span(),
+                    format!("tunnel {name:?}: `key` sets both directions (line {}); give either `key` or `ikey`/`okey`", position(text, k.span().start).0),
+                ));
             }
         }
         let ikey = t.key.as_ref().or(t.ikey.as_ref()).map(|k| *k.get_ref());
@@ -541,10 +533,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         let rx = (local, remote, ikey, t.mode);
         if let Some(other) = matches.insert(rx, name.clone()) {
             let key = ikey.map_or_else(|| "no key".to_string(), |k| format!("key {k}"));
-            return Err(at(t.name.span(), format!(
-                "tunnel {name:?}: tunnel {other:?} already receives {} from {remote} to {local} with {key}",
-                if t.mode == Mode::Gretap { "frames" } else { "packets" }
-            )));
+            return Err(at(
+                t.name.span(),
+                format!(
+                    "tunnel {name:?}: tunnel {other:?} already receives {} from {remote} to {local} with {key}",
+                    if t.mode == Mode::Gretap { "frames" } else { "packets" }
+                ),
+            ));
         }
         if let Some(k) = &t.keepalive {
             let ka = k.get_ref();
@@ -645,18 +640,12 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 fn unicast(a: IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_loopback() || v4.is_broadcast()),
-        IpAddr::V6(v6) => {
-            !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback() || v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some())
-        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback() || v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some()),
     }
 }
 
 fn valid_ifname(name: &str, max: usize) -> bool {
-    !name.is_empty()
-        && name.len() <= max
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !name.is_empty() && name.len() <= max && name != "." && name != ".." && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl Config {

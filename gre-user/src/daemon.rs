@@ -290,12 +290,7 @@ fn decapsulate_v4(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<
 /// would (tunnel match, checksum policy and checksum) and injects it into the tunnel netdev.
 fn decapsulate(maps: &mut Maps, local: addr::Addr, remote: addr::Addr, body: &[u8], injector: &OwnedFd) -> Result<()> {
     let (h, hlen) = gre::Header::decode(body).map_err(|e| anyhow::anyhow!("GRE header: {e:?}"))?;
-    let mut key = RxKey {
-        local,
-        remote,
-        key: h.key.unwrap_or(0),
-        flags: if h.flags() & FLAG_K != 0 { RX_KEY_PRESENT } else { 0 },
-    };
+    let mut key = RxKey { local, remote, key: h.key.unwrap_or(0), flags: if h.flags() & FLAG_K != 0 { RX_KEY_PRESENT } else { 0 } };
     if h.protocol == gre::PROTO_TEB {
         key.flags |= RX_TEB;
     }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink};
 use gre_common::maps::{Peer, Tunnel, nhrp_role, peer_flags, peer_kind, programs};
 use log::{info, warn};
 use rtnetlink::Handle;
@@ -50,8 +50,7 @@ pub fn ensure_bpffs() -> Result<()> {
     if !is_bpffs {
         info!("mounting bpffs at {BPFFS}");
         fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mounting bpffs at {BPFFS}"))?;
+        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).with_context(|| format!("mounting bpffs at {BPFFS}"))?;
     }
     Ok(())
 }
@@ -287,8 +286,7 @@ where
 fn attach_xdp(prog: &mut Xdp, iface: &str, mode: config::XdpMode) -> Result<aya::programs::xdp::XdpLinkId> {
     let try_mode = |prog: &mut Xdp, m| prog.attach(iface, m);
     match mode {
-        config::XdpMode::Native => try_mode(prog, XdpMode::Driver)
-            .with_context(|| format!("attaching XDP to {iface} in native mode (try xdp_mode = \"skb\")")),
+        config::XdpMode::Native => try_mode(prog, XdpMode::Driver).with_context(|| format!("attaching XDP to {iface} in native mode (try xdp_mode = \"skb\")")),
         config::XdpMode::Skb => try_mode(prog, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface} in skb mode")),
         config::XdpMode::Auto => try_mode(prog, XdpMode::Driver).or_else(|e| {
             warn!("{iface}: native XDP refused ({e}); falling back to generic (skb) mode, which is slower");

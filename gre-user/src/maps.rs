@@ -5,9 +5,11 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key};
 use gre_common::{
-    addr,
-    drop,
-    maps::{EndpointKey, NeighbourKey, RX_KEY_PRESENT, RX_TEB, Event, NbmaKey, NhrpPunt, Peer, PeerKey, Route, RxKey, Tunnel, TunnelState, TunnelStats, names, route_prefix_len, tunnel_flags},
+    addr, drop,
+    maps::{
+        EndpointKey, Event, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, RX_KEY_PRESENT, RX_TEB, Route, RxKey, Tunnel, TunnelState, TunnelStats, names,
+        route_prefix_len, tunnel_flags,
+    },
 };
 
 /// The datapath's maps.
@@ -93,9 +95,7 @@ impl Maps {
         }
         let t = Tunnel { in_use: 1, ..*t };
         self.tunnels.set(id, t, 0).with_context(|| format!("writing tunnel {id} (TUNNELS is full?)"))?;
-        self.inject_ports
-            .insert(id, t.inject_ifindex, None, 0)
-            .with_context(|| format!("adding injection port {} for tunnel {id}", t.inject_ifindex))?;
+        self.inject_ports.insert(id, t.inject_ifindex, None, 0).with_context(|| format!("adding injection port {} for tunnel {id}", t.inject_ifindex))?;
         let rx = rx_key(&t);
         self.rx_match.insert(rx, id, 0).with_context(|| full("RX_MATCH", id))?;
         for remote in [t.remote, [0; 16]] {
@@ -318,12 +318,7 @@ fn full(map: &str, id: u32) -> String {
 pub fn rx_key(t: &Tunnel) -> RxKey {
     let keyed = t.flags & tunnel_flags::IKEY != 0;
     let teb = if t.flags & tunnel_flags::TEB != 0 { RX_TEB } else { 0 };
-    RxKey {
-        local: t.local,
-        remote: t.remote,
-        key: if keyed { t.ikey } else { 0 },
-        flags: if keyed { RX_KEY_PRESENT | teb } else { teb },
-    }
+    RxKey { local: t.local, remote: t.remote, key: if keyed { t.ikey } else { 0 }, flags: if keyed { RX_KEY_PRESENT | teb } else { teb } }
 }
 
 /// Display form of a stored address.

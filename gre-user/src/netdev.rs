@@ -92,12 +92,7 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spe
             bail!("interface {n} exists already; pick another tunnel name or remove it");
         }
     }
-    handle
-        .link()
-        .add(LinkVeth::new(name, inject).build())
-        .execute()
-        .await
-        .with_context(|| format!("creating veth pair {name}/{inject}"))?;
+    handle.link().add(LinkVeth::new(name, inject).build()).execute().await.with_context(|| format!("creating veth pair {name}/{inject}"))?;
     let kernel = get(handle, name).await?;
     let dp = get(handle, inject).await?;
     // No link-local address and no router solicitations: the tunnel stays silent until used, as a
@@ -122,19 +117,9 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spe
             .with_context(|| format!("setting gso_max_segs 1 on {name}"))?;
     }
     // The datapath end gets the same MTU: what goes through it must fit the kernel end anyway.
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(dp.index).mtu(mtu).arp(false).build())
-        .execute()
-        .await
-        .with_context(|| format!("setting MTU on {inject}"))?;
+    handle.link().set(LinkUnspec::new_with_index(dp.index).mtu(mtu).arp(false).build()).execute().await.with_context(|| format!("setting MTU on {inject}"))?;
     for a in addresses {
-        handle
-            .address()
-            .add(kernel.index, a.addr(), a.prefix_len())
-            .execute()
-            .await
-            .with_context(|| format!("adding address {a} to {name}"))?;
+        handle.address().add(kernel.index, a.addr(), a.prefix_len()).execute().await.with_context(|| format!("adding address {a} to {name}"))?;
     }
     Ok((get(handle, name).await?, dp))
 }
@@ -251,12 +236,7 @@ pub async fn first_ipv4(handle: &Handle, ifindex: u32) -> Result<Option<Ipv4Addr
 /// # Errors
 /// Netlink fails.
 pub async fn up(handle: &Handle, index: u32) -> Result<()> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .with_context(|| format!("bringing up link {index}"))
+    handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.with_context(|| format!("bringing up link {index}"))
 }
 
 /// Deletes a link (a veth pair goes with either end). A link that is gone already is fine.

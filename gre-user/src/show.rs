@@ -197,11 +197,26 @@ fn ifname(index: u32) -> String {
 /// The table `gre show` prints.
 #[must_use]
 pub fn table(r: &Report) -> String {
-    let mut rows = vec![[
-        "tunnel", "mode", "state", "interface", "local", "remote", "ikey", "okey", "ttl", "options", "rx packets", "rx bytes", "tx packets",
-        "tx bytes", "drops",
-    ]
-    .map(String::from)];
+    let mut rows = vec![
+        [
+            "tunnel",
+            "mode",
+            "state",
+            "interface",
+            "local",
+            "remote",
+            "ikey",
+            "okey",
+            "ttl",
+            "options",
+            "rx packets",
+            "rx bytes",
+            "tx packets",
+            "tx bytes",
+            "drops",
+        ]
+        .map(String::from),
+    ];
     let opt = |k: Option<u32>| k.map_or_else(|| "-".to_string(), |k| k.to_string());
     for t in &r.tunnels {
         rows.push([
@@ -252,11 +267,12 @@ pub fn table(r: &Report) -> String {
 
 /// The tunnel's non-default options, in ip(8) words.
 fn options(t: &TunnelReport) -> String {
-    let mut o: Vec<String> = [(t.icsum, "icsum"), (t.ocsum, "ocsum"), (t.iseq, "iseq"), (t.oseq, "oseq"), (!t.pmtudisc, "nopmtudisc"), (t.ignore_df, "ignore-df")]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, word)| word.to_string())
-        .collect();
+    let mut o: Vec<String> =
+        [(t.icsum, "icsum"), (t.ocsum, "ocsum"), (t.iseq, "iseq"), (t.oseq, "oseq"), (!t.pmtudisc, "nopmtudisc"), (t.ignore_df, "ignore-df")]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, word)| word.to_string())
+            .collect();
     if t.tos != Setting::Fixed(0) {
         o.push(format!("tos={}", t.tos));
     }

@@ -171,11 +171,7 @@ impl Fixture {
     }
 }
 
-pub fn run(
-    f: impl FnOnce(TestRunOptions<'_>) -> Result<aya::programs::TestRunResult, ProgramError>,
-    input: &[u8],
-    ctx: Option<&[u8]>,
-) -> (u32, Vec<u8>) {
+pub fn run(f: impl FnOnce(TestRunOptions<'_>) -> Result<aya::programs::TestRunResult, ProgramError>, input: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; 4096];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(input);

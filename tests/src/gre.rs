@@ -7,10 +7,7 @@ use anyhow::{Context as _, Result, bail};
 /// Path of the `gre` binary: `GRE_BIN`, or the workspace's debug build.
 #[must_use]
 pub fn bin() -> PathBuf {
-    std::env::var_os("GRE_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gre"),
-        PathBuf::from,
-    )
+    std::env::var_os("GRE_BIN").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gre"), PathBuf::from)
 }
 
 /// Runs `gre -n NETNS -i INSTANCE ARGS…` and returns its standard output.
@@ -25,12 +22,7 @@ pub fn run(netns: &str, instance: &str, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {} (build it with `cargo xtask build`)", bin.display()))?;
     if !out.status.success() {
-        bail!(
-            "gre -n {netns} -i {instance} {} failed ({}):\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("gre -n {netns} -i {instance} {} failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

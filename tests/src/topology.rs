@@ -16,13 +16,7 @@ use anyhow::{Context as _, Result, bail};
 pub fn sh(cmd: &[&str]) -> Result<String> {
     let out = Command::new(cmd[0]).args(&cmd[1..]).output().with_context(|| format!("running {}", cmd.join(" ")))?;
     if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}{}",
-            cmd.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
+        bail!("{} failed ({}): {}{}", cmd.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim(), String::from_utf8_lossy(&out.stdout).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -179,7 +173,9 @@ impl TwoSites {
         lab.link((&a, "eth0", "198.51.100.1/26"), (&wan, "a0", "198.51.100.62/26"))?;
         lab.link((&b, "eth0", "198.51.100.65/26"), (&wan, "b0", "198.51.100.126/26"))?;
         // The IPv6 underlay beside it (no DAD: the addresses are usable at once).
-        for (ns, ifname, addr) in [(&a, "eth0", "2001:db8:1::1/64"), (&wan, "a0", "2001:db8:1::ffff/64"), (&b, "eth0", "2001:db8:2::1/64"), (&wan, "b0", "2001:db8:2::ffff/64")] {
+        for (ns, ifname, addr) in
+            [(&a, "eth0", "2001:db8:1::1/64"), (&wan, "a0", "2001:db8:1::ffff/64"), (&b, "eth0", "2001:db8:2::1/64"), (&wan, "b0", "2001:db8:2::ffff/64")]
+        {
             sh(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname, "nodad"])?;
         }
         ns_sh(&wan, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;

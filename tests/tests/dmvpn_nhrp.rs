@@ -107,7 +107,9 @@ fn spokes_register_resolve_and_go_direct() {
     let _ = std::fs::remove_file(&pcap);
     let decoded: Vec<Value> = serde_json::from_slice(&out.stdout).expect("tshark json");
     assert_eq!(decoded.len(), 4);
-    let f = |p: &Value, k: &str| p["_source"]["layers"][k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap_or_default();
+    let f = |p: &Value, k: &str| {
+        p["_source"]["layers"][k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap_or_default()
+    };
     let mut types = Vec::new();
     for p in &decoded {
         assert!(f(p, "_ws.malformed").is_empty() && f(p, "_ws.expert").is_empty(), "tshark objects to {p}");

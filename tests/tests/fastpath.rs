@@ -33,7 +33,8 @@ fn lan_port(f: &mut Fixture) -> Netdev {
 fn decap_straight_to_a_lan_port() {
     let Some(mut f) = setup("decap_straight_to_a_lan_port") else { return };
     let lan = lan_port(&mut f);
-    let wire = |inner: &[u8]| scapy(&format!("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/Raw({})", hex_bytes(inner)));
+    let wire =
+        |inner: &[u8]| scapy(&format!("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/Raw({})", hex_bytes(inner)));
     let (action, out) = f.decap(&wire(&inner("203.0.113.66", 9, 100)));
     assert_eq!(action, XDP_REDIRECT);
     // Routed as the kernel would: the host's MAC from the neighbour table, TTL 9 -> 8.

@@ -98,7 +98,9 @@ fn decap_accepts_any_peer_and_strict_only_known_ones() {
     let (open, open_dev) = multipoint(&mut f, 0, 100, Some(HUB));
     let (strict, strict_dev) = multipoint(&mut f, tf::STRICT, 200, Some(HUB));
     let inner = packet_to("203.0.113.1");
-    let wire = |from: &str, key: u32| scapy(&format!("Ether()/IP(src='{from}', dst='198.51.100.1')/GRE(key_present=1, key={key}, proto=0x0800)/Raw({})", hex_bytes(&inner)));
+    let wire = |from: &str, key: u32| {
+        scapy(&format!("Ether()/IP(src='{from}', dst='198.51.100.1')/GRE(key_present=1, key={key}, proto=0x0800)/Raw({})", hex_bytes(&inner)))
+    };
     // Any NBMA address may reach an open multipoint tunnel (a spoke not yet known to us).
     let (action, out) = f.decap(&wire("198.51.100.77", 100));
     assert_eq!((action, out[..6].to_vec()), (XDP_REDIRECT, open_dev.mac.to_vec()));

@@ -18,9 +18,23 @@ fn tshark(file: &PathBuf) -> Vec<Value> {
     let mut cmd = Command::new("tshark");
     cmd.arg("-r").arg(file).args(["-Y", "nhrp", "-T", "json"]);
     for f in [
-        "frame.number", "nhrp.hdr.op.type", "nhrp.hdr.hopcnt", "nhrp.hdr.pktsz", "nhrp.hdr.extoff", "nhrp.reqid", "nhrp.flags",
-        "nhrp.src.nbma.addr", "nhrp.src.prot.addr", "nhrp.dst.prot.addr", "nhrp.code", "nhrp.prefix", "nhrp.mtu", "nhrp.htime",
-        "nhrp.ext.type", "nhrp.hdr.chksum.status", "_ws.malformed",
+        "frame.number",
+        "nhrp.hdr.op.type",
+        "nhrp.hdr.hopcnt",
+        "nhrp.hdr.pktsz",
+        "nhrp.hdr.extoff",
+        "nhrp.reqid",
+        "nhrp.flags",
+        "nhrp.src.nbma.addr",
+        "nhrp.src.prot.addr",
+        "nhrp.dst.prot.addr",
+        "nhrp.code",
+        "nhrp.prefix",
+        "nhrp.mtu",
+        "nhrp.htime",
+        "nhrp.ext.type",
+        "nhrp.hdr.chksum.status",
+        "_ws.malformed",
     ] {
         cmd.args(["-e", f]);
     }

@@ -13,17 +13,16 @@ use gre_user::maps::store_addr;
 const SRC_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
 
 fn tunnel(local: &str, remote: &str, flags: u32) -> Tunnel {
-    Tunnel {
-        local: store_addr(local.parse().unwrap()),
-        remote: store_addr(remote.parse().unwrap()),
-        flags,
-        ..Tunnel::default()
-    }
+    Tunnel { local: store_addr(local.parse().unwrap()), remote: store_addr(remote.parse().unwrap()), flags, ..Tunnel::default() }
 }
 
 /// Inner IPv4/UDP with `len` bytes of payload, as scapy builds it.
 fn inner4(tos: u8, ttl: u8, len: usize) -> Vec<u8> {
-    scapy(&format!("IP(src='203.0.113.2', dst='203.0.113.1', tos={tos}, ttl={ttl})/UDP(sport=4000, dport=5000)/Raw(bytes(range(256))*{}+bytes({}))", len / 256, len % 256))
+    scapy(&format!(
+        "IP(src='203.0.113.2', dst='203.0.113.1', tos={tos}, ttl={ttl})/UDP(sport=4000, dport=5000)/Raw(bytes(range(256))*{}+bytes({}))",
+        len / 256,
+        len % 256
+    ))
 }
 
 /// The "full" tunnel: key 7, checksums and sequence numbers both ways, TOS inherited, TTL 64.
@@ -59,12 +58,16 @@ fn checksum_and_sequence_on_receive() {
         ("gap to sequence 9", wire_full(Some(9), true, &inner), None),
         ("no sequence number", wire_full(None, true, &inner), Some(drop::SEQUENCE)),
         ("no checksum", wire_full(Some(10), false, &inner), Some(drop::CHECKSUM_POLICY)),
-        ("corrupted payload", {
-            let mut p = wire_full(Some(10), true, &inner);
-            let last = p.len() - 1;
-            p[last] ^= 0x01;
-            p
-        }, Some(drop::BAD_CHECKSUM)),
+        (
+            "corrupted payload",
+            {
+                let mut p = wire_full(Some(10), true, &inner);
+                let last = p.len() - 1;
+                p[last] ^= 0x01;
+                p
+            },
+            Some(drop::BAD_CHECKSUM),
+        ),
         ("sequence 10 after the rejects", wire_full(Some(10), true, &inner), None),
     ];
     let mut want = TunnelStats::default();
@@ -163,7 +166,8 @@ fn ipv6_outer_both_ways() {
     }
     assert_eq!((f.stats(id).rx_packets, f.stats(id).tx_packets), (2, 1));
     // The same addresses with a key match nothing: a key mismatch for IPv6 endpoints too.
-    let keyed = scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=47)/GRE(key_present=1, key=1, proto=0x86dd)/Raw({})", hex_bytes(&inner6)));
+    let keyed =
+        scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=47)/GRE(key_present=1, key=1, proto=0x86dd)/Raw({})", hex_bytes(&inner6)));
     assert_eq!(f.decap(&keyed).0, XDP_DROP);
     assert_eq!(f.drops()[drop::KEY_MISMATCH as usize], 1);
 }
@@ -212,10 +216,14 @@ fn df_policies() {
 fn keepalives_are_answered_and_counted() {
     let Some(mut f) = setup("keepalives_are_answered_and_counted") else { return };
     // The remote's keepalive: GRE to us carrying a GRE packet addressed back to the remote.
-    let from_remote = scapy("Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:02')/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/IP(src='198.51.100.1', dst='198.51.100.2', ttl=255)/GRE(key_present=1, key=42, proto=0)");
+    let from_remote = scapy(
+        "Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:02')/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/IP(src='198.51.100.1', dst='198.51.100.2', ttl=255)/GRE(key_present=1, key=42, proto=0)",
+    );
     let (action, out) = f.decap(&from_remote);
     assert_eq!(action, XDP_TX, "sent back out of the port it came in on");
-    let expected = scapy("Ether(dst='02:00:00:00:00:02', src='02:00:00:00:00:01')/IP(src='198.51.100.1', dst='198.51.100.2', ttl=254)/GRE(key_present=1, key=42, proto=0)");
+    let expected = scapy(
+        "Ether(dst='02:00:00:00:00:02', src='02:00:00:00:00:01')/IP(src='198.51.100.1', dst='198.51.100.2', ttl=254)/GRE(key_present=1, key=42, proto=0)",
+    );
     assert_eq!(out, expected);
     // Our own keepalive coming back from the remote: counted, consumed, no error.
     let returned = scapy("Ether()/IP(src='198.51.100.2', dst='198.51.100.1', ttl=254)/GRE(key_present=1, key=42, proto=0)");
@@ -266,8 +274,11 @@ fn gretap_frames_both_ways() {
     let (id, dev) = f.add(Tunnel { ikey: 9, okey: 9, ttl: 64, ..tunnel("198.51.100.1", "198.51.100.8", tf::IKEY | tf::OKEY | tf::TEB) });
     // A plain gre tunnel between the same endpoints and key, as the kernel allows.
     let (gre_id, gre_dev) = f.add(Tunnel { ikey: 9, okey: 9, ..tunnel("198.51.100.1", "198.51.100.8", tf::IKEY | tf::OKEY) });
-    let frame = scapy("Ether(dst='02:11:11:11:11:11', src='02:22:22:22:22:22')/IP(src='203.0.113.2', dst='203.0.113.1', ttl=7)/UDP(sport=1, dport=2)/Raw(b'bridged')");
-    let wire = |proto: &str, payload: &[u8]| scapy(&format!("Ether()/IP(src='198.51.100.8', dst='198.51.100.1')/GRE(key_present=1, key=9, proto={proto})/Raw({})", hex_bytes(payload)));
+    let frame =
+        scapy("Ether(dst='02:11:11:11:11:11', src='02:22:22:22:22:22')/IP(src='203.0.113.2', dst='203.0.113.1', ttl=7)/UDP(sport=1, dport=2)/Raw(b'bridged')");
+    let wire = |proto: &str, payload: &[u8]| {
+        scapy(&format!("Ether()/IP(src='198.51.100.8', dst='198.51.100.1')/GRE(key_present=1, key=9, proto={proto})/Raw({})", hex_bytes(payload)))
+    };
     // Decap: the inner frame goes into the gretap netdev as it is.
     let (action, out) = f.decap(&wire("0x6558", &frame));
     assert_eq!(action, XDP_REDIRECT);
@@ -335,13 +346,20 @@ fn ipv6_and_gretap_truncation_and_ipv4_options() {
     let (v6, _) = f.add(tunnel("2001:db8::1", "2001:db8::2", tf::OUTER_V6));
     let (tap, _) = f.add(Tunnel { ikey: 4, okey: 4, ..tunnel("198.51.100.1", "198.51.100.11", tf::IKEY | tf::OKEY | tf::TEB) });
     let inner6 = scapy("IPv6(src='2001:db8:100::2', dst='2001:db8:100::1')/UDP()/Raw(b'six')");
-    let full6 = scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=60)/IPv6ExtHdrDestOpt(nh=47, options=[PadN(optdata=b'\\x00\\x00\\x00\\x00')])/GRE(proto=0x86dd)/Raw({})", hex_bytes(&inner6)));
+    let full6 = scapy(&format!(
+        "Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=60)/IPv6ExtHdrDestOpt(nh=47, options=[PadN(optdata=b'\\x00\\x00\\x00\\x00')])/GRE(proto=0x86dd)/Raw({})",
+        hex_bytes(&inner6)
+    ));
     // Ethernet 14, IPv6 40, destination options 8, GRE 4.
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
         ("IPv6 header cut short", full6[..14 + 30].to_vec(), drop::TRUNCATED),
         ("destination options cut short", full6[..=14 + 40].to_vec(), drop::TRUNCATED),
         ("GRE after IPv6 cut short", full6[..14 + 48 + 2].to_vec(), drop::TRUNCATED),
-        ("gretap frame shorter than an Ethernet header", scapy("Ether()/IP(src='198.51.100.11', dst='198.51.100.1')/GRE(key_present=1, key=4, proto=0x6558)/Raw(b'0123456789')"), drop::TRUNCATED),
+        (
+            "gretap frame shorter than an Ethernet header",
+            scapy("Ether()/IP(src='198.51.100.11', dst='198.51.100.1')/GRE(key_present=1, key=4, proto=0x6558)/Raw(b'0123456789')"),
+            drop::TRUNCATED,
+        ),
     ];
     for (what, input, reason) in cases {
         let before = f.drops()[reason as usize];
@@ -388,7 +406,9 @@ fn a_tunnel_without_its_injection_port_drops_and_counts() {
 fn ip6gretap_both_ways() {
     let Some(mut f) = setup("ip6gretap_both_ways") else { return };
     let (id, dev) = f.add(Tunnel { ikey: 6, okey: 6, ttl: 64, ..tunnel("2001:db8::1", "2001:db8::2", tf::IKEY | tf::OKEY | tf::TEB | tf::OUTER_V6) });
-    let frame = scapy("Ether(dst='02:11:11:11:11:11', src='02:22:22:22:22:22')/IPv6(src='2001:db8:100::2', dst='2001:db8:100::1', tc=0x02)/UDP(sport=1, dport=2)/Raw(b'bridged six')");
+    let frame = scapy(
+        "Ether(dst='02:11:11:11:11:11', src='02:22:22:22:22:22')/IPv6(src='2001:db8:100::2', dst='2001:db8:100::1', tc=0x02)/UDP(sport=1, dport=2)/Raw(b'bridged six')",
+    );
     let wire = scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=47)/GRE(key_present=1, key=6, proto=0x6558)/Raw({})", hex_bytes(&frame)));
     let (action, out) = f.decap(&wire);
     assert_eq!((action, out.clone()), (XDP_REDIRECT, frame.clone()));

@@ -136,8 +136,27 @@ fn tshark_decodes_the_tunnel_traffic() {
     let status = dump.wait().expect("tcpdump wait");
     assert!(status.success(), "tcpdump: {status}");
     let out = sh(&[
-        "tshark", "-r", &pcap.to_string_lossy(), "-T", "json", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto",
-        "-e", "gre.flags_and_version", "-e", "gre.key", "-e", "gre.proto", "-e", "_ws.malformed", "-e", "ip.flags.df",
+        "tshark",
+        "-r",
+        &pcap.to_string_lossy(),
+        "-T",
+        "json",
+        "-e",
+        "ip.src",
+        "-e",
+        "ip.dst",
+        "-e",
+        "ip.proto",
+        "-e",
+        "gre.flags_and_version",
+        "-e",
+        "gre.key",
+        "-e",
+        "gre.proto",
+        "-e",
+        "_ws.malformed",
+        "-e",
+        "ip.flags.df",
     ])
     .expect("tshark");
     let _ = std::fs::remove_file(&pcap);
@@ -151,10 +170,7 @@ fn tshark_decodes_the_tunnel_traffic() {
         let src = field(p, "ip.src").unwrap();
         let dst = field(p, "ip.dst").unwrap();
         // Outer header first: a's underlay to b's, or b's to a's for replies.
-        assert!(
-            (src[0] == A_UNDERLAY && dst[0] == B_UNDERLAY) || (src[0] == B_UNDERLAY && dst[0] == A_UNDERLAY),
-            "outer {src:?} -> {dst:?}"
-        );
+        assert!((src[0] == A_UNDERLAY && dst[0] == B_UNDERLAY) || (src[0] == B_UNDERLAY && dst[0] == A_UNDERLAY), "outer {src:?} -> {dst:?}");
         assert_eq!(field(p, "ip.proto").unwrap()[0], "47");
         assert_eq!(field(p, "gre.flags_and_version").unwrap()[0], "0x2000", "K bit only, version 0");
         assert_eq!(field(p, "gre.key").unwrap()[0], format!("0x{KEY:08x}"));

@@ -57,12 +57,18 @@ fn ip6gre_with_checksums_sequence_and_inherited_tos() {
     let link = ns_sh(&a, &["ip", "link", "show", "gre0"]).unwrap();
     assert!(link.contains("mtu 1444"), "{link}");
 
-    let packets = capture(&sites, "ip6 proto 47", 8, &["ipv6.src", "ipv6.dst", "ipv6.tclass", "ipv6.flow", "gre.flags_and_version", "gre.key", "gre.checksum.status", "gre.sequence_number", "gre.proto"], || {
-        for dst in [B_OVERLAY4, B_OVERLAY6] {
-            // TOS 0xb8 (EF) on the inner packet is inherited by the outer traffic class.
-            ns_sh(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "-Q", "0xb8", dst]).expect("ping");
-        }
-    });
+    let packets = capture(
+        &sites,
+        "ip6 proto 47",
+        8,
+        &["ipv6.src", "ipv6.dst", "ipv6.tclass", "ipv6.flow", "gre.flags_and_version", "gre.key", "gre.checksum.status", "gre.sequence_number", "gre.proto"],
+        || {
+            for dst in [B_OVERLAY4, B_OVERLAY6] {
+                // TOS 0xb8 (EF) on the inner packet is inherited by the outer traffic class.
+                ns_sh(&a, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "-Q", "0xb8", dst]).expect("ping");
+            }
+        },
+    );
     assert_eq!(packets.len(), 8);
     let mut a_seqs = Vec::new();
     for p in &packets {

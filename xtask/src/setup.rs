@@ -8,19 +8,8 @@ use anyhow::{Context as _, Result, bail};
 const LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages: LLVM for bpf-linker's build, and the tools the tests and the demo run.
-const PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-    "iproute2",
-    "procps",
-    "ethtool",
-    "iputils-ping",
-    "tcpdump",
-    "tshark",
-    "python3-scapy",
-];
+const PACKAGES: &[&str] =
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps", "ethtool", "iputils-ping", "tcpdump", "tshark", "python3-scapy"];
 
 pub fn run() -> Result<()> {
     let start = Instant::now();
@@ -69,9 +58,7 @@ fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .copied()
-        .filter(|p| {
-            output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", p])).as_deref() != Some("installed")
-        })
+        .filter(|p| output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", p])).as_deref() != Some("installed"))
         .collect();
     if missing.is_empty() {
         eprintln!("setup: Debian packages: present");
@@ -79,12 +66,7 @@ fn debian_packages() -> Result<()> {
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     status(Command::new("apt-get").args(["update", "-q"]))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn bpf_linker() -> Result<()> {

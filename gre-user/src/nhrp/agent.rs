@@ -134,7 +134,9 @@ impl Agent {
             let (Some(engine), Ok(tunnels)) = (self.engines.get_mut(&id), maps.tunnels()) else { continue };
             let Some(t) = tunnels.into_iter().find(|(i, _)| *i == id).map(|(_, t)| t) else { continue };
             let peers = maps.peers();
-            let lookup = |overlay: IpAddr| peers.iter().find(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::INCOMPLETE).map(|(_, _, p)| show_addr(&p.nbma));
+            let lookup = |overlay: IpAddr| {
+                peers.iter().find(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::INCOMPLETE).map(|(_, _, p)| show_addr(&p.nbma))
+            };
             let actions = engine.receive(remote, &packet, now, &lookup);
             self.apply(maps, sender, id, &t, actions, now);
         }

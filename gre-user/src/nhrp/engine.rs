@@ -285,7 +285,15 @@ mod tests {
     use super::*;
 
     fn hub() -> Engine {
-        Engine::new(Settings { nhs_role: true, overlay: [203, 0, 113, 254].into(), nbma: [198, 51, 100, 10].into(), nhs: None, holdtime: 60, auth: Some(b"secret".to_vec()), mtu: 1400 })
+        Engine::new(Settings {
+            nhs_role: true,
+            overlay: [203, 0, 113, 254].into(),
+            nbma: [198, 51, 100, 10].into(),
+            nhs: None,
+            holdtime: 60,
+            auth: Some(b"secret".to_vec()),
+            mtu: 1400,
+        })
     }
 
     fn spoke(last: u8, nbma: u8) -> Engine {

@@ -323,11 +323,7 @@ impl Packet {
                 let start = e.at;
                 let data = e.take(len, "extension body")?;
                 let kind = t & !COMPULSORY;
-                let body = if ext::carries_cies(kind & 0x3fff) {
-                    ExtBody::Cies(cies(data, start)?)
-                } else {
-                    ExtBody::Raw(data.to_vec())
-                };
+                let body = if ext::carries_cies(kind & 0x3fff) { ExtBody::Cies(cies(data, start)?) } else { ExtBody::Raw(data.to_vec()) };
                 extensions.push(Extension { compulsory: t & COMPULSORY != 0, kind, body });
                 if kind & 0x3fff == ext::END {
                     trailer = buf[e.at..].to_vec();
@@ -591,7 +587,11 @@ mod tests {
                 Extension { compulsory: true, kind: ext::FORWARD_TRANSIT_NHS, body: ExtBody::Cies(vec![]) },
                 Extension { compulsory: true, kind: ext::REVERSE_TRANSIT_NHS, body: ExtBody::Cies(vec![]) },
                 Extension { compulsory: true, kind: ext::AUTHENTICATION, body: ExtBody::Raw(vec![0, 0, 0, 1, b's', b'e', b'c', b'r']) },
-                Extension { compulsory: false, kind: ext::NAT_ADDRESS, body: ExtBody::Cies(vec![Cie { prefix_len: 32, nbma: Address::nsap(&[192, 0, 2, 9]), proto: vec![203, 0, 113, 1], ..Cie::default() }]) },
+                Extension {
+                    compulsory: false,
+                    kind: ext::NAT_ADDRESS,
+                    body: ExtBody::Cies(vec![Cie { prefix_len: 32, nbma: Address::nsap(&[192, 0, 2, 9]), proto: vec![203, 0, 113, 1], ..Cie::default() }]),
+                },
                 Extension { compulsory: true, kind: ext::END, body: ExtBody::Raw(vec![]) },
             ],
             trailer: vec![],
@@ -633,13 +633,8 @@ mod tests {
     #[test]
     fn indications_keep_the_offending_packet() {
         let original = registration().encode(true).unwrap();
-        let p = Packet {
-            kind: kind::ERROR_INDICATION,
-            request_id: (6 << 16) | 20,
-            payload: Payload::Raw(original.clone()),
-            extensions: vec![],
-            ..registration()
-        };
+        let p =
+            Packet { kind: kind::ERROR_INDICATION, request_id: (6 << 16) | 20, payload: Payload::Raw(original.clone()), extensions: vec![], ..registration() };
         let wire = p.encode(true).unwrap();
         let back = Packet::decode(&wire).unwrap();
         assert_eq!(back.payload, Payload::Raw(original));
