@@ -29,6 +29,8 @@ pub mod names {
     pub const NBMA_PEERS: &str = "NBMA_PEERS";
     pub const EVENTS: &str = "EVENTS";
     pub const NHRP_PUNT: &str = "NHRP_PUNT";
+    pub const MULTICAST: &str = "MULTICAST";
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
     pub const DROPS: &str = "DROPS";
 }
 
@@ -42,6 +44,8 @@ pub mod programs {
     pub const NAPI_PASS: &str = "gre_napi_pass";
     /// XDP on LAN ports: encapsulation fast path for routed overlay traffic.
     pub const LAN: &str = "gre_lan";
+    /// TC, tail-called by the encapsulation: one multicast replica per call.
+    pub const REPLICATE: &str = "gre_replicate";
 }
 
 /// `RxKey::flags`: the packet (or tunnel) carries a key.
@@ -264,6 +268,29 @@ pub struct Route {
     pub nexthop: Addr,
 }
 
+/// How many peers one multipoint tunnel replicates multicast to (each replica is one tail call;
+/// the kernel allows 33 in a row).
+pub const MAX_MULTICAST_PEERS: usize = 16;
+
+/// The NBMA addresses a multipoint tunnel replicates multicast to (its peers flagged multicast),
+/// kept by userspace from the peer table; indexed by tunnel id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MulticastPeers {
+    pub count: u32,
+    pub pad0: u32,
+    pub nbma: [Addr; MAX_MULTICAST_PEERS],
+}
+
+impl Default for MulticastPeers {
+    fn default() -> Self {
+        Self { count: 0, pad0: 0, nbma: [[0; 16]; MAX_MULTICAST_PEERS] }
+    }
+}
+
+/// Slot of the replication program in the TAIL_CALLS program array.
+pub const TAIL_REPLICATE: u32 = 0;
+
 /// `Event::kind`.
 pub mod event_kind {
     /// A multipoint tunnel had traffic for an overlay address it has no peer for.
@@ -369,6 +396,7 @@ mod pod {
     unsafe impl aya::Pod for super::NbmaKey {}
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::MulticastPeers {}
     // SAFETY: all of these are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::RxKey {}
     unsafe impl aya::Pod for super::EndpointKey {}

@@ -22,8 +22,8 @@ use gre_common::{
 use crate::{
     csum, fib,
     headers::{self, DEFAULT_TTL, HEADERS_MAX, Headers, Inner},
-    maps::{TUNNELS, TX_BY_IFINDEX},
-    peers, stats,
+    maps::{MULTICAST, TUNNELS, TX_BY_IFINDEX},
+    peers, replicate, stats,
 };
 
 #[inline(always)]
@@ -62,7 +62,11 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     let v6 = t.flags & tunnel_flags::OUTER_V6 != 0;
     let outer_type = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
     // A multipoint tunnel sends each packet to the NBMA address of its overlay next hop.
-    let remote = if t.flags & tunnel_flags::MULTIPOINT != 0 {
+    // Multicast on a multipoint tunnel goes to every peer mapped for it (see replicate.rs).
+    let multicast = t.flags & tunnel_flags::MULTIPOINT != 0 && !teb && peers::is_multicast(&inner.dst);
+    let remote = if multicast {
+        MULTICAST.get(id).filter(|l| l.count > 0).ok_or(drop::NO_PEER)?.nbma[0]
+    } else if t.flags & tunnel_flags::MULTIPOINT != 0 {
         peers::note_relay(id, t, &inner.src, &inner.dst);
         peers::resolve(id, t, &inner.src, &inner.dst)?
     } else {
@@ -112,6 +116,10 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     ctx.store(0, &t.netdev_mac, 0).and_then(|()| ctx.store(12, &outer_type.to_be(), 0)).map_err(|_| drop::ENCAP_FAILED)?;
     if flags & FLAG_C != 0 {
         write_checksum(ctx, ETH_HLEN + h.gre_at, Some(ETH_HLEN + h.len))?;
+    }
+    if multicast {
+        replicate::start(ctx, id, inner_len);
+        return Err(drop::ENCAP_FAILED);
     }
     stats::count_tx(id, u64::from(inner_len));
     // SAFETY: no parameters: the kernel looks the next hop up itself.

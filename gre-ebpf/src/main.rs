@@ -15,6 +15,7 @@ mod lan;
 mod maps;
 mod packet;
 mod peers;
+mod replicate;
 mod stats;
 
 use aya_ebpf::{
@@ -45,6 +46,12 @@ pub fn gre_encap(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// TC, tail-called by `gre_encap` for multicast on a multipoint tunnel: one replica per call.
+#[classifier]
+pub fn gre_replicate(ctx: TcContext) -> i32 {
+    replicate::step(&ctx)
 }
 
 /// XDP on LAN ports: encapsulates routed overlay traffic straight to the underlay when all is

@@ -3,13 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use gre_common::{
     drop,
     maps::{
-        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, NbmaKey, NeighbourKey, Peer, PeerKey, Route, RxKey, Sequence, Tunnel, TunnelState,
-        TunnelStats,
+        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, MulticastPeers, NbmaKey, NeighbourKey, Peer, PeerKey, Route, RxKey, Sequence, Tunnel,
+        TunnelState, TunnelStats,
     },
 };
 
@@ -60,6 +60,18 @@ pub static PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(MAX_PEERS, 
 /// NBMA addresses of each multipoint tunnel's peers (strict mode), with how many peers use each.
 #[map]
 pub static NBMA_PEERS: HashMap<NbmaKey, u32> = HashMap::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// Per multipoint tunnel: the NBMA addresses multicast is replicated to.
+#[map]
+pub static MULTICAST: Array<MulticastPeers> = Array::with_max_entries(MAX_TUNNELS, 0);
+
+/// Programs the encapsulation tail-calls (a fresh 512-byte stack each): multicast replication.
+#[map]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// Per CPU: the multicast replication in progress (tunnel, next replica, inner length).
+#[map]
+pub static REPLICATION: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Datapath → daemon: resolution wanted (rate-limited per destination).
 #[map]

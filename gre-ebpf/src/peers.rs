@@ -90,3 +90,12 @@ fn tell(kind: u32, id: u32, target: &Addr, source: &Addr) {
     // A full ring drops the event: the next packet (after a second) asks again.
     let _ = EVENTS.output::<Event>(&event, 0);
 }
+
+/// True for an IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) multicast destination.
+#[inline(always)]
+pub fn is_multicast(dst: &Addr) -> bool {
+    match gre_common::addr::to_v4(dst) {
+        Some(v4) => v4[0] & 0xf0 == 0xe0,
+        None => dst[0] == 0xff,
+    }
+}

@@ -125,6 +125,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
     }
     let mut ebpf = aya::EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
     let mut maps = Maps::from_ebpf(&mut ebpf, Some(&dir.join("maps")))?;
+    maps.install_tail_calls(&mut ebpf)?;
 
     // Tunnel netdevs and their map entries first: the datapath must find a tunnel whole.
     let mut netdevs = Vec::new();
@@ -150,10 +151,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
             if fs::read_to_string(&sysctl).is_ok_and(|v| v.trim() == "0") {
                 warn!("tunnel {}: {sysctl} is 0: ARP and other non-IP frames of this gretap will be dropped (no_neighbour) until forwarding is on", t.name);
             }
-            if netdev::manage_neighbour(handle, ifindex, hop).await? {
-                undo.neighbours.push((ifindex, hop));
-                maps.record_neighbour(ifindex, hop)?;
-            }
+            keep_resolved(handle, undo, &mut maps, ifindex, hop).await?;
         }
         let entry = Tunnel { mtu, ..datapath_entry(t, &kernel, &inject, &underlay) };
         maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
@@ -181,6 +179,8 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
             pin_link(FdLink::try_from(encap.take_link(id)?)?, &links.join(format!("encap@{}", t.name)))?;
         }
         encap.pin(progs.join(programs::ENCAP)).context("pinning the encapsulation program")?;
+        let replicate: &mut SchedClassifier = program(&mut ebpf, programs::REPLICATE)?;
+        replicate.pin(progs.join(programs::REPLICATE)).context("pinning the replication program")?;
     }
     {
         // Every port may be a fast-path target; underlay ports decapsulate, LAN ports take the
@@ -214,6 +214,21 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         let flags = if p.multicast { peer_flags::MULTICAST } else { 0 };
         let entry = Peer { nbma: store_addr(p.nbma), kind: peer_kind::STATIC, flags, ..Peer::default() };
         maps.set_peer(u32::try_from(p.tunnel).unwrap_or(u32::MAX), p.overlay, &entry)?;
+        if p.multicast {
+            // Multicast replicas are cloned straight to the underlay next hop (replicate.rs).
+            let (ifindex, hop) = netdev::next_hop(handle, p.nbma).await.with_context(|| format!("multicast peer {}", p.overlay))?;
+            keep_resolved(handle, undo, &mut maps, ifindex, hop).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Has the kernel keep underlay neighbour `hop` resolved for the datapath, undone on failure and
+/// at `gre down`.
+async fn keep_resolved(handle: &Handle, undo: &mut Undo, maps: &mut Maps, ifindex: u32, hop: std::net::IpAddr) -> Result<()> {
+    if !undo.neighbours.contains(&(ifindex, hop)) && netdev::manage_neighbour(handle, ifindex, hop).await? {
+        undo.neighbours.push((ifindex, hop));
+        maps.record_neighbour(ifindex, hop)?;
     }
     Ok(())
 }

@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key};
+use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key};
 use gre_common::{
     addr, drop,
     maps::{
-        EndpointKey, Event, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, RX_KEY_PRESENT, RX_TEB, Route, RxKey, Tunnel, TunnelState, TunnelStats, names,
-        route_prefix_len, tunnel_flags,
+        EndpointKey, Event, MAX_MULTICAST_PEERS, MulticastPeers, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, RX_KEY_PRESENT, RX_TEB, Route, RxKey, Tunnel,
+        TunnelState, TunnelStats, names, peer_flags, peer_kind, route_prefix_len, tunnel_flags,
     },
 };
 
@@ -25,6 +25,8 @@ pub struct Maps {
     routes: LpmTrie<MapData, [u8; 16], Route>,
     peers: HashMap<MapData, PeerKey, Peer>,
     nbma_peers: HashMap<MapData, NbmaKey, u32>,
+    multicast: Array<MapData, MulticastPeers>,
+    tail_calls: ProgramArray<MapData>,
     ports: DevMapHash<MapData>,
     state: Array<MapData, TunnelState>,
     events: RingBuf<MapData>,
@@ -32,6 +34,23 @@ pub struct Maps {
 }
 
 impl Maps {
+    /// Loads the multicast replication program and puts it where the encapsulation tail-calls
+    /// it.
+    ///
+    /// # Errors
+    /// The program does not load or the map refuses it.
+    pub fn install_tail_calls(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        let prog: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut(gre_common::maps::programs::REPLICATE)
+            .context("the eBPF object has no replication program")?
+            .try_into()
+            .context("the replication program has an unexpected type")?;
+        crate::loader::load(|| prog.load()).context("loading the replication program")?;
+        let fd = prog.fd().context("replication program")?;
+        self.tail_calls.set(gre_common::maps::TAIL_REPLICATE, fd, 0).context("installing the replication program")?;
+        Ok(())
+    }
+
     /// Takes the maps out of a loaded object, pinning each under `pin_dir` if given.
     ///
     /// # Errors
@@ -77,6 +96,8 @@ impl Maps {
             routes: typed(names::ROUTES, get(names::ROUTES)?)?,
             peers: typed(names::PEERS, get(names::PEERS)?)?,
             nbma_peers: typed(names::NBMA_PEERS, get(names::NBMA_PEERS)?)?,
+            multicast: typed(names::MULTICAST, get(names::MULTICAST)?)?,
+            tail_calls: typed(names::TAIL_CALLS, get(names::TAIL_CALLS)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
             state: typed(names::TUNNEL_STATE, get(names::TUNNEL_STATE)?)?,
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
@@ -247,7 +268,28 @@ impl Maps {
         self.peers.insert(key, peer, 0).with_context(|| format!("adding peer {overlay} (PEERS is full?)"))?;
         let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: peer.nbma };
         let users = self.nbma_peers.get(&nbma, 0).unwrap_or(0);
-        self.nbma_peers.insert(nbma, users + 1, 0).context("indexing the peer's NBMA address (NBMA_PEERS is full?)")
+        self.nbma_peers.insert(nbma, users + 1, 0).context("indexing the peer's NBMA address (NBMA_PEERS is full?)")?;
+        self.refresh_multicast(id)
+    }
+
+    /// Rebuilds tunnel `id`'s multicast list from its peers flagged multicast (distinct NBMA
+    /// addresses, at most MAX_MULTICAST_PEERS; more are reported).
+    fn refresh_multicast(&mut self, id: u32) -> Result<()> {
+        let mut list = MulticastPeers::default();
+        let mut n = 0;
+        for (_, _, p) in self.peers().into_iter().filter(|(t, _, p)| *t == id && p.flags & peer_flags::MULTICAST != 0 && p.kind != peer_kind::INCOMPLETE) {
+            if list.nbma[..n].contains(&p.nbma) {
+                continue;
+            }
+            if n == MAX_MULTICAST_PEERS {
+                log::warn!("tunnel {id}: more than {MAX_MULTICAST_PEERS} multicast peers; the others get no multicast");
+                break;
+            }
+            list.nbma[n] = p.nbma;
+            n += 1;
+        }
+        list.count = u32::try_from(n).unwrap_or(0);
+        self.multicast.set(id, list, 0).context("writing MULTICAST")
     }
 
     /// Removes a peer of multipoint tunnel `id`; false if there was none.
@@ -255,7 +297,11 @@ impl Maps {
         let key = PeerKey { tunnel: id, pad0: 0, overlay: store_addr(overlay) };
         let Ok(old) = self.peers.get(&key, 0) else { return false };
         self.release_nbma(id, &old.nbma);
-        self.peers.remove(&key).is_ok()
+        let removed = self.peers.remove(&key).is_ok();
+        if let Err(e) = self.refresh_multicast(id) {
+            log::warn!("{e:#}");
+        }
+        removed
     }
 
     fn release_nbma(&mut self, id: u32, nbma: &gre_common::addr::Addr) {

@@ -90,6 +90,7 @@ impl Fixture {
         let plain = veth("t1");
         let mut ebpf = EbpfLoader::new().load(gre_user::EBPF_OBJECT).expect("load object");
         let mut maps = Maps::from_ebpf(&mut ebpf, None).expect("maps");
+        maps.install_tail_calls(&mut ebpf).expect("tail calls");
         for (id, dev, remote, key, ttl) in [(0, keyed, KEYED_REMOTE, Some(KEY), 0), (1, plain, PLAIN_REMOTE, None, 64)] {
             let flags = if key.is_some() { tunnel_flags::IKEY | tunnel_flags::OKEY } else { 0 };
             let t = Tunnel {

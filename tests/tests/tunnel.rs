@@ -81,7 +81,7 @@ fn keyed_tunnel_carries_ping_and_tcp() {
         .expect("pinned programs")
         .map(|e| aya::programs::ProgramInfo::from_pin(e.unwrap().path()).expect("program info").id())
         .collect();
-    assert_eq!(prog_ids.len(), 4, "decap, encap, LAN and the NAPI program are pinned");
+    assert_eq!(prog_ids.len(), 5, "decap, encap, replicate, LAN and the NAPI program are pinned");
     sites.lab.gre_down(&b, &ib).expect("gre down");
     // The kernel frees released programs after an RCU grace period: give it a moment.
     let still_loaded = || -> Vec<u32> {

@@ -1,0 +1,95 @@
+//! Multicast on a multipoint tunnel (routing-protocol hellos) goes to every peer mapped for
+//! multicast. The encapsulation writes the headers for the first peer and tail-calls this
+//! program, which sends a clone to the next peer (its outer destination, checksum and MACs
+//! rewritten) and tail-calls itself, one replica per call — each call has a stack of its own —
+//! and at the end sends the packet itself to the first peer.
+
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::{bpf_clone_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use gre_common::{
+    addr::Addr,
+    drop,
+    gre::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPV4_HLEN},
+    maps::{MAX_MULTICAST_PEERS, TAIL_REPLICATE, Tunnel, tunnel_flags},
+};
+
+use crate::{
+    csum, fib,
+    maps::{MULTICAST, REPLICATION, TAIL_CALLS, TUNNELS},
+    stats,
+};
+
+/// Starts the replication of the packet in `ctx` (headers written for peer 0). Returns only if
+/// the tail call failed.
+#[inline(always)]
+pub fn start(ctx: &TcContext, id: u32, inner_len: u32) {
+    if let Some(state) = REPLICATION.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, used by one program run at a time.
+        unsafe { *state = [id, 1, inner_len, 0] };
+        // SAFETY: the slot holds our replication program, or the call falls through.
+        unsafe { TAIL_CALLS.tail_call(ctx, TAIL_REPLICATE) };
+    }
+}
+
+#[inline(always)]
+pub fn step(ctx: &TcContext) -> i32 {
+    let Some(state) = REPLICATION.get_ptr_mut(0) else { return TC_ACT_SHOT };
+    // SAFETY: as above.
+    let [id, next, inner_len, _] = unsafe { *state };
+    let (Some(t), Some(list)) = (TUNNELS.get(id), MULTICAST.get(id)) else { return TC_ACT_SHOT };
+    let count = list.count.min(MAX_MULTICAST_PEERS as u32);
+    if next < count {
+        let nbma = list.nbma[(next as usize) & (MAX_MULTICAST_PEERS - 1)];
+        if rewrite(ctx, t, &nbma).is_some() {
+            // SAFETY: a clone of this packet to the underlay.
+            if unsafe { bpf_clone_redirect(ctx.skb.skb, t.underlay_ifindex, 0) } == 0 {
+                stats::count_tx(id, u64::from(inner_len));
+            }
+        } else {
+            stats::tunnel_drop(id, drop::NO_NEIGHBOUR);
+        }
+        // SAFETY: as above.
+        unsafe { (*state)[1] = next + 1 };
+        if next + 1 < count {
+            // SAFETY: as in `start`.
+            unsafe { TAIL_CALLS.tail_call(ctx, TAIL_REPLICATE) };
+            return TC_ACT_SHOT;
+        }
+    }
+    // Last: the packet itself goes to the first peer, the kernel resolving its next hop.
+    let first = list.nbma[0];
+    if rewrite(ctx, t, &first).is_none() {
+        return TC_ACT_SHOT;
+    }
+    stats::count_tx(id, u64::from(inner_len));
+    // SAFETY: no parameters: the kernel looks the next hop up itself.
+    #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
+    let r = unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    r
+}
+
+/// Points the outer header at `nbma` (IPv4 checksum recomputed) and fills the MACs toward it.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, t: &Tunnel, nbma: &Addr) -> Option<()> {
+    let (smac, dmac) = fib::tunnel_next_hop(ctx.skb.skb.cast(), t, nbma)?;
+    let v6 = t.flags & tunnel_flags::OUTER_V6 != 0;
+    if v6 {
+        ctx.store(ETH_HLEN + 24, nbma, 0).ok()?;
+    } else {
+        let mut ip: [u8; IPV4_HLEN] = ctx.load(ETH_HLEN).ok()?;
+        ip[16..20].copy_from_slice(&nbma[12..]);
+        ip[10] = 0;
+        ip[11] = 0;
+        let c = csum::ipv4_header(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ctx.store(ETH_HLEN, &ip, 0).ok()?;
+    }
+    let mut eth = [0u8; ETH_HLEN];
+    eth[..6].copy_from_slice(&dmac);
+    eth[6..12].copy_from_slice(&smac);
+    eth[12..].copy_from_slice(&(if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 }).to_be_bytes());
+    ctx.store(0, &eth, 0).ok()
+}
