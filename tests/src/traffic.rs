@@ -3,7 +3,7 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
@@ -122,4 +122,53 @@ pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u
     })?;
     let got = receiver.join().map_err(|_| anyhow!("receiver panicked"))??;
     Ok((sent, got))
+}
+
+/// A multicast group of the documentation range (RFC 5771 MCAST-TEST-NET) and a port for it.
+pub const GROUP: (Ipv4Addr, u16) = (Ipv4Addr::new(233, 252, 0, 1), 5405);
+
+/// A UDP socket in `ns` that has joined [`GROUP`] on the interface with address `on`.
+///
+/// # Errors
+/// The namespace cannot be entered or the socket calls fail.
+pub fn group_member(ns: &str, on: Ipv4Addr) -> Result<UdpSocket> {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind(GROUP)?;
+        s.join_multicast_v4(&GROUP.0, &on)?;
+        s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        Ok(s)
+    })
+}
+
+/// Sends `count` datagrams `[b'm', n]` to [`GROUP`] from address `from` in `ns` (a route for
+/// the group must lead into the tunnel), with IP TTL `ttl`.
+///
+/// # Errors
+/// The namespace cannot be entered or the socket calls fail.
+pub fn send_to_group(ns: &str, from: Ipv4Addr, ttl: u32, count: u8) -> Result<()> {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind((from, 0))?;
+        s.set_multicast_ttl_v4(ttl)?;
+        for n in 0..count {
+            s.send_to(&[b'm', n], GROUP)?;
+        }
+        Ok(())
+    })
+}
+
+/// Receives the `count` datagrams [`send_to_group`] sent, in order.
+///
+/// # Errors
+/// One is missing (1.5 s timeout), or differs.
+pub fn receive_from_group(s: &UdpSocket, count: u8) -> Result<SocketAddr> {
+    let mut buf = [0u8; 16];
+    let mut from = None;
+    for n in 0..count {
+        let (len, f) = s.recv_from(&mut buf).with_context(|| format!("multicast datagram {n}"))?;
+        if buf[..len] != [b'm', n] {
+            bail!("multicast datagram {n}: got {:?}", &buf[..len]);
+        }
+        from = Some(f);
+    }
+    from.context("no datagram asked for")
 }

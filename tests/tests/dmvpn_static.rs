@@ -46,12 +46,8 @@ fn spokes_talk_through_the_hub_or_direct() {
     assert_eq!(peers[0]["kind"], "static");
 }
 
-/// A multicast group of the documentation range (RFC 5771 MCAST-TEST-NET).
-const GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(233, 252, 0, 1);
-
 #[test]
 fn multicast_reaches_every_mapped_peer() {
-    use std::{net::UdpSocket, time::Duration};
     if !privilege::require_root("multicast_reaches_every_mapped_peer") {
         return;
     }
@@ -74,34 +70,15 @@ fn multicast_reaches_every_mapped_peer() {
         let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhs, &[(HUB, HUB_NBMA)]);
         t.lab.gre_up(ns, &format!("s{i}"), &c).unwrap();
     }
-    let receivers: Vec<UdpSocket> = (1..=3u8)
-        .zip(&spokes)
-        .map(|(i, ns)| {
-            let me: std::net::Ipv4Addr = HubAndSpokes::spoke_overlay(i).parse().unwrap();
-            traffic::in_netns(ns, move || {
-                let s = UdpSocket::bind((GROUP, 5405))?;
-                s.join_multicast_v4(&GROUP, &me)?;
-                s.set_read_timeout(Some(Duration::from_millis(1500)))?;
-                Ok(s)
-            })
-            .expect("receiver")
-        })
-        .collect();
+    let members: Vec<_> = (1..=3u8).zip(&spokes).map(|(i, ns)| traffic::group_member(ns, HubAndSpokes::spoke_overlay(i).parse().unwrap()).unwrap()).collect();
     ns_sh(&hub, &["ip", "route", "add", "233.252.0.0/24", "dev", "gre0"]).unwrap();
-    let sender = traffic::in_netns(&hub, || Ok(UdpSocket::bind((HUB.parse::<std::net::Ipv4Addr>()?, 0))?)).expect("sender");
     let before = counters(&hub, &ih);
-    for n in 0..3u8 {
-        sender.send_to(&[b'm', n], (GROUP, 5405)).unwrap();
+    traffic::send_to_group(&hub, HUB.parse().unwrap(), 1, 3).expect("send");
+    for (i, m) in members.iter().enumerate().take(2) {
+        let from = traffic::receive_from_group(m, 3).unwrap_or_else(|e| panic!("spoke {}: {e:#}", i + 1));
+        assert_eq!(from.ip().to_string(), HUB);
     }
-    let mut buf = [0u8; 16];
-    for (i, r) in receivers.iter().enumerate().take(2) {
-        for n in 0..3u8 {
-            let (len, from) = r.recv_from(&mut buf).unwrap_or_else(|e| panic!("spoke {} datagram {n}: {e}", i + 1));
-            assert_eq!(&buf[..len], &[b'm', n]);
-            assert_eq!(from.ip().to_string(), HUB);
-        }
-    }
-    assert!(receivers[2].recv_from(&mut buf).is_err(), "spoke 3 is not mapped for multicast");
+    assert!(traffic::receive_from_group(&members[2], 1).is_err(), "spoke 3 is not mapped for multicast");
     let after = counters(&hub, &ih);
     assert_eq!(after.1 - before.1, 6, "one replica per mapped peer");
     let peers = gre::show(&hub, &ih).unwrap()["peers"].clone();
