@@ -1,6 +1,7 @@
 //! DMVPN with NHRP: a hub (NHS) and spokes (NHC) that know only the hub. The spokes register,
 //! the hub learns them; spoke-to-spoke traffic starts through the hub, the spokes resolve each
-//! other through it, and then talk directly (phase 2). Registrations expire without refresh.
+//! other through it, and then talk directly (phase 2). Registrations expire without refresh and
+//! come back when the spoke does; multicast follows the registrations.
 
 use std::{process::Command, thread, time::Duration};
 
@@ -152,6 +153,16 @@ fn spokes_register_resolve_and_go_direct() {
         traffic::receive_from_group(m, 2).unwrap_or_else(|e| panic!("spoke {}: {e:#}", i + 1));
     }
     assert!(traffic::receive_from_group(&members[2], 1).is_err(), "spoke 3's registration expired");
+
+    // A restarted spoke registers again, with its NBMA address, and gets multicast again.
+    spoke_daemons[2] = Some(Daemon::start(&spokes[2].0, &spokes[2].1));
+    wait_for("spoke 3 to register again", 10, || peer(&peers(&hub, &ih), "203.0.113.3").is_some());
+    let list = peers(&hub, &ih);
+    assert_eq!(peer(&list, "203.0.113.3").unwrap()["nbma"], HubAndSpokes::spoke_nbma(3).as_str());
+    traffic::send_to_group(&hub, HUB_OVERLAY.parse().unwrap(), 8, 1).expect("send");
+    for (i, m) in members.iter().enumerate() {
+        traffic::receive_from_group(m, 1).unwrap_or_else(|e| panic!("spoke {} after the restart: {e:#}", i + 1));
+    }
 }
 
 #[test]
