@@ -34,6 +34,9 @@ enum Command {
     Down,
     /// Show tunnels, counters and drops of a running instance.
     Show {
+        /// Only this part: `peers` (the NHRP cache) or `nhs` (next-hop servers and their state).
+        #[arg(value_enum)]
+        part: Option<show::Part>,
         /// JSON on one line.
         #[arg(short = 'j', long)]
         json: bool,
@@ -91,14 +94,26 @@ async fn run(cli: Cli) -> Result<()> {
             loader::down(&cli.instance).await?;
             log::info!("instance {} is down", cli.instance);
         }
-        Command::Show { json, pretty } => {
+        Command::Show { part, json, pretty } => {
             let r = show::report(&cli.instance)?;
+            let value = match part {
+                None => serde_json::to_value(&r)?,
+                Some(show::Part::Peers) => serde_json::to_value(&r.peers)?,
+                Some(show::Part::Nhs) => serde_json::to_value(&r.nhs)?,
+            };
             if pretty {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else if json {
-                println!("{}", serde_json::to_string(&r)?);
+                println!("{value}");
             } else {
-                print!("{}", show::table(&r));
+                print!(
+                    "{}",
+                    match part {
+                        None => show::table(&r),
+                        Some(show::Part::Peers) => show::peers_table(&r.peers),
+                        Some(show::Part::Nhs) => show::nhs_table(&r.nhs),
+                    }
+                );
             }
         }
         Command::Daemon => daemon::run(&cli.instance).await?,

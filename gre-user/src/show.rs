@@ -16,6 +16,13 @@ use crate::{
     maps::{Maps, show_addr},
 };
 
+/// What `gre show PART` shows alone.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Part {
+    Peers,
+    Nhs,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub instance: String,
@@ -24,8 +31,21 @@ pub struct Report {
     pub routes: Vec<RouteReport>,
     /// Peers of multipoint tunnels (the NHRP cache).
     pub peers: Vec<PeerReport>,
+    /// Next-hop servers of multipoint tunnels that have one, with their registration state.
+    pub nhs: Vec<NhsReport>,
     /// Drops by reason name (every reason, zeros included).
     pub drops: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NhsReport {
+    pub tunnel: String,
+    pub overlay: String,
+    /// From the NHS's peer entry; `null` if it has none (nothing can reach it).
+    pub nbma: Option<String>,
+    /// "up" once it accepted our registration, "down" when it stopped answering, "unknown"
+    /// while `gre daemon` is not running or has not heard back yet.
+    pub state: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,7 +194,22 @@ pub fn report(instance: &str) -> Result<Report> {
         .collect();
     let addr = |s: &str| s.parse::<std::net::IpAddr>().ok();
     peers.sort_by(|a, b| (&a.tunnel, addr(&a.overlay)).cmp(&(&b.tunnel, addr(&b.overlay))));
-    Ok(Report { instance: instance.to_string(), tunnels, routes, peers, drops })
+    let nhs = maps
+        .tunnels()?
+        .into_iter()
+        .filter(|(_, t)| t.flags & tunnel_flags::MULTIPOINT != 0 && t.nhs != [0; 16])
+        .map(|(id, t)| {
+            let name = tunnels.iter().find(|r| r.id == id).map_or_else(|| format!("#{id}"), |r| r.name.clone());
+            let overlay = show_addr(&t.nhs).to_string();
+            NhsReport {
+                nbma: peers.iter().find(|p| p.tunnel == name && p.overlay == overlay).map(|p| p.nbma.clone()),
+                state: tunnels.iter().find(|r| r.id == id).map_or("unknown", |r| r.state),
+                tunnel: name,
+                overlay,
+            }
+        })
+        .collect();
+    Ok(Report { instance: instance.to_string(), tunnels, routes, peers, nhs, drops })
 }
 
 fn key(t: &Tunnel, flag: u32, value: u32) -> Option<u32> {
@@ -246,12 +281,8 @@ pub fn table(r: &Report) -> String {
         out += &columns(&routes);
     }
     if !r.peers.is_empty() {
-        let mut peers = vec![["peer", "tunnel", "nbma", "kind", "expires in"].map(String::from)];
-        peers.extend(r.peers.iter().map(|p| {
-            [p.overlay.clone(), p.tunnel.clone(), p.nbma.clone(), p.kind.to_string(), p.expires_in.map_or_else(|| "never".to_string(), |s| format!("{s}s"))]
-        }));
         out.push('\n');
-        out += &columns(&peers);
+        out += &peers_table(&r.peers);
     }
     // Only the reasons that happened; `-j` lists them all.
     let mut drops = vec![["drop reason".to_string(), "packets".to_string()]];
@@ -263,6 +294,31 @@ pub fn table(r: &Report) -> String {
         out += &columns(&drops);
     }
     out
+}
+
+/// `gre show peers`: the NHRP cache.
+#[must_use]
+pub fn peers_table(peers: &[PeerReport]) -> String {
+    let mut rows = vec![["peer", "tunnel", "nbma", "kind", "multicast", "expires in"].map(String::from)];
+    rows.extend(peers.iter().map(|p| {
+        [
+            p.overlay.clone(),
+            p.tunnel.clone(),
+            p.nbma.clone(),
+            p.kind.to_string(),
+            if p.multicast { "yes" } else { "no" }.to_string(),
+            p.expires_in.map_or_else(|| "never".to_string(), |s| format!("{s}s")),
+        ]
+    }));
+    columns(&rows)
+}
+
+/// `gre show nhs`: each tunnel's next-hop server and whether it has our registration.
+#[must_use]
+pub fn nhs_table(nhs: &[NhsReport]) -> String {
+    let mut rows = vec![["tunnel", "nhs", "nbma", "state"].map(String::from)];
+    rows.extend(nhs.iter().map(|n| [n.tunnel.clone(), n.overlay.clone(), n.nbma.clone().unwrap_or_else(|| "-".to_string()), n.state.to_string()]));
+    columns(&rows)
 }
 
 /// The tunnel's non-default options, in ip(8) words.

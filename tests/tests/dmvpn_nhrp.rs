@@ -76,7 +76,19 @@ fn spokes_register_resolve_and_go_direct() {
     }
     for (ns, inst) in &spokes {
         wait_for("the NHS up on every spoke", 10, || gre::show(ns, inst).unwrap()["tunnels"][0]["state"] == "up");
+        let nhs: Value = serde_json::from_str(&gre::run(ns, inst, &["show", "nhs", "-j"]).unwrap()).unwrap();
+        assert_eq!(nhs, serde_json::json!([{ "tunnel": "gre0", "overlay": HUB_OVERLAY, "nbma": HUB_NBMA, "state": "up" }]));
+        let table = gre::run(ns, inst, &["show", "nhs"]).unwrap();
+        assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().eq(["gre0", HUB_OVERLAY, HUB_NBMA, "up"])), "{table}");
     }
+    // `gre show peers` is the peer list of `gre show`, alone (expiry counts down between reads).
+    let undated = |mut v: Value| {
+        v.as_array_mut().unwrap().iter_mut().for_each(|p| p["expires_in"] = Value::Null);
+        v
+    };
+    let alone: Value = serde_json::from_str(&gre::run(&hub, &ih, &["show", "peers", "-j"]).unwrap()).unwrap();
+    assert_eq!(undated(alone), undated(gre::show(&hub, &ih).unwrap()["peers"].clone()));
+    assert_eq!(gre::run(&hub, &ih, &["show", "nhs", "-j"]).unwrap().trim(), "[]", "the hub has no NHS");
 
     // What tshark's NHRP dissector makes of what we send: registrations and resolutions both
     // ways, well formed, with the fields we meant.
