@@ -369,7 +369,18 @@ pub struct TunnelState {
     /// Packets that arrived as fragments, were reassembled by the kernel and decapsulated by the
     /// daemon.
     pub reassembled: u64,
+    /// NHRP messages received, by packet type (index = type − 1; RFC 2332 types 1–7 and the
+    /// Traffic Indication, 8).
+    pub nhrp_rx: [u64; NHRP_TYPES],
+    /// NHRP messages sent, by packet type as above.
+    pub nhrp_tx: [u64; NHRP_TYPES],
+    /// NHRP messages received that did not decode or were of no known type, and messages that
+    /// could not be sent.
+    pub nhrp_errors: u64,
 }
+
+/// NHRP packet types counted in [`TunnelState`].
+pub const NHRP_TYPES: usize = 8;
 
 /// Prefix length of an IPv4 prefix stored as an IPv4-mapped address in the overlay route table.
 #[must_use]

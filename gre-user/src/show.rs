@@ -6,7 +6,7 @@ use std::{ffi::CStr, fmt::Write as _};
 use anyhow::Result;
 use gre_common::{
     drop,
-    maps::{Tunnel, tunnel_flags, tunnel_state},
+    maps::{NHRP_TYPES, Tunnel, tunnel_flags, tunnel_state},
 };
 use serde::Serialize;
 
@@ -14,6 +14,7 @@ use crate::{
     config::Setting,
     loader,
     maps::{Maps, show_addr},
+    nhrp::wire::kind,
 };
 
 /// What `gre show PART` shows alone.
@@ -108,6 +109,11 @@ pub struct TunnelReport {
     pub keepalives_returned: u64,
     /// NHRP packets handed to `gre daemon`.
     pub nhrp_punted: u64,
+    /// NHRP messages `gre daemon` received and sent, by type (`resolution_request`, …,
+    /// `traffic_indication`), and those it could not decode or send.
+    pub nhrp_received: serde_json::Map<String, serde_json::Value>,
+    pub nhrp_sent: serde_json::Map<String, serde_json::Value>,
+    pub nhrp_errors: u64,
     /// Of rx_packets: decapsulated straight to a LAN port.
     pub fast_rx: u64,
     /// Of tx_packets: encapsulated straight from a LAN port.
@@ -164,6 +170,9 @@ pub fn report(instance: &str) -> Result<Report> {
             keepalives_answered: s.keepalives_answered,
             keepalives_returned: s.keepalives_returned,
             nhrp_punted: s.nhrp_punted,
+            nhrp_received: by_nhrp_type(&st.nhrp_rx),
+            nhrp_sent: by_nhrp_type(&st.nhrp_tx),
+            nhrp_errors: st.nhrp_errors,
             fast_rx: s.fast_rx,
             fast_tx: s.fast_tx,
             drops: drop::NAMES.iter().zip(s.drops).map(|(n, v)| ((*n).to_string(), v.into())).collect(),
@@ -210,6 +219,11 @@ pub fn report(instance: &str) -> Result<Report> {
         })
         .collect();
     Ok(Report { instance: instance.to_string(), tunnels, routes, peers, nhs, drops })
+}
+
+/// NHRP counters keyed by the type's name in snake case.
+fn by_nhrp_type(counts: &[u64; NHRP_TYPES]) -> serde_json::Map<String, serde_json::Value> {
+    (1u8..).zip(counts).map(|(k, v)| (kind::name(k).to_lowercase().replace(' ', "_"), (*v).into())).collect()
 }
 
 fn key(t: &Tunnel, flag: u32, value: u32) -> Option<u32> {
@@ -283,6 +297,24 @@ pub fn table(r: &Report) -> String {
     if !r.peers.is_empty() {
         out.push('\n');
         out += &peers_table(&r.peers);
+    }
+    // NHRP messages of the tunnels that had any, one row per type seen.
+    let mut nhrp = vec![["nhrp message", "tunnel", "received", "sent"].map(String::from)];
+    for t in &r.tunnels {
+        for (name, rx) in &t.nhrp_received {
+            let tx = t.nhrp_sent.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let rx = rx.as_u64().unwrap_or(0);
+            if rx + tx > 0 {
+                nhrp.push([name.clone(), t.name.clone(), rx.to_string(), tx.to_string()]);
+            }
+        }
+        if t.nhrp_errors > 0 {
+            nhrp.push(["errors".to_string(), t.name.clone(), t.nhrp_errors.to_string(), "-".to_string()]);
+        }
+    }
+    if nhrp.len() > 1 {
+        out.push('\n');
+        out += &columns(&nhrp);
     }
     // Only the reasons that happened; `-j` lists them all.
     let mut drops = vec![["drop reason".to_string(), "packets".to_string()]];

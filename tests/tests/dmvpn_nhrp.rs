@@ -139,6 +139,21 @@ fn spokes_register_resolve_and_go_direct() {
     }
     assert!(types.contains(&"1".to_string()) && types.contains(&"2".to_string()), "a resolution request and reply among {types:?}");
 
+    // Per-type NHRP counters: registrations answered by the hub, spoke 1's resolution answered.
+    let nhrp = |ns: &str, inst: &str, dir: &str, kind: &str| gre::show(ns, inst).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
+    assert!(nhrp(&hub, &ih, "nhrp_received", "registration_request") >= 3);
+    assert!(nhrp(&hub, &ih, "nhrp_sent", "registration_reply") >= 3);
+    assert!(nhrp(&hub, &ih, "nhrp_received", "resolution_request") >= 1);
+    assert!(nhrp(&hub, &ih, "nhrp_sent", "resolution_reply") >= 1);
+    assert!(nhrp(&s1, &i1, "nhrp_sent", "resolution_request") >= 1);
+    assert!(nhrp(&s1, &i1, "nhrp_received", "resolution_reply") >= 1);
+    assert_eq!(nhrp(&s1, &i1, "nhrp_sent", "purge_request"), 0);
+    for (ns, inst) in [(&hub, &ih), (&s1, &i1)] {
+        assert_eq!(gre::show(ns, inst).unwrap()["tunnels"][0]["nhrp_errors"], 0);
+    }
+    let table = gre::run(&hub, &ih, &["show"]).unwrap();
+    assert!(table.lines().any(|l| l.split_whitespace().take(2).eq(["registration_request", "gre0"])), "{table}");
+
     let learned = peers(&s1, &i1);
     let p = peer(&learned, "203.0.113.2").unwrap();
     assert_eq!((p["nbma"].as_str().unwrap(), p["kind"].as_str().unwrap()), ("198.51.100.33", "dynamic"));

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use gre_common::{
     addr, gre,
-    maps::{Event, Peer, Tunnel, event_kind, nhrp_role, peer_flags, peer_kind, tunnel_flags, tunnel_state},
+    maps::{Event, NHRP_TYPES, Peer, Tunnel, TunnelState, event_kind, nhrp_role, peer_flags, peer_kind, tunnel_flags, tunnel_state},
 };
 use log::{debug, info, warn};
 use socket2::Socket;
@@ -128,9 +128,14 @@ impl Agent {
                 Ok(p) => p,
                 Err(e) => {
                     debug!("tunnel {id}: NHRP from {remote}: {e}");
+                    count(maps, id, |s| s.nhrp_errors += 1);
                     continue;
                 }
             };
+            count(maps, id, |s| match type_index(packet.kind) {
+                Some(i) => s.nhrp_rx[i] += 1,
+                None => s.nhrp_errors += 1,
+            });
             let (Some(engine), Ok(tunnels)) = (self.engines.get_mut(&id), maps.tunnels()) else { continue };
             let Some(t) = tunnels.into_iter().find(|(i, _)| *i == id).map(|(_, t)| t) else { continue };
             let peers = maps.peers();
@@ -184,11 +189,20 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
     let mut installed = Vec::new();
     for a in actions {
         match a {
-            Action::Send { to, packet } => {
-                if let Err(e) = send(sender, t, to, &packet) {
-                    warn!("tunnel {id}: sending NHRP to {to}: {e:#}");
+            Action::Send { to, packet } => match send(sender, t, to, &packet) {
+                Ok(()) => {
+                    let kind = Packet::decode(&packet).map_or(0, |p| p.kind);
+                    count(maps, id, |s| {
+                        if let Some(i) = type_index(kind) {
+                            s.nhrp_tx[i] += 1;
+                        }
+                    });
                 }
-            }
+                Err(e) => {
+                    warn!("tunnel {id}: sending NHRP to {to}: {e:#}");
+                    count(maps, id, |s| s.nhrp_errors += 1);
+                }
+            },
             Action::Peer { overlay, nbma, holdtime, multicast } => {
                 let peer = Peer {
                     nbma: store_addr(nbma),
@@ -247,4 +261,20 @@ fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
     p[at..].copy_from_slice(nhrp);
     sender.send_to(&p, &SocketAddr::new(to, 0).into()).context("sendto")?;
     Ok(())
+}
+
+/// The counter slot of NHRP packet type `kind`, if it is one we count.
+fn type_index(kind: u8) -> Option<usize> {
+    usize::from(kind).checked_sub(1).filter(|i| *i < NHRP_TYPES)
+}
+
+/// Updates tunnel `id`'s NHRP counters (the daemon is their only writer).
+fn count(maps: &mut Maps, id: u32, f: impl FnOnce(&mut TunnelState)) {
+    let r = maps.state(id).and_then(|mut s| {
+        f(&mut s);
+        maps.set_state(id, &s)
+    });
+    if let Err(e) = r {
+        warn!("tunnel {id}: NHRP counters: {e:#}");
+    }
 }
