@@ -430,7 +430,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<Route>(), 24);
         assert_eq!(core::mem::size_of::<Event>(), 56);
         assert_eq!(core::mem::size_of::<NhrpPunt>(), 48 + NHRP_PUNT_MAX);
-        assert_eq!(core::mem::size_of::<TunnelState>(), 32);
+        assert_eq!(core::mem::size_of::<TunnelState>(), 32 + 16 * NHRP_TYPES + 8);
+        assert_eq!(core::mem::size_of::<MulticastPeers>(), 8 + 16 * MAX_MULTICAST_PEERS);
         assert_eq!(core::mem::size_of::<TunnelStats>(), 72 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);
         assert_eq!(core::mem::size_of::<NeighbourKey>(), 24);
