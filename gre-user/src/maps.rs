@@ -262,8 +262,11 @@ impl Maps {
     /// The peer table is full.
     pub fn set_peer(&mut self, id: u32, overlay: std::net::IpAddr, peer: &Peer) -> Result<()> {
         let key = PeerKey { tunnel: id, pad0: 0, overlay: store_addr(overlay) };
+        let mut peer = *peer;
         if let Ok(old) = self.peers.get(&key, 0) {
             self.release_nbma(id, &old.nbma);
+            // A refreshed registration keeps the datapath's record of use.
+            peer.used_ns = peer.used_ns.max(old.used_ns);
         }
         self.peers.insert(key, peer, 0).with_context(|| format!("adding peer {overlay} (PEERS is full?)"))?;
         let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: peer.nbma };

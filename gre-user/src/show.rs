@@ -67,6 +67,9 @@ pub struct PeerReport {
     pub multicast: bool,
     /// Seconds until it expires; `null` for never.
     pub expires_in: Option<u64>,
+    /// Seconds since the datapath last sent to it (updated at most once a second); `null` if it
+    /// never did.
+    pub used_ago: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,6 +192,9 @@ pub fn report(instance: &str) -> Result<Report> {
         })
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // The datapath's clock (bpf_ktime_get_ns).
+    let monotonic_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0));
     let mut peers: Vec<PeerReport> = maps
         .peers()
         .into_iter()
@@ -199,6 +205,7 @@ pub fn report(instance: &str) -> Result<Report> {
             kind: gre_common::maps::peer_kind::NAMES.get(usize::from(p.kind)).copied().unwrap_or("unknown"),
             multicast: p.flags & gre_common::maps::peer_flags::MULTICAST != 0,
             expires_in: (p.expires != 0).then(|| p.expires.saturating_sub(now)),
+            used_ago: (p.used_ns != 0).then(|| monotonic_ns.saturating_sub(p.used_ns) / 1_000_000_000),
         })
         .collect();
     let addr = |s: &str| s.parse::<std::net::IpAddr>().ok();
@@ -331,7 +338,7 @@ pub fn table(r: &Report) -> String {
 /// `gre show peers`: the NHRP cache.
 #[must_use]
 pub fn peers_table(peers: &[PeerReport]) -> String {
-    let mut rows = vec![["peer", "tunnel", "nbma", "kind", "multicast", "expires in"].map(String::from)];
+    let mut rows = vec![["peer", "tunnel", "nbma", "kind", "multicast", "expires in", "used"].map(String::from)];
     rows.extend(peers.iter().map(|p| {
         [
             p.overlay.clone(),
@@ -340,6 +347,7 @@ pub fn peers_table(peers: &[PeerReport]) -> String {
             p.kind.to_string(),
             if p.multicast { "yes" } else { "no" }.to_string(),
             p.expires_in.map_or_else(|| "never".to_string(), |s| format!("{s}s")),
+            p.used_ago.map_or_else(|| "never".to_string(), |s| format!("{s}s ago")),
         ]
     }));
     columns(&rows)

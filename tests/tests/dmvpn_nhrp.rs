@@ -81,6 +81,8 @@ fn spokes_register_resolve_and_go_direct() {
         let table = gre::run(ns, inst, &["show", "nhs"]).unwrap();
         assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().eq(["gre0", HUB_OVERLAY, HUB_NBMA, "up"])), "{table}");
     }
+    // Nothing has crossed spoke 3's tunnel yet (NHRP goes its own way): the hub is unused there.
+    assert_eq!(peer(&peers(&spokes[2].0, &spokes[2].1), HUB_OVERLAY).unwrap()["used_ago"], Value::Null);
     // `gre show peers` is the peer list of `gre show`, alone (expiry counts down between reads).
     let undated = |mut v: Value| {
         v.as_array_mut().unwrap().iter_mut().for_each(|p| p["expires_in"] = Value::Null);
@@ -164,6 +166,8 @@ fn spokes_register_resolve_and_go_direct() {
     // Only NHRP (re-registrations) may reach the hub meanwhile; no ping crosses it.
     let nhrp_delta = gre::show(&hub, &ih).unwrap()["tunnels"][0]["nhrp_punted"].as_u64().unwrap();
     assert!(after - before <= 6, "the hub relayed {} packets during a direct ping (NHRP total {nhrp_delta})", after - before);
+    let used = peer(&peers(&s1, &i1), "203.0.113.2").unwrap()["used_ago"].as_u64();
+    assert!(used.is_some_and(|s| s <= 2), "spoke 1 just sent to spoke 2: used {used:?}");
 
     // A spoke that stops refreshing is forgotten after its holding time.
     spoke_daemons[2] = None;
