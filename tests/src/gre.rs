@@ -35,3 +35,21 @@ pub fn show(netns: &str, instance: &str) -> Result<serde_json::Value> {
     let out = run(netns, instance, &["show", "-j"])?;
     serde_json::from_str(&out).with_context(|| format!("gre show -j printed {out:?}"))
 }
+
+/// `gre daemon` for an instance, as a child process stopped (SIGTERM) when dropped.
+pub struct Daemon(std::process::Child);
+
+impl Daemon {
+    /// Starts `gre -n NS -i INSTANCE daemon`.
+    pub fn start(ns: &str, instance: &str) -> Self {
+        Self(Command::new(bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}

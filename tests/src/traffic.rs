@@ -172,3 +172,12 @@ pub fn receive_from_group(s: &UdpSocket, count: u8) -> Result<SocketAddr> {
     }
     from.context("no datagram asked for")
 }
+
+/// Polls `ok` every 200 ms; panics naming `what` after `secs` seconds.
+pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}

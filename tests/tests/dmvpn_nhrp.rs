@@ -12,31 +12,6 @@ use gre_tests::{
 };
 use serde_json::Value;
 
-/// `gre daemon`, stopped (SIGTERM) when dropped.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(ns: &str, instance: &str) -> Self {
-        Self(Command::new(gre::bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn peers(ns: &str, instance: &str) -> Vec<Value> {
     gre::show(ns, instance).expect("show")["peers"].as_array().cloned().unwrap_or_default()
 }
@@ -62,11 +37,11 @@ fn spokes_register_resolve_and_go_direct() {
         let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
         spokes.push((ns, inst));
     }
-    let _hub_daemon = Daemon::start(&hub, &ih);
-    let mut spoke_daemons: Vec<Option<Daemon>> = spokes.iter().map(|(ns, i)| Some(Daemon::start(ns, i))).collect();
+    let _hub_daemon = gre::Daemon::start(&hub, &ih);
+    let mut spoke_daemons: Vec<Option<gre::Daemon>> = spokes.iter().map(|(ns, i)| Some(gre::Daemon::start(ns, i))).collect();
 
     // Registrations appear on the hub, with the spokes' NBMA addresses; the spokes see the NHS up.
-    wait_for("three registrations on the hub", 10, || peers(&hub, &ih).len() == 3);
+    traffic::wait_for("three registrations on the hub", 10, || peers(&hub, &ih).len() == 3);
     for i in 1..=3u8 {
         let list = peers(&hub, &ih);
         let p = peer(&list, &HubAndSpokes::spoke_overlay(i)).expect("registered");
@@ -75,7 +50,7 @@ fn spokes_register_resolve_and_go_direct() {
         assert_eq!(p["multicast"], true, "registered spokes get the hub's multicast");
     }
     for (ns, inst) in &spokes {
-        wait_for("the NHS up on every spoke", 10, || gre::show(ns, inst).unwrap()["tunnels"][0]["state"] == "up");
+        traffic::wait_for("the NHS up on every spoke", 10, || gre::show(ns, inst).unwrap()["tunnels"][0]["state"] == "up");
         let nhs: Value = serde_json::from_str(&gre::run(ns, inst, &["show", "nhs", "-j"]).unwrap()).unwrap();
         assert_eq!(nhs, serde_json::json!([{ "tunnel": "gre0", "overlay": HUB_OVERLAY, "nbma": HUB_NBMA, "state": "up" }]));
         let table = gre::run(ns, inst, &["show", "nhs"]).unwrap();
@@ -109,8 +84,8 @@ fn spokes_register_resolve_and_go_direct() {
     let (s1, i1) = spokes[0].clone();
     let (s2, i2) = spokes[1].clone();
     traffic::ping(&s1, &HubAndSpokes::spoke_overlay(2), 3).expect("spoke 1 to spoke 2");
-    wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some());
-    wait_for("spoke 2 to learn spoke 1", 5, || peer(&peers(&s2, &i2), "203.0.113.1").is_some());
+    traffic::wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some());
+    traffic::wait_for("spoke 2 to learn spoke 1", 5, || peer(&peers(&s2, &i2), "203.0.113.1").is_some());
     // Everything up to here (re-registrations and the hub's Traffic Indications come and go).
     // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
     unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
@@ -171,7 +146,7 @@ fn spokes_register_resolve_and_go_direct() {
 
     // A spoke that stops refreshing is forgotten after its holding time.
     spoke_daemons[2] = None;
-    wait_for("spoke 3's registration to expire", 12, || peer(&peers(&hub, &ih), "203.0.113.3").is_none());
+    traffic::wait_for("spoke 3's registration to expire", 12, || peer(&peers(&hub, &ih), "203.0.113.3").is_none());
     assert!(peer(&peers(&hub, &ih), "203.0.113.1").is_some(), "the others refresh theirs");
 
     // Multicast from the hub reaches the registered spokes, not the one that expired (outer TTL
@@ -186,8 +161,8 @@ fn spokes_register_resolve_and_go_direct() {
     assert!(traffic::receive_from_group(&members[2], 1).is_err(), "spoke 3's registration expired");
 
     // A restarted spoke registers again, with its NBMA address, and gets multicast again.
-    spoke_daemons[2] = Some(Daemon::start(&spokes[2].0, &spokes[2].1));
-    wait_for("spoke 3 to register again", 10, || peer(&peers(&hub, &ih), "203.0.113.3").is_some());
+    spoke_daemons[2] = Some(gre::Daemon::start(&spokes[2].0, &spokes[2].1));
+    traffic::wait_for("spoke 3 to register again", 10, || peer(&peers(&hub, &ih), "203.0.113.3").is_some());
     let list = peers(&hub, &ih);
     assert_eq!(peer(&list, "203.0.113.3").unwrap()["nbma"], HubAndSpokes::spoke_nbma(3).as_str());
     traffic::send_to_group(&hub, HUB_OVERLAY.parse().unwrap(), 8, 1).expect("send");
@@ -214,15 +189,16 @@ fn phase_3_the_hub_redirects_and_spokes_take_shortcuts() {
         let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
         spokes.push((ns, inst));
     }
-    let _daemons: Vec<Daemon> = std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| Daemon::start(&ns, &i)).collect();
-    wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+    let _daemons: Vec<gre::Daemon> =
+        std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
+    traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
     let (s1, i1) = spokes[0].clone();
     // The hub relays the first packets, then sends a Traffic Indication; spoke 1 resolves spoke
     // 2 and installs a host route to it (and spoke 2 likewise for its replies).
     traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2");
     let routes = |ns: &str, i: &str| gre::show(ns, i).unwrap()["routes"].as_array().cloned().unwrap_or_default();
-    wait_for("a shortcut on spoke 1", 5, || routes(&s1, &i1).iter().any(|r| r["prefix"] == "203.0.113.2/32"));
-    wait_for("a shortcut on spoke 2", 5, || routes(&spokes[1].0, &spokes[1].1).iter().any(|r| r["prefix"] == "203.0.113.1/32"));
+    traffic::wait_for("a shortcut on spoke 1", 5, || routes(&s1, &i1).iter().any(|r| r["prefix"] == "203.0.113.2/32"));
+    traffic::wait_for("a shortcut on spoke 2", 5, || routes(&spokes[1].0, &spokes[1].1).iter().any(|r| r["prefix"] == "203.0.113.1/32"));
     let hub_rx = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
     let before = hub_rx();
     traffic::ping(&s1, "203.0.113.2", 5).expect("spoke 1 to spoke 2 on the shortcut");

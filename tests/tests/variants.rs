@@ -178,32 +178,6 @@ fn gretap_carries_arp_ping_and_tcp() {
     assert!(!after.contains("managed"), "gre down removes the managed neighbour it made: {after}");
 }
 
-/// `gre daemon`, as a child process that is stopped (SIGTERM) when dropped.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(ns: &str, instance: &str) -> Self {
-        let child = Command::new(gre::bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon");
-        Self(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn keepalives_track_the_tunnel_state() {
     if !privilege::require_root("keepalives_track_the_tunnel_state") {
@@ -220,15 +194,15 @@ fn keepalives_track_the_tunnel_state() {
     let state = |ns: &str, i: &str| gre::show(ns, i).unwrap()["tunnels"][0].clone();
     assert_eq!(state(&a, &ia)["state"], "unknown", "no daemon yet");
     {
-        let _daemon = Daemon::start(&a, &ia);
-        wait_for("the tunnel to come up", 10, || state(&a, &ia)["state"] == "up");
+        let _daemon = gre::Daemon::start(&a, &ia);
+        traffic::wait_for("the tunnel to come up", 10, || state(&a, &ia)["state"] == "up");
         let t = state(&a, &ia);
         assert_eq!(t["keepalive"], serde_json::json!([1, 2]));
         assert!(t["keepalives_returned"].as_u64().unwrap() >= 1, "{t}");
         assert!(state(&b, &ib)["keepalives_answered"].as_u64().unwrap() >= 1, "b sent them back from XDP");
         // The remote goes away: after 2 unanswered periods the tunnel is down.
         sites.lab.gre_down(&b, &ib).expect("down b");
-        wait_for("the tunnel to go down", 10, || state(&a, &ia)["state"] == "down");
+        traffic::wait_for("the tunnel to go down", 10, || state(&a, &ia)["state"] == "down");
         let t = state(&a, &ia);
         assert!(t["keepalives_sent"].as_u64().unwrap() > t["keepalives_returned"].as_u64().unwrap(), "{t}");
     }
@@ -248,7 +222,7 @@ fn fragmented_gre_is_reassembled_and_delivered() {
     let (_, ib) = sites.tunnel_with(A_UNDERLAY, B_UNDERLAY, "pmtudisc = false\n").expect("gre up");
     let datagram: Vec<u8> = (0..1420u32).map(|i| (i * 7 % 251) as u8).collect();
     assert_eq!(udp_across(&a, &b, &datagram, 7000), None, "no daemon: the kernel reassembles, but nothing takes the GRE");
-    let _daemon = Daemon::start(&b, &ib);
+    let _daemon = gre::Daemon::start(&b, &ib);
     thread::sleep(Duration::from_millis(500));
     assert_eq!(udp_across(&a, &b, &datagram, 7001).as_deref(), Some(&datagram[..]), "the daemon decapsulates the reassembled packet");
     let t = gre::show(&b, &ib).unwrap()["tunnels"][0].clone();
@@ -296,7 +270,7 @@ fn fragmented_ip6gre_from_another_implementation_is_delivered() {
     let mut sites = TwoSites::new("gf6").expect("topology");
     let (a, b) = (sites.a.clone(), sites.b.clone());
     let (_, ib) = sites.tunnel_with(A_UNDERLAY6, B_UNDERLAY6, "").expect("gre up");
-    let _daemon = Daemon::start(&b, &ib);
+    let _daemon = gre::Daemon::start(&b, &ib);
     thread::sleep(Duration::from_millis(500));
     // IPv6 routers never fragment: a sender does. scapy plays an ip6gre sender that fragments
     // the outer packet, as Linux's ip6gre does when its tunnel MTU exceeds the path's.
