@@ -263,7 +263,8 @@ impl Maps {
     pub fn set_peer(&mut self, id: u32, overlay: std::net::IpAddr, peer: &Peer) -> Result<()> {
         let key = PeerKey { tunnel: id, pad0: 0, overlay: store_addr(overlay) };
         let mut peer = *peer;
-        if let Ok(old) = self.peers.get(&key, 0) {
+        let old = self.peers.get(&key, 0).ok();
+        if let Some(old) = old {
             self.release_nbma(id, &old.nbma);
             // A refreshed registration keeps the datapath's record of use.
             peer.used_ns = peer.used_ns.max(old.used_ns);
@@ -272,7 +273,11 @@ impl Maps {
         let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: peer.nbma };
         let users = self.nbma_peers.get(&nbma, 0).unwrap_or(0);
         self.nbma_peers.insert(nbma, users + 1, 0).context("indexing the peer's NBMA address (NBMA_PEERS is full?)")?;
-        self.refresh_multicast(id)
+        // Registrations are refreshed every holdtime/3: rebuild the list only when it can change.
+        if old.map_or(true, |o| in_multicast(&o) != in_multicast(&peer) || o.nbma != peer.nbma && in_multicast(&peer)) {
+            self.refresh_multicast(id)?;
+        }
+        Ok(())
     }
 
     /// Rebuilds tunnel `id`'s multicast list from its peers flagged multicast (distinct NBMA
@@ -280,7 +285,7 @@ impl Maps {
     fn refresh_multicast(&mut self, id: u32) -> Result<()> {
         let mut list = MulticastPeers::default();
         let mut n = 0;
-        for (_, _, p) in self.peers().into_iter().filter(|(t, _, p)| *t == id && p.flags & peer_flags::MULTICAST != 0 && p.kind != peer_kind::INCOMPLETE) {
+        for (_, _, p) in self.peers().into_iter().filter(|(t, _, p)| *t == id && in_multicast(p)) {
             if list.nbma[..n].contains(&p.nbma) {
                 continue;
             }
@@ -301,8 +306,10 @@ impl Maps {
         let Ok(old) = self.peers.get(&key, 0) else { return false };
         self.release_nbma(id, &old.nbma);
         let removed = self.peers.remove(&key).is_ok();
-        if let Err(e) = self.refresh_multicast(id) {
-            log::warn!("{e:#}");
+        if in_multicast(&old) {
+            if let Err(e) = self.refresh_multicast(id) {
+                log::warn!("{e:#}");
+            }
         }
         removed
     }
@@ -383,4 +390,9 @@ pub fn store_addr(ip: std::net::IpAddr) -> addr::Addr {
         std::net::IpAddr::V4(v4) => addr::from_v4(v4.octets()),
         std::net::IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// Whether a peer belongs in its tunnel's multicast list.
+fn in_multicast(p: &Peer) -> bool {
+    p.flags & peer_flags::MULTICAST != 0 && p.kind != peer_kind::INCOMPLETE
 }

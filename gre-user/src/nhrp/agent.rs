@@ -189,9 +189,8 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
     let mut installed = Vec::new();
     for a in actions {
         match a {
-            Action::Send { to, packet } => match send(sender, t, to, &packet) {
+            Action::Send { to, kind, packet } => match send(sender, t, to, &packet) {
                 Ok(()) => {
-                    let kind = Packet::decode(&packet).map_or(0, |p| p.kind);
                     count(maps, id, |s| {
                         if let Some(i) = type_index(kind) {
                             s.nhrp_tx[i] += 1;

@@ -21,8 +21,8 @@ pub mod code {
 /// What the engine asks the daemon to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send NHRP to an NBMA address, over the tunnel's GRE.
-    Send { to: IpAddr, packet: Vec<u8> },
+    /// Send NHRP (of packet type `kind`, for the counters) to an NBMA address, over the tunnel's GRE.
+    Send { to: IpAddr, kind: u8, packet: Vec<u8> },
     /// Install (or refresh) a dynamic peer.
     Peer { overlay: IpAddr, nbma: IpAddr, holdtime: u16, multicast: bool },
     /// Remove a peer.
@@ -115,8 +115,8 @@ impl Engine {
         }
     }
 
-    fn encode(p: &Packet) -> Vec<u8> {
-        p.encode(true).unwrap_or_default()
+    fn send(to: IpAddr, p: &Packet) -> Action {
+        Action::Send { to, kind: p.kind, packet: p.encode(true).unwrap_or_default() }
     }
 
     /// Called every second with the Unix time: a spoke (re-)registers every holdtime/3.
@@ -132,7 +132,7 @@ impl Engine {
         self.nhs.pending_id = Some(id);
         let cie = Cie { prefix_len: 32, mtu: self.settings.mtu, holding_time: self.settings.holdtime, ..Cie::default() };
         let p = self.packet(kind::REGISTRATION_REQUEST, flags::A_OR_U, id, nhs_overlay, vec![cie]);
-        vec![Action::Send { to: nhs_nbma.into(), packet: Self::encode(&p) }]
+        vec![Self::send(nhs_nbma.into(), &p)]
     }
 
     /// True while the NHS answers (a reply within the last holdtime).
@@ -152,7 +152,7 @@ impl Engine {
         self.resolving.insert(id, (target.into(), shortcut));
         let cie = Cie { prefix_len: 32, mtu: self.settings.mtu, holding_time: self.settings.holdtime, ..Cie::default() };
         let p = self.packet(kind::RESOLUTION_REQUEST, flags::Q | flags::CISCO_NAT, id, target, vec![cie]);
-        vec![Action::Send { to: nhs_nbma.into(), packet: Self::encode(&p) }]
+        vec![Self::send(nhs_nbma.into(), &p)]
     }
 
     /// Handles a packet that arrived from `from` (the outer source: the true NBMA address).
@@ -198,7 +198,7 @@ impl Engine {
                 let mut actions: Vec<Action> = p.cies().iter().filter_map(|c| proto_addr(&c.proto)).map(|overlay| Action::Forget { overlay }).collect();
                 if p.flags & flags::N == 0 {
                     let reply = Packet { kind: kind::PURGE_REPLY, hop_count: 255, ..p.clone() };
-                    actions.push(Action::Send { to: from, packet: Self::encode(&reply) });
+                    actions.push(Self::send(from, &reply));
                 }
                 let _ = src;
                 actions
@@ -221,7 +221,7 @@ impl Engine {
         let id = self.id();
         let mut p = self.packet(kind::TRAFFIC_INDICATION, 0, id, source, vec![]);
         p.payload = Payload::Raw(original);
-        vec![Action::Send { to: source_nbma, packet: Self::encode(&p) }]
+        vec![Self::send(source_nbma, &p)]
     }
 
     fn authenticated(&self, p: &Packet) -> bool {
@@ -248,7 +248,7 @@ impl Engine {
             reply_cies.push(Cie { code: result, holding_time: hold, ..c });
         }
         let reply = Packet { kind: kind::REGISTRATION_REPLY, hop_count: 255, payload: Payload::Cies(reply_cies), ..p.clone() };
-        actions.push(Action::Send { to: from, packet: Self::encode(&reply) });
+        actions.push(Self::send(from, &reply));
         actions
     }
 
@@ -268,7 +268,7 @@ impl Engine {
             _ => Cie { code: code::NO_BINDING, prefix_len: 32, proto: p.dst_proto.clone(), ..template },
         };
         let reply = Packet { kind: kind::RESOLUTION_REPLY, hop_count: 255, flags: p.flags | flags::A_OR_U, payload: Payload::Cies(vec![cie]), ..p.clone() };
-        vec![Action::Send { to: from, packet: Self::encode(&reply) }]
+        vec![Self::send(from, &reply)]
     }
 }
 
@@ -310,7 +310,7 @@ mod tests {
 
     fn sent(actions: &[Action]) -> (IpAddr, Packet) {
         match actions.iter().find(|a| matches!(a, Action::Send { .. })) {
-            Some(Action::Send { to, packet }) => (*to, Packet::decode(packet).expect("we send what we decode")),
+            Some(Action::Send { to, packet, .. }) => (*to, Packet::decode(packet).expect("we send what we decode")),
             _ => panic!("nothing sent: {actions:?}"),
         }
     }
