@@ -183,7 +183,9 @@ pub struct Nhrp {
     /// every third of it.
     #[serde(default = "default_holdtime")]
     pub holdtime: u16,
-    #[serde(default)]
+    /// The NHRP network this tunnel belongs to (`ip nhrp network-id`): local, never on the
+    /// wire; each network is one tunnel here, so two tunnels may not share one.
+    #[serde(default = "default_network_id")]
     pub network_id: u32,
     /// Cisco-style authentication (`ip nhrp authentication`): at most 8 bytes.
     pub auth: Option<String>,
@@ -194,6 +196,10 @@ pub struct Nhrp {
 pub enum NhrpRole {
     Nhs,
     Nhc,
+}
+
+const fn default_network_id() -> u32 {
+    1
 }
 
 const fn default_holdtime() -> u16 {
@@ -439,6 +445,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     let mut tunnels: Vec<Tunnel> = Vec::new();
     let mut names = HashSet::new();
     let mut matches = HashMap::new();
+    let mut networks: HashMap<u32, &str> = HashMap::new();
     for t in &file.tunnels {
         let name = t.name.get_ref();
         if !valid_ifname(name, MAX_TUNNEL_NAME) {
@@ -488,6 +495,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 Some("NHRP runs on multipoint tunnels (without remote)".to_string())
             } else if !local.is_ipv4() {
                 Some("NHRP is implemented for IPv4 NBMA addresses".to_string())
+            } else if n.get_ref().network_id == 0 {
+                Some("network_id is 1 or more".to_string())
             } else if n.get_ref().holdtime < 3 {
                 Some("holdtime must be at least 3 seconds".to_string())
             } else if n.get_ref().auth.as_ref().is_some_and(|a| a.len() > 8) {
@@ -499,6 +508,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             };
             if let Some(reason) = reason {
                 return Err(at(n.span(), format!("tunnel {name:?}: nhrp: {reason}")));
+            }
+            if let Some(other) = networks.insert(n.get_ref().network_id, name) {
+                return Err(at(n.span(), format!("tunnel {name:?}: nhrp: network_id {} is tunnel {other:?}'s already", n.get_ref().network_id)));
             }
         }
         if multipoint && (t.mode == Mode::Gretap || t.keepalive.is_some()) {
@@ -811,5 +823,34 @@ ignore_df = true
         assert!(err(&GOOD.replace("/30", "/33")).message.contains("invalid IP address"));
         assert!(err(&GOOD.replace("\"2001:db8:100::1/64\"", "\"203.0.113.1/30\"")).message.contains("listed twice"));
         assert!(err(&GOOD.replace("name = \"eth0\"", "name = \"eth0\"\nxdp_mode = \"turbo\"")).message.contains("unknown variant"));
+    }
+
+    #[test]
+    fn nhrp_settings_are_checked() {
+        let text = r#"
+[[interface]]
+name = "eth0"
+
+[[tunnel]]
+name = "dmvpn0"
+interface = "eth0"
+local = "198.51.100.17"
+key = 100
+nhs = "203.0.113.254"
+nhrp = { role = "nhc", holdtime = 60 }
+"#;
+        let c = parse(Path::new("t.toml"), text).unwrap();
+        assert_eq!(c.tunnels[0].nhrp.as_ref().map(|n| (n.network_id, n.holdtime)), Some((1, 60)));
+        let second = text.split("[[tunnel]]").nth(1).unwrap().replace("dmvpn0", "dmvpn1").replace("key = 100", "key = 101");
+        let e = parse(Path::new("t.toml"), &format!("{text}\n[[tunnel]]{second}")).unwrap_err();
+        assert!(e.message.contains("network_id 1 is tunnel \"dmvpn0\"'s already"), "{e}");
+        assert_eq!(e.line, 19, "{e}");
+        let other = second.replace("holdtime = 60", "holdtime = 60, network_id = 2");
+        assert!(parse(Path::new("t.toml"), &format!("{text}\n[[tunnel]]{other}")).is_ok());
+        assert!(err(&text.replace("holdtime = 60", "network_id = 0")).message.contains("network_id is 1 or more"));
+        assert!(err(&text.replace("holdtime = 60", "holdtime = 2")).message.contains("at least 3 seconds"));
+        assert!(err(&text.replace("nhs = \"203.0.113.254\"\n", "")).message.contains("needs `nhs`"));
+        // A hub may register with a hub of its own (hierarchical DMVPN).
+        assert!(parse(Path::new("t.toml"), &text.replace("role = \"nhc\"", "role = \"nhs\"")).is_ok());
     }
 }

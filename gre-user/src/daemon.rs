@@ -82,6 +82,7 @@ pub async fn run(instance: &str) -> Result<()> {
             _ = term.recv() => break,
         }
     }
+    nhrp.shutdown(&mut maps, &sender, unix_now());
     // Nobody watches the tunnels any more.
     for (id, _) in maps.tunnels()? {
         let mut s = maps.state(id)?;

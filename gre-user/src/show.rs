@@ -6,7 +6,7 @@ use std::{ffi::CStr, fmt::Write as _};
 use anyhow::Result;
 use gre_common::{
     drop,
-    maps::{NHRP_TYPES, Tunnel, tunnel_flags, tunnel_state},
+    maps::{NHRP_TYPES, Tunnel, nhrp_role, tunnel_flags, tunnel_state},
 };
 use serde::Serialize;
 
@@ -73,6 +73,14 @@ pub struct PeerReport {
 }
 
 #[derive(Debug, Serialize)]
+pub struct NhrpReport {
+    /// "nhs" (hub) or "nhc" (spoke).
+    pub role: &'static str,
+    pub network_id: u32,
+    pub holdtime: u16,
+}
+
+#[derive(Debug, Serialize)]
 #[expect(clippy::struct_excessive_bools, reason = "the tunnel's on/off options, as JSON fields")]
 pub struct TunnelReport {
     pub id: u32,
@@ -112,6 +120,8 @@ pub struct TunnelReport {
     pub keepalives_returned: u64,
     /// NHRP packets handed to `gre daemon`.
     pub nhrp_punted: u64,
+    /// NHRP settings of a multipoint tunnel; `null` without NHRP.
+    pub nhrp: Option<NhrpReport>,
     /// NHRP messages `gre daemon` received and sent, by type (`resolution_request`, …,
     /// `traffic_indication`), and those it could not decode or send.
     pub nhrp_received: serde_json::Map<String, serde_json::Value>,
@@ -173,6 +183,11 @@ pub fn report(instance: &str) -> Result<Report> {
             keepalives_answered: s.keepalives_answered,
             keepalives_returned: s.keepalives_returned,
             nhrp_punted: s.nhrp_punted,
+            nhrp: (t.nhrp_role != nhrp_role::NONE).then(|| NhrpReport {
+                role: if t.nhrp_role == nhrp_role::NHS { "nhs" } else { "nhc" },
+                network_id: t.nhrp_network_id,
+                holdtime: t.nhrp_holdtime,
+            }),
             nhrp_received: by_nhrp_type(&st.nhrp_rx),
             nhrp_sent: by_nhrp_type(&st.nhrp_tx),
             nhrp_errors: st.nhrp_errors,

@@ -37,19 +37,30 @@ pub fn show(netns: &str, instance: &str) -> Result<serde_json::Value> {
 }
 
 /// `gre daemon` for an instance, as a child process stopped (SIGTERM) when dropped.
-pub struct Daemon(std::process::Child);
+pub struct Daemon(Option<std::process::Child>);
 
 impl Daemon {
     /// Starts `gre -n NS -i INSTANCE daemon`.
     pub fn start(ns: &str, instance: &str) -> Self {
-        Self(Command::new(bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon"))
+        Self(Some(Command::new(bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon")))
+    }
+
+    /// Kills it without letting it say goodbye (SIGKILL): as a crash or a power cut would.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Drop for Daemon {
+    /// Stops it as an operator would (SIGTERM) and waits for it.
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap(), libc::SIGTERM) };
-        let _ = self.0.wait();
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(i32::try_from(c.id()).unwrap(), libc::SIGTERM) };
+            let _ = c.wait();
+        }
     }
 }

@@ -25,7 +25,7 @@ fn spokes_register_resolve_and_go_direct() {
     if !privilege::require_root("spokes_register_resolve_and_go_direct") {
         return;
     }
-    let mut t = HubAndSpokes::new("gn", 3).expect("topology");
+    let mut t = HubAndSpokes::new("gn", 4).expect("topology");
     let hub = t.hub.clone();
     let nhrp_hub = "nhrp = { role = \"nhs\", holdtime = 6, auth = \"dmvpn\" }\n";
     let nhrp_spoke = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 6, auth = \"dmvpn\" }}\n");
@@ -39,6 +39,11 @@ fn spokes_register_resolve_and_go_direct() {
     }
     let _hub_daemon = gre::Daemon::start(&hub, &ih);
     let mut spoke_daemons: Vec<Option<gre::Daemon>> = spokes.iter().map(|(ns, i)| Some(gre::Daemon::start(ns, i))).collect();
+    // Spoke 4 has the wrong password: the hub refuses it with an Error Indication.
+    let wrong = nhrp_spoke.replace("dmvpn", "guess");
+    let s4 = t.spokes[3].clone();
+    let i4 = t.lab.gre_up(&s4, "s4", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(4), "203.0.113.4", &wrong, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let _s4_daemon = gre::Daemon::start(&s4, &i4);
 
     // Registrations appear on the hub, with the spokes' NBMA addresses; the spokes see the NHS up.
     traffic::wait_for("three registrations on the hub", 10, || peers(&hub, &ih).len() == 3);
@@ -71,7 +76,7 @@ fn spokes_register_resolve_and_go_direct() {
     // ways, well formed, with the fields we meant.
     let pcap = std::env::temp_dir().join(format!("gre-nhrp-{}.pcap", std::process::id()));
     let mut dump = Command::new("ip")
-        .args(["netns", "exec", &t.wan, "timeout", "20", "tcpdump", "-i", "s1", "-n", "-U", "--immediate-mode", "-w"])
+        .args(["netns", "exec", &t.wan, "timeout", "20", "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-w"])
         .arg(&pcap)
         .arg("ip proto 47 and ip[22:2] = 0x2001")
         .stderr(std::process::Stdio::null())
@@ -95,6 +100,7 @@ fn spokes_register_resolve_and_go_direct() {
         .arg(&pcap)
         .args(["-T", "json", "-e", "nhrp.hdr.op.type", "-e", "nhrp.src.prot.addr", "-e", "nhrp.dst.prot.addr", "-e", "nhrp.src.nbma.addr"])
         .args(["-e", "nhrp.hdr.chksum.status", "-e", "nhrp.htime", "-e", "nhrp.code", "-e", "nhrp.client.nbma.addr", "-e", "_ws.malformed", "-e", "_ws.expert"])
+        .args(["-e", "nhrp.err.code", "-e", "nhrp.err.offset"])
         .output()
         .expect("tshark");
     let _ = std::fs::remove_file(&pcap);
@@ -106,15 +112,26 @@ fn spokes_register_resolve_and_go_direct() {
     let mut types = Vec::new();
     for p in &decoded {
         assert!(f(p, "_ws.malformed").is_empty() && f(p, "_ws.expert").is_empty(), "tshark objects to {p}");
-        assert_eq!(f(p, "nhrp.hdr.chksum.status"), ["1"], "checksum good: {p}");
+        // (An Error Indication carries the packet in error: two NHRP headers.)
+        assert!(f(p, "nhrp.hdr.chksum.status").iter().all(|c| c == "1"), "checksums good: {p}");
         types.push(f(p, "nhrp.hdr.op.type")[0].clone());
         if f(p, "nhrp.hdr.op.type")[0] == "2" {
-            // The resolution reply the hub sent spoke 1: spoke 2 is at 198.51.100.33.
-            assert_eq!(f(p, "nhrp.dst.prot.addr"), ["203.0.113.2"]);
-            assert!(f(p, "nhrp.client.nbma.addr").contains(&"198.51.100.33".to_string()), "{p}");
+            // The resolution replies the hub sent: spoke 2 is at 198.51.100.33, spoke 1 at .17.
+            let at = match f(p, "nhrp.dst.prot.addr")[0].as_str() {
+                "203.0.113.2" => "198.51.100.33",
+                "203.0.113.1" => "198.51.100.17",
+                other => panic!("a resolution of {other}"),
+            };
+            assert!(f(p, "nhrp.client.nbma.addr").contains(&at.to_string()), "{p}");
         }
     }
     assert!(types.contains(&"1".to_string()) && types.contains(&"2".to_string()), "a resolution request and reply among {types:?}");
+    // The hub's answer to spoke 4: Authentication Failure, pointing into spoke 4's registration
+    // request, which it carries.
+    let refusal = decoded.iter().find(|p| f(p, "nhrp.hdr.op.type").first().is_some_and(|t| t == "7")).expect("an Error Indication");
+    assert_eq!(f(refusal, "nhrp.err.code"), ["11"], "{refusal}");
+    assert_eq!(f(refusal, "nhrp.hdr.op.type"), ["7", "3"], "{refusal}");
+    assert_eq!(f(refusal, "nhrp.src.prot.addr"), [HUB_OVERLAY, "203.0.113.4"], "{refusal}");
 
     // Per-type NHRP counters: registrations answered by the hub, spoke 1's resolution answered.
     let nhrp = |ns: &str, inst: &str, dir: &str, kind: &str| gre::show(ns, inst).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
@@ -128,6 +145,10 @@ fn spokes_register_resolve_and_go_direct() {
     for (ns, inst) in [(&hub, &ih), (&s1, &i1)] {
         assert_eq!(gre::show(ns, inst).unwrap()["tunnels"][0]["nhrp_errors"], 0);
     }
+    assert!(nhrp(&hub, &ih, "nhrp_sent", "error_indication") >= 1);
+    assert!(nhrp(&s4, &i4, "nhrp_received", "error_indication") >= 1);
+    assert_eq!(gre::show(&s4, &i4).unwrap()["tunnels"][0]["state"], "down", "spoke 4 never registered");
+    assert!(peer(&peers(&hub, &ih), "203.0.113.4").is_none());
     let table = gre::run(&hub, &ih, &["show"]).unwrap();
     assert!(table.lines().any(|l| l.split_whitespace().take(2).eq(["registration_request", "gre0"])), "{table}");
 
@@ -144,8 +165,20 @@ fn spokes_register_resolve_and_go_direct() {
     let used = peer(&peers(&s1, &i1), "203.0.113.2").unwrap()["used_ago"].as_u64();
     assert!(used.is_some_and(|s| s <= 2), "spoke 1 just sent to spoke 2: used {used:?}");
 
-    // A spoke that stops refreshing is forgotten after its holding time.
-    spoke_daemons[2] = None;
+    // A spoke that stops says so: spoke 2 withdraws its registration, and the hub purges it
+    // from spoke 1, which had resolved it. Both well before the holding time.
+    drop(spoke_daemons[1].take());
+    traffic::wait_for("the hub to forget spoke 2", 3, || peer(&peers(&hub, &ih), "203.0.113.2").is_none());
+    traffic::wait_for("spoke 1 to be purged of spoke 2", 3, || peer(&peers(&s1, &i1), "203.0.113.2").is_none());
+    assert!(nhrp(&hub, &ih, "nhrp_received", "purge_request") >= 1);
+    assert!(nhrp(&hub, &ih, "nhrp_sent", "purge_request") >= 1);
+    assert!(nhrp(&s1, &i1, "nhrp_received", "purge_request") >= 1);
+    assert!(nhrp(&s1, &i1, "nhrp_sent", "purge_reply") >= 1);
+    spoke_daemons[1] = Some(gre::Daemon::start(&s2, &i2));
+    traffic::wait_for("spoke 2 to register again", 10, || peer(&peers(&hub, &ih), "203.0.113.2").is_some());
+
+    // A spoke that stops refreshing (gone without a word) is forgotten after its holding time.
+    spoke_daemons[2].take().expect("running").kill();
     traffic::wait_for("spoke 3's registration to expire", 12, || peer(&peers(&hub, &ih), "203.0.113.3").is_none());
     assert!(peer(&peers(&hub, &ih), "203.0.113.1").is_some(), "the others refresh theirs");
 

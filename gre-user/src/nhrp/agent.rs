@@ -16,7 +16,7 @@ use log::{debug, info, warn};
 use socket2::Socket;
 
 use super::{
-    engine::{Action, Engine, Settings},
+    engine::{Action, Engine, Settings, Tables},
     wire::Packet,
 };
 use crate::{
@@ -57,14 +57,14 @@ impl Agent {
             let nhs = match nhs {
                 Some((IpAddr::V4(o), Some(n))) => Some((o, Ipv4Addr::from(n))),
                 Some((o, _)) => {
-                    warn!("tunnel {id}: NHS {o} has no static peer entry with its NBMA address");
+                    warn!("tunnel {id}: NHS {o} has no static IPv4 peer entry with its NBMA address");
                     None
                 }
                 None => None,
             };
             let auth = t.nhrp_auth.iter().position(|b| *b == 0).map_or(t.nhrp_auth.to_vec(), |n| t.nhrp_auth[..n].to_vec());
             let settings = Settings {
-                nhs_role: t.nhrp_role == nhrp_role::NHS,
+                server: t.nhrp_role == nhrp_role::NHS,
                 overlay,
                 nbma,
                 nhs,
@@ -72,7 +72,12 @@ impl Agent {
                 auth: (!auth.is_empty()).then_some(auth),
                 mtu: u16::try_from(t.mtu).unwrap_or(u16::MAX),
             };
-            info!("tunnel {id}: NHRP {} as {overlay} ({nbma})", if settings.nhs_role { "server" } else { "client" });
+            let role = match (settings.server, settings.nhs) {
+                (true, Some((o, _))) => format!("server, registered with {o}"),
+                (true, None) => "server".to_string(),
+                (false, _) => "client".to_string(),
+            };
+            info!("tunnel {id}: NHRP network {} {role} as {overlay} ({nbma})", t.nhrp_network_id);
             engines.insert(id, Engine::new(settings));
         }
         Ok(Self { engines, shortcuts: Vec::new() })
@@ -105,7 +110,7 @@ impl Agent {
             let Some(t) = tunnels.get(id) else { continue };
             let actions = engine.tick(now);
             shortcuts.extend(apply(maps, sender, *id, t, actions, now));
-            if !engine.settings.nhs_role {
+            if engine.settings.nhs.is_some() {
                 let mut s = maps.state(*id)?;
                 let wanted = if engine.nhs_up(now) { tunnel_state::UP } else { tunnel_state::DOWN };
                 if s.state != wanted {
@@ -138,11 +143,24 @@ impl Agent {
             });
             let (Some(engine), Ok(tunnels)) = (self.engines.get_mut(&id), maps.tunnels()) else { continue };
             let Some(t) = tunnels.into_iter().find(|(i, _)| *i == id).map(|(_, t)| t) else { continue };
+            if !Packet::checksum_ok(&bytes) {
+                debug!("tunnel {id}: NHRP from {remote}: bad checksum");
+                count(maps, id, |s| s.nhrp_errors += 1);
+                continue;
+            }
             let peers = maps.peers();
-            let lookup = |overlay: IpAddr| {
+            let routes = maps.routes();
+            let peer = |overlay: IpAddr| {
                 peers.iter().find(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::INCOMPLETE).map(|(_, _, p)| show_addr(&p.nbma))
             };
-            let actions = engine.receive(remote, &packet, now, &lookup);
+            let route = |target: IpAddr| {
+                routes
+                    .iter()
+                    .filter(|(net, tid, via)| *tid == id && via.is_some() && net.contains(&target))
+                    .max_by_key(|(net, _, _)| net.prefix_len())
+                    .and_then(|r| r.2)
+            };
+            let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route });
             self.apply(maps, sender, id, &t, actions, now);
         }
         while let Some(event) = maps.next_event() {
@@ -153,7 +171,7 @@ impl Agent {
     fn event(&mut self, maps: &mut Maps, sender: &Socket, e: &Event, now: u64) {
         let Some(engine) = self.engines.get_mut(&e.tunnel) else { return };
         let (IpAddr::V4(target), IpAddr::V4(source)) = (show_addr(&e.target), show_addr(&e.source)) else { return };
-        let actions = match (e.kind, engine.settings.nhs_role) {
+        let actions = match (e.kind, engine.settings.server) {
             (event_kind::RESOLUTION_WANTED, false) => {
                 debug!("tunnel {}: resolving {target}", e.tunnel);
                 engine.resolve(target)
@@ -173,6 +191,17 @@ impl Agent {
 }
 
 impl Agent {
+    /// The daemon stops: clients withdraw their registrations.
+    pub fn shutdown(&mut self, maps: &mut Maps, sender: &Socket, now: u64) {
+        let Ok(tunnels) = maps.tunnels() else { return };
+        for (id, t) in tunnels {
+            if let Some(engine) = self.engines.get_mut(&id) {
+                let actions = engine.shutdown();
+                self.apply(maps, sender, id, &t, actions, now);
+            }
+        }
+    }
+
     fn apply(&mut self, maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
         let shortcuts = apply(maps, sender, id, t, actions, now);
         self.shortcuts.extend(shortcuts);
@@ -227,6 +256,7 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                     maps.remove_peer(id, overlay);
                 }
             }
+            Action::Warn(what) => warn!("tunnel {id}: {what}"),
             Action::Shortcut { overlay } => match maps.add_route(host_route(overlay), id, None) {
                 Ok(()) => {
                     info!("tunnel {id}: shortcut to {overlay}");

@@ -74,10 +74,49 @@ pub mod ext {
         }
     }
 
+    /// Extensions this implementation understands; a compulsory one outside this list makes a
+    /// packet be refused with an Error Indication (RFC 2332 §5.3). Vendor-Private is understood
+    /// as "not ours" (no vendor's private data is used here): read past when optional, refused
+    /// when compulsory, as for any vendor whose ID is not ours.
+    #[must_use]
+    pub const fn understood(t: u16) -> bool {
+        matches!(t, END | RESPONDER_ADDRESS | FORWARD_TRANSIT_NHS | REVERSE_TRANSIT_NHS | AUTHENTICATION | NAT_ADDRESS)
+    }
+
     /// Extensions whose body is a list of CIEs.
     #[must_use]
     pub const fn carries_cies(t: u16) -> bool {
         matches!(t, RESPONDER_ADDRESS | FORWARD_TRANSIT_NHS | REVERSE_TRANSIT_NHS | NAT_ADDRESS)
+    }
+}
+
+/// Error Indication codes (RFC 2332 §5.2.7).
+pub mod error_code {
+    pub const UNRECOGNIZED_EXTENSION: u16 = 1;
+    pub const LOOP_DETECTED: u16 = 3;
+    pub const PROTOCOL_ADDRESS_UNREACHABLE: u16 = 6;
+    pub const PROTOCOL_ERROR: u16 = 7;
+    pub const SDU_SIZE_EXCEEDED: u16 = 8;
+    pub const INVALID_EXTENSION: u16 = 9;
+    pub const INVALID_RESOLUTION_REPLY: u16 = 10;
+    pub const AUTHENTICATION_FAILURE: u16 = 11;
+    pub const HOP_COUNT_EXCEEDED: u16 = 15;
+
+    /// The name of an error code.
+    #[must_use]
+    pub fn name(c: u16) -> &'static str {
+        match c {
+            UNRECOGNIZED_EXTENSION => "Unrecognized Extension",
+            LOOP_DETECTED => "NHRP Loop Detected",
+            PROTOCOL_ADDRESS_UNREACHABLE => "Protocol Address Unreachable",
+            PROTOCOL_ERROR => "Protocol Error",
+            SDU_SIZE_EXCEEDED => "NHRP SDU Size Exceeded",
+            INVALID_EXTENSION => "Invalid Extension",
+            INVALID_RESOLUTION_REPLY => "Invalid NHRP Resolution Reply Received",
+            AUTHENTICATION_FAILURE => "Authentication Failure",
+            HOP_COUNT_EXCEEDED => "Hop Count Exceeded",
+            _ => "Unknown",
+        }
     }
 }
 
@@ -407,6 +446,46 @@ impl Packet {
     pub fn checksum_ok(wire: &[u8]) -> bool {
         let size = wire.get(10..12).map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
         wire.get(..size).is_some_and(|p| gre_common::gre::internet_checksum(p) == 0)
+    }
+
+    /// Where each extension starts, in bytes from the start of the packet as [`Packet::encode`]
+    /// writes it (which is how it was received: decoding keeps every byte).
+    #[must_use]
+    pub fn extension_offsets(&self) -> Vec<usize> {
+        let cies_len = |list: &[Cie]| list.iter().map(|c| CIE_FIXED_LEN + c.nbma.bytes.len() + c.nbma_sub.bytes.len() + c.proto.len()).sum::<usize>();
+        let mut at = FIXED_HEADER_LEN
+            + MANDATORY_COMMON_LEN
+            + self.src_nbma.bytes.len()
+            + self.src_nbma_sub.bytes.len()
+            + self.src_proto.len()
+            + self.dst_proto.len()
+            + match &self.payload {
+                Payload::Cies(c) => cies_len(c),
+                Payload::Raw(r) => r.len(),
+            };
+        self.extensions
+            .iter()
+            .map(|e| {
+                let start = at;
+                at += 4 + match &e.body {
+                    ExtBody::Cies(c) => cies_len(c),
+                    ExtBody::Raw(r) => r.len(),
+                };
+                start
+            })
+            .collect()
+    }
+
+    /// The first compulsory extension we do not understand, with its offset.
+    #[must_use]
+    pub fn unrecognized_compulsory(&self) -> Option<(u16, usize)> {
+        self.extensions.iter().zip(self.extension_offsets()).find(|(e, _)| e.compulsory && !ext::understood(e.kind & 0x3fff)).map(|(e, at)| (e.kind, at))
+    }
+
+    /// The extension of type `t` (compulsory bit ignored), if present.
+    #[must_use]
+    pub fn extension(&self, t: u16) -> Option<&Extension> {
+        self.extensions.iter().find(|e| e.kind & 0x3fff == t)
     }
 
     /// The CIEs of the mandatory part (none for the indications).
