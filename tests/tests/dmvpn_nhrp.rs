@@ -237,3 +237,59 @@ fn phase_3_the_hub_redirects_and_spokes_take_shortcuts() {
     traffic::ping(&s1, "203.0.113.2", 5).expect("spoke 1 to spoke 2 on the shortcut");
     assert_eq!(hub_rx() - before, 0, "nothing crossed the hub once the shortcut was there");
 }
+
+/// Hierarchical DMVPN: hub 1 (the topology's hub) has spoke 1; hub 2 (in spoke 3's namespace,
+/// overlay 203.0.113.3) is an NHS for spoke 2 and registers with hub 1, which routes spoke 2 via
+/// hub 2. Resolutions cross both hubs, down (by hub 1's route) and up (hub 2 asks its own NHS),
+/// and the spokes end up talking directly.
+#[test]
+fn two_hubs_forward_resolutions_hop_by_hop() {
+    if !privilege::require_root("two_hubs_forward_resolutions_hop_by_hop") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gh", 3).expect("topology");
+    let hub1 = t.hub.clone();
+    let hub2 = t.spokes[2].clone();
+    let hub2_nbma = HubAndSpokes::spoke_nbma(3);
+    let mut conf = HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[]);
+    conf += "\n[[route]]\nprefix = \"203.0.113.2/32\"\ntunnel = \"gre0\"\nvia = \"203.0.113.3\"\n";
+    let ih1 = t.lab.gre_up(&hub1, "hub1", &conf).unwrap();
+    let up = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhs\", holdtime = 30 }}\n");
+    let ih2 = t.lab.gre_up(&hub2, "hub2", &HubAndSpokes::config(&hub2_nbma, "203.0.113.3", &up, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    ns_sh(&hub2, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]).unwrap();
+    let (s1, s2) = (t.spokes[0].clone(), t.spokes[1].clone());
+    let to_hub1 = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let i1 = t.lab.gre_up(&s1, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(1), "203.0.113.1", &to_hub1, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let to_hub2 = "nhs = \"203.0.113.3\"\nnhrp = { role = \"nhc\", holdtime = 30 }\n";
+    let i2 = t.lab.gre_up(&s2, "s2", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(2), "203.0.113.2", to_hub2, &[("203.0.113.3", &hub2_nbma)])).unwrap();
+    let _daemons: Vec<gre::Daemon> = [(&hub1, &ih1), (&hub2, &ih2), (&s1, &i1), (&s2, &i2)].iter().map(|(ns, i)| gre::Daemon::start(ns, i)).collect();
+
+    traffic::wait_for("spoke 1 and hub 2 registered with hub 1", 10, || {
+        let list = peers(&hub1, &ih1);
+        peer(&list, "203.0.113.1").is_some() && peer(&list, "203.0.113.3").is_some()
+    });
+    traffic::wait_for("spoke 2 registered with hub 2", 10, || peer(&peers(&hub2, &ih2), "203.0.113.2").is_some());
+    traffic::wait_for("hub 2 to see its own NHS up", 5, || gre::show(&hub2, &ih2).unwrap()["tunnels"][0]["state"] == "up");
+
+    // The first packets cross both hubs while each spoke resolves the other through them.
+    traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2 across two hubs");
+    traffic::wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some_and(|p| p["nbma"] == "198.51.100.33"));
+    traffic::wait_for("spoke 2 to learn spoke 1", 5, || peer(&peers(&s2, &i2), "203.0.113.1").is_some_and(|p| p["nbma"] == "198.51.100.17"));
+    let nhrp = |ns: &str, inst: &str, dir: &str, kind: &str| gre::show(ns, inst).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
+    // Each hub forwarded a request it could not answer and relayed the other's reply back.
+    for (ns, inst) in [(&hub1, &ih1), (&hub2, &ih2)] {
+        assert!(nhrp(ns, inst, "nhrp_sent", "resolution_request") >= 1, "{ns} forwarded a request");
+        assert!(nhrp(ns, inst, "nhrp_received", "resolution_reply") >= 1, "{ns} got a reply to relay");
+        assert!(nhrp(ns, inst, "nhrp_sent", "resolution_reply") >= 2, "{ns} answered one and relayed one");
+        assert_eq!(gre::show(ns, inst).unwrap()["tunnels"][0]["nhrp_errors"], 0);
+    }
+    // Then directly: neither hub sees the pings.
+    let rx = |ns: &str, inst: &str| gre::show(ns, inst).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let punted = |ns: &str, inst: &str| gre::show(ns, inst).unwrap()["tunnels"][0]["nhrp_punted"].as_u64().unwrap();
+    let before = [(rx(&hub1, &ih1), punted(&hub1, &ih1)), (rx(&hub2, &ih2), punted(&hub2, &ih2))];
+    traffic::ping(&s1, "203.0.113.2", 5).expect("spoke 1 to spoke 2, direct");
+    let after = [(rx(&hub1, &ih1), punted(&hub1, &ih1)), (rx(&hub2, &ih2), punted(&hub2, &ih2))];
+    for ((rx0, nhrp0), (rx1, nhrp1)) in before.iter().zip(&after) {
+        assert_eq!(rx1 - rx0, nhrp1 - nhrp0, "only NHRP reached a hub during the direct ping");
+    }
+}
