@@ -39,11 +39,6 @@ fn spokes_register_resolve_and_go_direct() {
     }
     let _hub_daemon = gre::Daemon::start(&hub, &ih);
     let mut spoke_daemons: Vec<Option<gre::Daemon>> = spokes.iter().map(|(ns, i)| Some(gre::Daemon::start(ns, i))).collect();
-    // Spoke 4 has the wrong password: the hub refuses it with an Error Indication.
-    let wrong = nhrp_spoke.replace("dmvpn", "guess");
-    let s4 = t.spokes[3].clone();
-    let i4 = t.lab.gre_up(&s4, "s4", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(4), "203.0.113.4", &wrong, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
-    let _s4_daemon = gre::Daemon::start(&s4, &i4);
 
     // Registrations appear on the hub, with the spokes' NBMA addresses; the spokes see the NHS up.
     traffic::wait_for("three registrations on the hub", 10, || peers(&hub, &ih).len() == 3);
@@ -83,6 +78,11 @@ fn spokes_register_resolve_and_go_direct() {
         .spawn()
         .expect("tcpdump");
     thread::sleep(Duration::from_millis(1000));
+    // Spoke 4 has the wrong password: the hub refuses it with an Error Indication.
+    let wrong = nhrp_spoke.replace("dmvpn", "guess");
+    let s4 = t.spokes[3].clone();
+    let i4 = t.lab.gre_up(&s4, "s4", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(4), "203.0.113.4", &wrong, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let _s4_daemon = gre::Daemon::start(&s4, &i4);
 
     // Spoke 1 to spoke 2: the first packets cross the hub while spoke 1 resolves spoke 2 (and
     // spoke 2 resolves spoke 1 for its replies); then the traffic is direct.
@@ -91,6 +91,8 @@ fn spokes_register_resolve_and_go_direct() {
     traffic::ping(&s1, &HubAndSpokes::spoke_overlay(2), 3).expect("spoke 1 to spoke 2");
     traffic::wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some());
     traffic::wait_for("spoke 2 to learn spoke 1", 5, || peer(&peers(&s2, &i2), "203.0.113.1").is_some());
+    let nhrp = |ns: &str, inst: &str, dir: &str, kind: &str| gre::show(ns, inst).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
+    traffic::wait_for("the hub to refuse spoke 4", 5, || nhrp(&s4, &i4, "nhrp_received", "error_indication") >= 1);
     // Everything up to here (re-registrations and the hub's Traffic Indications come and go).
     // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
     unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
@@ -134,7 +136,6 @@ fn spokes_register_resolve_and_go_direct() {
     assert_eq!(f(refusal, "nhrp.src.prot.addr"), [HUB_OVERLAY, "203.0.113.4"], "{refusal}");
 
     // Per-type NHRP counters: registrations answered by the hub, spoke 1's resolution answered.
-    let nhrp = |ns: &str, inst: &str, dir: &str, kind: &str| gre::show(ns, inst).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
     assert!(nhrp(&hub, &ih, "nhrp_received", "registration_request") >= 3);
     assert!(nhrp(&hub, &ih, "nhrp_sent", "registration_reply") >= 3);
     assert!(nhrp(&hub, &ih, "nhrp_received", "resolution_request") >= 1);
