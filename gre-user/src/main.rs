@@ -13,7 +13,7 @@ struct Cli {
     #[arg(short = 'n', long, global = true, value_name = "NETNS")]
     netns: Option<String>,
     /// Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>.
-    #[arg(short = 'i', long, global = true, default_value = "default")]
+    #[arg(short = 'I', long, global = true, default_value = "default")]
     instance: String,
     #[command(subcommand)]
     command: Command,
@@ -59,10 +59,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum NhrpCommand {
-    /// Decode the NHRP messages of a capture (pcap or pcapng), one line each.
+    /// Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one
+    /// line each.
+    #[command(group = clap::ArgGroup::new("source").required(true))]
     Dump {
         /// The capture file.
-        file: PathBuf,
+        #[arg(group = "source")]
+        file: Option<PathBuf>,
+        /// Capture live on this interface (both directions) until interrupted.
+        #[arg(short = 'i', long = "interface", value_name = "IFACE", group = "source")]
+        iface: Option<String>,
+        /// Stop after this many NHRP messages.
+        #[arg(short = 'c', long, value_name = "COUNT")]
+        count: Option<usize>,
         /// JSON on one line per message, with every field.
         #[arg(short = 'j', long)]
         json: bool,
@@ -117,13 +126,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Daemon => daemon::run(&cli.instance).await?,
-        Command::Nhrp(NhrpCommand::Dump { file, json }) => {
-            for m in nhrp::dump::read(&file)? {
+        Command::Nhrp(NhrpCommand::Dump { file, iface, count, json }) => {
+            let print = |m: &nhrp::dump::Message| -> Result<()> {
                 if json {
-                    println!("{}", serde_json::to_string(&nhrp::dump::MessageView::from(&m))?);
+                    println!("{}", serde_json::to_string(&nhrp::dump::MessageView::from(m))?);
                 } else {
-                    println!("{}", nhrp::dump::line(&m));
+                    println!("{}", nhrp::dump::line(m));
                 }
+                Ok(())
+            };
+            match (file, iface) {
+                (Some(file), _) => nhrp::dump::read(&file)?.iter().take(count.unwrap_or(usize::MAX)).try_for_each(print)?,
+                (None, Some(iface)) => nhrp::dump::live(&iface, count, print)?,
+                (None, None) => anyhow::bail!("give a capture file or -i IFACE"),
             }
         }
         Command::Check { config } => {

@@ -17,7 +17,7 @@ pub fn bin() -> PathBuf {
 pub fn run(netns: &str, instance: &str, args: &[&str]) -> Result<String> {
     let bin = bin();
     let out = Command::new(&bin)
-        .args(["-n", netns, "-i", instance])
+        .args(["-n", netns, "-I", instance])
         .args(args)
         .output()
         .with_context(|| format!("running {} (build it with `cargo xtask build`)", bin.display()))?;
@@ -42,7 +42,7 @@ pub struct Daemon(Option<std::process::Child>);
 impl Daemon {
     /// Starts `gre -n NS -i INSTANCE daemon`.
     pub fn start(ns: &str, instance: &str) -> Self {
-        Self(Some(Command::new(bin()).args(["-n", ns, "-i", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon")))
+        Self(Some(Command::new(bin()).args(["-n", ns, "-I", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon")))
     }
 
     /// Kills it without letting it say goodbye (SIGKILL): as a crash or a power cut would.

@@ -16,6 +16,20 @@ fn peers(ns: &str, instance: &str) -> Vec<Value> {
     gre::show(ns, instance).expect("show")["peers"].as_array().cloned().unwrap_or_default()
 }
 
+/// Waits for a child's output, killing it after `secs`.
+fn wait_with_timeout(mut child: std::process::Child, secs: u64) -> Result<String, String> {
+    for _ in 0..secs * 10 {
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    Err(format!("still running after {secs}s; printed: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 fn peer<'a>(list: &'a [Value], overlay: &str) -> Option<&'a Value> {
     list.iter().find(|p| p["overlay"] == overlay)
 }
@@ -78,6 +92,13 @@ fn spokes_register_resolve_and_go_direct() {
         .spawn()
         .expect("tcpdump");
     thread::sleep(Duration::from_millis(1000));
+    // `gre nhrp dump -i` live on the router's port toward spoke 1, alongside tcpdump.
+    let live = Command::new(gre::bin())
+        .args(["-n", &t.wan, "nhrp", "dump", "-i", "s1", "-c", "4", "-j"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gre nhrp dump -i");
     // Spoke 4 has the wrong password: the hub refuses it with an Error Indication.
     let wrong = nhrp_spoke.replace("dmvpn", "guess");
     let s4 = t.spokes[3].clone();
@@ -93,6 +114,7 @@ fn spokes_register_resolve_and_go_direct() {
     traffic::wait_for("spoke 2 to learn spoke 1", 5, || peer(&peers(&s2, &i2), "203.0.113.1").is_some());
     let nhrp = |ns: &str, inst: &str, dir: &str, kind: &str| gre::show(ns, inst).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
     traffic::wait_for("the hub to refuse spoke 4", 5, || nhrp(&s4, &i4, "nhrp_received", "error_indication") >= 1);
+    let live = wait_with_timeout(live, 15).expect("the live dump sees 4 NHRP messages");
     // Everything up to here (re-registrations and the hub's Traffic Indications come and go).
     // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
     unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
@@ -105,7 +127,6 @@ fn spokes_register_resolve_and_go_direct() {
         .args(["-e", "nhrp.err.code", "-e", "nhrp.err.offset"])
         .output()
         .expect("tshark");
-    let _ = std::fs::remove_file(&pcap);
     let decoded: Vec<Value> = serde_json::from_slice(&out.stdout).expect("tshark json");
     assert!(decoded.len() >= 2, "{decoded:?}");
     let f = |p: &Value, k: &str| {
@@ -128,6 +149,20 @@ fn spokes_register_resolve_and_go_direct() {
         }
     }
     assert!(types.contains(&"1".to_string()) && types.contains(&"2".to_string()), "a resolution request and reply among {types:?}");
+    // Every message the live dump showed is in tcpdump's capture, as `gre nhrp dump FILE` reads it.
+    let from_file = gre::run(&t.wan, "default", &["nhrp", "dump", "-j", pcap.to_str().unwrap()]).expect("gre nhrp dump FILE");
+    let identity = |v: &Value| (v["outer_src"].clone(), v["outer_dst"].clone(), v["nhrp"]["type"].clone(), v["nhrp"]["request_id"].clone());
+    let recorded: Vec<_> = from_file.lines().map(|l| identity(&serde_json::from_str(l).unwrap())).collect();
+    assert_eq!(live.lines().count(), 4, "{live}");
+    for l in live.lines() {
+        let v: Value = serde_json::from_str(l).expect("JSON lines");
+        assert_eq!((v["checksum_ok"].as_bool(), v["gre_key"].as_u64()), (Some(true), Some(100)), "{l}");
+        let ends = [v["outer_src"].as_str().unwrap(), v["outer_dst"].as_str().unwrap()];
+        assert!(ends == ["198.51.100.17", HUB_NBMA] || ends == [HUB_NBMA, "198.51.100.17"], "{l}");
+        assert!(recorded.contains(&identity(&v)), "{l} is not in the capture");
+    }
+    let _ = std::fs::remove_file(&pcap);
+
     // The hub's answer to spoke 4: Authentication Failure, pointing into spoke 4's registration
     // request, which it carries.
     let refusal = decoded.iter().find(|p| f(p, "nhrp.hdr.op.type").first().is_some_and(|t| t == "7")).expect("an Error Indication");

@@ -65,7 +65,7 @@ fn main() -> Result<()> {
             if let Some(ns) = netns {
                 cmd.args(["-n", &ns]);
             }
-            cmd.args(["-i", &instance, "up", "-c"]).arg(&config).args(["--iface", &iface]);
+            cmd.args(["-I", &instance, "up", "-c"]).arg(&config).args(["--iface", &iface]);
             run(&mut cmd)
         }
         Task::Demo => {

@@ -1,7 +1,7 @@
-//! `gre nhrp dump`: the NHRP messages of a capture (pcap or pcapng), one line each or as JSON:
-//! what an operator reads when a hub and a spoke disagree. NHRP is found inside GRE (protocol
-//! type 0x2001) or straight over IP (protocol 54), over IPv4 or IPv6, in Ethernet (one VLAN tag),
-//! Linux cooked or raw IP captures.
+//! `gre nhrp dump`: the NHRP messages of a capture (pcap or pcapng) or of live traffic on an
+//! interface, one line each or as JSON: what an operator reads when a hub and a spoke disagree.
+//! NHRP is found inside GRE (protocol type 0x2001) or straight over IP (protocol 54), over IPv4
+//! or IPv6, in Ethernet (one VLAN tag), Linux cooked (v1, v2) or raw IP captures.
 
 use std::{fs::File, io::Read as _, net::IpAddr, path::Path};
 
@@ -104,6 +104,63 @@ pub fn read(path: &Path) -> Result<Vec<Message>> {
         .collect())
 }
 
+/// Decodes NHRP live on `iface`, in both directions, calling `each` for every message until
+/// `count` messages (if given) or an error from `each`.
+///
+/// A packet socket (cooked: network-layer packets, whatever the link) sees what the kernel
+/// sees. On an interface where this datapath is attached, received NHRP is taken in XDP before
+/// packet sockets see it, so there the dump shows what the node sends; the router or switch
+/// port in between shows both directions.
+///
+/// # Errors
+/// The interface does not exist, the socket cannot be opened (needs CAP_NET_RAW), or `each` fails.
+pub fn live(iface: &str, count: Option<usize>, mut each: impl FnMut(&Message) -> Result<()>) -> Result<()> {
+    let name = std::ffi::CString::new(iface).context("interface name")?;
+    // SAFETY: a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {iface:?}");
+    }
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket creation; the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(all)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening a packet socket");
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = all;
+    sll.sll_ifindex = i32::try_from(ifindex)?;
+    let len = u32::try_from(std::mem::size_of::<libc::sockaddr_ll>())?;
+    // SAFETY: binding our socket to a valid sockaddr_ll of the size given.
+    if unsafe { libc::bind(std::os::fd::AsRawFd::as_raw_fd(&sock), (&raw const sll).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("binding to {iface}"));
+    }
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 65536];
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        // SAFETY: reading into our own buffer of the length given.
+        let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&sock), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("reading packets");
+        }
+        let frame = &buf[..usize::try_from(n)?];
+        let Some((outer_src, outer_dst, gre_key, nhrp)) = find_nhrp(DataLink::RAW, frame) else { continue };
+        seen += 1;
+        let m = Message { frame: seen, time: start.elapsed().as_secs_f64(), outer_src, outer_dst, gre_key, wire: nhrp.to_vec(), packet: Packet::decode(nhrp) };
+        each(&m)?;
+    }
+    Ok(())
+}
+
 /// The outer addresses, the GRE key and the NHRP bytes of a frame, if it carries NHRP.
 fn find_nhrp(link: DataLink, frame: &[u8]) -> Option<(IpAddr, IpAddr, Option<u32>, &[u8])> {
     let (ethertype, l3) = match link {
@@ -117,6 +174,8 @@ fn find_nhrp(link: DataLink, frame: &[u8]) -> Option<(IpAddr, IpAddr, Option<u32
             (t, at)
         }
         DataLink::LINUX_SLL => (u16::from_be_bytes([*frame.get(14)?, *frame.get(15)?]), 16),
+        // `tcpdump -i any`: protocol first, 20-byte header.
+        DataLink::LINUX_SLL2 => (u16::from_be_bytes([*frame.first()?, *frame.get(1)?]), 20),
         DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => (if frame.first()? >> 4 == 6 { gre::ETH_P_IPV6 } else { gre::ETH_P_IPV4 }, 0),
         _ => return None,
     };
