@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup|build|build-and-load|demo|test`.
+//! Developer tasks: `cargo xtask setup|build|build-and-load|demo|test|fuzz`.
 
 mod setup;
 
@@ -45,13 +45,23 @@ enum Task {
     },
     /// Set up, build, and run two sites joined by a GRE tunnel in network namespaces.
     Demo,
-    /// Set up, build, and run every test.
+    /// Set up, build, and run every test, then each fuzz target for a short while.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz the NHRP decoder (cargo-fuzz, libFuzzer) from the seed corpus.
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
+
+/// Seconds each fuzz target runs as part of `cargo xtask test`: a smoke run that proves the
+/// target builds and holds on its seeds and what it finds in that time.
+const TEST_FUZZ_SECONDS: u64 = 20;
 
 fn main() -> Result<()> {
     // Ctrl-C reaches the child tasks too; xtask waits for them to clean up and report.
@@ -76,7 +86,12 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             let gre = build(false)?;
-            test(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))
+            test(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))?;
+            fuzz(TEST_FUZZ_SECONDS)
+        }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz(seconds)
         }
     }
 }
@@ -131,6 +146,23 @@ fn test(cmd: &mut Command) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
+    Ok(())
+}
+
+/// Runs the fuzz target on nightly. New inputs libFuzzer finds go to a scratch corpus, so the
+/// seeds in the repository change only by hand; a crash leaves its input in fuzz/artifacts.
+fn fuzz(seconds: u64) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("gre-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).context("creating the scratch corpus")?;
+    let result = run(Command::new("cargo")
+        .current_dir(root())
+        .args(["+nightly", "fuzz", "run", "nhrp_decode"])
+        .arg(&scratch)
+        .arg(root().join("fuzz/corpus/nhrp_decode"))
+        .args(["--", &format!("-max_total_time={seconds}")]));
+    let _ = std::fs::remove_dir_all(&scratch);
+    result.context("fuzzing nhrp_decode")?;
+    eprintln!("fuzz: nhrp_decode held for {seconds} s");
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     debian_packages()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     eprintln!("setup: everything is in place ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -67,6 +68,18 @@ fn debian_packages() -> Result<()> {
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     status(Command::new("apt-get").args(["update", "-q"]))?;
     status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13";
+
+/// cargo-fuzz, for the fuzz targets of the NHRP codec.
+fn cargo_fuzz() -> Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_some_and(|v| v.contains(&format!(" {CARGO_FUZZ_VERSION}."))) {
+        eprintln!("setup: cargo-fuzz {CARGO_FUZZ_VERSION}: present");
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--version", &format!("^{CARGO_FUZZ_VERSION}")]))
 }
 
 fn bpf_linker() -> Result<()> {

@@ -168,6 +168,7 @@ impl Engine {
             payload: Payload::Cies(cies),
             extensions,
             trailer: vec![],
+            empty_extension_area: false,
         }
     }
 

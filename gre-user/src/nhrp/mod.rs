@@ -3,4 +3,5 @@
 pub mod agent;
 pub mod dump;
 pub mod engine;
-pub mod wire;
+/// The wire codec lives in its own crate (fuzzed without the datapath); this is its name here.
+pub use nhrp_wire as wire;

@@ -225,6 +225,9 @@ pub struct Packet {
     pub extensions: Vec<Extension>,
     /// Bytes after the last extension up to the packet size (none in a well-formed packet).
     pub trailer: Vec<u8>,
+    /// The extension offset pointed at the end of the packet though no extension followed
+    /// (RFC 2332 says 0 then; kept so that the packet re-encodes to its own bytes).
+    pub empty_extension_area: bool,
 }
 
 /// Why a packet could not be decoded.
@@ -345,7 +348,7 @@ impl Packet {
         let dst_proto = c.take(usize::from(dpl), "destination protocol address")?.to_vec();
         let body_end = if extoff == 0 { size } else { extoff };
         if body_end < c.at || body_end > size {
-            return Err(Error::Bad { at: 12, what: "extension offset" });
+            return Err(Error::Bad { at: 14, what: "extension offset" });
         }
         let body = &buf[c.at..body_end];
         let payload = match kind {
@@ -385,6 +388,7 @@ impl Packet {
             src_proto,
             dst_proto,
             payload,
+            empty_extension_area: extoff != 0 && extensions.is_empty(),
             extensions,
             trailer,
         })
@@ -419,7 +423,7 @@ impl Packet {
             Payload::Cies(list) => encode_cies(list, &mut out)?,
             Payload::Raw(raw) => out.extend_from_slice(raw),
         }
-        let extoff = if self.extensions.is_empty() { 0 } else { out.len() };
+        let extoff = if self.extensions.is_empty() && !self.empty_extension_area { 0 } else { out.len() };
         for e in &self.extensions {
             let t = e.kind | if e.compulsory { COMPULSORY } else { 0 };
             out.extend_from_slice(&t.to_be_bytes());
@@ -674,6 +678,7 @@ mod tests {
                 Extension { compulsory: true, kind: ext::END, body: ExtBody::Raw(vec![]) },
             ],
             trailer: vec![],
+            empty_extension_area: false,
         }
     }
 
@@ -688,6 +693,20 @@ mod tests {
         assert!(Packet::checksum_ok(&wire));
         let back = Packet::decode(&wire).unwrap();
         assert_eq!(back, Packet { checksum: back.checksum, ..p });
+        assert_eq!(back.encode(false).unwrap(), wire);
+    }
+
+    /// Found by the fuzzer: an extension offset at the very end, with nothing after it, must
+    /// survive a round trip (it used to come back as 0).
+    #[test]
+    fn an_empty_extension_area_round_trips() {
+        let mut p = registration();
+        p.extensions.clear();
+        p.empty_extension_area = true;
+        let wire = p.encode(true).unwrap();
+        assert_eq!(usize::from(u16::from_be_bytes([wire[14], wire[15]])), wire.len());
+        let back = Packet::decode(&wire).unwrap();
+        assert!(back.empty_extension_area && back.extensions.is_empty());
         assert_eq!(back.encode(false).unwrap(), wire);
     }
 
