@@ -67,6 +67,7 @@ pub async fn run(instance: &str) -> Result<()> {
                     keepalives.tick(&mut maps, &sender)?;
                     nhrp.tick(&mut maps, &sender, now)?;
                 }
+                nhrp.keep_neighbours(&mut maps).await;
             }
             ready = receiver.readable() => {
                 let mut guard = ready?;

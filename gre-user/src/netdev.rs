@@ -10,7 +10,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         link::{LinkAttribute, LinkMessage},
-        neighbour::{NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState},
         route::{RouteAddress, RouteAttribute},
     },
 };
@@ -160,8 +160,10 @@ pub async fn next_hop(handle: &Handle, dst: IpAddr) -> Result<(u32, IpAddr)> {
 }
 
 /// Asks the kernel to keep the neighbour `addr` on `ifindex` resolved (a managed entry), so the
-/// datapath can send to it without the kernel's help. Returns false if an entry was there
-/// already (it is left as it is).
+/// datapath can send to it without the kernel's help. An entry the kernel made on its own (some
+/// traffic resolved it, and it would age out) becomes managed, keeping its state and address;
+/// an operator's permanent entry, or one managed already, is left as it is. Returns true if the
+/// entry is ours to remove at `gre down`.
 ///
 /// # Errors
 /// Netlink fails for another reason.
@@ -169,10 +171,40 @@ pub async fn manage_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Re
     let mut req = handle.neighbours().add(ifindex, addr).state(NeighbourState::None);
     req.message_mut().attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
     match req.execute().await {
-        Ok(()) => Ok(true),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("adding a managed neighbour {addr} on link {ifindex}")),
+        Ok(()) => return Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+        Err(e) => return Err(e).with_context(|| format!("adding a managed neighbour {addr} on link {ifindex}")),
     }
+    let Some(existing) = find_neighbour(handle, ifindex, addr).await? else { return Ok(false) };
+    let managed = existing.attributes.iter().any(|a| matches!(a, NeighbourAttribute::ExtFlags(f) if f.contains(NeighbourExtFlags::Managed)));
+    if managed || matches!(existing.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
+        return Ok(false);
+    }
+    let mut req = handle.neighbours().add(ifindex, addr).state(existing.header.state).replace();
+    for a in existing.attributes {
+        if let NeighbourAttribute::LinkLayerAddress(mac) = a {
+            req.message_mut().attributes.push(NeighbourAttribute::LinkLayerAddress(mac));
+        }
+    }
+    req.message_mut().attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    req.execute().await.with_context(|| format!("making neighbour {addr} on link {ifindex} managed"))?;
+    Ok(true)
+}
+
+/// The neighbour entry of `addr` on `ifindex`, if there is one.
+async fn find_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>> {
+    let mut entries = handle.neighbours().get().execute();
+    while let Some(m) = entries.try_next().await.context("listing neighbours")? {
+        let dst = m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        });
+        if m.header.ifindex == ifindex && dst == Some(addr) {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
 }
 
 /// Deletes a neighbour entry; one that is gone already is fine.

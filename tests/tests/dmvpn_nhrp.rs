@@ -63,6 +63,11 @@ fn spokes_register_resolve_and_go_direct() {
         assert!(p["expires_in"].as_u64().unwrap() <= 6);
         assert_eq!(p["multicast"], true, "registered spokes get the hub's multicast");
     }
+    // Multicast replicas are cloned straight to the underlay next hop (the router here): the
+    // daemon has the kernel keep it resolved.
+    traffic::wait_for("a managed neighbour for the spokes' next hop", 5, || {
+        ns_sh(&hub, &["ip", "neigh", "show", "198.51.100.14", "dev", "eth0"]).is_ok_and(|o| o.split_whitespace().any(|w| w == "managed"))
+    });
     for (ns, inst) in &spokes {
         traffic::wait_for("the NHS up on every spoke", 10, || gre::show(ns, inst).unwrap()["tunnels"][0]["state"] == "up");
         let nhs: Value = serde_json::from_str(&gre::run(ns, inst, &["show", "nhs", "-j"]).unwrap()).unwrap();

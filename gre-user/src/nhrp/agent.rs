@@ -3,7 +3,7 @@
 //! become GRE packets on the wire and entries in the peer table.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
@@ -28,6 +28,18 @@ pub struct Agent {
     engines: HashMap<u32, Engine>,
     /// Phase 3 shortcuts installed: (tunnel, overlay host). They go with their peer.
     shortcuts: Vec<(u32, IpAddr)>,
+    /// NBMA addresses of new multicast peers whose underlay next hop is to be kept resolved.
+    wanted_hops: Vec<IpAddr>,
+    /// Underlay neighbours kept resolved (ours, or there before us): (ifindex, address).
+    kept: HashSet<(u32, IpAddr)>,
+    handle: rtnetlink::Handle,
+}
+
+/// What carrying out actions left to do later.
+#[derive(Default)]
+struct Applied {
+    shortcuts: Vec<(u32, IpAddr)>,
+    multicast_nbmas: Vec<IpAddr>,
 }
 
 impl Agent {
@@ -80,7 +92,8 @@ impl Agent {
             info!("tunnel {id}: NHRP network {} {role} as {overlay} ({nbma})", t.nhrp_network_id);
             engines.insert(id, Engine::new(settings));
         }
-        Ok(Self { engines, shortcuts: Vec::new() })
+        let kept = maps.neighbours().into_iter().collect();
+        Ok(Self { engines, shortcuts: Vec::new(), wanted_hops: Vec::new(), kept, handle })
     }
 
     /// Every second: registrations, expiries, the state of each spoke's NHS.
@@ -105,11 +118,11 @@ impl Agent {
             alive
         });
         let tunnels: HashMap<u32, Tunnel> = maps.tunnels()?.into_iter().collect();
-        let mut shortcuts = Vec::new();
+        let mut applied = Applied::default();
         for (id, engine) in &mut self.engines {
             let Some(t) = tunnels.get(id) else { continue };
             let actions = engine.tick(now);
-            shortcuts.extend(apply(maps, sender, *id, t, actions, now));
+            apply(maps, sender, *id, t, actions, now, &mut applied);
             if engine.settings.nhs.is_some() {
                 let mut s = maps.state(*id)?;
                 let wanted = if engine.nhs_up(now) { tunnel_state::UP } else { tunnel_state::DOWN };
@@ -122,8 +135,40 @@ impl Agent {
                 }
             }
         }
-        self.shortcuts.extend(shortcuts);
+        self.shortcuts.extend(applied.shortcuts);
+        self.wanted_hops.extend(applied.multicast_nbmas);
         Ok(())
+    }
+
+    /// Multicast replicas are cloned straight to the underlay next hop (replicate.rs), so the
+    /// next hop of each new multicast peer is kept resolved by the kernel (a managed neighbour,
+    /// recorded for `gre down` to remove), as `gre up` does for static ones.
+    pub async fn keep_neighbours(&mut self, maps: &mut Maps) {
+        for nbma in std::mem::take(&mut self.wanted_hops) {
+            let (ifindex, hop) = match netdev::next_hop(&self.handle, nbma).await {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!("multicast peer at {nbma}: {e:#}");
+                    continue;
+                }
+            };
+            if !self.kept.insert((ifindex, hop)) {
+                continue;
+            }
+            match netdev::manage_neighbour(&self.handle, ifindex, hop).await {
+                Ok(true) => {
+                    if let Err(e) = maps.record_neighbour(ifindex, hop) {
+                        warn!("{e:#}");
+                    }
+                    debug!("keeping {hop} resolved for multicast to {nbma}");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!("multicast peer at {nbma}: {e:#}");
+                    self.kept.remove(&(ifindex, hop));
+                }
+            }
+        }
     }
 
     /// Takes what the datapath handed over since the last call.
@@ -203,8 +248,10 @@ impl Agent {
     }
 
     fn apply(&mut self, maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
-        let shortcuts = apply(maps, sender, id, t, actions, now);
-        self.shortcuts.extend(shortcuts);
+        let mut applied = Applied::default();
+        apply(maps, sender, id, t, actions, now, &mut applied);
+        self.shortcuts.extend(applied.shortcuts);
+        self.wanted_hops.extend(applied.multicast_nbmas);
     }
 }
 
@@ -213,9 +260,8 @@ fn host_route(overlay: IpAddr) -> ipnet::IpNet {
     ipnet::IpNet::new(overlay, if overlay.is_ipv4() { 32 } else { 128 }).unwrap_or_default()
 }
 
-/// Carries out an engine's actions; returns the shortcuts it installed.
-fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) -> Vec<(u32, IpAddr)> {
-    let mut installed = Vec::new();
+/// Carries out an engine's actions, noting what is left for later in `applied`.
+fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64, applied: &mut Applied) {
     for a in actions {
         match a {
             Action::Send { to, kind, packet } => match send(sender, t, to, &packet) {
@@ -246,6 +292,9 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                 if existing.is_none() {
                     info!("tunnel {id}: peer {overlay} is at {nbma} for {holdtime}s");
                 }
+                if multicast && existing.as_ref().is_none_or(|(_, _, p)| show_addr(&p.nbma) != nbma) {
+                    applied.multicast_nbmas.push(nbma);
+                }
                 if let Err(e) = maps.set_peer(id, overlay, &peer) {
                     warn!("tunnel {id}: {e:#}");
                 }
@@ -260,13 +309,12 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
             Action::Shortcut { overlay } => match maps.add_route(host_route(overlay), id, None) {
                 Ok(()) => {
                     info!("tunnel {id}: shortcut to {overlay}");
-                    installed.push((id, overlay));
+                    applied.shortcuts.push((id, overlay));
                 }
                 Err(e) => warn!("tunnel {id}: {e:#}"),
             },
         }
     }
-    installed
 }
 
 /// NHRP over the tunnel's GRE: outer IPv4 from our NBMA address, GRE with the output key and
