@@ -493,14 +493,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         if let Some(n) = &t.nhrp {
             let reason = if !multipoint {
                 Some("NHRP runs on multipoint tunnels (without remote)".to_string())
-            } else if !local.is_ipv4() {
-                Some("NHRP is implemented for IPv4 NBMA addresses".to_string())
             } else if n.get_ref().network_id == 0 {
                 Some("network_id is 1 or more".to_string())
             } else if n.get_ref().holdtime < 3 {
                 Some("holdtime must be at least 3 seconds".to_string())
             } else if n.get_ref().auth.as_ref().is_some_and(|a| a.len() > 8) {
                 Some("auth is at most 8 bytes, as Cisco's".to_string())
+            } else if t.nhs.as_ref().is_some_and(|h| !h.get_ref().is_ipv4()) {
+                Some("NHRP resolves IPv4 overlay addresses (over IPv4 or IPv6 NBMA): `nhs` is an IPv4 address".to_string())
             } else if n.get_ref().role == NhrpRole::Nhc && t.nhs.is_none() {
                 Some("a spoke (nhc) needs `nhs`, the hub's overlay address".to_string())
             } else {
@@ -850,6 +850,9 @@ nhrp = { role = "nhc", holdtime = 60 }
         assert!(err(&text.replace("holdtime = 60", "network_id = 0")).message.contains("network_id is 1 or more"));
         assert!(err(&text.replace("holdtime = 60", "holdtime = 2")).message.contains("at least 3 seconds"));
         assert!(err(&text.replace("nhs = \"203.0.113.254\"\n", "")).message.contains("needs `nhs`"));
+        // Over IPv6 NBMA (the overlay stays IPv4).
+        assert!(parse(Path::new("t.toml"), &text.replace("198.51.100.17", "2001:db8:1::17")).is_ok());
+        assert!(err(&text.replace("203.0.113.254", "2001:db8:100::1")).message.contains("`nhs` is an IPv4 address"));
         // A hub may register with a hub of its own (hierarchical DMVPN).
         assert!(parse(Path::new("t.toml"), &text.replace("role = \"nhc\"", "role = \"nhs\"")).is_ok());
     }

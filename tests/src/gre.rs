@@ -22,7 +22,7 @@ pub fn run(netns: &str, instance: &str, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {} (build it with `cargo xtask build`)", bin.display()))?;
     if !out.status.success() {
-        bail!("gre -n {netns} -i {instance} {} failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+        bail!("gre -n {netns} -I {instance} {} failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

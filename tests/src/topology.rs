@@ -298,6 +298,8 @@ pub struct HubAndSpokes {
 
 pub const HUB_NBMA: &str = "198.51.100.10";
 pub const HUB_OVERLAY: &str = "203.0.113.254";
+/// The hub's NBMA address on an IPv6 underlay ([`HubAndSpokes::add_ipv6`]).
+pub const HUB_NBMA6: &str = "2001:db8:ff::10";
 
 impl HubAndSpokes {
     /// # Errors
@@ -322,6 +324,33 @@ impl HubAndSpokes {
             ns_sh(&hub, &["sysctl", "-q", "-w", key])?;
         }
         Ok(Self { lab, wan, hub, spokes })
+    }
+
+    /// Gives the underlay IPv6 as well: the hub 2001:db8:ff::10/64, spoke `i` 2001:db8:`i`::1/64,
+    /// the router ::ffff on each link, default routes through it.
+    ///
+    /// # Errors
+    /// A step fails.
+    pub fn add_ipv6(&self) -> Result<()> {
+        let mut links = vec![(self.hub.as_str(), "h0", "2001:db8:ff::")];
+        let prefixes: Vec<String> = (1..=self.spokes.len()).map(|i| format!("2001:db8:{i}::")).collect();
+        for (i, ns) in self.spokes.iter().enumerate() {
+            links.push((ns.as_str(), ["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"][i], &prefixes[i]));
+        }
+        for (ns, wan_side, prefix) in links {
+            let host = if ns == self.hub { HUB_NBMA6.to_string() } else { format!("{prefix}1") };
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{host}/64"), "dev", "eth0", "nodad"])?;
+            sh(&["ip", "-n", &self.wan, "addr", "add", &format!("{prefix}ffff/64"), "dev", wan_side, "nodad"])?;
+            sh(&["ip", "-n", ns, "-6", "route", "add", "default", "via", &format!("{prefix}ffff")])?;
+        }
+        ns_sh(&self.wan, &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
+        Ok(())
+    }
+
+    /// The IPv6 NBMA address of spoke `i` (from 1), after [`HubAndSpokes::add_ipv6`].
+    #[must_use]
+    pub fn spoke_nbma6(i: u8) -> String {
+        format!("2001:db8:{i}::1")
     }
 
     /// The NBMA address of spoke `i` (from 1).

@@ -7,7 +7,7 @@ use std::{process::Command, thread, time::Duration};
 
 use gre_tests::{
     gre, privilege,
-    topology::{HUB_NBMA, HUB_OVERLAY, HubAndSpokes, ns_sh},
+    topology::{HUB_NBMA, HUB_NBMA6, HUB_OVERLAY, HubAndSpokes, ns_sh},
     traffic,
 };
 use serde_json::Value;
@@ -332,5 +332,81 @@ fn two_hubs_forward_resolutions_hop_by_hop() {
     let after = [(rx(&hub1, &ih1), punted(&hub1, &ih1)), (rx(&hub2, &ih2), punted(&hub2, &ih2))];
     for ((rx0, nhrp0), (rx1, nhrp1)) in before.iter().zip(&after) {
         assert_eq!(rx1 - rx0, nhrp1 - nhrp0, "only NHRP reached a hub during the direct ping");
+    }
+}
+
+/// DMVPN over an IPv6 underlay: NBMA addresses are IPv6, the overlay IPv4. Registrations,
+/// resolution and the direct path as over IPv4; tshark reads NHRP with address family 2.
+#[test]
+fn over_ipv6_nbma() {
+    if !privilege::require_root("over_ipv6_nbma") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("g6", 2).expect("topology");
+    t.add_ipv6().expect("IPv6 underlay");
+    let hub = t.hub.clone();
+    let pcap = std::env::temp_dir().join(format!("gre-nhrp6-{}.pcap", std::process::id()));
+    let mut dump = Command::new("ip")
+        .args(["netns", "exec", &t.wan, "timeout", "30", "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-w"])
+        .arg(&pcap)
+        .arg("ip6 proto 47")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    thread::sleep(Duration::from_millis(1000));
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA6, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let spokes: Vec<(String, String)> = (1..=2u8)
+        .map(|i| {
+            let ns = t.spokes[usize::from(i - 1)].clone();
+            let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma6(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA6)]);
+            let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
+            (ns, inst)
+        })
+        .collect();
+    let _daemons: Vec<gre::Daemon> =
+        std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
+
+    traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+    for i in 1..=2u8 {
+        assert_eq!(peer(&peers(&hub, &ih), &HubAndSpokes::spoke_overlay(i)).unwrap()["nbma"], HubAndSpokes::spoke_nbma6(i).as_str());
+    }
+    let (s1, i1) = spokes[0].clone();
+    traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2 through the hub");
+    traffic::wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some_and(|p| p["nbma"] == "2001:db8:2::1"));
+    let hub_rx = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let hub_nhrp = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["nhrp_punted"].as_u64().unwrap();
+    let before = (hub_rx(), hub_nhrp());
+    traffic::ping(&s1, "203.0.113.2", 5).expect("spoke 1 to spoke 2, direct over IPv6");
+    assert_eq!(hub_rx() - before.0, hub_nhrp() - before.1, "only NHRP reached the hub");
+
+    // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
+    unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
+    let _ = dump.wait();
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-Y", "nhrp", "-T", "json", "-e", "nhrp.hdr.op.type", "-e", "nhrp.hdr.afn", "-e", "nhrp.src.nbma.addr_bytes"])
+        .args(["-e", "nhrp.hdr.chksum.status", "-e", "_ws.malformed", "-e", "_ws.expert"])
+        .output()
+        .expect("tshark");
+    let _ = std::fs::remove_file(&pcap);
+    let decoded: Vec<Value> = serde_json::from_slice(&out.stdout).expect("tshark json");
+    let f = |p: &Value, k: &str| {
+        p["_source"]["layers"][k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap_or_default()
+    };
+    let hex = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap().octets().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let nbmas = [hex(HUB_NBMA6), hex(&HubAndSpokes::spoke_nbma6(1)), hex(&HubAndSpokes::spoke_nbma6(2))];
+    let mut types = std::collections::BTreeSet::new();
+    for p in &decoded {
+        assert!(f(p, "_ws.malformed").is_empty() && f(p, "_ws.expert").is_empty(), "tshark objects to {p}");
+        assert_eq!(f(p, "nhrp.hdr.chksum.status"), ["1"], "{p}");
+        let afn = f(p, "nhrp.hdr.afn")[0].clone();
+        assert!(afn == "2" || afn == "0x0002", "address family IPv6: {p}");
+        assert!(nbmas.contains(&f(p, "nhrp.src.nbma.addr_bytes")[0].replace(':', "")), "the sender's IPv6 NBMA address: {p}");
+        types.insert(f(p, "nhrp.hdr.op.type")[0].clone());
+    }
+    for ty in ["1", "2", "3", "4"] {
+        assert!(types.contains(ty), "type {ty} among {types:?}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
 use anyhow::{Context as _, Result};
@@ -13,7 +13,7 @@ use gre_common::{
     maps::{Event, NHRP_TYPES, Peer, Tunnel, TunnelState, event_kind, nhrp_role, peer_flags, peer_kind, tunnel_flags, tunnel_state},
 };
 use log::{debug, info, warn};
-use socket2::Socket;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{
     engine::{Action, Engine, Settings, Tables},
@@ -60,16 +60,16 @@ impl Agent {
                 warn!("tunnel {id}: no IPv4 address on the tunnel netdev; NHRP not started");
                 continue;
             };
-            let nbma = Ipv4Addr::from(addr::to_v4(&t.local).unwrap_or_default());
+            let nbma = show_addr(&t.local);
             let nhs = (t.nhs != [0; 16]).then(|| {
                 let nhs_overlay = show_addr(&t.nhs);
-                let nbma = peers.iter().find(|(pid, o, _)| *pid == id && *o == nhs_overlay).and_then(|(_, _, p)| addr::to_v4(&p.nbma));
+                let nbma = peers.iter().find(|(pid, o, _)| *pid == id && *o == nhs_overlay).map(|(_, _, p)| show_addr(&p.nbma));
                 (nhs_overlay, nbma)
             });
             let nhs = match nhs {
-                Some((IpAddr::V4(o), Some(n))) => Some((o, Ipv4Addr::from(n))),
+                Some((IpAddr::V4(o), Some(n))) if n.is_ipv4() == nbma.is_ipv4() => Some((o, n)),
                 Some((o, _)) => {
-                    warn!("tunnel {id}: NHS {o} has no static IPv4 peer entry with its NBMA address");
+                    warn!("tunnel {id}: NHS {o} has no static peer entry with an NBMA address of the tunnel's family");
                     None
                 }
                 None => None,
@@ -317,12 +317,15 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
     }
 }
 
-/// NHRP over the tunnel's GRE: outer IPv4 from our NBMA address, GRE with the output key and
+/// NHRP over the tunnel's GRE: outer IP from our NBMA address, GRE with the output key and
 /// protocol type 0x2001, sent through a raw socket (the kernel routes it to the underlay).
 fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
-    let IpAddr::V4(dst) = to else { anyhow::bail!("NHRP over IPv6 NBMA is not implemented") };
-    let src = addr::to_v4(&t.local).context("IPv4 tunnel")?;
     let g = gre::Header { protocol: super::wire::GRE_PROTOCOL, key: (t.flags & tunnel_flags::OKEY != 0).then_some(t.okey), ..gre::Header::default() };
+    let dst = match to {
+        IpAddr::V4(dst) => dst,
+        IpAddr::V6(dst) => return send6(t, dst, &g, nhrp),
+    };
+    let src = addr::to_v4(&t.local).context("an IPv6 tunnel sends to IPv6 NBMA addresses only")?;
     let total = gre::IPV4_HLEN + g.len() + nhrp.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -337,6 +340,21 @@ fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
     let at = gre::IPV4_HLEN + g.encode(&mut p[gre::IPV4_HLEN..]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     p[at..].copy_from_slice(nhrp);
     sender.send_to(&p, &SocketAddr::new(to, 0).into()).context("sendto")?;
+    Ok(())
+}
+
+/// Over IPv6 the kernel writes the outer header (raw IPv6 sockets take no header): a socket of
+/// protocol GRE bound to our NBMA address, with the tunnel's hop limit, per packet — NHRP is a
+/// few packets a second at most.
+fn send6(t: &Tunnel, dst: Ipv6Addr, g: &gre::Header, nhrp: &[u8]) -> Result<()> {
+    let IpAddr::V6(src) = show_addr(&t.local) else { anyhow::bail!("an IPv4 tunnel sends to IPv4 NBMA addresses only") };
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(i32::from(gre::IPPROTO_GRE)))).context("opening a raw GRE/IPv6 socket")?;
+    s.bind(&SocketAddr::new(src.into(), 0).into()).with_context(|| format!("binding to {src}"))?;
+    s.set_unicast_hops_v6(if t.ttl == 0 { 255 } else { u32::from(t.ttl) })?;
+    let mut p = vec![0u8; g.len() + nhrp.len()];
+    let at = g.encode(&mut p).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    p[at..].copy_from_slice(nhrp);
+    s.send_to(&p, &SocketAddr::new(dst.into(), 0).into()).context("sendto")?;
     Ok(())
 }
 

@@ -41,9 +41,10 @@ pub struct Settings {
     pub server: bool,
     /// Our overlay (protocol) and NBMA addresses.
     pub overlay: Ipv4Addr,
-    pub nbma: Ipv4Addr,
+    /// IPv4 or IPv6: NHRP's address family follows it (the overlay stays IPv4).
+    pub nbma: IpAddr,
     /// The NHS we register with, overlay and NBMA: a spoke's hub, or a regional hub's own hub.
-    pub nhs: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub nhs: Option<(Ipv4Addr, IpAddr)>,
     pub holdtime: u16,
     pub auth: Option<Vec<u8>>,
     /// The MTU to announce in CIEs.
@@ -127,7 +128,7 @@ impl Engine {
             prefix_len: 32,
             mtu: self.settings.mtu,
             holding_time: self.settings.holdtime,
-            nbma: Address::nsap(&self.settings.nbma.octets()),
+            nbma: nsap(self.settings.nbma),
             proto: self.settings.overlay.octets().to_vec(),
             ..Cie::default()
         }
@@ -152,14 +153,14 @@ impl Engine {
         extensions.extend(self.auth_extension());
         extensions.push(Extension { compulsory: true, kind: ext::END, body: ExtBody::Raw(vec![]) });
         Packet {
-            afn: wire::AFN_IPV4,
+            afn: if self.settings.nbma.is_ipv4() { wire::AFN_IPV4 } else { wire::AFN_IPV6 },
             protocol_type: 0x0800,
             protocol_snap: [0; 5],
             hop_count: 255,
             checksum: 0,
             version: wire::VERSION,
             kind,
-            src_nbma: Address::nsap(&self.settings.nbma.octets()),
+            src_nbma: nsap(self.settings.nbma),
             src_nbma_sub: Address::default(),
             flags,
             request_id,
@@ -237,7 +238,7 @@ impl Engine {
         self.nhs.pending_id = Some(id);
         let cie = Cie { prefix_len: 32, mtu: self.settings.mtu, holding_time: self.settings.holdtime, ..Cie::default() };
         let p = self.packet(kind::REGISTRATION_REQUEST, flags::A_OR_U, id, nhs_overlay, vec![cie]);
-        actions.push(Self::send(nhs_nbma.into(), &p));
+        actions.push(Self::send(nhs_nbma, &p));
         actions
     }
 
@@ -250,7 +251,7 @@ impl Engine {
         }
         let id = self.id();
         let p = self.packet(kind::PURGE_REQUEST, flags::N, id, nhs_overlay, vec![self.own_cie()]);
-        vec![Self::send(nhs_nbma.into(), &p)]
+        vec![Self::send(nhs_nbma, &p)]
     }
 
     /// True while the NHS answers (a reply within the last holdtime).
@@ -270,7 +271,7 @@ impl Engine {
         self.resolving.insert(id, (target.into(), shortcut));
         let cie = Cie { prefix_len: 32, mtu: self.settings.mtu, holding_time: self.settings.holdtime, ..Cie::default() };
         let p = self.packet(kind::RESOLUTION_REQUEST, flags::Q | flags::CISCO_NAT, id, target, vec![cie]);
-        vec![Self::send(nhs_nbma.into(), &p)]
+        vec![Self::send(nhs_nbma, &p)]
     }
 
     /// Handles a packet that arrived from `from` (the outer source: the true NBMA address).
@@ -438,7 +439,7 @@ impl Engine {
             return self.error(from, error_code::LOOP_DETECTED, at, p, now);
         }
         let template = p.cies().first().cloned().unwrap_or_default();
-        if let Some(IpAddr::V4(nbma)) = (tables.peer)(target) {
+        if let Some(nbma) = (tables.peer)(target) {
             if self.registrations.contains_key(&target)
                 && let Some(requester) = proto_addr(&p.src_proto)
             {
@@ -450,14 +451,8 @@ impl Engine {
                     holders.push((requester, at));
                 }
             }
-            let cie = Cie {
-                code: code::SUCCESS,
-                prefix_len: 32,
-                holding_time: self.settings.holdtime,
-                nbma: Address::nsap(&nbma.octets()),
-                proto: p.dst_proto.clone(),
-                ..template
-            };
+            let cie =
+                Cie { code: code::SUCCESS, prefix_len: 32, holding_time: self.settings.holdtime, nbma: nsap(nbma), proto: p.dst_proto.clone(), ..template };
             let mut reply =
                 Packet { kind: kind::RESOLUTION_REPLY, hop_count: 255, flags: p.flags | flags::A_OR_U, payload: Payload::Cies(vec![cie]), ..p.clone() };
             if let Some(e) = reply.extensions.iter_mut().find(|e| e.kind & 0x3fff == ext::RESPONDER_ADDRESS) {
@@ -465,7 +460,7 @@ impl Engine {
             }
             return vec![Self::send(from, &reply)];
         }
-        let upstream = self.settings.nhs.map(|(_, n)| IpAddr::V4(n));
+        let upstream = self.settings.nhs.map(|(_, n)| n);
         let next = (tables.route)(target).filter(|nh| *nh != target).and_then(|nh| (tables.peer)(nh)).or(upstream).filter(|n| *n != from);
         if let Some(next) = next {
             if p.hop_count <= 1 {
@@ -477,6 +472,14 @@ impl Engine {
         let cie = Cie { code: code::NO_BINDING, prefix_len: 32, proto: p.dst_proto.clone(), ..template };
         let reply = Packet { kind: kind::RESOLUTION_REPLY, hop_count: 255, flags: p.flags | flags::A_OR_U, payload: Payload::Cies(vec![cie]), ..p.clone() };
         vec![Self::send(from, &reply)]
+    }
+}
+
+/// An NBMA address as NHRP carries it (NSAP format, 4 or 16 bytes).
+fn nsap(a: IpAddr) -> Address {
+    match a {
+        IpAddr::V4(v4) => Address::nsap(&v4.octets()),
+        IpAddr::V6(v6) => Address::nsap(&v6.octets()),
     }
 }
 
@@ -747,5 +750,30 @@ mod tests {
         let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None }));
         assert_eq!(reply.cies()[0].code, code::NO_BINDING);
         assert!(s.receive([198, 51, 100, 10].into(), &reply, 0, &NONE).is_empty());
+    }
+
+    #[test]
+    fn over_ipv6_nbma() {
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, last]);
+        let mut h = hub();
+        h.settings.nbma = v6(0x10);
+        let mut s = spoke(1, 17);
+        s.settings.nbma = v6(0x17);
+        s.settings.nhs = Some(([203, 0, 113, 254].into(), v6(0x10)));
+        let (to, request) = sent(&s.tick(0));
+        assert_eq!((to, request.afn, request.src_nbma.bytes.len()), (v6(0x10), wire::AFN_IPV6, 16));
+        let actions = h.receive(v6(0x17), &request, 0, &NONE);
+        assert!(actions.contains(&Action::Peer { overlay: [203, 0, 113, 1].into(), nbma: v6(0x17), holdtime: 60, multicast: true }));
+        let (_, reply) = sent(&actions);
+        s.receive(v6(0x10), &reply, 0, &NONE);
+        assert!(s.nhs_up(0));
+        let table = |o: IpAddr| (o == IpAddr::from([203, 0, 113, 2])).then(|| v6(0x33));
+        let (_, request) = sent(&s.resolve([203, 0, 113, 2].into()));
+        let (_, reply) = sent(&h.receive(v6(0x17), &request, 0, &Tables { peer: &table, route: &|_| None }));
+        assert_eq!(reply.cies()[0].nbma.bytes.len(), 16);
+        assert_eq!(
+            s.receive(v6(0x10), &reply, 0, &NONE),
+            vec![Action::Peer { overlay: [203, 0, 113, 2].into(), nbma: v6(0x33), holdtime: 60, multicast: false }]
+        );
     }
 }
