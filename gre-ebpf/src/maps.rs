@@ -69,9 +69,9 @@ pub static MULTICAST: Array<MulticastPeers> = Array::with_max_entries(MAX_TUNNEL
 #[map]
 pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
-/// Per CPU: the multicast replication in progress (tunnel, next replica, inner length).
+/// Per CPU: the multicast replication handed to the tail call (tunnel, inner length).
 #[map]
-pub static REPLICATION: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);
+pub static REPLICATION: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Datapath → daemon: resolution wanted (rate-limited per destination).
 #[map]

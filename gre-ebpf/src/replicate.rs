@@ -1,12 +1,14 @@
 //! Multicast on a multipoint tunnel (routing-protocol hellos) goes to every peer mapped for
 //! multicast. The encapsulation writes the headers for the first peer and tail-calls this
-//! program, which sends a clone to the next peer (its outer destination, checksum and MACs
-//! rewritten) and tail-calls itself, one replica per call — each call has a stack of its own —
-//! and at the end sends the packet itself to the first peer.
+//! program (a stack of its own), which sends a clone to each other peer — its outer destination,
+//! checksum and MACs rewritten — in a `bpf_loop`, whose body the verifier checks once however
+//! many peers there are, and at the end sends the packet itself to the first peer.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::{bpf_clone_redirect, bpf_redirect_neigh},
+    bindings::{__sk_buff, TC_ACT_SHOT},
+    helpers::{bpf_clone_redirect, bpf_loop, bpf_redirect_neigh},
     programs::TcContext,
 };
 use gre_common::{
@@ -28,38 +30,31 @@ use crate::{
 pub fn start(ctx: &TcContext, id: u32, inner_len: u32) {
     if let Some(state) = REPLICATION.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, used by one program run at a time.
-        unsafe { *state = [id, 1, inner_len, 0] };
+        unsafe { *state = [id, inner_len] };
         // SAFETY: the slot holds our replication program, or the call falls through.
         unsafe { TAIL_CALLS.tail_call(ctx, TAIL_REPLICATE) };
     }
+}
+
+/// State shared with the `bpf_loop` callback.
+#[repr(C)]
+struct Clones {
+    skb: *mut __sk_buff,
+    id: u32,
+    inner_len: u32,
 }
 
 #[inline(always)]
 pub fn step(ctx: &TcContext) -> i32 {
     let Some(state) = REPLICATION.get_ptr_mut(0) else { return TC_ACT_SHOT };
     // SAFETY: as above.
-    let [id, next, inner_len, _] = unsafe { *state };
+    let [id, inner_len] = unsafe { *state };
     let (Some(t), Some(list)) = (TUNNELS.get(id), MULTICAST.get(id)) else { return TC_ACT_SHOT };
     let count = list.count.min(MAX_MULTICAST_PEERS as u32);
-    if next < count {
-        let nbma = list.nbma[(next as usize) & (MAX_MULTICAST_PEERS - 1)];
-        if rewrite(ctx, t, &nbma).is_some() {
-            // SAFETY: a clone of this packet to the underlay.
-            if unsafe { bpf_clone_redirect(ctx.skb.skb, t.underlay_ifindex, 0) } == 0 {
-                stats::count_tx(id, u64::from(inner_len));
-            }
-        } else {
-            stats::tunnel_drop(id, drop::NO_NEIGHBOUR);
-        }
-        // SAFETY: as above.
-        unsafe { (*state)[1] = next + 1 };
-        if next + 1 < count {
-            // SAFETY: as in `start`.
-            unsafe { TAIL_CALLS.tail_call(ctx, TAIL_REPLICATE) };
-            return TC_ACT_SHOT;
-        }
-    }
-    // Last: the packet itself goes to the first peer, the kernel resolving its next hop.
+    let mut clones = Clones { skb: ctx.skb.skb, id, inner_len };
+    // Peers 1.. get clones; peer 0 the packet itself, last.
+    // SAFETY: the callback touches only `clones`, maps, and the packet through helpers.
+    unsafe { bpf_loop(count.saturating_sub(1), clone_to_peer as *mut c_void, (&raw mut clones).cast(), 0) };
     let first = list.nbma[0];
     if rewrite(ctx, t, &first).is_none() {
         return TC_ACT_SHOT;
@@ -69,6 +64,26 @@ pub fn step(ctx: &TcContext) -> i32 {
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
     let r = unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     r
+}
+
+/// Round `i`: a clone to peer `i + 1`, its next hop resolved (replicas bypass the neighbour
+/// layer; `gre up` and `gre daemon` keep the next hops of multicast peers resolved).
+extern "C" fn clone_to_peer(i: u64, state: *mut c_void) -> i64 {
+    // SAFETY: `state` is the Clones that `step` passed.
+    let c = unsafe { &*state.cast::<Clones>() };
+    let (Some(t), Some(list)) = (TUNNELS.get(c.id), MULTICAST.get(c.id)) else { return 1 };
+    #[expect(clippy::cast_possible_truncation, reason = "masked to the list size")]
+    let nbma = list.nbma[((i + 1) as usize) & (MAX_MULTICAST_PEERS - 1)];
+    let ctx = TcContext::new(c.skb);
+    if rewrite(&ctx, t, &nbma).is_some() {
+        // SAFETY: a clone of this packet to the underlay.
+        if unsafe { bpf_clone_redirect(c.skb, t.underlay_ifindex, 0) } == 0 {
+            stats::count_tx(c.id, u64::from(c.inner_len));
+        }
+    } else {
+        stats::tunnel_drop(c.id, drop::NO_NEIGHBOUR);
+    }
+    0
 }
 
 /// Points the outer header at `nbma` (IPv4 checksum recomputed) and fills the MACs toward it.

@@ -85,3 +85,59 @@ fn multicast_reaches_every_mapped_peer() {
     let mapped: Vec<bool> = peers.as_array().unwrap().iter().map(|p| p["multicast"].as_bool().unwrap()).collect();
     assert_eq!(mapped, [true, true, false], "{peers}");
 }
+
+/// Well past what one tail call per replica allowed: 128 multicast peers — three real spokes and
+/// 125 addresses behind the router that nobody answers — each get exactly one replica per
+/// packet, as the router's capture shows.
+#[test]
+fn multicast_reaches_a_hundred_and_more_peers() {
+    if !privilege::require_root("multicast_reaches_a_hundred_and_more_peers") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gM", 3).expect("topology");
+    let (hub, spokes) = (t.hub.clone(), t.spokes.clone());
+    let mut nbmas: Vec<String> = (1..=3u8).map(HubAndSpokes::spoke_nbma).collect();
+    nbmas.extend((130..=254).map(|i| format!("198.51.100.{i}")));
+    let mut config = HubAndSpokes::config(HUB_NBMA, HUB, "ttl = 64\n", &[]);
+    for (n, nbma) in nbmas.iter().enumerate() {
+        let overlay = if n < 3 { HubAndSpokes::spoke_overlay(u8::try_from(n + 1).unwrap()) } else { format!("203.0.113.{}", n + 97) };
+        config += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{overlay}\"\nnbma = \"{nbma}\"\nmulticast = true\n");
+    }
+    let ih = t.lab.gre_up(&hub, "hub", &config).unwrap();
+    let nhs = format!("nhs = \"{HUB}\"\n");
+    for (i, ns) in (1..=3u8).zip(&spokes) {
+        let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhs, &[(HUB, HUB_NBMA)]);
+        t.lab.gre_up(ns, &format!("s{i}"), &c).unwrap();
+    }
+    let members: Vec<_> = (1..=3u8).zip(&spokes).map(|(i, ns)| traffic::group_member(ns, HubAndSpokes::spoke_overlay(i).parse().unwrap()).unwrap()).collect();
+    ns_sh(&hub, &["ip", "route", "add", "233.252.0.0/24", "dev", "gre0"]).unwrap();
+    let pcap = std::env::temp_dir().join(format!("gre-mcast-{}.pcap", std::process::id()));
+    let mut dump = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.wan, "timeout", "20", "tcpdump", "-i", "h0", "-n", "-U", "--immediate-mode", "-s", "128", "-B", "16384", "-w"])
+        .arg(&pcap)
+        .arg("ip proto 47 and src 198.51.100.10")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let before = counters(&hub, &ih);
+    traffic::send_to_group(&hub, HUB.parse().unwrap(), 1, 2).expect("send");
+    for (i, m) in members.iter().enumerate() {
+        traffic::receive_from_group(m, 2).unwrap_or_else(|e| panic!("spoke {}: {e:#}", i + 1));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
+    unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
+    let _ = dump.wait();
+    // (A burst: a short snapshot and a large buffer, so that tcpdump keeps every packet.)
+    let out = std::process::Command::new("tshark").arg("-r").arg(&pcap).args(["-T", "fields", "-E", "occurrence=f", "-e", "ip.dst"]).output().expect("tshark");
+    let _ = std::fs::remove_file(&pcap);
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for dst in String::from_utf8_lossy(&out.stdout).lines() {
+        *seen.entry(dst.to_string()).or_default() += 1;
+    }
+    let wanted: std::collections::BTreeMap<String, usize> = nbmas.iter().map(|n| (n.clone(), 2)).collect();
+    assert_eq!(seen, wanted, "two replicas to each of the {} peers", nbmas.len());
+    assert_eq!(counters(&hub, &ih).1 - before.1, 2 * 128);
+    assert_eq!(gre::show(&hub, &ih).unwrap()["tunnels"][0]["drops"]["no_neighbour"], 0);
+}
