@@ -2,6 +2,7 @@
 //! veth topologies on documentation addresses, the `gre` binary, and traffic across them.
 #![allow(clippy::missing_panics_doc, clippy::must_use_candidate, reason = "test helpers panic on purpose when the test cannot go on")]
 
+pub mod capture;
 pub mod fixture;
 pub mod gre;
 pub mod privilege;

@@ -6,6 +6,7 @@
 use std::{process::Command, thread, time::Duration};
 
 use gre_tests::{
+    capture::{Capture, field},
     gre, privilege,
     topology::{HUB_NBMA, HUB_NBMA6, HUB_OVERLAY, HubAndSpokes, ns_sh},
     traffic,
@@ -153,7 +154,11 @@ fn spokes_register_resolve_and_go_direct() {
             assert!(f(p, "nhrp.client.nbma.addr").contains(&at.to_string()), "{p}");
         }
     }
-    assert!(types.contains(&"1".to_string()) && types.contains(&"2".to_string()), "a resolution request and reply among {types:?}");
+    // Resolutions, registrations, the Error Indication to spoke 4 and the hub's Traffic
+    // Indications (it relayed spoke to spoke); purges are checked below, where they happen.
+    for ty in ["1", "2", "3", "4", "7", "8"] {
+        assert!(types.contains(&ty.to_string()), "type {ty} among {types:?}");
+    }
     // Every message the live dump showed is in tcpdump's capture, as `gre nhrp dump FILE` reads it.
     let from_file = gre::run(&t.wan, "default", &["nhrp", "dump", "-j", pcap.to_str().unwrap()]).expect("gre nhrp dump FILE");
     let identity = |v: &Value| (v["outer_src"].clone(), v["outer_dst"].clone(), v["nhrp"]["type"].clone(), v["nhrp"]["request_id"].clone());
@@ -208,9 +213,33 @@ fn spokes_register_resolve_and_go_direct() {
 
     // A spoke that stops says so: spoke 2 withdraws its registration, and the hub purges it
     // from spoke 1, which had resolved it. Both well before the holding time.
+    let purges = Capture::start(&t.wan, "any", "ip proto 47 and ip[22:2] = 0x2001");
     drop(spoke_daemons[1].take());
     traffic::wait_for("the hub to forget spoke 2", 3, || peer(&peers(&hub, &ih), "203.0.113.2").is_none());
     traffic::wait_for("spoke 1 to be purged of spoke 2", 3, || peer(&peers(&s1, &i1), "203.0.113.2").is_none());
+    // What tshark makes of them: spoke 2 withdrawing itself (N: no reply), the hub purging
+    // spoke 2's address from spoke 1, spoke 1's reply.
+    let fields = ["nhrp.hdr.op.type", "nhrp.src.prot.addr", "nhrp.dst.prot.addr", "nhrp.client.prot.addr", "nhrp.flag.n", "_ws.malformed", "_ws.expert"];
+    let seen = purges.decode("nhrp.hdr.op.type == 5 || nhrp.hdr.op.type == 6", &fields);
+    let mut got: Vec<(String, String, String, String)> = seen
+        .iter()
+        .map(|p| {
+            assert!(field(p, "_ws.malformed").is_empty() && field(p, "_ws.expert").is_empty(), "tshark objects to {p}");
+            let one = |k: &str| field(p, k).first().cloned().unwrap_or_default();
+            (one("nhrp.hdr.op.type"), one("nhrp.src.prot.addr"), one("nhrp.dst.prot.addr"), one("nhrp.client.prot.addr"))
+        })
+        .collect();
+    got.dedup(); // `-i any` sees each packet on its way in and out of the router
+    let q = |a: &str, b: &str, c: &str, d: &str| (a.to_string(), b.to_string(), c.to_string(), d.to_string());
+    assert_eq!(
+        got,
+        [
+            q("5", "203.0.113.2", HUB_OVERLAY, "203.0.113.2"),
+            q("5", HUB_OVERLAY, "203.0.113.1", "203.0.113.2"),
+            q("6", HUB_OVERLAY, "203.0.113.1", "203.0.113.2"),
+        ],
+        "{seen:?}"
+    );
     assert!(nhrp(&hub, &ih, "nhrp_received", "purge_request") >= 1);
     assert!(nhrp(&hub, &ih, "nhrp_sent", "purge_request") >= 1);
     assert!(nhrp(&s1, &i1, "nhrp_received", "purge_request") >= 1);

@@ -1,0 +1,87 @@
+//! Packet captures: tcpdump in a namespace, read back with tshark — an independent view of what
+//! crossed the wire.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// A running tcpdump; stopped (and its file removed) when dropped.
+pub struct Capture {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Starts tcpdump in `ns` on `iface` (`any` for every interface) with the capture filter
+    /// `filter`, and returns once it listens. A short snapshot and a large buffer, so that a
+    /// burst loses nothing.
+    ///
+    /// # Panics
+    /// tcpdump cannot start, or does not listen within 5 s.
+    pub fn start(ns: &str, iface: &str, filter: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("gre-capture-{}-{n}.pcap", std::process::id()));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "512", "-B", "16384", "-w"])
+            .arg(&path)
+            .arg(filter)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        let stderr = child.stderr.take().expect("tcpdump stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("tcpdump listening");
+        Self { child, path }
+    }
+
+    /// Stops the capture (tcpdump flushes on SIGINT) and decodes it with tshark: one JSON
+    /// object per packet that matches `display_filter`, with the `fields` asked for.
+    ///
+    /// # Panics
+    /// tshark fails or prints something that is not JSON.
+    pub fn decode(mut self, display_filter: &str, fields: &[&str]) -> Vec<Value> {
+        self.stop();
+        let mut cmd = Command::new("tshark");
+        cmd.arg("-r").arg(&self.path).args(["-Y", display_filter, "-T", "json"]);
+        for f in fields {
+            cmd.args(["-e", f]);
+        }
+        let out = cmd.output().expect("tshark");
+        assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("tshark JSON")
+    }
+
+    fn stop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The values of field `name` in one packet of [`Capture::decode`] (empty if absent).
+pub fn field(packet: &Value, name: &str) -> Vec<String> {
+    packet["_source"]["layers"][name].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
+}
