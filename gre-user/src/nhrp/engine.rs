@@ -305,6 +305,7 @@ impl Engine {
                     Some(c) => vec![Action::Warn(format!("the NHS at {from} refused our registration: code {}", c.code))],
                 }
             }
+            kind::RESOLUTION_REQUEST if p.dst_proto == self.settings.overlay.octets() => self.answer_for_ourselves(from, p),
             kind::RESOLUTION_REQUEST if server => self.resolution(from, p, now, tables),
             kind::RESOLUTION_REPLY => {
                 if let Some(relay) = self.relayed.remove(&(p.src_proto.clone(), p.request_id)) {
@@ -423,6 +424,30 @@ impl Engine {
         }
         let reply = Packet { kind: kind::REGISTRATION_REPLY, hop_count: 255, payload: Payload::Cies(reply_cies), ..p.clone() };
         actions.push(Self::send(from, &reply));
+        actions
+    }
+
+    /// A resolution of our own address: a hub that forwards requests to their target (Cisco's
+    /// and FRR's phase 3 hubs do) brought it here. We answer the requester directly at the NBMA
+    /// address it gave, which builds the direct path, and learn it the same way.
+    fn answer_for_ourselves(&mut self, from: IpAddr, p: &Packet) -> Vec<Action> {
+        let requester_nbma = proto_addr(&p.src_nbma.bytes).unwrap_or(from);
+        let mut actions = Vec::new();
+        // (A hub knows its clients from their registrations.)
+        if let Some(requester) = proto_addr(&p.src_proto)
+            && requester != IpAddr::V4(self.settings.overlay)
+            && !self.settings.server
+        {
+            let hold = p.cies().first().map_or(self.settings.holdtime, |c| if c.holding_time == 0 { self.settings.holdtime } else { c.holding_time });
+            actions.push(Action::Peer { overlay: requester, nbma: requester_nbma, holdtime: hold, multicast: false });
+        }
+        let template = p.cies().first().cloned().unwrap_or_default();
+        let cie = Cie { code: code::SUCCESS, preference: template.preference, ..self.own_cie() };
+        let mut reply = Packet { kind: kind::RESOLUTION_REPLY, hop_count: 255, flags: p.flags | flags::A_OR_U, payload: Payload::Cies(vec![cie]), ..p.clone() };
+        if let Some(e) = reply.extensions.iter_mut().find(|e| e.kind & 0x3fff == ext::RESPONDER_ADDRESS) {
+            e.body = ExtBody::Cies(vec![self.own_cie()]);
+        }
+        actions.push(Self::send(requester_nbma, &reply));
         actions
     }
 
@@ -775,5 +800,25 @@ mod tests {
             s.receive(v6(0x10), &reply, 0, &NONE),
             vec![Action::Peer { overlay: [203, 0, 113, 2].into(), nbma: v6(0x33), holdtime: 60, multicast: false }]
         );
+    }
+
+    /// A phase 3 hub of another make forwards the request to its target, which answers the
+    /// requester directly; a hub asked for its own address answers too.
+    #[test]
+    fn the_target_answers_for_itself() {
+        let (mut s1, mut s2) = (spoke(1, 17), spoke(2, 33));
+        let (_, request) = sent(&s1.resolve([203, 0, 113, 2].into()));
+        // As forwarded by the hub: it arrives from the hub's NBMA address.
+        let actions = s2.receive([198, 51, 100, 10].into(), &request, 0, &NONE);
+        assert!(actions.contains(&Action::Peer { overlay: [203, 0, 113, 1].into(), nbma: [198, 51, 100, 17].into(), holdtime: 60, multicast: false }));
+        let (to, reply) = sent(&actions);
+        assert_eq!((to, reply.kind), (IpAddr::from([198, 51, 100, 17]), kind::RESOLUTION_REPLY));
+        let learned = s1.receive([198, 51, 100, 33].into(), &reply, 0, &NONE);
+        assert_eq!(learned, vec![Action::Peer { overlay: [203, 0, 113, 2].into(), nbma: [198, 51, 100, 33].into(), holdtime: 60, multicast: false }]);
+        let mut h = hub();
+        let (_, request) = sent(&s1.resolve([203, 0, 113, 254].into()));
+        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &NONE));
+        assert_eq!((reply.cies()[0].code, reply.cies()[0].nbma.bytes.clone()), (code::SUCCESS, vec![198, 51, 100, 10]));
+        assert!(!h.receive([198, 51, 100, 17].into(), &request, 0, &NONE).iter().any(|a| matches!(a, Action::Peer { .. })), "registrations stay as they are");
     }
 }
