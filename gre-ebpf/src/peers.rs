@@ -58,12 +58,12 @@ pub fn resolve(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) -> Result<Addr, u32>
     Err(drop::NO_PEER)
 }
 
-/// An NHS relaying traffic from one of its peers to another (it came in through the tunnel and
-/// goes back out of it): the daemon is asked to send the source a Traffic Indication, so that it
-/// resolves the destination and takes a shortcut (DMVPN phase 3).
+/// An NHS relaying traffic from one of its peers (or a host behind one) to another (it came in
+/// through the tunnel and goes back out of it): the daemon is asked to send the source a
+/// Traffic Indication, so that it resolves the destination and takes a shortcut (DMVPN phase 3).
 #[inline(always)]
 pub fn note_relay(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) {
-    if t.nhrp_role == nhrp_role::NHS && lookup(id, src).is_some() {
+    if t.nhrp_role == nhrp_role::NHS && lookup(id, &next_hop(id, src)).is_some() {
         tell(event_kind::TRAFFIC_INDICATION, id, dst, src);
     }
 }

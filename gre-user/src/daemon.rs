@@ -66,6 +66,7 @@ pub async fn run(instance: &str) -> Result<()> {
                     last_second = now;
                     keepalives.tick(&mut maps, &sender)?;
                     nhrp.tick(&mut maps, &sender, now)?;
+                    nhrp.refresh_kernel_routes().await;
                 }
                 nhrp.keep_neighbours(&mut maps).await;
             }

@@ -243,6 +243,32 @@ pub async fn add_route(handle: &Handle, prefix: IpNet, ifindex: u32) -> Result<(
     }
 }
 
+/// The kernel's IPv4 routes of the main table that have an output interface: (prefix, link).
+///
+/// # Errors
+/// Netlink fails.
+pub async fn ipv4_routes(handle: &Handle) -> Result<Vec<(IpNet, u32)>> {
+    let mut out = Vec::new();
+    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    while let Some(msg) = routes.try_next().await.context("listing routes")? {
+        if msg.header.table != 254 {
+            continue;
+        }
+        let (mut dst, mut oif) = (Ipv4Addr::UNSPECIFIED, None);
+        for a in &msg.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if let (Some(oif), Ok(net)) = (oif, ipnet::Ipv4Net::new(dst, msg.header.destination_prefix_length)) {
+            out.push((IpNet::V4(net), oif));
+        }
+    }
+    Ok(out)
+}
+
 /// The first IPv4 address of link `ifindex`.
 ///
 /// # Errors

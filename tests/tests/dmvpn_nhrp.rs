@@ -439,3 +439,64 @@ fn over_ipv6_nbma() {
         assert!(types.contains(ty), "type {ty} among {types:?}");
     }
 }
+
+/// Phase 3 between the LANs behind two spokes: the hub relays the first packets and redirects;
+/// the source spoke resolves the destination host, the hub forwards the request by its route to
+/// the spoke behind which that LAN is, and that spoke answers for its LAN's prefix. Each spoke
+/// then routes the other's whole LAN (/28) straight to it.
+#[test]
+fn phase_3_shortcuts_cover_the_lans_behind_spokes() {
+    if !privilege::require_root("phase_3_shortcuts_cover_the_lans_behind_spokes") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gl", 2).expect("topology");
+    let hub = t.hub.clone();
+    let lans = [("198.51.100.193/28", "198.51.100.194/28", "198.51.100.192/28"), ("198.51.100.209/28", "198.51.100.210/28", "198.51.100.208/28")];
+    let mut hosts = Vec::new();
+    for (i, (gw, host, _)) in lans.iter().enumerate() {
+        let spoke = t.spokes[i].clone();
+        let ns = t.lab.add_ns(&format!("lan{}", i + 1)).unwrap();
+        t.lab.link((&spoke, "lan0", gw), (&ns, "eth0", host)).unwrap();
+        ns_sh(&ns, &["ip", "route", "add", "default", "via", gw.split('/').next().unwrap()]).unwrap();
+        ns_sh(&spoke, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]).unwrap();
+        hosts.push(ns);
+    }
+    let mut hub_conf = HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[]);
+    for (i, (_, _, lan)) in lans.iter().enumerate() {
+        hub_conf += &format!("\n[[route]]\nprefix = \"{lan}\"\ntunnel = \"gre0\"\nvia = \"{}\"\n", HubAndSpokes::spoke_overlay(u8::try_from(i + 1).unwrap()));
+    }
+    let ih = t.lab.gre_up(&hub, "hub", &hub_conf).unwrap();
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let mut spokes = Vec::new();
+    for i in 1..=2u8 {
+        let ns = t.spokes[usize::from(i - 1)].clone();
+        let mut conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]);
+        for prefix in ["203.0.113.0/24", "198.51.100.192/27"] {
+            conf += &format!("\n[[route]]\nprefix = \"{prefix}\"\ntunnel = \"gre0\"\nvia = \"{HUB_OVERLAY}\"\n");
+        }
+        spokes.push((ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap()));
+    }
+    let _daemons: Vec<gre::Daemon> =
+        std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
+    traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+
+    traffic::ping(&hosts[0], "198.51.100.210", 3).expect("LAN 1 to LAN 2 through the hub");
+    let routes = |ns: &str, i: &str| gre::show(ns, i).unwrap()["routes"].as_array().cloned().unwrap_or_default();
+    let shortcut = |ns: &str, i: &str, prefix: &str, via: &str| routes(ns, i).iter().any(|r| r["prefix"] == prefix && r["via"] == via);
+    traffic::wait_for("spoke 1's shortcut to LAN 2", 5, || shortcut(&spokes[0].0, &spokes[0].1, "198.51.100.208/28", "203.0.113.2"));
+    traffic::wait_for("spoke 2's shortcut to LAN 1", 5, || shortcut(&spokes[1].0, &spokes[1].1, "198.51.100.192/28", "203.0.113.1"));
+    let hub_rx = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let hub_nhrp = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["nhrp_punted"].as_u64().unwrap();
+    let before = (hub_rx(), hub_nhrp());
+    traffic::ping(&hosts[0], "198.51.100.210", 5).expect("LAN 1 to LAN 2 on the shortcut");
+    // Another host of LAN 2 is covered by the same shortcut.
+    ns_sh(&hosts[1], &["ip", "addr", "add", "198.51.100.211/28", "dev", "eth0"]).unwrap();
+    traffic::ping(&hosts[0], "198.51.100.211", 2).expect("LAN 1 to another host of LAN 2");
+    assert_eq!(hub_rx() - before.0, hub_nhrp() - before.1, "only NHRP reached the hub once the shortcuts were there");
+    // The hub forwarded the resolutions (it has no binding for LAN hosts); the spokes answered.
+    let nhrp = |ns: &str, inst: &str, dir: &str, kind: &str| gre::show(ns, inst).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
+    assert!(nhrp(&hub, &ih, "nhrp_sent", "resolution_request") >= 2);
+    for (ns, inst) in &spokes {
+        assert!(nhrp(ns, inst, "nhrp_sent", "resolution_reply") >= 1, "{ns} answered for its LAN");
+    }
+}

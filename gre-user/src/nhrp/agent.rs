@@ -26,8 +26,10 @@ use crate::{
 
 pub struct Agent {
     engines: HashMap<u32, Engine>,
-    /// Phase 3 shortcuts installed: (tunnel, overlay host). They go with their peer.
-    shortcuts: Vec<(u32, IpAddr)>,
+    /// Phase 3 shortcuts installed: (tunnel, prefix, peer). They go with their peer.
+    shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
+    /// The kernel's IPv4 routes (prefix, link), refreshed every second: what we are the exit for.
+    kernel_routes: Vec<(ipnet::IpNet, u32)>,
     /// NBMA addresses of new multicast peers whose underlay next hop is to be kept resolved.
     wanted_hops: Vec<IpAddr>,
     /// Underlay neighbours kept resolved (ours, or there before us): (ifindex, address).
@@ -38,7 +40,7 @@ pub struct Agent {
 /// What carrying out actions left to do later.
 #[derive(Default)]
 struct Applied {
-    shortcuts: Vec<(u32, IpAddr)>,
+    shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
     multicast_nbmas: Vec<IpAddr>,
 }
 
@@ -93,7 +95,8 @@ impl Agent {
             engines.insert(id, Engine::new(settings));
         }
         let kept = maps.neighbours().into_iter().collect();
-        Ok(Self { engines, shortcuts: Vec::new(), wanted_hops: Vec::new(), kept, handle })
+        let kernel_routes = netdev::ipv4_routes(&handle).await?;
+        Ok(Self { engines, shortcuts: Vec::new(), kernel_routes, wanted_hops: Vec::new(), kept, handle })
     }
 
     /// Every second: registrations, expiries, the state of each spoke's NHS.
@@ -110,10 +113,11 @@ impl Agent {
         }
         // A shortcut whose peer is gone goes too: traffic returns to the NHS.
         let peers = maps.peers();
-        self.shortcuts.retain(|(id, overlay)| {
-            let alive = peers.iter().any(|(pid, o, _)| pid == id && o == overlay);
+        self.shortcuts.retain(|(id, prefix, via)| {
+            let alive = peers.iter().any(|(pid, o, _)| pid == id && o == via);
             if !alive {
-                maps.remove_route(host_route(*overlay));
+                info!("tunnel {id}: shortcut {prefix} via {via} removed with its peer");
+                maps.remove_route(*prefix);
             }
             alive
         });
@@ -135,9 +139,21 @@ impl Agent {
                 }
             }
         }
-        self.shortcuts.extend(applied.shortcuts);
+        for sc in applied.shortcuts {
+            if !self.shortcuts.contains(&sc) {
+                self.shortcuts.push(sc);
+            }
+        }
         self.wanted_hops.extend(applied.multicast_nbmas);
         Ok(())
+    }
+
+    /// Rereads the kernel's routes (once a second): which destinations this node is the exit for.
+    pub async fn refresh_kernel_routes(&mut self) {
+        match netdev::ipv4_routes(&self.handle).await {
+            Ok(r) => self.kernel_routes = r,
+            Err(e) => warn!("{e:#}"),
+        }
     }
 
     /// Multicast replicas are cloned straight to the underlay next hop (replicate.rs), so the
@@ -205,7 +221,8 @@ impl Agent {
                     .max_by_key(|(net, _, _)| net.prefix_len())
                     .and_then(|r| r.2)
             };
-            let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route });
+            let local = |target: IpAddr| exit_for(&self.kernel_routes, t.netdev_ifindex, target);
+            let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, local: &local });
             self.apply(maps, sender, id, &t, actions, now);
         }
         while let Some(event) = maps.next_event() {
@@ -222,7 +239,18 @@ impl Agent {
                 engine.resolve(target)
             }
             (event_kind::TRAFFIC_INDICATION, true) => {
-                let nbma = maps.peers().into_iter().find(|(id, o, _)| *id == e.tunnel && *o == IpAddr::V4(source)).map(|(_, _, p)| show_addr(&p.nbma));
+                // The source is a peer, or a host behind one (a route's `via`).
+                let peers = maps.peers();
+                let via = maps
+                    .routes()
+                    .into_iter()
+                    .filter(|(net, tid, via)| *tid == e.tunnel && via.is_some() && net.contains(&IpAddr::V4(source)))
+                    .max_by_key(|(net, _, _)| net.prefix_len())
+                    .and_then(|r| r.2);
+                let nbma = [Some(IpAddr::V4(source)), via]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|hop| peers.iter().find(|(id, o, _)| *id == e.tunnel && *o == hop).map(|(_, _, p)| show_addr(&p.nbma)));
                 let Some(nbma) = nbma else { return };
                 debug!("tunnel {}: relayed {source} -> {target}: Traffic Indication to {nbma}", e.tunnel);
                 engine.indicate(source, nbma, target)
@@ -250,14 +278,21 @@ impl Agent {
     fn apply(&mut self, maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
         let mut applied = Applied::default();
         apply(maps, sender, id, t, actions, now, &mut applied);
-        self.shortcuts.extend(applied.shortcuts);
+        for sc in applied.shortcuts {
+            if !self.shortcuts.contains(&sc) {
+                self.shortcuts.push(sc);
+            }
+        }
         self.wanted_hops.extend(applied.multicast_nbmas);
     }
 }
 
-/// A host route to `overlay`.
-fn host_route(overlay: IpAddr) -> ipnet::IpNet {
-    ipnet::IpNet::new(overlay, if overlay.is_ipv4() { 32 } else { 128 }).unwrap_or_default()
+/// The prefix length of the kernel route by which this node reaches `target` when that route
+/// does not go into the tunnel netdev (the node is the exit: a LAN behind it). The default route
+/// does not count: it would make every address ours.
+fn exit_for(routes: &[(ipnet::IpNet, u32)], tunnel_ifindex: u32, target: IpAddr) -> Option<u8> {
+    let (net, oif) = routes.iter().filter(|(net, _)| net.contains(&target)).max_by_key(|(net, _)| net.prefix_len())?;
+    (*oif != tunnel_ifindex && net.prefix_len() > 0).then_some(net.prefix_len())
 }
 
 /// Carries out an engine's actions, noting what is left for later in `applied`.
@@ -306,13 +341,22 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                 }
             }
             Action::Warn(what) => warn!("tunnel {id}: {what}"),
-            Action::Shortcut { overlay } => match maps.add_route(host_route(overlay), id, None) {
-                Ok(()) => {
-                    info!("tunnel {id}: shortcut to {overlay}");
-                    applied.shortcuts.push((id, overlay));
+            Action::Shortcut { target, prefix, via } => {
+                // A configured route of the same prefix stays; the shortcut narrows to the host.
+                let routes = maps.routes();
+                let taken = |p: ipnet::IpNet| routes.iter().any(|(net, _, v)| *net == p && *v != Some(via));
+                let prefix = if taken(prefix) { ipnet::IpNet::from(target) } else { prefix };
+                if taken(prefix) {
+                    continue;
                 }
-                Err(e) => warn!("tunnel {id}: {e:#}"),
-            },
+                match maps.add_route(prefix, id, Some(via)) {
+                    Ok(()) => {
+                        info!("tunnel {id}: shortcut {prefix} via {via}");
+                        applied.shortcuts.push((id, prefix, via));
+                    }
+                    Err(e) => warn!("tunnel {id}: {e:#}"),
+                }
+            }
         }
     }
 }

@@ -27,8 +27,9 @@ pub enum Action {
     Peer { overlay: IpAddr, nbma: IpAddr, holdtime: u16, multicast: bool },
     /// Remove a peer.
     Forget { overlay: IpAddr },
-    /// Route `overlay` (a host route) straight to its peer: a phase 3 shortcut.
-    Shortcut { overlay: IpAddr },
+    /// Route `prefix` (the resolved destination's) straight to the peer `via`: a phase 3
+    /// shortcut. `target` is the destination that was resolved.
+    Shortcut { target: IpAddr, prefix: ipnet::IpNet, via: IpAddr },
     /// Tell the operator: a peer reported an error, or refused what we sent.
     Warn(String),
 }
@@ -57,6 +58,9 @@ pub struct Tables<'a> {
     pub peer: &'a dyn Fn(IpAddr) -> Option<IpAddr>,
     /// The overlay routes: destination → next-hop overlay address (routes with a next hop only).
     pub route: &'a dyn Fn(IpAddr) -> Option<IpAddr>,
+    /// Destinations this station is the exit for (its kernel routes them elsewhere than into
+    /// the tunnel, by a route more specific than the default): the route's prefix length.
+    pub local: &'a dyn Fn(IpAddr) -> Option<u8>,
 }
 
 /// State of our registration with our NHS.
@@ -305,7 +309,10 @@ impl Engine {
                     Some(c) => vec![Action::Warn(format!("the NHS at {from} refused our registration: code {}", c.code))],
                 }
             }
-            kind::RESOLUTION_REQUEST if p.dst_proto == self.settings.overlay.octets() => self.answer_for_ourselves(from, p),
+            kind::RESOLUTION_REQUEST if p.dst_proto == self.settings.overlay.octets() => self.answer_for_ourselves(from, p, 32),
+            kind::RESOLUTION_REQUEST if !server && let Some(len) = proto_addr(&p.dst_proto).and_then(|t| (tables.local)(t)) => {
+                self.answer_for_ourselves(from, p, len)
+            }
             kind::RESOLUTION_REQUEST if server => self.resolution(from, p, now, tables),
             kind::RESOLUTION_REPLY => {
                 if let Some(relay) = self.relayed.remove(&(p.src_proto.clone(), p.request_id)) {
@@ -322,7 +329,10 @@ impl Engine {
                     let overlay = proto_addr(&c.proto).unwrap_or(target);
                     actions.push(Action::Peer { overlay, nbma, holdtime: c.holding_time, multicast: false });
                     if shortcut {
-                        actions.push(Action::Shortcut { overlay });
+                        // The CIE's prefix length covers the destination (a LAN behind the peer).
+                        let width = if target.is_ipv4() { 32 } else { 128 };
+                        let prefix = ipnet::IpNet::new(target, c.prefix_len.min(width)).map_or_else(|_| ipnet::IpNet::from(target), |n| n.trunc());
+                        actions.push(Action::Shortcut { target, prefix, via: overlay });
                     }
                 }
                 actions
@@ -427,10 +437,11 @@ impl Engine {
         actions
     }
 
-    /// A resolution of our own address: a hub that forwards requests to their target (Cisco's
-    /// and FRR's phase 3 hubs do) brought it here. We answer the requester directly at the NBMA
-    /// address it gave, which builds the direct path, and learn it the same way.
-    fn answer_for_ourselves(&mut self, from: IpAddr, p: &Packet) -> Vec<Action> {
+    /// A resolution of our own address, or of a destination we are the exit for (a LAN behind
+    /// us, announced with its route's prefix length): a hub forwarded it to us, as ours do by
+    /// route and Cisco's and FRR's phase 3 hubs do too. We answer the requester directly at the
+    /// NBMA address it gave, which builds the direct path, and learn it the same way.
+    fn answer_for_ourselves(&mut self, from: IpAddr, p: &Packet, prefix_len: u8) -> Vec<Action> {
         let requester_nbma = proto_addr(&p.src_nbma.bytes).unwrap_or(from);
         let mut actions = Vec::new();
         // (A hub knows its clients from their registrations.)
@@ -442,7 +453,7 @@ impl Engine {
             actions.push(Action::Peer { overlay: requester, nbma: requester_nbma, holdtime: hold, multicast: false });
         }
         let template = p.cies().first().cloned().unwrap_or_default();
-        let cie = Cie { code: code::SUCCESS, preference: template.preference, ..self.own_cie() };
+        let cie = Cie { code: code::SUCCESS, prefix_len, preference: template.preference, ..self.own_cie() };
         let mut reply = Packet { kind: kind::RESOLUTION_REPLY, hop_count: 255, flags: p.flags | flags::A_OR_U, payload: Payload::Cies(vec![cie]), ..p.clone() };
         if let Some(e) = reply.extensions.iter_mut().find(|e| e.kind & 0x3fff == ext::RESPONDER_ADDRESS) {
             e.body = ExtBody::Cies(vec![self.own_cie()]);
@@ -484,6 +495,9 @@ impl Engine {
                 e.body = ExtBody::Cies(vec![self.own_cie()]);
             }
             return vec![Self::send(from, &reply)];
+        }
+        if let Some(len) = (tables.local)(target) {
+            return self.answer_for_ourselves(from, p, len);
         }
         let upstream = self.settings.nhs.map(|(_, n)| n);
         let next = (tables.route)(target).filter(|nh| *nh != target).and_then(|nh| (tables.peer)(nh)).or(upstream).filter(|n| *n != from);
@@ -544,7 +558,7 @@ mod tests {
         })
     }
 
-    const NONE: Tables<'static> = Tables { peer: &|_| None, route: &|_| None };
+    const NONE: Tables<'static> = Tables { peer: &|_| None, route: &|_| None, local: &|_| None };
 
     fn sent(actions: &[Action]) -> (IpAddr, Packet) {
         match actions.iter().find(|a| matches!(a, Action::Send { .. })) {
@@ -629,7 +643,7 @@ mod tests {
         }
         let table = |o: IpAddr| (o == IpAddr::from([203, 0, 113, 2])).then(|| IpAddr::from([198, 51, 100, 33]));
         let (_, request) = sent(&s1.resolve([203, 0, 113, 2].into()));
-        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None }));
+        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None, local: &|_| None }));
         assert!(s1.receive([198, 51, 100, 10].into(), &reply, 0, &NONE).iter().any(|a| matches!(a, Action::Peer { .. })));
     }
 
@@ -712,7 +726,7 @@ mod tests {
         let h2_peer = |o: IpAddr| (o == IpAddr::from([203, 0, 113, 2])).then(|| IpAddr::from([198, 51, 100, 33]));
         // Down the hierarchy: spoke 1 → hub 1 → (route) hub 2, which answers; back the same way.
         let (_, request) = sent(&s1.resolve([203, 0, 113, 2].into()));
-        let (to, down) = sent(&h1.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &h1_peer, route: &h1_route }));
+        let (to, down) = sent(&h1.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &h1_peer, route: &h1_route, local: &|_| None }));
         let fwd = down.clone();
         assert_eq!((to, fwd.kind, fwd.hop_count, fwd.request_id), (hub2, kind::RESOLUTION_REQUEST, 254, request.request_id));
         let transit = |p: &Packet, t| match p.extension(t) {
@@ -720,9 +734,9 @@ mod tests {
             _ => vec![],
         };
         assert_eq!(transit(&fwd, ext::FORWARD_TRANSIT_NHS), vec![vec![203, 0, 113, 254]]);
-        let (to, reply) = sent(&h2.receive(hub1, &fwd, 0, &Tables { peer: &h2_peer, route: &|_| None }));
+        let (to, reply) = sent(&h2.receive(hub1, &fwd, 0, &Tables { peer: &h2_peer, route: &|_| None, local: &|_| None }));
         assert_eq!((to, reply.kind), (hub1, kind::RESOLUTION_REPLY));
-        let (to, back) = sent(&h1.receive(hub2, &reply, 0, &Tables { peer: &h1_peer, route: &h1_route }));
+        let (to, back) = sent(&h1.receive(hub2, &reply, 0, &Tables { peer: &h1_peer, route: &h1_route, local: &|_| None }));
         assert_eq!(to, IpAddr::from([198, 51, 100, 17]));
         assert_eq!(transit(&back, ext::REVERSE_TRANSIT_NHS), vec![vec![203, 0, 113, 254]]);
         assert_eq!(transit(&back, ext::RESPONDER_ADDRESS), vec![vec![203, 0, 113, 3]], "hub 2 answered");
@@ -732,21 +746,21 @@ mod tests {
         let mut s2 = spoke(2, 33);
         s2.settings.nhs = Some(([203, 0, 113, 3].into(), [198, 51, 100, 20].into()));
         let (_, request) = sent(&s2.resolve([203, 0, 113, 1].into()));
-        let (to, fwd) = sent(&h2.receive([198, 51, 100, 33].into(), &request, 0, &Tables { peer: &h2_peer, route: &|_| None }));
+        let (to, fwd) = sent(&h2.receive([198, 51, 100, 33].into(), &request, 0, &Tables { peer: &h2_peer, route: &|_| None, local: &|_| None }));
         assert_eq!(to, hub1);
-        let (to, reply) = sent(&h1.receive(hub2, &fwd, 0, &Tables { peer: &h1_peer, route: &h1_route }));
+        let (to, reply) = sent(&h1.receive(hub2, &fwd, 0, &Tables { peer: &h1_peer, route: &h1_route, local: &|_| None }));
         assert_eq!((to, reply.cies()[0].code), (hub2, code::SUCCESS));
         let (to, back) = sent(&h2.receive(hub1, &reply, 0, &NONE));
         assert_eq!(to, IpAddr::from([198, 51, 100, 33]));
         assert!(s2.receive(hub2, &back, 0, &NONE).iter().any(|a| matches!(a, Action::Peer { nbma, .. } if *nbma == IpAddr::from([198, 51, 100, 17]))));
         // A request that comes back to an NHS it already crossed is a loop; a spent hop count
         // stops it too.
-        let h1_tables = Tables { peer: &h1_peer, route: &h1_route };
+        let h1_tables = Tables { peer: &h1_peer, route: &h1_route, local: &|_| None };
         let (to, e) = sent(&h1.receive(hub2, &down, 5, &h1_tables));
         assert_eq!((to, e.kind, e.request_id >> 16), (hub2, kind::ERROR_INDICATION, u32::from(error_code::LOOP_DETECTED)));
         let mut spent = request.clone();
         spent.hop_count = 1;
-        let (to, e) = sent(&h2.receive([198, 51, 100, 33].into(), &spent, 5, &Tables { peer: &h2_peer, route: &|_| None }));
+        let (to, e) = sent(&h2.receive([198, 51, 100, 33].into(), &spent, 5, &Tables { peer: &h2_peer, route: &|_| None, local: &|_| None }));
         assert_eq!((to, e.request_id), (IpAddr::from([198, 51, 100, 33]), (u32::from(error_code::HOP_COUNT_EXCEEDED) << 16) | 9));
     }
 
@@ -757,7 +771,7 @@ mod tests {
         let (to, request) = sent(&s.resolve([203, 0, 113, 2].into()));
         assert_eq!((to, request.kind), (IpAddr::from([198, 51, 100, 10]), kind::RESOLUTION_REQUEST));
         let table = |o: IpAddr| (o == IpAddr::from([203, 0, 113, 2])).then(|| IpAddr::from([198, 51, 100, 33]));
-        let (to, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None }));
+        let (to, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None, local: &|_| None }));
         assert_eq!((to, reply.kind), (IpAddr::from([198, 51, 100, 17]), kind::RESOLUTION_REPLY));
         let actions = s.receive(to, &reply, 0, &NONE);
         assert_eq!(actions, vec![Action::Peer { overlay: [203, 0, 113, 2].into(), nbma: [198, 51, 100, 33].into(), holdtime: 60, multicast: false }]);
@@ -767,12 +781,15 @@ mod tests {
         assert_eq!((to, indication.kind), (IpAddr::from([198, 51, 100, 17]), kind::TRAFFIC_INDICATION));
         let (_, request) = sent(&s.receive([198, 51, 100, 10].into(), &indication, 0, &NONE));
         assert_eq!(request.dst_proto, vec![203, 0, 113, 2]);
-        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None }));
+        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None, local: &|_| None }));
         let actions = s.receive([198, 51, 100, 10].into(), &reply, 0, &NONE);
-        assert!(actions.contains(&Action::Shortcut { overlay: [203, 0, 113, 2].into() }), "{actions:?}");
+        assert!(
+            actions.contains(&Action::Shortcut { target: [203, 0, 113, 2].into(), prefix: "203.0.113.2/32".parse().unwrap(), via: [203, 0, 113, 2].into() }),
+            "{actions:?}"
+        );
         // Unknown target: a negative answer installs nothing.
         let (_, request) = sent(&s.resolve([203, 0, 113, 3].into()));
-        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None }));
+        let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &table, route: &|_| None, local: &|_| None }));
         assert_eq!(reply.cies()[0].code, code::NO_BINDING);
         assert!(s.receive([198, 51, 100, 10].into(), &reply, 0, &NONE).is_empty());
     }
@@ -794,7 +811,7 @@ mod tests {
         assert!(s.nhs_up(0));
         let table = |o: IpAddr| (o == IpAddr::from([203, 0, 113, 2])).then(|| v6(0x33));
         let (_, request) = sent(&s.resolve([203, 0, 113, 2].into()));
-        let (_, reply) = sent(&h.receive(v6(0x17), &request, 0, &Tables { peer: &table, route: &|_| None }));
+        let (_, reply) = sent(&h.receive(v6(0x17), &request, 0, &Tables { peer: &table, route: &|_| None, local: &|_| None }));
         assert_eq!(reply.cies()[0].nbma.bytes.len(), 16);
         assert_eq!(
             s.receive(v6(0x10), &reply, 0, &NONE),
@@ -820,5 +837,30 @@ mod tests {
         let (_, reply) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &NONE));
         assert_eq!((reply.cies()[0].code, reply.cies()[0].nbma.bytes.clone()), (code::SUCCESS, vec![198, 51, 100, 10]));
         assert!(!h.receive([198, 51, 100, 17].into(), &request, 0, &NONE).iter().any(|a| matches!(a, Action::Peer { .. })), "registrations stay as they are");
+    }
+
+    /// Phase 3 toward a LAN behind spoke 2: the hub forwards the request by its route, spoke 2
+    /// answers for its LAN's prefix, and spoke 1's shortcut covers that prefix.
+    #[test]
+    fn shortcuts_cover_the_lan_behind_a_spoke() {
+        let (mut h, mut s1, mut s2) = (hub(), spoke(1, 17), spoke(2, 33));
+        let lan_host = IpAddr::from([198, 51, 100, 210]);
+        let (_, indication) = sent(&h.indicate([198, 51, 100, 194].into(), [198, 51, 100, 17].into(), [198, 51, 100, 210].into()));
+        let (_, request) = sent(&s1.receive([198, 51, 100, 10].into(), &indication, 0, &NONE));
+        assert_eq!(request.dst_proto, vec![198, 51, 100, 210]);
+        let h_peer = |o: IpAddr| (o == IpAddr::from([203, 0, 113, 2])).then(|| IpAddr::from([198, 51, 100, 33]));
+        let h_route = |o: IpAddr| (o == lan_host).then(|| IpAddr::from([203, 0, 113, 2]));
+        let (to, fwd) = sent(&h.receive([198, 51, 100, 17].into(), &request, 0, &Tables { peer: &h_peer, route: &h_route, local: &|_| None }));
+        assert_eq!(to, IpAddr::from([198, 51, 100, 33]));
+        let lan = |t: IpAddr| "198.51.100.208/28".parse::<ipnet::IpNet>().unwrap().contains(&t).then_some(28);
+        let (to, reply) = sent(&s2.receive([198, 51, 100, 10].into(), &fwd, 0, &Tables { peer: &|_| None, route: &|_| None, local: &lan }));
+        assert_eq!(to, IpAddr::from([198, 51, 100, 17]), "straight to the requester");
+        assert_eq!((reply.cies()[0].prefix_len, reply.cies()[0].proto.clone()), (28, vec![203, 0, 113, 2]));
+        let actions = s1.receive([198, 51, 100, 33].into(), &reply, 0, &NONE);
+        assert!(actions.contains(&Action::Peer { overlay: [203, 0, 113, 2].into(), nbma: [198, 51, 100, 33].into(), holdtime: 60, multicast: false }));
+        assert!(
+            actions.contains(&Action::Shortcut { target: lan_host, prefix: "198.51.100.208/28".parse().unwrap(), via: [203, 0, 113, 2].into() }),
+            "{actions:?}"
+        );
     }
 }
