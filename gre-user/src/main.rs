@@ -34,7 +34,7 @@ enum Command {
     Down,
     /// Show tunnels, counters and drops of a running instance.
     Show {
-        /// Only this part: `peers` (the NHRP cache) or `nhs` (next-hop servers and their state).
+        /// Only this part.
         #[arg(value_enum)]
         part: Option<show::Part>,
         /// JSON on one line.
@@ -105,24 +105,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { part, json, pretty } => {
             let r = show::report(&cli.instance)?;
-            let value = match part {
-                None => serde_json::to_value(&r)?,
-                Some(show::Part::Peers) => serde_json::to_value(&r.peers)?,
-                Some(show::Part::Nhs) => serde_json::to_value(&r.nhs)?,
-            };
             if pretty {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", serde_json::to_string_pretty(&show::json(&r, part)?)?);
             } else if json {
-                println!("{value}");
+                println!("{}", show::json(&r, part)?);
             } else {
-                print!(
-                    "{}",
-                    match part {
-                        None => show::table(&r),
-                        Some(show::Part::Peers) => show::peers_table(&r.peers),
-                        Some(show::Part::Nhs) => show::nhs_table(&r.nhs),
-                    }
-                );
+                print!("{}", show::text(&r, part));
             }
         }
         Command::Daemon => daemon::run(&cli.instance).await?,

@@ -18,10 +18,98 @@ use crate::{
 };
 
 /// What `gre show PART` shows alone.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
+    /// Every tunnel with its settings, state and main counters.
+    Tunnels,
+    /// The peers of multipoint tunnels (the NHRP cache).
     Peers,
+    /// Overlay routes.
+    Routes,
+    /// Next-hop servers and their state.
     Nhs,
+    /// Every counter of every tunnel, NHRP messages by type included.
+    Stats,
+    /// Drops by reason, in all and per tunnel.
+    Drops,
+}
+
+/// Counters of one tunnel (`gre show stats`).
+#[derive(Debug, Serialize)]
+pub struct StatsReport<'a> {
+    pub tunnel: &'a str,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub fast_rx: u64,
+    pub fast_tx: u64,
+    pub reassembled: u64,
+    pub keepalives_sent: u64,
+    pub keepalives_answered: u64,
+    pub keepalives_returned: u64,
+    pub nhrp_punted: u64,
+    pub nhrp_received: &'a serde_json::Map<String, serde_json::Value>,
+    pub nhrp_sent: &'a serde_json::Map<String, serde_json::Value>,
+    pub nhrp_errors: u64,
+    pub drops: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'a> From<&'a TunnelReport> for StatsReport<'a> {
+    fn from(t: &'a TunnelReport) -> Self {
+        Self {
+            tunnel: &t.name,
+            rx_packets: t.rx_packets,
+            rx_bytes: t.rx_bytes,
+            tx_packets: t.tx_packets,
+            tx_bytes: t.tx_bytes,
+            fast_rx: t.fast_rx,
+            fast_tx: t.fast_tx,
+            reassembled: t.reassembled,
+            keepalives_sent: t.keepalives_sent,
+            keepalives_answered: t.keepalives_answered,
+            keepalives_returned: t.keepalives_returned,
+            nhrp_punted: t.nhrp_punted,
+            nhrp_received: &t.nhrp_received,
+            nhrp_sent: &t.nhrp_sent,
+            nhrp_errors: t.nhrp_errors,
+            drops: &t.drops,
+        }
+    }
+}
+
+/// A part of the report, or all of it, as JSON.
+///
+/// # Errors
+/// Never in practice (serialisation of plain data).
+pub fn json(r: &Report, part: Option<Part>) -> serde_json::Result<serde_json::Value> {
+    match part {
+        None => serde_json::to_value(r),
+        Some(Part::Tunnels) => serde_json::to_value(&r.tunnels),
+        Some(Part::Peers) => serde_json::to_value(&r.peers),
+        Some(Part::Routes) => serde_json::to_value(&r.routes),
+        Some(Part::Nhs) => serde_json::to_value(&r.nhs),
+        Some(Part::Stats) => serde_json::to_value(r.tunnels.iter().map(StatsReport::from).collect::<Vec<_>>()),
+        Some(Part::Drops) => {
+            let by_tunnel: serde_json::Map<String, serde_json::Value> =
+                r.tunnels.iter().map(|t| (t.name.clone(), serde_json::Value::Object(t.drops.clone()))).collect();
+            Ok(serde_json::json!({ "all": r.drops, "by_tunnel": by_tunnel }))
+        }
+    }
+}
+
+/// A part of the report, or all of it, as tables for people.
+#[must_use]
+pub fn text(r: &Report, part: Option<Part>) -> String {
+    match part {
+        None => table(r),
+        Some(Part::Tunnels) => tunnels_table(r),
+        Some(Part::Peers) => peers_table(&r.peers),
+        Some(Part::Routes) => routes_table(&r.routes),
+        Some(Part::Nhs) => nhs_table(&r.nhs),
+        Some(Part::Stats) => stats_table(r),
+        Some(Part::Drops) => drops_table(r),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -268,6 +356,29 @@ fn ifname(index: u32) -> String {
 /// The table `gre show` prints.
 #[must_use]
 pub fn table(r: &Report) -> String {
+    let mut out = format!("instance {}\n", r.instance);
+    out += &tunnels_table(r);
+    if !r.routes.is_empty() {
+        out.push('\n');
+        out += &routes_table(&r.routes);
+    }
+    if !r.peers.is_empty() {
+        out.push('\n');
+        out += &peers_table(&r.peers);
+    }
+    let nhrp = nhrp_table(r);
+    if !nhrp.is_empty() {
+        out.push('\n');
+        out += &nhrp;
+    }
+    out.push('\n');
+    out += &drops_table(r);
+    out
+}
+
+/// `gre show tunnels`.
+#[must_use]
+pub fn tunnels_table(r: &Report) -> String {
     let mut rows = vec![
         [
             "tunnel",
@@ -305,22 +416,26 @@ pub fn table(r: &Report) -> String {
             t.rx_bytes.to_string(),
             t.tx_packets.to_string(),
             t.tx_bytes.to_string(),
-            t.drops.values().filter_map(serde_json::Value::as_u64).sum::<u64>().to_string(),
+            total_drops(t).to_string(),
         ]);
     }
-    let mut out = format!("instance {}\n", r.instance);
-    out += &columns(&rows);
-    if !r.routes.is_empty() {
-        let mut routes = vec![["route".to_string(), "tunnel".to_string()]];
-        routes.extend(r.routes.iter().map(|rt| [rt.prefix.clone(), rt.via.as_ref().map_or_else(|| rt.tunnel.clone(), |v| format!("{} via {v}", rt.tunnel))]));
-        out.push('\n');
-        out += &columns(&routes);
-    }
-    if !r.peers.is_empty() {
-        out.push('\n');
-        out += &peers_table(&r.peers);
-    }
-    // NHRP messages of the tunnels that had any, one row per type seen.
+    columns(&rows)
+}
+
+fn total_drops(t: &TunnelReport) -> u64 {
+    t.drops.values().filter_map(serde_json::Value::as_u64).sum()
+}
+
+/// `gre show routes`.
+#[must_use]
+pub fn routes_table(routes: &[RouteReport]) -> String {
+    let mut rows = vec![["route".to_string(), "tunnel".to_string()]];
+    rows.extend(routes.iter().map(|rt| [rt.prefix.clone(), rt.via.as_ref().map_or_else(|| rt.tunnel.clone(), |v| format!("{} via {v}", rt.tunnel))]));
+    columns(&rows)
+}
+
+/// NHRP messages of the tunnels that had any, one row per type seen; empty if none.
+fn nhrp_table(r: &Report) -> String {
     let mut nhrp = vec![["nhrp message", "tunnel", "received", "sent"].map(String::from)];
     for t in &r.tunnels {
         for (name, rx) in &t.nhrp_received {
@@ -334,20 +449,53 @@ pub fn table(r: &Report) -> String {
             nhrp.push(["errors".to_string(), t.name.clone(), t.nhrp_errors.to_string(), "-".to_string()]);
         }
     }
-    if nhrp.len() > 1 {
-        out.push('\n');
-        out += &columns(&nhrp);
+    if nhrp.len() > 1 { columns(&nhrp) } else { String::new() }
+}
+
+/// `gre show stats`: every counter of every tunnel.
+#[must_use]
+pub fn stats_table(r: &Report) -> String {
+    let mut rows = vec![
+        ["tunnel", "rx packets", "rx bytes", "tx packets", "tx bytes", "fast rx", "fast tx", "reassembled", "keepalives", "nhrp", "drops"].map(String::from),
+    ];
+    for t in &r.tunnels {
+        rows.push([
+            t.name.clone(),
+            t.rx_packets.to_string(),
+            t.rx_bytes.to_string(),
+            t.tx_packets.to_string(),
+            t.tx_bytes.to_string(),
+            t.fast_rx.to_string(),
+            t.fast_tx.to_string(),
+            t.reassembled.to_string(),
+            format!("{}/{}/{}", t.keepalives_sent, t.keepalives_answered, t.keepalives_returned),
+            t.nhrp_punted.to_string(),
+            total_drops(t).to_string(),
+        ]);
     }
-    // Only the reasons that happened; `-j` lists them all.
-    let mut drops = vec![["drop reason".to_string(), "packets".to_string()]];
-    drops.extend(r.drops.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| [k.clone(), v.to_string()]));
-    out.push('\n');
-    if drops.len() == 1 {
-        out += "no drops\n";
-    } else {
-        out += &columns(&drops);
+    let mut out = columns(&rows);
+    out += "(keepalives: sent/answered/returned; nhrp: packets handed to gre daemon)\n";
+    let nhrp = nhrp_table(r);
+    if !nhrp.is_empty() {
+        out.push('\n');
+        out += &nhrp;
     }
     out
+}
+
+/// `gre show drops`: the reasons that happened (`-j` lists them all), and on which tunnels.
+#[must_use]
+pub fn drops_table(r: &Report) -> String {
+    let mut rows = vec![["drop reason", "packets", "tunnels"].map(String::from)];
+    for (reason, n) in r.drops.iter().filter(|(_, v)| v.as_u64() != Some(0)) {
+        let on: Vec<String> = r
+            .tunnels
+            .iter()
+            .filter_map(|t| t.drops.get(reason).and_then(serde_json::Value::as_u64).filter(|n| *n > 0).map(|n| format!("{} {n}", t.name)))
+            .collect();
+        rows.push([reason.clone(), n.to_string(), if on.is_empty() { "-".to_string() } else { on.join(", ") }]);
+    }
+    if rows.len() == 1 { "no drops\n".to_string() } else { columns(&rows) }
 }
 
 /// `gre show peers`: the NHRP cache.
