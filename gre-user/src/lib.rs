@@ -9,6 +9,7 @@ pub mod netdev;
 pub mod netns;
 pub mod nhrp;
 pub mod show;
+pub mod stats;
 
 /// The eBPF object built from gre-ebpf, embedded so the `gre` binary is all an operator installs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gre"));

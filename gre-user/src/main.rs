@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use gre_user::{config, daemon, loader, netns, nhrp, show};
+use gre_user::{config, daemon, loader, netns, nhrp, show, stats};
 
 #[derive(Parser)]
 #[command(name = "gre", version, about = "GRE tunnels in eBPF: XDP decapsulation, TC encapsulation")]
@@ -43,6 +43,21 @@ enum Command {
         /// Pretty-printed JSON.
         #[arg(short = 'p', long)]
         pretty: bool,
+    },
+    /// Live rates: packets and bits per second in and out of each tunnel, drops per second.
+    Stats {
+        /// Keep printing, every interval, until interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// Seconds each reading covers.
+        #[arg(long, default_value_t = 1.0, value_name = "S")]
+        interval: f64,
+        /// With --watch: stop after this many readings.
+        #[arg(short = 'c', long, value_name = "N")]
+        count: Option<u64>,
+        /// JSON, one line per reading.
+        #[arg(short = 'j', long)]
+        json: bool,
     },
     /// Run what needs a process: keepalives and tunnel state, GRE that arrived in fragments.
     /// Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it.
@@ -113,6 +128,23 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", show::text(&r, part));
             }
         }
+        Command::Stats { watch, interval, count, json } => {
+            if !(0.01..=3600.0).contains(&interval) {
+                anyhow::bail!("--interval is between 0.01 and 3600 seconds");
+            }
+            let count = if watch { count } else { Some(1) };
+            stats::watch(&cli.instance, std::time::Duration::from_secs_f64(interval), count, |s| {
+                if json {
+                    println!("{}", serde_json::to_string(s)?);
+                } else {
+                    if watch {
+                        println!("{}", utc_time_of_day());
+                    }
+                    print!("{}", stats::table(s));
+                }
+                Ok(())
+            })?;
+        }
         Command::Daemon => daemon::run(&cli.instance).await?,
         Command::Nhrp(NhrpCommand::Dump { file, iface, count, json }) => {
             let print = |m: &nhrp::dump::Message| -> Result<()> {
@@ -138,4 +170,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The time of day (UTC) for `gre stats --watch` headers.
+fn utc_time_of_day() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("-- {:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }

@@ -43,6 +43,20 @@ pub fn ping(ns: &str, dst: &str, count: u32) -> Result<String> {
     Ok(out)
 }
 
+/// `count` pings `interval` seconds apart; fails unless every reply came back.
+///
+/// # Errors
+/// A reply is missing.
+pub fn ping_fast(ns: &str, dst: &str, count: u32, interval: f64) -> Result<String> {
+    let (count, interval) = (count.to_string(), interval.to_string());
+    let out = ns_sh(ns, &["ping", "-c", &count, "-i", &interval, "-W", "2", dst])?;
+    let want = format!("{count} packets transmitted, {count} received");
+    if !out.contains(&want) {
+        bail!("ping {dst} from {ns}: expected {want:?}:\n{out}");
+    }
+    Ok(out)
+}
+
 /// One ping of `size` payload bytes, with DF (`-M do`) or without (`-M dont`); fails unless the
 /// reply came back.
 ///

@@ -58,3 +58,57 @@ fn show_parts_are_the_report_in_pieces() {
     let whole = gre::run(&b, &ib, &["show"]).unwrap();
     assert!(whole.contains(&tunnels) && whole.contains(&drops), "{whole}");
 }
+
+/// `gre stats`: what crossed the tunnel in the interval, and its rates.
+#[test]
+fn stats_count_what_crossed_in_the_interval() {
+    if !privilege::require_root("stats_count_what_crossed_in_the_interval") {
+        return;
+    }
+    let mut sites = TwoSites::new("gs").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    let (ia, _ib) = sites.tunnel(Some(5)).expect("tunnel");
+    // Two readings of 2 s each; 20 pings (84 inner bytes each) in the first, nothing after.
+    let stats =
+        std::process::Command::new(gre::bin()).args(["-n", &a, "-I", &ia, "stats", "--watch", "--interval", "2", "--count", "2", "-j"]).output_in_background();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    traffic::ping_fast(&a, B_OVERLAY4, 20, 0.05).expect("ping");
+    let out = stats.join();
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let t = &lines[0]["tunnels"][0];
+    assert_eq!((t["tunnel"].as_str(), t["tx_packets"].as_u64(), t["rx_packets"].as_u64()), (Some("gre0"), Some(20), Some(20)), "{out}");
+    assert_eq!(t["tx_bytes"], 20 * 84, "{out}");
+    let secs = lines[0]["interval"].as_f64().unwrap();
+    assert!((1.9..2.5).contains(&secs), "{out}");
+    let pps = t["tx_pps"].as_f64().unwrap();
+    assert!((pps - 20.0 / secs).abs() < 1e-6, "{out}");
+    assert!((t["tx_bps"].as_f64().unwrap() - 20.0 * 84.0 * 8.0 / secs).abs() < 1e-6, "{out}");
+    assert_eq!(lines[1]["tunnels"][0]["tx_packets"], 0, "nothing in the second interval: {out}");
+    assert!(lines[1]["drops"].as_object().unwrap().values().all(|v| v == 0));
+    // The table form names the columns and the tunnel.
+    let table = gre::run(&a, &ia, &["stats", "--interval", "0.2"]).unwrap();
+    assert!(table.starts_with("tunnel") && table.lines().nth(1).is_some_and(|l| l.starts_with("gre0")), "{table}");
+    let e = gre::run(&a, &ia, &["stats", "--interval", "0"]).unwrap_err();
+    assert!(e.to_string().contains("--interval is between"), "{e}");
+}
+
+/// Runs a command on a thread and hands its stdout back when joined.
+trait Background {
+    fn output_in_background(&mut self) -> Pending;
+}
+
+struct Pending(std::thread::JoinHandle<String>);
+
+impl Pending {
+    fn join(self) -> String {
+        self.0.join().expect("the command's thread")
+    }
+}
+
+impl Background for std::process::Command {
+    fn output_in_background(&mut self) -> Pending {
+        let child = self.stdout(std::process::Stdio::piped()).spawn().expect("spawn");
+        Pending(std::thread::spawn(move || String::from_utf8_lossy(&child.wait_with_output().expect("output").stdout).into_owned()))
+    }
+}
