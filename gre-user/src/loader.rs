@@ -63,7 +63,7 @@ pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
     let dir = instance_dir(instance)?;
     ensure_bpffs()?;
     if dir.exists() {
-        bail!("instance {instance} is up already ({} exists); run `gre -i {instance} down` first", dir.display());
+        bail!("instance {instance} is up already ({} exists); run `gre -I {instance} down` first", dir.display());
     }
     let handle = netdev::connect()?;
     // Check every interface before changing anything.

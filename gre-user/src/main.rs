@@ -7,7 +7,17 @@ use clap::{Parser, Subcommand};
 use gre_user::{config, daemon, loader, netns, nhrp, show, stats};
 
 #[derive(Parser)]
-#[command(name = "gre", version, about = "GRE tunnels in eBPF: XDP decapsulation, TC encapsulation")]
+#[command(
+    name = "gre",
+    version,
+    about = "GRE tunnels in eBPF: XDP decapsulation, TC encapsulation",
+    long_about = "GRE and multipoint GRE (DMVPN with NHRP) tunnels in eBPF: XDP decapsulates, TC \
+                  encapsulates, and the datapath keeps forwarding with no process running. `gre up` \
+                  brings an instance up from a TOML file, `gre daemon` runs what needs a process \
+                  (NHRP, keepalives, fragments), `gre show` and `gre stats` read the live maps.",
+    after_long_help = "Files: an instance's programs, links and maps are pinned under \
+                       /sys/fs/bpf/gre/<instance>/.\n\nSee also: ip(8), ip-tunnel(8), tcpdump(8)."
+)]
 struct Cli {
     /// Run in this network namespace (as `ip -n`).
     #[arg(short = 'n', long, global = true, value_name = "NETNS")]
@@ -59,12 +69,26 @@ enum Command {
         #[arg(short = 'j', long)]
         json: bool,
     },
-    /// Run what needs a process: keepalives and tunnel state, GRE that arrived in fragments.
-    /// Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it.
-    Daemon,
+    /// Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in
+    /// fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend
+    /// on it and keeps forwarding after it stops.
+    Daemon {
+        /// Bring the instance up from this file first, unless it is up already (what a service
+        /// unit runs).
+        #[arg(short = 'c', long)]
+        config: Option<PathBuf>,
+    },
     /// NHRP tools.
     #[command(subcommand)]
     Nhrp(NhrpCommand),
+    /// Write the man pages and shell completions generated from this definition (packaging:
+    /// `cargo xtask man` keeps the copies in docs/ up to date).
+    #[command(hide = true)]
+    GenDocs {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Check a configuration file and print what it would set up; changes nothing.
     Check {
         #[arg(short = 'c', long)]
@@ -145,7 +169,18 @@ async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })?;
         }
-        Command::Daemon => daemon::run(&cli.instance).await?,
+        Command::Daemon { config } => {
+            if let Some(path) = config {
+                let cfg = config::load(&path)?;
+                if loader::instance_dir(&cli.instance)?.exists() {
+                    log::info!("instance {} is up already; running for it as it is", cli.instance);
+                } else {
+                    loader::up(&cfg, &cli.instance).await?;
+                    log::info!("instance {} is up", cli.instance);
+                }
+            }
+            daemon::run(&cli.instance).await?;
+        }
         Command::Nhrp(NhrpCommand::Dump { file, iface, count, json }) => {
             let print = |m: &nhrp::dump::Message| -> Result<()> {
                 if json {
@@ -161,6 +196,7 @@ async fn run(cli: Cli) -> Result<()> {
                 (None, None) => anyhow::bail!("give a capture file or -i IFACE"),
             }
         }
+        Command::GenDocs { out } => gen_docs(&out)?,
         Command::Check { config } => {
             let cfg = config::load(&config)?;
             for t in &cfg.tunnels {
@@ -176,4 +212,20 @@ async fn run(cli: Cli) -> Result<()> {
 fn utc_time_of_day() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     format!("-- {:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
+/// Man pages (one per command) and bash, zsh and fish completions, from the clap definition.
+fn gen_docs(out: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory as _;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man).context("writing man pages")?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "gre", &completions).context("writing completions")?;
+    }
+    Ok(())
 }

@@ -45,6 +45,13 @@ impl Daemon {
         Self(Some(Command::new(bin()).args(["-n", ns, "-I", instance, "daemon"]).stderr(std::process::Stdio::null()).spawn().expect("gre daemon")))
     }
 
+    /// Starts `gre -n NS -I INSTANCE daemon -c CONFIG`: it brings the instance up first.
+    pub fn start_with(ns: &str, instance: &str, config: &std::path::Path) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.args(["-n", ns, "-I", instance, "daemon", "-c"]).arg(config).stderr(std::process::Stdio::null());
+        Self(Some(cmd.spawn().expect("gre daemon")))
+    }
+
     /// Kills it without letting it say goodbye (SIGKILL): as a crash or a power cut would.
     pub fn kill(mut self) {
         if let Some(mut c) = self.0.take() {

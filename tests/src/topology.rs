@@ -103,6 +103,14 @@ impl Lab {
         Ok(instance)
     }
 
+    /// Names instance `short` in `ns` and has the lab take it down at the end, for instances
+    /// something else brings up (`gre daemon -c`).
+    pub fn adopt(&mut self, ns: &str, short: &str) -> String {
+        let instance = self.instance(short);
+        self.instances.push((ns.to_string(), instance.clone()));
+        instance
+    }
+
     /// Takes a `gre` instance down now (and forgets it).
     ///
     /// # Errors

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup|build|build-and-load|demo|test|fuzz`.
+//! Developer tasks: `cargo xtask setup|build|build-and-load|demo|test|fuzz|man`.
 
 mod setup;
 
@@ -51,6 +51,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Regenerate the man pages and shell completions in docs/ from the `gre` command line.
+    Man,
     /// Fuzz the NHRP decoder (cargo-fuzz, libFuzzer) from the seed corpus.
     Fuzz {
         /// How long to run.
@@ -88,6 +90,12 @@ fn main() -> Result<()> {
             let gre = build(false)?;
             test(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))?;
             fuzz(TEST_FUZZ_SECONDS)
+        }
+        Task::Man => {
+            let gre = build(false)?;
+            run(Command::new(gre).args(["gen-docs", "--out"]).arg(root().join("docs")))?;
+            eprintln!("wrote docs/man and docs/completions");
+            Ok(())
         }
         Task::Fuzz { seconds } => {
             setup::run()?;

@@ -1,0 +1,104 @@
+//! What ships beside the binary: man pages and completions generated from the command line, the
+//! example configurations, the systemd unit.
+
+use std::path::{Path, PathBuf};
+
+use gre_tests::{
+    gre, privilege,
+    topology::{HubAndSpokes, TwoSites},
+    traffic,
+};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The man pages and completions in docs/ are what the current command line generates (after
+/// a change to it: `cargo xtask man`), one page per command.
+#[test]
+fn man_pages_and_completions_are_current() {
+    let out = std::env::temp_dir().join(format!("gre-docs-{}", std::process::id()));
+    let status = std::process::Command::new(gre::bin()).args(["gen-docs", "--out"]).arg(&out).status().expect("gre gen-docs");
+    assert!(status.success());
+    for part in ["man", "completions"] {
+        let (fresh, committed) = (files(&out.join(part)), files(&repo().join("docs").join(part)));
+        let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&fresh), names(&committed), "docs/{part} is stale: run `cargo xtask man`");
+        for ((name, a), (_, b)) in fresh.iter().zip(&committed) {
+            assert!(a == b, "docs/{part}/{name} is stale: run `cargo xtask man`");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let pages = files(&repo().join("docs/man"));
+    for cmd in ["gre.1", "gre-up.1", "gre-down.1", "gre-show.1", "gre-stats.1", "gre-daemon.1", "gre-nhrp-dump.1", "gre-check.1"] {
+        let page = pages.iter().find(|(n, _)| n == cmd).unwrap_or_else(|| panic!("no {cmd}"));
+        assert!(String::from_utf8_lossy(&page.1).contains(".SH SYNOPSIS"), "{cmd}");
+    }
+}
+
+/// The unit's command line is one `gre` accepts (it fails on the missing file, not on usage),
+/// and every example configuration passes `gre check`.
+#[test]
+fn the_unit_and_the_examples_are_accepted() {
+    let unit = std::fs::read_to_string(repo().join("packaging/gre@.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let mut args: Vec<String> = exec.split_whitespace().skip(1).map(|a| a.replace("%i", "unit-test")).collect();
+    assert_eq!(args.iter().map(String::as_str).collect::<Vec<_>>(), ["-I", "unit-test", "daemon", "-c", "/etc/gre/unit-test.toml"]);
+    args[4] = "/nonexistent/unit-test.toml".to_string();
+    let out = std::process::Command::new(gre::bin()).args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("/nonexistent/unit-test.toml") && !err.contains("Usage"), "{err}");
+    for caps in ["CapabilityBoundingSet=", "AmbientCapabilities="] {
+        let line = unit.lines().find(|l| l.starts_with(caps)).unwrap();
+        assert_eq!(line[caps.len()..].split_whitespace().collect::<Vec<_>>(), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"]);
+    }
+    for example in ["site-a", "site-b", "hub", "spoke"] {
+        let path = repo().join(format!("examples/{example}.toml"));
+        let out = std::process::Command::new(gre::bin()).args(["check", "-c"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The examples as they are, in namespaces with their addresses: the two sites talk over IPv4
+/// and IPv6; the hub and the spoke, each run by `gre daemon -c` as the unit runs it, register
+/// and talk.
+#[test]
+fn the_examples_come_up_and_carry_traffic() {
+    if !privilege::require_root("the_examples_come_up_and_carry_traffic") {
+        return;
+    }
+    let mut sites = TwoSites::new("gx").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    for (ns, example) in [(&a, "site-a"), (&b, "site-b")] {
+        let conf = std::fs::read_to_string(repo().join(format!("examples/{example}.toml"))).unwrap();
+        sites.lab.gre_up(ns, example, &conf).unwrap();
+    }
+    for (from, to) in [(&a, "203.0.113.2"), (&b, "203.0.113.1"), (&a, "2001:db8:100::2")] {
+        traffic::ping(from, to, 2).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    drop(sites);
+
+    let mut net = HubAndSpokes::new("gX", 1).expect("topology");
+    let (hub, spoke) = (net.hub.clone(), net.spokes[0].clone());
+    let ih = net.lab.adopt(&hub, "hub");
+    let is = net.lab.adopt(&spoke, "spoke");
+    let _hub = gre::Daemon::start_with(&hub, &ih, &repo().join("examples/hub.toml"));
+    let _spoke = gre::Daemon::start_with(&spoke, &is, &repo().join("examples/spoke.toml"));
+    traffic::wait_for("the spoke to register", 10, || {
+        gre::show(&hub, &ih).is_ok_and(|v| v["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["overlay"] == "203.0.113.1")))
+    });
+    traffic::ping(&spoke, "203.0.113.254", 2).expect("spoke to hub");
+    traffic::wait_for("the NHS up on the spoke", 5, || gre::show(&spoke, &is).is_ok_and(|v| v["tunnels"][0]["state"] == "up"));
+}
