@@ -160,7 +160,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__daemon)
-            opts="-c -n -I -h --config --netns --instance --help"
+            opts="-c -n -I -h --config --metrics --netns --instance --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -171,6 +171,10 @@ _gre() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

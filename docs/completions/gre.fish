@@ -58,6 +58,7 @@ complete -c gre -n "__fish_gre_using_subcommand stats" -s w -l watch -d 'Keep pr
 complete -c gre -n "__fish_gre_using_subcommand stats" -s j -l json -d 'JSON, one line per reading'
 complete -c gre -n "__fish_gre_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s c -l config -d 'Bring the instance up from this file first, unless it is up already (what a service unit runs)' -r -F
+complete -c gre -n "__fish_gre_using_subcommand daemon" -l metrics -d 'Serve Prometheus metrics here (`GET /metrics`), instead of the config\'s `[metrics]`' -r
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s h -l help -d 'Print help'

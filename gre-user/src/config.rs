@@ -34,6 +34,16 @@ pub struct File {
     pub routes: Vec<RouteSpec>,
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerSpec>,
+    /// Prometheus metrics served by `gre daemon` (off without this table).
+    pub metrics: Option<Metrics>,
+}
+
+/// `[metrics]`: where `gre daemon` serves Prometheus metrics (`GET /metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port to listen on, such as "127.0.0.1:9477".
+    pub listen: std::net::SocketAddr,
 }
 
 /// A static peer of a multipoint tunnel (Cisco `ip nhrp map`, FRR `nhrp map`).
@@ -290,6 +300,7 @@ pub struct Config {
     pub tunnels: Vec<Tunnel>,
     pub routes: Vec<Route>,
     pub peers: Vec<Peer>,
+    pub metrics: Option<Metrics>,
 }
 
 /// A validated tunnel.
@@ -637,7 +648,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         }
         peers.push(Peer { tunnel, overlay, nbma, multicast: p.multicast });
     }
-    Ok(Config { interfaces: file.interfaces, tunnels, routes, peers })
+    Ok(Config { interfaces: file.interfaces, tunnels, routes, peers, metrics: file.metrics })
 }
 
 /// 1-based line and column of a byte offset.

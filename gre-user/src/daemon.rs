@@ -30,7 +30,7 @@ use crate::{loader, maps::Maps};
 ///
 /// # Errors
 /// The instance is not up, or a socket cannot be opened.
-pub async fn run(instance: &str) -> Result<()> {
+pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Result<()> {
     let dir = loader::instance_dir(instance)?;
     loader::ensure_bpffs()?;
     if !dir.exists() {
@@ -53,6 +53,10 @@ pub async fn run(instance: &str) -> Result<()> {
     let injector = packet_socket()?;
     let mut keepalives = Keepalives::default();
     let mut nhrp = crate::nhrp::agent::Agent::new(&maps).await?;
+    let metrics = match metrics {
+        Some(listen) => Some(crate::metrics::serve(instance, listen).await?),
+        None => None,
+    };
     let mut last_second = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -83,6 +87,9 @@ pub async fn run(instance: &str) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
+    }
+    if let Some(task) = metrics {
+        task.abort();
     }
     nhrp.shutdown(&mut maps, &sender, unix_now());
     // Nobody watches the tunnels any more.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod netdev;
 pub mod netns;
 pub mod nhrp;

@@ -77,6 +77,9 @@ enum Command {
         /// unit runs).
         #[arg(short = 'c', long)]
         config: Option<PathBuf>,
+        /// Serve Prometheus metrics here (`GET /metrics`), instead of the config's `[metrics]`.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// NHRP tools.
     #[command(subcommand)]
@@ -169,9 +172,11 @@ async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })?;
         }
-        Command::Daemon { config } => {
+        Command::Daemon { config, metrics } => {
+            let mut listen = metrics;
             if let Some(path) = config {
                 let cfg = config::load(&path)?;
+                listen = listen.or(cfg.metrics.map(|m| m.listen));
                 if loader::instance_dir(&cli.instance)?.exists() {
                     log::info!("instance {} is up already; running for it as it is", cli.instance);
                 } else {
@@ -179,7 +184,7 @@ async fn run(cli: Cli) -> Result<()> {
                     log::info!("instance {} is up", cli.instance);
                 }
             }
-            daemon::run(&cli.instance).await?;
+            daemon::run(&cli.instance, listen).await?;
         }
         Command::Nhrp(NhrpCommand::Dump { file, iface, count, json }) => {
             let print = |m: &nhrp::dump::Message| -> Result<()> {

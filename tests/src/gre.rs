@@ -52,6 +52,13 @@ impl Daemon {
         Self(Some(cmd.spawn().expect("gre daemon")))
     }
 
+    /// Starts `gre -n NS -I INSTANCE daemon ARGS…`.
+    pub fn start_args(ns: &str, instance: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.args(["-n", ns, "-I", instance, "daemon"]).args(args).stderr(std::process::Stdio::null());
+        Self(Some(cmd.spawn().expect("gre daemon")))
+    }
+
     /// Kills it without letting it say goodbye (SIGKILL): as a crash or a power cut would.
     pub fn kill(mut self) {
         if let Some(mut c) = self.0.take() {

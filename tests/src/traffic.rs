@@ -195,3 +195,25 @@ pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// GET `path` from `addr` inside `ns` (HTTP/1.1, connection closed): the status line and body.
+///
+/// # Errors
+/// The connection fails.
+pub fn http_get(ns: &str, addr: &'static str, path: &'static str) -> Result<(String, String)> {
+    in_netns(ns, move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(addr)?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        Ok((head.lines().next().unwrap_or_default().to_string(), body.to_string()))
+    })
+}
+
+/// The value of one series (`name{labels}` as exposed) in a Prometheus text exposition.
+pub fn metric(body: &str, series: &str) -> Option<u64> {
+    let line = body.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))?;
+    line.rsplit(' ').next()?.parse().ok()
+}

@@ -292,9 +292,15 @@ fn phase_3_the_hub_redirects_and_spokes_take_shortcuts() {
         let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
         spokes.push((ns, inst));
     }
-    let _daemons: Vec<gre::Daemon> =
-        std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
+    let _hub_daemon = gre::Daemon::start_args(&hub, &ih, &["--metrics", "127.0.0.1:9477"]);
+    let _daemons: Vec<gre::Daemon> = spokes.iter().map(|(ns, i)| gre::Daemon::start(ns, i)).collect();
     traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+    // The hub's metrics: its peers by kind and its NHRP messages, as `gre show` counts them.
+    let (_, body) = traffic::http_get(&hub, "127.0.0.1:9477", "/metrics").expect("metrics");
+    assert_eq!(traffic::metric(&body, "gre_peers{tunnel=\"gre0\",kind=\"dynamic\"}"), Some(2), "{body}");
+    assert_eq!(traffic::metric(&body, "gre_peers{tunnel=\"gre0\",kind=\"static\"}"), Some(0), "{body}");
+    let received = |body: &str| traffic::metric(body, "gre_nhrp_messages_total{tunnel=\"gre0\",direction=\"received\",type=\"registration_request\"}");
+    assert!(received(&body).is_some_and(|n| n >= 2), "{body}");
     let (s1, i1) = spokes[0].clone();
     // The hub relays the first packets, then sends a Traffic Indication; spoke 1 resolves spoke
     // 2 and installs a host route to it (and spoke 2 likewise for its replies).

@@ -112,3 +112,42 @@ impl Background for std::process::Command {
         Pending(std::thread::spawn(move || String::from_utf8_lossy(&child.wait_with_output().expect("output").stdout).into_owned()))
     }
 }
+
+/// `gre daemon` serves Prometheus metrics where the config's `[metrics]` says; the values are
+/// the traffic that was sent, and every one agrees with `gre show -j`.
+#[test]
+fn metrics_are_the_counters_of_the_traffic() {
+    if !privilege::require_root("metrics_are_the_counters_of_the_traffic") {
+        return;
+    }
+    let mut sites = TwoSites::new("gp").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    sites.lab.gre_up(&a, "a", &TwoSites::site_config(A_UNDERLAY, B_UNDERLAY, Some(5), A_OVERLAY4, A_OVERLAY6)).unwrap();
+    let mut cb = TwoSites::site_config(B_UNDERLAY, A_UNDERLAY, Some(5), B_OVERLAY4, B_OVERLAY6);
+    cb += "\n[metrics]\nlisten = \"127.0.0.1:9477\"\n";
+    let path = std::env::temp_dir().join(format!("gre-metrics-{}.toml", std::process::id()));
+    std::fs::write(&path, cb).unwrap();
+    let ib = sites.lab.adopt(&b, "b");
+    let _daemon = gre::Daemon::start_with(&b, &ib, &path);
+    // The daemon listens once the instance is up.
+    let up = || traffic::in_netns(&b, || Ok(std::net::TcpStream::connect("127.0.0.1:9477")?)).is_ok();
+    traffic::wait_for("the daemon to bring b up and serve metrics", 10, up);
+    let _ = std::fs::remove_file(&path);
+    traffic::ping_fast(&a, B_OVERLAY4, 4, 0.05).expect("ping");
+    let (status, body) = traffic::http_get(&b, "127.0.0.1:9477", "/metrics").unwrap();
+    assert!(status.contains("200"), "{status}");
+    let value = |series: &str| traffic::metric(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"));
+    let show = gre::show(&b, &ib).unwrap();
+    let t = &show["tunnels"][0];
+    for (series, field) in [("rx_packets", "rx_packets"), ("rx_bytes", "rx_bytes"), ("tx_packets", "tx_packets"), ("tx_bytes", "tx_bytes")] {
+        assert_eq!(value(&format!("gre_tunnel_{series}_total{{tunnel=\"gre0\"}}")), t[field].as_u64().unwrap(), "{series}");
+    }
+    assert_eq!(value("gre_tunnel_rx_packets_total{tunnel=\"gre0\"}"), 4);
+    assert_eq!(value("gre_tunnel_rx_bytes_total{tunnel=\"gre0\"}"), 4 * 84);
+    assert_eq!(value("gre_tunnel_tx_packets_total{tunnel=\"gre0\"}"), 4, "b's replies");
+    assert_eq!(value("gre_drops_total{reason=\"key_mismatch\"}"), 0);
+    assert_eq!(value("gre_tunnel_state{tunnel=\"gre0\",state=\"unknown\"}"), 1, "no keepalives: unknown");
+    assert_eq!(body.lines().filter(|l| l.starts_with("gre_drops_total{")).count(), show["drops"].as_object().unwrap().len(), "every reason");
+    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics text");
+    assert!(traffic::http_get(&b, "127.0.0.1:9477", "/").unwrap().0.contains("404"));
+}
