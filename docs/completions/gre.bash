@@ -37,6 +37,9 @@ _gre() {
             gre,show)
                 cmd="gre__subcmd__show"
                 ;;
+            gre,showconf)
+                cmd="gre__subcmd__showconf"
+                ;;
             gre,stats)
                 cmd="gre__subcmd__stats"
                 ;;
@@ -63,6 +66,9 @@ _gre() {
                 ;;
             gre__subcmd__help,show)
                 cmd="gre__subcmd__help__subcmd__show"
+                ;;
+            gre__subcmd__help,showconf)
+                cmd="gre__subcmd__help__subcmd__showconf"
                 ;;
             gre__subcmd__help,stats)
                 cmd="gre__subcmd__help__subcmd__stats"
@@ -92,7 +98,7 @@ _gre() {
 
     case "${cmd}" in
         gre)
-            opts="-n -I -h -V --netns --instance --help --version up down show stats daemon nhrp gen-docs check help"
+            opts="-n -I -h -V --netns --instance --help --version up down show showconf stats daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -266,7 +272,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__help)
-            opts="up down show stats daemon nhrp gen-docs check help"
+            opts="up down show showconf stats daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -378,6 +384,20 @@ _gre() {
             return 0
             ;;
         gre__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__help__subcmd__showconf)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -539,6 +559,36 @@ _gre() {
             ;;
         gre__subcmd__show)
             opts="-j -p -n -I -h --json --pretty --netns --instance --help tunnels peers routes nhs stats drops"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -I)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__showconf)
+            opts="-n -I -h --netns --instance --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -264,8 +264,15 @@ pub struct NbmaKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Route {
     pub tunnel: u32,
-    pub pad0: u32,
+    /// [`route_flags`]: what put it there (the datapath reads none of it).
+    pub flags: u32,
     pub nexthop: Addr,
+}
+
+/// `Route::flags`.
+pub mod route_flags {
+    /// A phase 3 shortcut `gre daemon` installed (not configured; goes with its peer).
+    pub const SHORTCUT: u32 = 1;
 }
 
 /// How many peers one multipoint tunnel replicates multicast to (a power of two: the datapath

@@ -10,6 +10,7 @@ pub mod netdev;
 pub mod netns;
 pub mod nhrp;
 pub mod show;
+pub mod showconf;
 pub mod stats;
 
 /// The eBPF object built from gre-ebpf, embedded so the `gre` binary is all an operator installs.

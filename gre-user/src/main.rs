@@ -54,6 +54,8 @@ enum Command {
         #[arg(short = 'p', long)]
         pretty: bool,
     },
+    /// The running configuration, as TOML that `gre up -c` takes again.
+    Showconf,
     /// Live rates: packets and bits per second in and out of each tunnel, drops per second.
     Stats {
         /// Keep printing, every interval, until interrupted.
@@ -155,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", show::text(&r, part));
             }
         }
+        Command::Showconf => print!("{}", gre_user::showconf::showconf(&cli.instance).await?),
         Command::Stats { watch, interval, count, json } => {
             if !(0.01..=3600.0).contains(&interval) {
                 anyhow::bail!("--interval is between 0.01 and 3600 seconds");

@@ -8,7 +8,7 @@ use gre_common::{
     addr, drop,
     maps::{
         EndpointKey, Event, MAX_MULTICAST_PEERS, MulticastPeers, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, RX_KEY_PRESENT, RX_TEB, Route, RxKey, Tunnel,
-        TunnelState, TunnelStats, names, peer_flags, peer_kind, route_prefix_len, tunnel_flags,
+        TunnelState, TunnelStats, names, peer_flags, peer_kind, route_flags, route_prefix_len, tunnel_flags,
     },
 };
 
@@ -230,8 +230,20 @@ impl Maps {
     /// # Errors
     /// The route table is full.
     pub fn add_route(&mut self, prefix: ipnet::IpNet, id: u32, via: Option<std::net::IpAddr>) -> Result<()> {
+        self.add_route_flagged(prefix, id, via, 0)
+    }
+
+    /// Adds (or replaces) a phase 3 shortcut: a route that `gre daemon` installed.
+    ///
+    /// # Errors
+    /// The route table is full.
+    pub fn add_shortcut(&mut self, prefix: ipnet::IpNet, id: u32, via: std::net::IpAddr) -> Result<()> {
+        self.add_route_flagged(prefix, id, Some(via), route_flags::SHORTCUT)
+    }
+
+    fn add_route_flagged(&mut self, prefix: ipnet::IpNet, id: u32, via: Option<std::net::IpAddr>, flags: u32) -> Result<()> {
         let key = Key::new(route_prefix_len(prefix.addr().is_ipv4(), prefix.prefix_len()), store_addr(prefix.network()));
-        let route = Route { tunnel: id, pad0: 0, nexthop: via.map_or([0; 16], store_addr) };
+        let route = Route { tunnel: id, flags, nexthop: via.map_or([0; 16], store_addr) };
         self.routes.insert(&key, route, 0).with_context(|| format!("adding route {prefix} (ROUTES is full?)"))
     }
 
@@ -241,12 +253,23 @@ impl Maps {
         self.routes.remove(&key).is_ok()
     }
 
-    /// The overlay routes: (prefix, tunnel id, next hop).
+    /// The overlay routes: (prefix, tunnel id, next hop), shortcuts included.
     #[must_use]
     pub fn routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
+        self.routes_where(|_| true)
+    }
+
+    /// The configured overlay routes (no shortcuts).
+    #[must_use]
+    pub fn configured_routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
+        self.routes_where(|r| r.flags & route_flags::SHORTCUT == 0)
+    }
+
+    fn routes_where(&self, keep: impl Fn(&Route) -> bool) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
         self.routes
             .iter()
             .filter_map(Result::ok)
+            .filter(|(_, r)| keep(r))
             .filter_map(|(k, r)| {
                 let addr = show_addr(&k.data());
                 let len = if addr.is_ipv4() { k.prefix_len().checked_sub(96)? } else { k.prefix_len() };
@@ -347,6 +370,12 @@ impl Maps {
     /// The port map is full or the kernel refuses the interface.
     pub fn add_port(&mut self, ifindex: u32) -> Result<()> {
         self.ports.insert(ifindex, ifindex, None, 0).with_context(|| format!("adding port {ifindex} to PORTS"))
+    }
+
+    /// The ports the fast paths may redirect to (underlay and LAN interfaces).
+    #[must_use]
+    pub fn ports(&self) -> Vec<u32> {
+        self.ports.keys().filter_map(Result::ok).collect()
     }
 
     /// Records a managed neighbour made by `gre up`.

@@ -269,6 +269,49 @@ pub async fn ipv4_routes(handle: &Handle) -> Result<Vec<(IpNet, u32)>> {
     Ok(out)
 }
 
+/// The addresses of link `ifindex` with their prefix lengths, IPv6 link-local ones left out.
+///
+/// # Errors
+/// Netlink fails.
+pub async fn addresses(handle: &Handle, ifindex: u32) -> Result<Vec<IpNet>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut out = Vec::new();
+    let mut addrs = handle.address().get().set_link_index_filter(ifindex).execute();
+    while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(a) = attr
+                && !matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+                && let Ok(net) = IpNet::new(*a, msg.header.prefix_len)
+            {
+                out.push(net);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How XDP is attached to link `ifindex`: "native", "skb", or `None` when it is not.
+///
+/// # Errors
+/// Netlink fails.
+pub async fn xdp_mode(handle: &Handle, ifindex: u32) -> Result<Option<&'static str>> {
+    use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
+    let mut links = handle.link().get().match_index(ifindex).execute();
+    let Some(msg) = links.try_next().await.with_context(|| format!("looking up link {ifindex}"))? else { return Ok(None) };
+    for attr in &msg.attributes {
+        if let LinkAttribute::Xdp(xdp) = attr {
+            for x in xdp {
+                match x {
+                    LinkXdp::Attached(XdpAttached::Driver) => return Ok(Some("native")),
+                    LinkXdp::Attached(XdpAttached::SocketBuffer) => return Ok(Some("skb")),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The first IPv4 address of link `ifindex`.
 ///
 /// # Errors

@@ -341,7 +341,7 @@ fn key(t: &Tunnel, flag: u32, value: u32) -> Option<u32> {
 }
 
 /// The name of a link in this namespace, or `if<index>` when it is gone.
-fn ifname(index: u32) -> String {
+pub fn ifname(index: u32) -> String {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname requires.
     let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };

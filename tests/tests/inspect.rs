@@ -151,3 +151,39 @@ fn metrics_are_the_counters_of_the_traffic() {
     assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics text");
     assert!(traffic::http_get(&b, "127.0.0.1:9477", "/").unwrap().0.contains("404"));
 }
+
+/// `gre showconf` prints what runs, as a file `gre up -c` takes again: the tunnels, peers and
+/// routes it describes are those of the original file, and bringing the instance up from it
+/// gives the same `showconf` back.
+#[test]
+fn showconf_round_trips() {
+    if !privilege::require_root("showconf_round_trips") {
+        return;
+    }
+    let mut sites = TwoSites::new("gc").expect("topology");
+    let a = sites.a.clone();
+    let original = format!(
+        "[[interface]]\nname = \"eth0\"\n\n\
+         [[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{A_UNDERLAY}\"\nremote = \"{B_UNDERLAY}\"\n\
+         ikey = 7\nokey = 8\nicsum = true\niseq = true\nttl = 64\ntos = \"inherit\"\npmtudisc = false\nignore_df = true\n\
+         keepalive = {{ period = 10, retries = 5 }}\naddress = [\"{A_OVERLAY4}/30\", \"{A_OVERLAY6}/64\"]\n\n\
+         [[tunnel]]\nname = \"dmvpn0\"\ninterface = \"eth0\"\nlocal = \"{A_UNDERLAY}\"\nkey = 100\nnhs = \"203.0.113.254\"\nstrict = true\n\
+         nhrp = {{ role = \"nhc\", holdtime = 60, network_id = 7, auth = \"secret\" }}\naddress = [\"203.0.113.129/25\"]\n\n\
+         [[route]]\nprefix = \"203.0.113.64/27\"\ntunnel = \"dmvpn0\"\nvia = \"203.0.113.254\"\n\n\
+         [[peer]]\ntunnel = \"dmvpn0\"\noverlay = \"203.0.113.254\"\nnbma = \"{B_UNDERLAY}\"\nmulticast = true\n"
+    );
+    let ia = sites.lab.gre_up(&a, "a", &original).expect("gre up");
+    let shown = gre::run(&a, &ia, &["showconf"]).unwrap();
+    let parse = |text: &str| gre_user::config::parse(std::path::Path::new("showconf.toml"), text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let (was, now) = (parse(&original), parse(&shown));
+    assert_eq!(now.tunnels, was.tunnels, "{shown}");
+    assert_eq!((now.routes, now.peers), (was.routes, was.peers), "{shown}");
+    assert_eq!(now.interfaces.len(), 1);
+    assert!(shown.contains("xdp_mode = \"native\""), "auto resolved to what runs: {shown}");
+    // Down, and up again from what showconf printed: the same configuration runs.
+    sites.lab.gre_down(&a, &ia).unwrap();
+    let ia = sites.lab.gre_up(&a, "a2", &shown).expect("gre up from showconf");
+    let again = gre::run(&a, &ia, &["showconf"]).unwrap();
+    let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&again), body(&shown));
+}

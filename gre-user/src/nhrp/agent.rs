@@ -349,7 +349,7 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                 if taken(prefix) {
                     continue;
                 }
-                match maps.add_route(prefix, id, Some(via)) {
+                match maps.add_shortcut(prefix, id, via) {
                     Ok(()) => {
                         info!("tunnel {id}: shortcut {prefix} via {via}");
                         applied.shortcuts.push((id, prefix, via));
