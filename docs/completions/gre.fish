@@ -32,6 +32,8 @@ complete -c gre -n "__fish_gre_needs_command" -f -a "up" -d 'Create the tunnel n
 complete -c gre -n "__fish_gre_needs_command" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
 complete -c gre -n "__fish_gre_needs_command" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'
 complete -c gre -n "__fish_gre_needs_command" -f -a "showconf" -d 'The running configuration, as TOML that `gre up -c` takes again'
+complete -c gre -n "__fish_gre_needs_command" -f -a "peer" -d 'Add or remove static peers of multipoint tunnels of a running instance'
+complete -c gre -n "__fish_gre_needs_command" -f -a "route" -d 'Add or remove overlay routes of a running instance'
 complete -c gre -n "__fish_gre_needs_command" -f -a "stats" -d 'Live rates: packets and bits per second in and out of each tunnel, drops per second'
 complete -c gre -n "__fish_gre_needs_command" -f -a "daemon" -d 'Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it and keeps forwarding after it stops'
 complete -c gre -n "__fish_gre_needs_command" -f -a "nhrp" -d 'NHRP tools'
@@ -54,6 +56,38 @@ complete -c gre -n "__fish_gre_using_subcommand show" -s h -l help -d 'Print hel
 complete -c gre -n "__fish_gre_using_subcommand showconf" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand showconf" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand showconf" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -f -a "add" -d 'A static peer: overlay address OVERLAY is at NBMA address NBMA'
+complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -f -a "del" -d 'Remove a peer (static, or one NHRP learned)'
+complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -l multicast -d 'Replicate multicast to it (`ip nhrp map multicast`)'
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from del" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from del" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from del" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from help" -f -a "add" -d 'A static peer: overlay address OVERLAY is at NBMA address NBMA'
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from help" -f -a "del" -d 'Remove a peer (static, or one NHRP learned)'
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -f -a "add" -d 'Route PREFIX into TUNNEL (in the kernel and in the datapath)'
+complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -f -a "del" -d 'Remove a route'
+complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -l via -d 'Multipoint: the overlay next hop (by default the destination itself)' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from del" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from del" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from del" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "add" -d 'Route PREFIX into TUNNEL (in the kernel and in the datapath)'
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "del" -d 'Remove a route'
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gre -n "__fish_gre_using_subcommand stats" -l interval -d 'Seconds each reading covers' -r
 complete -c gre -n "__fish_gre_using_subcommand stats" -s c -l count -d 'With --watch: stop after this many readings' -r
 complete -c gre -n "__fish_gre_using_subcommand stats" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
@@ -87,14 +121,20 @@ complete -c gre -n "__fish_gre_using_subcommand check" -s c -l config -r -F
 complete -c gre -n "__fish_gre_using_subcommand check" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand check" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand check" -s h -l help -d 'Print help'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "showconf" -d 'The running configuration, as TOML that `gre up -c` takes again'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "stats" -d 'Live rates: packets and bits per second in and out of each tunnel, drops per second'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "daemon" -d 'Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it and keeps forwarding after it stops'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "nhrp" -d 'NHRP tools'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "gen-docs" -d 'Write the man pages and shell completions generated from this definition (packaging: `cargo xtask man` keeps the copies in docs/ up to date)'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "check" -d 'Check a configuration file and print what it would set up; changes nothing'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf stats daemon nhrp gen-docs check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "showconf" -d 'The running configuration, as TOML that `gre up -c` takes again'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "peer" -d 'Add or remove static peers of multipoint tunnels of a running instance'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "route" -d 'Add or remove overlay routes of a running instance'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "stats" -d 'Live rates: packets and bits per second in and out of each tunnel, drops per second'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "daemon" -d 'Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it and keeps forwarding after it stops'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "nhrp" -d 'NHRP tools'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "gen-docs" -d 'Write the man pages and shell completions generated from this definition (packaging: `cargo xtask man` keeps the copies in docs/ up to date)'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "check" -d 'Check a configuration file and print what it would set up; changes nothing'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from peer" -f -a "add" -d 'A static peer: overlay address OVERLAY is at NBMA address NBMA'
+complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from peer" -f -a "del" -d 'Remove a peer (static, or one NHRP learned)'
+complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "add" -d 'Route PREFIX into TUNNEL (in the kernel and in the datapath)'
+complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "del" -d 'Remove a route'
 complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from nhrp" -f -a "dump" -d 'Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one line each'

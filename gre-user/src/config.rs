@@ -660,7 +660,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// An address a tunnel can use as an endpoint.
-fn unicast(a: IpAddr) -> bool {
+pub(crate) fn unicast(a: IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_loopback() || v4.is_broadcast()),
         IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback() || v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some()),

@@ -1,6 +1,7 @@
 //! The `gre` control plane: configuration, loading and pinning the datapath, tunnel netdevs, and
 //! reading the live maps.
 
+pub mod change;
 pub mod config;
 pub mod daemon;
 pub mod loader;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use gre_user::{config, daemon, loader, netns, nhrp, show, stats};
+use gre_user::{change, config, daemon, loader, netns, nhrp, show, stats};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,12 @@ enum Command {
     },
     /// The running configuration, as TOML that `gre up -c` takes again.
     Showconf,
+    /// Add or remove static peers of multipoint tunnels of a running instance.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Add or remove overlay routes of a running instance.
+    #[command(subcommand)]
+    Route(RouteCommand),
     /// Live rates: packets and bits per second in and out of each tunnel, drops per second.
     Stats {
         /// Keep printing, every interval, until interrupted.
@@ -99,6 +105,35 @@ enum Command {
         #[arg(short = 'c', long)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// A static peer: overlay address OVERLAY is at NBMA address NBMA.
+    Add {
+        tunnel: String,
+        overlay: std::net::IpAddr,
+        nbma: std::net::IpAddr,
+        /// Replicate multicast to it (`ip nhrp map multicast`).
+        #[arg(long)]
+        multicast: bool,
+    },
+    /// Remove a peer (static, or one NHRP learned).
+    Del { tunnel: String, overlay: std::net::IpAddr },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Route PREFIX into TUNNEL (in the kernel and in the datapath).
+    Add {
+        prefix: ipnet::IpNet,
+        tunnel: String,
+        /// Multipoint: the overlay next hop (by default the destination itself).
+        #[arg(long)]
+        via: Option<std::net::IpAddr>,
+    },
+    /// Remove a route.
+    Del { prefix: ipnet::IpNet },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +192,10 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", show::text(&r, part));
             }
         }
+        Command::Peer(PeerCommand::Add { tunnel, overlay, nbma, multicast }) => change::peer_add(&cli.instance, &tunnel, overlay, nbma, multicast).await?,
+        Command::Peer(PeerCommand::Del { tunnel, overlay }) => change::peer_del(&cli.instance, &tunnel, overlay)?,
+        Command::Route(RouteCommand::Add { prefix, tunnel, via }) => change::route_add(&cli.instance, prefix, &tunnel, via).await?,
+        Command::Route(RouteCommand::Del { prefix }) => change::route_del(&cli.instance, prefix).await?,
         Command::Showconf => print!("{}", gre_user::showconf::showconf(&cli.instance).await?),
         Command::Stats { watch, interval, count, json } => {
             if !(0.01..=3600.0).contains(&interval) {

@@ -224,22 +224,39 @@ pub async fn delete_neighbour(handle: &Handle, ifindex: u32, addr: IpAddr) -> Re
 }
 
 /// Adds a route to `prefix` through link `ifindex` (no gateway: the tunnel is point to point).
+/// Returns false when the kernel has one already (the tunnel's own subnet, for one).
 ///
 /// # Errors
-/// Netlink fails (for instance, the route exists already).
-pub async fn add_route(handle: &Handle, prefix: IpNet, ifindex: u32) -> Result<()> {
-    let msg = match prefix {
-        IpNet::V4(p) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
-        IpNet::V6(p) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
-    };
-    match handle.route().add(msg).execute().await {
-        Ok(()) => Ok(()),
-        // The tunnel's own subnet, for one: the kernel routes it through the tunnel already.
+/// Netlink fails.
+pub async fn add_route(handle: &Handle, prefix: IpNet, ifindex: u32) -> Result<bool> {
+    match handle.route().add(route_message(prefix, ifindex)).execute().await {
+        Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
             log::info!("route {prefix}: the kernel has one already; only the datapath's entry is added");
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(e).with_context(|| format!("adding route {prefix} dev {ifindex}")),
+    }
+}
+
+/// Deletes a route `add_route` made (protocol static: the kernel's own routes, such as the
+/// tunnel's subnet, are never touched). One that is gone is fine.
+///
+/// # Errors
+/// Netlink fails for another reason.
+pub async fn del_route(handle: &Handle, prefix: IpNet, ifindex: u32) -> Result<()> {
+    match handle.route().del(route_message(prefix, ifindex)).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting route {prefix} dev {ifindex}")),
+    }
+}
+
+/// A static route to `prefix` out of `ifindex` (the builder's protocol is static).
+fn route_message(prefix: IpNet, ifindex: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    match prefix {
+        IpNet::V4(p) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
+        IpNet::V6(p) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex).build(),
     }
 }
 

@@ -1,0 +1,117 @@
+//! Runtime changes to a running instance: `gre peer add|del`, `gre route add|del` — checked
+//! first, made whole or not at all, a full map reported.
+
+use gre_tests::{
+    gre, privilege,
+    topology::{HUB_NBMA, HUB_OVERLAY, HubAndSpokes, ns_sh},
+    traffic,
+};
+use serde_json::Value;
+
+fn rx(ns: &str, instance: &str) -> u64 {
+    gre::show(ns, instance).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap()
+}
+
+fn peers(ns: &str, instance: &str) -> Value {
+    gre::show(ns, instance).unwrap()["peers"].clone()
+}
+
+/// Spokes that know only the hub, and a hub that knows nobody: peers added at run time make
+/// traffic flow through the hub, then directly; removing one sends it back through the hub.
+#[test]
+fn peers_added_and_removed_at_run_time() {
+    if !privilege::require_root("peers_added_and_removed_at_run_time") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gr", 2).expect("topology");
+    let hub = t.hub.clone();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "", &[])).unwrap();
+    let nhs = format!("nhs = \"{HUB_OVERLAY}\"\n");
+    let spokes: Vec<(String, String)> = (1..=2u8)
+        .map(|i| {
+            let ns = t.spokes[usize::from(i - 1)].clone();
+            let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhs, &[(HUB_OVERLAY, HUB_NBMA)]);
+            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &c).unwrap())
+        })
+        .collect();
+    let (s1, i1) = spokes[0].clone();
+    assert!(traffic::ping(&s1, "203.0.113.2", 1).is_err(), "the hub does not know the spokes yet");
+
+    for i in 1..=2u8 {
+        gre::run(&hub, &ih, &["peer", "add", "gre0", &HubAndSpokes::spoke_overlay(i), &HubAndSpokes::spoke_nbma(i)]).expect("peer add");
+    }
+    traffic::ping(&s1, "203.0.113.2", 2).expect("through the hub");
+    // A direct peer on both spokes: the hub sees none of the next pings.
+    gre::run(&s1, &i1, &["peer", "add", "gre0", "203.0.113.2", &HubAndSpokes::spoke_nbma(2)]).unwrap();
+    gre::run(&spokes[1].0, &spokes[1].1, &["peer", "add", "gre0", "203.0.113.1", &HubAndSpokes::spoke_nbma(1)]).unwrap();
+    let before = rx(&hub, &ih);
+    traffic::ping(&s1, "203.0.113.2", 3).expect("direct");
+    assert_eq!(rx(&hub, &ih), before, "nothing crossed the hub");
+    let p = peers(&s1, &i1);
+    assert!(p.as_array().unwrap().iter().any(|p| p["overlay"] == "203.0.113.2" && p["kind"] == "static" && p["nbma"] == "198.51.100.33"), "{p}");
+    assert!(gre::run(&s1, &i1, &["showconf"]).unwrap().contains("overlay = \"203.0.113.2\""));
+
+    // Refused, and nothing changes: unknown tunnel, duplicate, wrong family, not unicast.
+    let unchanged = peers(&s1, &i1);
+    for (args, why) in [
+        (vec!["peer", "add", "gre9", "203.0.113.3", "198.51.100.49"], "no tunnel named \"gre9\""),
+        (vec!["peer", "add", "gre0", "203.0.113.2", "198.51.100.49"], "has a static peer 203.0.113.2 already"),
+        (vec!["peer", "add", "gre0", "203.0.113.3", "2001:db8::3"], "of the tunnel's outer family"),
+        (vec!["peer", "add", "gre0", "224.0.0.5", "198.51.100.49"], "must be unicast"),
+        (vec!["peer", "del", "gre0", "203.0.113.9"], "has no peer 203.0.113.9"),
+    ] {
+        let e = gre::run(&s1, &i1, &args).unwrap_err().to_string();
+        assert!(e.contains(why), "{args:?}: {e}");
+    }
+    assert_eq!(peers(&s1, &i1), unchanged);
+
+    // Removed: spoke 1's traffic goes through the hub again.
+    gre::run(&s1, &i1, &["peer", "del", "gre0", "203.0.113.2"]).unwrap();
+    let before = rx(&hub, &ih);
+    traffic::ping(&s1, "203.0.113.2", 2).expect("through the hub again");
+    assert!(rx(&hub, &ih) >= before + 2);
+}
+
+/// Routes added and removed at run time go into the kernel and the datapath together; the
+/// tunnel's own subnet is never taken from the kernel; a full route table is reported and
+/// leaves nothing behind.
+#[test]
+fn routes_added_and_removed_at_run_time() {
+    if !privilege::require_root("routes_added_and_removed_at_run_time") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gR", 1).expect("topology");
+    let s1 = t.spokes[0].clone();
+    let nhs = format!("nhs = \"{HUB_OVERLAY}\"\n");
+    let i1 = t.lab.gre_up(&s1, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(1), "203.0.113.1", &nhs, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let routes = || gre::show(&s1, &i1).unwrap()["routes"].clone();
+    let kernel = |prefix: &str| ns_sh(&s1, &["ip", "route", "show", prefix]).unwrap();
+
+    gre::run(&s1, &i1, &["route", "add", "198.51.100.200/29", "gre0", "--via", HUB_OVERLAY]).expect("route add");
+    assert_eq!(routes(), serde_json::json!([{ "prefix": "198.51.100.200/29", "tunnel": "gre0", "via": HUB_OVERLAY }]));
+    assert!(kernel("198.51.100.200/29").contains("dev gre0 proto static"), "{}", kernel("198.51.100.200/29"));
+    let e = gre::run(&s1, &i1, &["route", "add", "198.51.100.200/29", "gre0"]).unwrap_err().to_string();
+    assert!(e.contains("exists already"), "{e}");
+    gre::run(&s1, &i1, &["route", "del", "198.51.100.200/29"]).expect("route del");
+    assert_eq!(routes(), serde_json::json!([]));
+    assert_eq!(kernel("198.51.100.200/29"), "");
+
+    // The tunnel's subnet: the kernel's connected route stays through add and del.
+    let connected = kernel("203.0.113.0/24");
+    gre::run(&s1, &i1, &["route", "add", "203.0.113.0/24", "gre0", "--via", HUB_OVERLAY]).unwrap();
+    gre::run(&s1, &i1, &["route", "del", "203.0.113.0/24"]).unwrap();
+    assert_eq!(kernel("203.0.113.0/24"), connected);
+    assert!(!connected.is_empty());
+
+    // Fill the route table behind gre's back, then ask for one more.
+    let dir = std::path::Path::new(gre_user::loader::PIN_ROOT).join(&i1).join("maps");
+    let mut maps = gre_user::maps::Maps::open_pinned(&dir).unwrap();
+    let mut n = 0u32;
+    while maps.add_route(format!("2001:db8:f::{n:x}/128").parse().unwrap(), 0, None).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, gre_common::maps::MAX_ROUTES);
+    let e = gre::run(&s1, &i1, &["route", "add", "198.51.100.208/28", "gre0"]).unwrap_err().to_string();
+    assert!(e.contains("ROUTES is full"), "{e}");
+    assert_eq!(kernel("198.51.100.208/28"), "", "the kernel route was taken back");
+}
