@@ -37,6 +37,9 @@ _gre() {
             gre,peer)
                 cmd="gre__subcmd__peer"
                 ;;
+            gre,reload)
+                cmd="gre__subcmd__reload"
+                ;;
             gre,route)
                 cmd="gre__subcmd__route"
                 ;;
@@ -72,6 +75,9 @@ _gre() {
                 ;;
             gre__subcmd__help,peer)
                 cmd="gre__subcmd__help__subcmd__peer"
+                ;;
+            gre__subcmd__help,reload)
+                cmd="gre__subcmd__help__subcmd__reload"
                 ;;
             gre__subcmd__help,route)
                 cmd="gre__subcmd__help__subcmd__route"
@@ -158,7 +164,7 @@ _gre() {
 
     case "${cmd}" in
         gre)
-            opts="-n -I -h -V --netns --instance --help --version up down show showconf peer route stats daemon nhrp gen-docs check help"
+            opts="-n -I -h -V --netns --instance --help --version up down reload show showconf peer route stats daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -332,7 +338,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__help)
-            opts="up down show showconf peer route stats daemon nhrp gen-docs check help"
+            opts="up down reload show showconf peer route stats daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -474,6 +480,20 @@ _gre() {
         gre__subcmd__help__subcmd__peer__subcmd__del)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__help__subcmd__reload)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -840,6 +860,36 @@ _gre() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__reload)
+            opts="-n -I -h --netns --instance --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -I)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

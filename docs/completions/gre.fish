@@ -30,6 +30,7 @@ complete -c gre -n "__fish_gre_needs_command" -s h -l help -d 'Print help (see m
 complete -c gre -n "__fish_gre_needs_command" -s V -l version -d 'Print version'
 complete -c gre -n "__fish_gre_needs_command" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
 complete -c gre -n "__fish_gre_needs_command" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
+complete -c gre -n "__fish_gre_needs_command" -f -a "reload" -d 'Replace the programs of a running instance with this binary\'s, keeping its maps and links: atomic per hook, no packet lost'
 complete -c gre -n "__fish_gre_needs_command" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'
 complete -c gre -n "__fish_gre_needs_command" -f -a "showconf" -d 'The running configuration, as TOML that `gre up -c` takes again'
 complete -c gre -n "__fish_gre_needs_command" -f -a "peer" -d 'Add or remove static peers of multipoint tunnels of a running instance'
@@ -48,6 +49,9 @@ complete -c gre -n "__fish_gre_using_subcommand up" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand down" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand down" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand down" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand reload" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand reload" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand reload" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand show" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand show" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand show" -s j -l json -d 'JSON on one line'
@@ -121,18 +125,19 @@ complete -c gre -n "__fish_gre_using_subcommand check" -s c -l config -r -F
 complete -c gre -n "__fish_gre_using_subcommand check" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand check" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand check" -s h -l help -d 'Print help'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "showconf" -d 'The running configuration, as TOML that `gre up -c` takes again'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "peer" -d 'Add or remove static peers of multipoint tunnels of a running instance'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "route" -d 'Add or remove overlay routes of a running instance'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "stats" -d 'Live rates: packets and bits per second in and out of each tunnel, drops per second'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "daemon" -d 'Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it and keeps forwarding after it stops'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "nhrp" -d 'NHRP tools'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "gen-docs" -d 'Write the man pages and shell completions generated from this definition (packaging: `cargo xtask man` keeps the copies in docs/ up to date)'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "check" -d 'Check a configuration file and print what it would set up; changes nothing'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down show showconf peer route stats daemon nhrp gen-docs check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "reload" -d 'Replace the programs of a running instance with this binary\'s, keeping its maps and links: atomic per hook, no packet lost'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "showconf" -d 'The running configuration, as TOML that `gre up -c` takes again'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "peer" -d 'Add or remove static peers of multipoint tunnels of a running instance'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "route" -d 'Add or remove overlay routes of a running instance'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "stats" -d 'Live rates: packets and bits per second in and out of each tunnel, drops per second'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "daemon" -d 'Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend on it and keeps forwarding after it stops'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "nhrp" -d 'NHRP tools'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "gen-docs" -d 'Write the man pages and shell completions generated from this definition (packaging: `cargo xtask man` keeps the copies in docs/ up to date)'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "check" -d 'Check a configuration file and print what it would set up; changes nothing'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from peer" -f -a "add" -d 'A static peer: overlay address OVERLAY is at NBMA address NBMA'
 complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from peer" -f -a "del" -d 'Remove a peer (static, or one NHRP learned)'
 complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "add" -d 'Route PREFIX into TUNNEL (in the kernel and in the datapath)'

@@ -290,7 +290,7 @@ pub fn load(mut f: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> R
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T>
+pub(crate) fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {

@@ -42,6 +42,9 @@ enum Command {
     },
     /// Remove the instance: its tunnel netdevs, programs, links and maps.
     Down,
+    /// Replace the programs of a running instance with this binary's, keeping its maps and
+    /// links: atomic per hook, no packet lost.
+    Reload,
     /// Show tunnels, counters and drops of a running instance.
     Show {
         /// Only this part.
@@ -177,6 +180,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
             loader::up(&cfg, &cli.instance).await?;
             log::info!("instance {} is up", cli.instance);
+        }
+        Command::Reload => {
+            let moved = gre_user::reload::reload(&cli.instance)?;
+            println!("instance {}: {moved} links run the new programs", cli.instance);
         }
         Command::Down => {
             loader::down(&cli.instance).await?;

@@ -217,3 +217,49 @@ pub fn metric(body: &str, series: &str) -> Option<u64> {
     let line = body.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))?;
     line.rsplit(' ').next()?.parse().ok()
 }
+
+/// A numbered UDP stream: `count` datagrams from `from` (inside `ns_from`) to `to` (a listener
+/// inside `ns_to`), about `pps` a second. Returns the sequence numbers that never arrived.
+///
+/// # Errors
+/// A socket cannot be opened or a namespace entered.
+pub fn udp_stream(ns_from: &str, from: Ipv4Addr, ns_to: &str, to: SocketAddr, count: u32, pps: u32) -> Result<Vec<u32>> {
+    let receiver = in_netns(ns_to, move || {
+        let s = UdpSocket::bind(to)?;
+        // A receive buffer that rides out any scheduling hiccup of this test (root may force it).
+        let size: libc::c_int = 32 << 20;
+        // SAFETY: setting an int option on our own socket.
+        unsafe { libc::setsockopt(std::os::fd::AsRawFd::as_raw_fd(&s), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const size).cast(), 4) };
+        Ok(s)
+    })?;
+    receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let collector = thread::spawn(move || {
+        let mut seen = vec![false; count as usize];
+        let mut buf = [0u8; 64];
+        while let Ok(n) = receiver.recv(&mut buf) {
+            if n >= 4 {
+                let i = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                if let Some(slot) = seen.get_mut(i) {
+                    *slot = true;
+                }
+            }
+        }
+        seen
+    });
+    let ns = ns_from.to_string();
+    in_netns(&ns, move || {
+        let s = UdpSocket::bind((from, 0))?;
+        let start = Instant::now();
+        for i in 0..count {
+            s.send_to(&i.to_be_bytes(), to)?;
+            // Paced: packet i leaves no earlier than i / pps seconds in.
+            let due = Duration::from_secs_f64(f64::from(i) / f64::from(pps));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                thread::sleep(wait);
+            }
+        }
+        Ok(())
+    })?;
+    let seen = collector.join().map_err(|_| anyhow!("the receiver panicked"))?;
+    Ok((0..count).filter(|i| !seen[*i as usize]).collect())
+}

@@ -1,0 +1,59 @@
+//! `gre reload`: new programs, same maps, no packet lost.
+
+use gre_tests::{
+    gre, privilege,
+    topology::{A_OVERLAY4, B_OVERLAY4, TwoSites, ns_sh},
+    traffic,
+};
+
+/// The id of the XDP program attached to `dev` in `ns`.
+fn xdp_prog_id(ns: &str, dev: &str) -> String {
+    let out = ns_sh(ns, &["ip", "-d", "link", "show", "dev", dev]).unwrap();
+    let at = out.find("prog/xdp id ").unwrap_or_else(|| panic!("no XDP on {dev}: {out}"));
+    out[at + 12..].split_whitespace().next().unwrap().to_string()
+}
+
+fn counter(ns: &str, instance: &str, field: &str) -> u64 {
+    gre::show(ns, instance).unwrap()["tunnels"][0][field].as_u64().unwrap()
+}
+
+/// 100 000 numbered datagrams cross the tunnel while both sites reload their programs three
+/// times each: every datagram arrives, the counters count every one, and the programs on the
+/// hooks are new ones.
+#[test]
+fn reload_loses_nothing() {
+    if !privilege::require_root("reload_loses_nothing") {
+        return;
+    }
+    let mut sites = TwoSites::new("gz").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    let (ia, ib) = sites.tunnel(Some(9)).expect("tunnel");
+    traffic::ping(&a, B_OVERLAY4, 1).expect("the tunnel works");
+    let (tx0, rx0) = (counter(&a, &ia, "tx_packets"), counter(&b, &ib, "rx_packets"));
+    let ids0 = (xdp_prog_id(&a, "eth0"), xdp_prog_id(&b, "eth0"));
+
+    const COUNT: u32 = 100_000;
+    let (na, nb) = (a.clone(), b.clone());
+    let stream =
+        std::thread::spawn(move || traffic::udp_stream(&na, A_OVERLAY4.parse().unwrap(), &nb, format!("{B_OVERLAY4}:7000").parse().unwrap(), COUNT, 20_000));
+    let mut ids = vec![ids0.clone()];
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        for (ns, inst) in [(&a, &ia), (&b, &ib)] {
+            let out = gre::run(ns, inst, &["reload"]).expect("gre reload");
+            assert!(out.contains("links run the new programs"), "{out}");
+        }
+        ids.push((xdp_prog_id(&a, "eth0"), xdp_prog_id(&b, "eth0")));
+    }
+    let missing = stream.join().unwrap().expect("stream");
+    assert!(missing.is_empty(), "{} of {COUNT} datagrams lost, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert_eq!(counter(&a, &ia, "tx_packets") - tx0, u64::from(COUNT), "a counted every datagram it sent");
+    assert_eq!(counter(&b, &ib, "rx_packets") - rx0, u64::from(COUNT), "b counted every datagram it received");
+    for w in ids.windows(2) {
+        assert!(w[0].0 != w[1].0 && w[0].1 != w[1].1, "every reload put new programs on the hooks: {ids:?}");
+    }
+    // Still one instance, still working, still as configured.
+    traffic::ping(&a, B_OVERLAY4, 2).expect("after the reloads");
+    let pins = std::fs::read_dir(std::path::Path::new(gre_user::loader::PIN_ROOT).join(&ia).join("progs")).unwrap().count();
+    assert_eq!(pins, 5, "one pin per program");
+}
