@@ -164,7 +164,7 @@ _gre() {
 
     case "${cmd}" in
         gre)
-            opts="-n -I -h -V --netns --instance --help --version up down reload show showconf peer route stats daemon nhrp gen-docs check help"
+            opts="-n -I -v -h -V --netns --instance --verbose --help --version up down reload show showconf peer route stats daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -194,7 +194,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__check)
-            opts="-c -n -I -h --config --netns --instance --help"
+            opts="-c -n -I -v -h --config --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -232,7 +232,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__daemon)
-            opts="-c -n -I -h --config --metrics --netns --instance --help"
+            opts="-c -n -I -v -h --config --metrics --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -274,7 +274,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__down)
-            opts="-n -I -h --netns --instance --help"
+            opts="-n -I -v -h --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -304,7 +304,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__gen__subcmd__docs)
-            opts="-n -I -h --out --netns --instance --help"
+            opts="-n -I -v -h --out --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -604,7 +604,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__nhrp)
-            opts="-n -I -h --netns --instance --help dump help"
+            opts="-n -I -v -h --netns --instance --verbose --help dump help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -634,7 +634,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__nhrp__subcmd__dump)
-            opts="-i -c -j -n -I -h --interface --count --json --netns --instance --help"
+            opts="-i -c -j -n -I -v -h --interface --count --json --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -722,7 +722,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__peer)
-            opts="-n -I -h --netns --instance --help add del help"
+            opts="-n -I -v -h --netns --instance --verbose --help add del help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -752,7 +752,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__peer__subcmd__add)
-            opts="-n -I -h --multicast --netns --instance --help"
+            opts="-n -I -v -h --multicast --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -782,7 +782,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__peer__subcmd__del)
-            opts="-n -I -h --netns --instance --help"
+            opts="-n -I -v -h --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -868,7 +868,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__reload)
-            opts="-n -I -h --netns --instance --help"
+            opts="-n -I -v -h --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -898,7 +898,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__route)
-            opts="-n -I -h --netns --instance --help add del help"
+            opts="-n -I -v -h --netns --instance --verbose --help add del help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -928,7 +928,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__route__subcmd__add)
-            opts="-n -I -h --via --netns --instance --help"
+            opts="-n -I -v -h --via --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -962,7 +962,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__route__subcmd__del)
-            opts="-n -I -h --netns --instance --help"
+            opts="-n -I -v -h --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1048,7 +1048,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__show)
-            opts="-j -p -n -I -h --json --pretty --netns --instance --help tunnels peers routes nhs stats drops"
+            opts="-j -p -n -I -v -h --json --pretty --netns --instance --verbose --help tunnels peers routes nhs stats drops"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1078,7 +1078,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__showconf)
-            opts="-n -I -h --netns --instance --help"
+            opts="-n -I -v -h --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1108,7 +1108,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__stats)
-            opts="-w -c -j -n -I -h --watch --interval --count --json --netns --instance --help"
+            opts="-w -c -j -n -I -v -h --watch --interval --count --json --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1150,7 +1150,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__up)
-            opts="-c -n -I -h --config --iface --netns --instance --help"
+            opts="-c -n -I -v -h --config --iface --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_gre_global_optspecs
-    string join \n n/netns= I/instance= h/help V/version
+    string join \n n/netns= I/instance= v/verbose h/help V/version
 end
 
 function __fish_gre_needs_command
@@ -26,6 +26,7 @@ end
 
 complete -c gre -n "__fish_gre_needs_command" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_needs_command" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_needs_command" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c gre -n "__fish_gre_needs_command" -s V -l version -d 'Print version'
 complete -c gre -n "__fish_gre_needs_command" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
@@ -45,23 +46,29 @@ complete -c gre -n "__fish_gre_using_subcommand up" -s c -l config -d 'Configura
 complete -c gre -n "__fish_gre_using_subcommand up" -l iface -d 'Use this underlay interface for every tunnel instead of those in the file' -r
 complete -c gre -n "__fish_gre_using_subcommand up" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand up" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand up" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand up" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand down" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand down" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand down" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand down" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand reload" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand reload" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand reload" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand reload" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand show" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand show" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand show" -s j -l json -d 'JSON on one line'
 complete -c gre -n "__fish_gre_using_subcommand show" -s p -l pretty -d 'Pretty-printed JSON'
+complete -c gre -n "__fish_gre_using_subcommand show" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand show" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c gre -n "__fish_gre_using_subcommand showconf" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand showconf" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand showconf" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand showconf" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -f -a "add" -d 'A static peer: overlay address OVERLAY is at NBMA address NBMA'
 complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcommand_from add del help" -f -a "del" -d 'Remove a peer (static, or one NHRP learned)'
@@ -69,15 +76,18 @@ complete -c gre -n "__fish_gre_using_subcommand peer; and not __fish_seen_subcom
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -l multicast -d 'Replicate multicast to it (`ip nhrp map multicast`)'
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from del" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from del" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from del" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from del" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from help" -f -a "add" -d 'A static peer: overlay address OVERLAY is at NBMA address NBMA'
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from help" -f -a "del" -d 'Remove a peer (static, or one NHRP learned)'
 complete -c gre -n "__fish_gre_using_subcommand peer; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -f -a "add" -d 'Route PREFIX into TUNNEL (in the kernel and in the datapath)'
 complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subcommand_from add del help" -f -a "del" -d 'Remove a route'
@@ -85,9 +95,11 @@ complete -c gre -n "__fish_gre_using_subcommand route; and not __fish_seen_subco
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -l via -d 'Multipoint: the overlay next hop (by default the destination itself)' -r
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from del" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from del" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from del" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from del" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "add" -d 'Route PREFIX into TUNNEL (in the kernel and in the datapath)'
 complete -c gre -n "__fish_gre_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "del" -d 'Remove a route'
@@ -98,14 +110,17 @@ complete -c gre -n "__fish_gre_using_subcommand stats" -s n -l netns -d 'Run in 
 complete -c gre -n "__fish_gre_using_subcommand stats" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand stats" -s w -l watch -d 'Keep printing, every interval, until interrupted'
 complete -c gre -n "__fish_gre_using_subcommand stats" -s j -l json -d 'JSON, one line per reading'
+complete -c gre -n "__fish_gre_using_subcommand stats" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s c -l config -d 'Bring the instance up from this file first, unless it is up already (what a service unit runs)' -r -F
 complete -c gre -n "__fish_gre_using_subcommand daemon" -l metrics -d 'Serve Prometheus metrics here (`GET /metrics`), instead of the config\'s `[metrics]`' -r
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand daemon" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -f -a "dump" -d 'Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one line each'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -114,16 +129,19 @@ complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s j -l json -d 'JSON on one line per message, with every field'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from help" -f -a "dump" -d 'Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one line each'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gre -n "__fish_gre_using_subcommand gen-docs" -l out -d 'Directory to write `man/` and `completions/` into' -r -F
 complete -c gre -n "__fish_gre_using_subcommand gen-docs" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand gen-docs" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand gen-docs" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand check" -s c -l config -r -F
 complete -c gre -n "__fish_gre_using_subcommand check" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand check" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand check" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand check" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
 complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod netdev;
 pub mod netns;
 pub mod nhrp;
+pub mod preflight;
 pub mod reload;
 pub mod show;
 pub mod showconf;

@@ -50,7 +50,8 @@ pub fn ensure_bpffs() -> Result<()> {
     if !is_bpffs {
         info!("mounting bpffs at {BPFFS}");
         fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).with_context(|| format!("mounting bpffs at {BPFFS}"))?;
+        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mounting bpffs at {BPFFS} (it needs CAP_SYS_ADMIN; or mount it beforehand: mount -t bpf bpf {BPFFS})"))?;
     }
     Ok(())
 }

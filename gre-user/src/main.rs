@@ -25,6 +25,9 @@ struct Cli {
     /// Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>.
     #[arg(short = 'I', long, global = true, default_value = "default")]
     instance: String,
+    /// More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead).
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,8 +164,12 @@ enum NhrpCommand {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_target(false).init();
     let cli = Cli::parse();
+    // RUST_LOG if set (as `gre=debug` or `debug`), else -v: info, debug, trace. Records of the
+    // `log` macros go through the same subscriber.
+    let level = ["info", "debug", "trace"][usize::from(cli.verbose.min(2))];
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
     // Before the runtime starts any thread: setns changes the calling thread only.
     if let Some(ns) = &cli.netns {
         netns::enter(ns)?;
@@ -172,6 +179,13 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    use gre_user::preflight::{self, Needs};
+    match &cli.command {
+        Command::Up { .. } | Command::Down | Command::Reload | Command::Peer(_) | Command::Route(_) => preflight::check(Needs::Change)?,
+        Command::Daemon { .. } => preflight::check(Needs::Daemon)?,
+        Command::Show { .. } | Command::Showconf | Command::Stats { .. } => preflight::check(Needs::Read)?,
+        Command::Nhrp(_) | Command::Check { .. } | Command::GenDocs { .. } => {}
+    }
     match cli.command {
         Command::Up { config, iface } => {
             let mut cfg = config::load(&config)?;
@@ -254,7 +268,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Check { config } => {
             let cfg = config::load(&config)?;
             for t in &cfg.tunnels {
-                println!("tunnel {}: {} -> {} via {}", t.name, t.local, t.remote, t.interface);
+                let remote = if t.multipoint { "multipoint".to_string() } else { t.remote.to_string() };
+                println!("tunnel {}: {} -> {remote} via {}", t.name, t.local, t.interface);
             }
             println!("{}: ok", config.display());
         }

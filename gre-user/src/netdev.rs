@@ -52,7 +52,7 @@ pub async fn find(handle: &Handle, name: &str) -> Result<Option<Link>> {
 /// # Errors
 /// No such link, or netlink fails.
 pub async fn get(handle: &Handle, name: &str) -> Result<Link> {
-    find(handle, name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))
+    find(handle, name).await?.ok_or_else(|| anyhow!("interface {name} does not exist here (see `ip link`; for another network namespace, `gre -n NETNS …`)"))
 }
 
 fn link_of(msg: &LinkMessage) -> Link {

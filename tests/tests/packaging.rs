@@ -102,3 +102,29 @@ fn the_examples_come_up_and_carry_traffic() {
     traffic::ping(&spoke, "203.0.113.254", 2).expect("spoke to hub");
     traffic::wait_for("the NHS up on the spoke", 5, || gre::show(&spoke, &is).is_ok_and(|v| v["tunnels"][0]["state"] == "up"));
 }
+
+/// Without the capabilities a command needs, it says which and how to grant them, before it
+/// touches anything.
+#[test]
+fn missing_capabilities_are_named() {
+    if !privilege::require_root("missing_capabilities_are_named") {
+        return;
+    }
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--bounding-set=-bpf,-sys_admin,-net_admin,-perfmon,-net_raw", "--inh-caps=-all", "--"])
+            .arg(gre::bin())
+            .args(args)
+            .output()
+            .expect("setpriv");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["-I", "no-such-instance", "down"]);
+    assert!(e.contains("missing CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON") && e.contains("setcap"), "{e}");
+    let e = run(&["-I", "no-such-instance", "daemon"]);
+    assert!(e.contains("CAP_NET_RAW"), "{e}");
+    let e = run(&["-I", "no-such-instance", "show"]);
+    assert!(e.contains("missing CAP_BPF:") || e.contains("missing CAP_BPF "), "{e}");
+    assert!(!e.contains("CAP_NET_ADMIN"), "reading needs only CAP_BPF: {e}");
+}
