@@ -27,11 +27,36 @@ pub mod names {
     pub const TUNNEL_STATE: &str = "TUNNEL_STATE";
     pub const PEERS: &str = "PEERS";
     pub const NBMA_PEERS: &str = "NBMA_PEERS";
+    pub const PEER_STATS: &str = "PEER_STATS";
     pub const EVENTS: &str = "EVENTS";
     pub const NHRP_PUNT: &str = "NHRP_PUNT";
     pub const MULTICAST: &str = "MULTICAST";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
     pub const DROPS: &str = "DROPS";
+
+    /// Every map that outlives a program: pinned at `gre up`, kept by `gre reload`. (The others
+    /// are per-CPU scratch space and rate limits, new with each program.)
+    pub const PINNED: &[&str] = &[
+        TUNNELS,
+        RX_MATCH,
+        ENDPOINTS,
+        TX_BY_IFINDEX,
+        INJECT_PORTS,
+        TUNNEL_STATS,
+        SEQUENCES,
+        NEIGHBOURS,
+        ROUTES,
+        PORTS,
+        TUNNEL_STATE,
+        PEERS,
+        NBMA_PEERS,
+        PEER_STATS,
+        EVENTS,
+        NHRP_PUNT,
+        MULTICAST,
+        TAIL_CALLS,
+        DROPS,
+    ];
 }
 
 /// Program names in the eBPF object.
@@ -258,6 +283,18 @@ pub struct NbmaKey {
     pub nbma: Addr,
 }
 
+/// Counters of one peer of a multipoint tunnel, by its NBMA address (a per-CPU hash keyed by
+/// [`NbmaKey`]; userspace creates the entry with the peer and removes it with the last overlay
+/// address at that NBMA address). Bytes are those after the GRE header, as for tunnels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PeerStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
 /// An overlay route: into which tunnel, toward which overlay next hop (all zero: the
 /// destination itself, on the tunnel's subnet).
 #[repr(C)]
@@ -412,6 +449,7 @@ mod pod {
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::Peer {}
     unsafe impl aya::Pod for super::NbmaKey {}
+    unsafe impl aya::Pod for super::PeerStats {}
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::MulticastPeers {}
@@ -441,6 +479,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<MulticastPeers>(), 8 + 16 * MAX_MULTICAST_PEERS);
         assert_eq!(core::mem::size_of::<TunnelStats>(), 72 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);
+        assert_eq!(core::mem::size_of::<PeerStats>(), 32);
         assert_eq!(core::mem::size_of::<NeighbourKey>(), 24);
     }
 }

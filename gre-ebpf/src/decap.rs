@@ -101,6 +101,11 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
             return Err(stats::tunnel_drop(id, drop::UNKNOWN_PEER));
         }
     }
+    if tunnel.flags & tunnel_flags::MULTIPOINT != 0 {
+        // What arrived from this peer for the tunnel (counted here, before the deep checks, for
+        // the stack's sake; what they drop is counted by reason).
+        stats::count_peer(id, &outer.remote, (outer.end - outer.gre - gre.len) as u64, true);
+    }
     matched(ctx, &outer, &gre, id, tunnel).map_err(|reason| stats::tunnel_drop(id, reason))
 }
 

@@ -94,6 +94,9 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
             write_checksum(ctx, ETH_HLEN + h.gre_at, None)?;
         }
         stats::count_tx(id, u64::from(inner_len));
+        if t.flags & tunnel_flags::MULTIPOINT != 0 {
+            stats::count_peer(id, &remote, u64::from(inner_len), false);
+        }
         // SAFETY: plain redirect to the underlay interface.
         #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
         return Ok(unsafe { bpf_redirect(t.underlay_ifindex, 0) } as i32);
@@ -122,6 +125,9 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
         return Err(drop::ENCAP_FAILED);
     }
     stats::count_tx(id, u64::from(inner_len));
+    if t.flags & tunnel_flags::MULTIPOINT != 0 {
+        stats::count_peer(id, &remote, u64::from(inner_len), false);
+    }
     // SAFETY: no parameters: the kernel looks the next hop up itself.
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
     Ok(unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32)

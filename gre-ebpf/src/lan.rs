@@ -110,6 +110,9 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
         Ok(action) => {
             stats::count_tx(id, inner_len as u64);
             stats::count_fast_tx(id);
+            if t.flags & tunnel_flags::MULTIPOINT != 0 {
+                stats::count_peer(id, &remote, inner_len as u64, false);
+            }
             Ok(action)
         }
         Err(_) => Err(stats::tunnel_drop(id, gre_common::drop::ENCAP_FAILED)),

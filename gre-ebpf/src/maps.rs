@@ -3,13 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use gre_common::{
     drop,
     maps::{
-        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, MulticastPeers, NbmaKey, NeighbourKey, Peer, PeerKey, Route, RxKey, Sequence, Tunnel,
-        TunnelState, TunnelStats,
+        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, MulticastPeers, NbmaKey, NeighbourKey, Peer, PeerKey, PeerStats, Route, RxKey, Sequence,
+        Tunnel, TunnelState, TunnelStats,
     },
 };
 
@@ -60,6 +60,10 @@ pub static PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(MAX_PEERS, 
 /// NBMA addresses of each multipoint tunnel's peers (strict mode), with how many peers use each.
 #[map]
 pub static NBMA_PEERS: HashMap<NbmaKey, u32> = HashMap::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// Per-peer counters of multipoint tunnels, by NBMA address; entries made by userspace.
+#[map]
+pub static PEER_STATS: PerCpuHashMap<NbmaKey, PeerStats> = PerCpuHashMap::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
 
 /// Per multipoint tunnel: the NBMA addresses multicast is replicated to.
 #[map]

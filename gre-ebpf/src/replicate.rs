@@ -60,6 +60,7 @@ pub fn step(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     stats::count_tx(id, u64::from(inner_len));
+    stats::count_peer(id, &first, u64::from(inner_len), false);
     // SAFETY: no parameters: the kernel looks the next hop up itself.
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
     let r = unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
@@ -79,6 +80,7 @@ extern "C" fn clone_to_peer(i: u64, state: *mut c_void) -> i64 {
         // SAFETY: a clone of this packet to the underlay.
         if unsafe { bpf_clone_redirect(c.skb, t.underlay_ifindex, 0) } == 0 {
             stats::count_tx(c.id, u64::from(c.inner_len));
+            stats::count_peer(c.id, &nbma, u64::from(c.inner_len), false);
         }
     } else {
         stats::tunnel_drop(c.id, drop::NO_NEIGHBOUR);

@@ -1,8 +1,12 @@
 //! Counter updates. Per-CPU maps, so plain adds are race-free.
 
-use gre_common::{drop::COUNT, maps::TunnelStats};
+use gre_common::{
+    addr::Addr,
+    drop::COUNT,
+    maps::{NbmaKey, TunnelStats},
+};
 
-use crate::maps::{DROPS, TUNNEL_STATS};
+use crate::maps::{DROPS, PEER_STATS, TUNNEL_STATS};
 
 #[inline(always)]
 pub fn count_drop(reason: u32) {
@@ -68,4 +72,21 @@ pub fn count_fast_tx(tunnel: u32) {
 #[inline(always)]
 pub fn count_nhrp_punted(tunnel: u32) {
     with_tunnel(tunnel, |s| s.nhrp_punted += 1);
+}
+
+/// Counts a packet to (`rx` false) or from a peer of multipoint tunnel `tunnel`, by NBMA address.
+#[inline(always)]
+pub fn count_peer(tunnel: u32, nbma: &Addr, bytes: u64, rx: bool) {
+    let key = NbmaKey { tunnel, pad0: 0, nbma: *nbma };
+    if let Some(s) = PEER_STATS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        let s = unsafe { &mut *s };
+        if rx {
+            s.rx_packets += 1;
+            s.rx_bytes += bytes;
+        } else {
+            s.tx_packets += 1;
+            s.tx_bytes += bytes;
+        }
+    }
 }

@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key};
+use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray, RingBuf, lpm_trie::Key};
 use gre_common::{
     addr, drop,
     maps::{
-        EndpointKey, Event, MAX_MULTICAST_PEERS, MulticastPeers, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, RX_KEY_PRESENT, RX_TEB, Route, RxKey, Tunnel,
-        TunnelState, TunnelStats, names, peer_flags, peer_kind, route_flags, route_prefix_len, tunnel_flags,
+        EndpointKey, Event, MAX_MULTICAST_PEERS, MulticastPeers, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, PeerStats, RX_KEY_PRESENT, RX_TEB, Route,
+        RxKey, Tunnel, TunnelState, TunnelStats, names, peer_flags, peer_kind, route_flags, route_prefix_len, tunnel_flags,
     },
 };
 
@@ -25,6 +25,7 @@ pub struct Maps {
     routes: LpmTrie<MapData, [u8; 16], Route>,
     peers: HashMap<MapData, PeerKey, Peer>,
     nbma_peers: HashMap<MapData, NbmaKey, u32>,
+    peer_stats: PerCpuHashMap<MapData, NbmaKey, PeerStats>,
     multicast: Array<MapData, MulticastPeers>,
     tail_calls: ProgramArray<MapData>,
     ports: DevMapHash<MapData>,
@@ -56,14 +57,16 @@ impl Maps {
     /// # Errors
     /// A map is missing from the object, has the wrong type, or cannot be pinned.
     pub fn from_ebpf(ebpf: &mut aya::Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
-        let mut take = |name: &str| -> Result<Map> {
-            let map = ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
-            if let Some(dir) = pin_dir {
-                let path = dir.join(name);
-                map.pin(&path).with_context(|| format!("pinning map {name} at {}", path.display()))?;
+        // The pinned maps this side does not hold (their state must survive a reload).
+        if let Some(dir) = pin_dir {
+            for name in names::PINNED {
+                if let Some(map) = ebpf.map(name) {
+                    let path = dir.join(name);
+                    map.pin(&path).with_context(|| format!("pinning map {name} at {}", path.display()))?;
+                }
             }
-            Ok(map)
-        };
+        }
+        let mut take = |name: &str| -> Result<Map> { ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}")) };
         Self::from_parts(&mut take)
     }
 
@@ -96,6 +99,7 @@ impl Maps {
             routes: typed(names::ROUTES, get(names::ROUTES)?)?,
             peers: typed(names::PEERS, get(names::PEERS)?)?,
             nbma_peers: typed(names::NBMA_PEERS, get(names::NBMA_PEERS)?)?,
+            peer_stats: typed(names::PEER_STATS, get(names::PEER_STATS)?)?,
             multicast: typed(names::MULTICAST, get(names::MULTICAST)?)?,
             tail_calls: typed(names::TAIL_CALLS, get(names::TAIL_CALLS)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
@@ -296,6 +300,10 @@ impl Maps {
         let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: peer.nbma };
         let users = self.nbma_peers.get(&nbma, 0).unwrap_or(0);
         self.nbma_peers.insert(nbma, users + 1, 0).context("indexing the peer's NBMA address (NBMA_PEERS is full?)")?;
+        if users == 0 && self.peer_stats.get(&nbma, 0).is_err() {
+            let zero = PerCpuValues::try_from(vec![PeerStats::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?])?;
+            self.peer_stats.insert(nbma, zero, 0).context("adding the peer's counters (PEER_STATS is full?)")?;
+        }
         // Registrations are refreshed every holdtime/3: rebuild the list only when it can change.
         if old.map_or(true, |o| in_multicast(&o) != in_multicast(&peer) || o.nbma != peer.nbma && in_multicast(&peer)) {
             self.refresh_multicast(id)?;
@@ -345,8 +353,26 @@ impl Maps {
             }
             _ => {
                 let _ = self.nbma_peers.remove(&key);
+                let _ = self.peer_stats.remove(&key);
             }
         }
+    }
+
+    /// The counters of the peer at `nbma` of tunnel `id`, summed over CPUs (zero if none).
+    #[must_use]
+    pub fn peer_stats(&self, id: u32, nbma: &gre_common::addr::Addr) -> PeerStats {
+        let key = NbmaKey { tunnel: id, pad0: 0, nbma: *nbma };
+        self.peer_stats.get(&key, 0).map_or_else(
+            |_| PeerStats::default(),
+            |v| {
+                v.iter().fold(PeerStats::default(), |a, s| PeerStats {
+                    rx_packets: a.rx_packets + s.rx_packets,
+                    rx_bytes: a.rx_bytes + s.rx_bytes,
+                    tx_packets: a.tx_packets + s.tx_packets,
+                    tx_bytes: a.tx_bytes + s.tx_bytes,
+                })
+            },
+        )
     }
 
     /// Every peer: (tunnel id, overlay address, entry).

@@ -90,6 +90,14 @@ impl Collector for Instance {
             true,
             nhrp_tunnels().map(|t| ([("tunnel", t.name.clone())], t.nhrp_errors)),
         )?;
+        // Per peer, by NBMA address (the overlay addresses behind one share its counters).
+        let mut seen = std::collections::HashSet::new();
+        let by_nbma: Vec<&show::PeerReport> = r.peers.iter().filter(|p| seen.insert((p.tunnel.clone(), p.nbma.clone()))).collect();
+        let peer = |f: fn(&show::PeerReport) -> u64| by_nbma.iter().map(move |p| ([("tunnel", p.tunnel.clone()), ("nbma", p.nbma.clone())], f(p)));
+        family(&mut e, "gre_peer_rx_packets", "Packets from a peer of a multipoint tunnel", true, peer(|p| p.rx_packets))?;
+        family(&mut e, "gre_peer_rx_bytes", "Bytes (after the GRE header) from a peer", true, peer(|p| p.rx_bytes))?;
+        family(&mut e, "gre_peer_tx_packets", "Packets to a peer of a multipoint tunnel", true, peer(|p| p.tx_packets))?;
+        family(&mut e, "gre_peer_tx_bytes", "Inner bytes to a peer", true, peer(|p| p.tx_bytes))?;
         let kinds = ["static", "dynamic", "incomplete"];
         let peers = r.tunnels.iter().filter(|t| t.remote == "multipoint").flat_map(|t| {
             kinds.iter().map(|k| {

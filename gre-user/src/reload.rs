@@ -81,6 +81,12 @@ pub fn reload(instance: &str) -> Result<usize> {
         loader.map_pin_path(*name, path.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object against the pinned maps")?;
+    // Maps this binary adds to an instance an older one brought up: pinned now, fresh.
+    for name in gre_common::maps::names::PINNED.iter().filter(|n| !pinned.iter().any(|p| p == *n)) {
+        let map = ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+        map.pin(maps_dir.join(name)).with_context(|| format!("pinning the new map {name}"))?;
+        info!("instance {instance}: new map {name}");
+    }
     // Every program is loaded (verified) before anything is switched.
     for name in [programs::DECAP, programs::LAN, programs::NAPI_PASS] {
         let p: &mut Xdp = program(&mut ebpf, name)?;

@@ -158,6 +158,13 @@ pub struct PeerReport {
     /// Seconds since the datapath last sent to it (updated at most once a second); `null` if it
     /// never did.
     pub used_ago: Option<u64>,
+    /// Packets and bytes (after the GRE header) from and to this peer's NBMA address — shared by
+    /// the overlay addresses behind one NBMA address. Received ones count what arrived for the
+    /// tunnel, NHRP included, before checks that may drop it (`drops` says why).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -301,7 +308,8 @@ pub fn report(instance: &str) -> Result<Report> {
     let mut peers: Vec<PeerReport> = maps
         .peers()
         .into_iter()
-        .map(|(id, overlay, p)| PeerReport {
+        .map(|(id, overlay, p)| (maps.peer_stats(id, &p.nbma), id, overlay, p))
+        .map(|(c, id, overlay, p)| PeerReport {
             tunnel: tunnels.iter().find(|t| t.id == id).map_or_else(|| format!("#{id}"), |t| t.name.clone()),
             overlay: overlay.to_string(),
             nbma: show_addr(&p.nbma).to_string(),
@@ -309,6 +317,10 @@ pub fn report(instance: &str) -> Result<Report> {
             multicast: p.flags & gre_common::maps::peer_flags::MULTICAST != 0,
             expires_in: (p.expires != 0).then(|| p.expires.saturating_sub(now)),
             used_ago: (p.used_ns != 0).then(|| monotonic_ns.saturating_sub(p.used_ns) / 1_000_000_000),
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
         })
         .collect();
     let addr = |s: &str| s.parse::<std::net::IpAddr>().ok();
@@ -475,6 +487,22 @@ pub fn stats_table(r: &Report) -> String {
     }
     let mut out = columns(&rows);
     out += "(keepalives: sent/answered/returned; nhrp: packets handed to gre daemon)\n";
+    if !r.peers.is_empty() {
+        let mut peers = vec![["peer", "tunnel", "nbma", "rx packets", "rx bytes", "tx packets", "tx bytes"].map(String::from)];
+        peers.extend(r.peers.iter().map(|p| {
+            [
+                p.overlay.clone(),
+                p.tunnel.clone(),
+                p.nbma.clone(),
+                p.rx_packets.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_packets.to_string(),
+                p.tx_bytes.to_string(),
+            ]
+        }));
+        out.push('\n');
+        out += &columns(&peers);
+    }
     let nhrp = nhrp_table(r);
     if !nhrp.is_empty() {
         out.push('\n');

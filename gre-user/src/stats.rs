@@ -14,6 +14,8 @@ pub struct Sample {
     /// Seconds the interval lasted (measured, not asked).
     pub interval: f64,
     pub tunnels: Vec<TunnelRates>,
+    /// Peers of multipoint tunnels, by NBMA address (the overlay addresses behind it listed).
+    pub peers: Vec<PeerRates>,
     /// Drops in the interval by reason (every reason, zeros included).
     pub drops: serde_json::Map<String, serde_json::Value>,
 }
@@ -27,6 +29,21 @@ pub struct TunnelRates {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    pub rx_pps: f64,
+    pub rx_bps: f64,
+    pub tx_pps: f64,
+    pub tx_bps: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerRates {
+    pub tunnel: String,
+    pub nbma: String,
+    pub overlays: Vec<String>,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
     pub rx_pps: f64,
     pub rx_bps: f64,
     pub tx_pps: f64,
@@ -82,6 +99,30 @@ pub fn between(before: &Report, after: &Report, secs: f64) -> Sample {
             }
         })
         .collect();
+    let mut peers: Vec<PeerRates> = Vec::new();
+    for p in &after.peers {
+        if let Some(e) = peers.iter_mut().find(|e| e.tunnel == p.tunnel && e.nbma == p.nbma) {
+            e.overlays.push(p.overlay.clone());
+            continue;
+        }
+        let old = before.peers.iter().find(|o| o.tunnel == p.tunnel && o.nbma == p.nbma);
+        let o = |f: fn(&show::PeerReport) -> u64| old.map_or(0, f);
+        let (rxp, rxb) = (d(p.rx_packets, o(|p| p.rx_packets)), d(p.rx_bytes, o(|p| p.rx_bytes)));
+        let (txp, txb) = (d(p.tx_packets, o(|p| p.tx_packets)), d(p.tx_bytes, o(|p| p.tx_bytes)));
+        peers.push(PeerRates {
+            tunnel: p.tunnel.clone(),
+            nbma: p.nbma.clone(),
+            overlays: vec![p.overlay.clone()],
+            rx_packets: rxp,
+            rx_bytes: rxb,
+            tx_packets: txp,
+            tx_bytes: txb,
+            rx_pps: rate(rxp),
+            rx_bps: rate(rxb) * 8.0,
+            tx_pps: rate(txp),
+            tx_bps: rate(txb) * 8.0,
+        });
+    }
     let drops = after
         .drops
         .iter()
@@ -90,7 +131,7 @@ pub fn between(before: &Report, after: &Report, secs: f64) -> Sample {
             (k.clone(), serde_json::Value::from(d(now, then)))
         })
         .collect();
-    Sample { interval: secs, tunnels, drops }
+    Sample { interval: secs, tunnels, peers, drops }
 }
 
 /// A rate with an SI prefix, as `ip -h` prints them.
@@ -120,6 +161,10 @@ pub fn table(s: &Sample) -> String {
             human(t.tx_bps),
             human(drops)
         );
+    }
+    for p in &s.peers {
+        let name = format!("  {} ({})", p.nbma, p.overlays.join(","));
+        let _ = writeln!(out, "{name:<12}  {:>9}  {:>9}  {:>9}  {:>9}", human(p.rx_pps), human(p.rx_bps), human(p.tx_pps), human(p.tx_bps));
     }
     for (reason, n) in s.drops.iter().filter(|(_, v)| v.as_u64().is_some_and(|n| n > 0)) {
         #[expect(clippy::cast_precision_loss, reason = "a rate for display")]

@@ -301,6 +301,8 @@ fn phase_3_the_hub_redirects_and_spokes_take_shortcuts() {
     assert_eq!(traffic::metric(&body, "gre_peers{tunnel=\"gre0\",kind=\"static\"}"), Some(0), "{body}");
     let received = |body: &str| traffic::metric(body, "gre_nhrp_messages_total{tunnel=\"gre0\",direction=\"received\",type=\"registration_request\"}");
     assert!(received(&body).is_some_and(|n| n >= 2), "{body}");
+    // Per-peer series exist from registration on (the registration itself came before the peer).
+    assert!(traffic::metric(&body, "gre_peer_rx_packets_total{tunnel=\"gre0\",nbma=\"198.51.100.17\"}").is_some(), "{body}");
     let (s1, i1) = spokes[0].clone();
     // The hub relays the first packets, then sends a Traffic Indication; spoke 1 resolves spoke
     // 2 and installs a host route to it (and spoke 2 likewise for its replies).

@@ -45,8 +45,18 @@ fn peers_added_and_removed_at_run_time() {
     gre::run(&s1, &i1, &["peer", "add", "gre0", "203.0.113.2", &HubAndSpokes::spoke_nbma(2)]).unwrap();
     gre::run(&spokes[1].0, &spokes[1].1, &["peer", "add", "gre0", "203.0.113.1", &HubAndSpokes::spoke_nbma(1)]).unwrap();
     let before = rx(&hub, &ih);
+    let count = |ns: &str, i: &str, overlay: &str, k: &str| {
+        peers(ns, i).as_array().unwrap().iter().find(|p| p["overlay"] == overlay).map_or(0, |p| p[k].as_u64().unwrap())
+    };
+    let (tx0, rx0) = (count(&s1, &i1, "203.0.113.2", "tx_packets"), count(&s1, &i1, "203.0.113.2", "rx_packets"));
     traffic::ping(&s1, "203.0.113.2", 3).expect("direct");
     assert_eq!(rx(&hub, &ih), before, "nothing crossed the hub");
+    // Per-peer counters: three echo requests to spoke 2 (84 bytes each), three replies from it.
+    assert_eq!(count(&s1, &i1, "203.0.113.2", "tx_packets") - tx0, 3);
+    assert_eq!(count(&s1, &i1, "203.0.113.2", "rx_packets") - rx0, 3);
+    assert_eq!(count(&s1, &i1, "203.0.113.2", "tx_bytes"), 84 * count(&s1, &i1, "203.0.113.2", "tx_packets"));
+    // The hub relayed the first two pings each way: two from spoke 1, two to spoke 2.
+    assert_eq!((count(&hub, &ih, "203.0.113.1", "rx_packets"), count(&hub, &ih, "203.0.113.2", "tx_packets")), (2, 2));
     let p = peers(&s1, &i1);
     assert!(p.as_array().unwrap().iter().any(|p| p["overlay"] == "203.0.113.2" && p["kind"] == "static" && p["nbma"] == "198.51.100.33"), "{p}");
     assert!(gre::run(&s1, &i1, &["showconf"]).unwrap().contains("overlay = \"203.0.113.2\""));
