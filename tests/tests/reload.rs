@@ -57,3 +57,23 @@ fn reload_loses_nothing() {
     let pins = std::fs::read_dir(std::path::Path::new(gre_user::loader::PIN_ROOT).join(&ia).join("progs")).unwrap().count();
     assert_eq!(pins, 5, "one pin per program");
 }
+
+/// Sequence numbers live in a map that a reload keeps: after one, the sender's numbers go on
+/// where they were (a receiver with `iseq` would drop a restart from zero as old).
+#[test]
+fn reload_keeps_sequence_numbers() {
+    if !privilege::require_root("reload_keeps_sequence_numbers") {
+        return;
+    }
+    let mut sites = TwoSites::new("gq").expect("topology");
+    let (a, wan) = (sites.a.clone(), sites.wan.clone());
+    let (ia, _ib) = sites.tunnel_with(gre_tests::topology::A_UNDERLAY, gre_tests::topology::B_UNDERLAY, "key = 9\nseq = true\n").expect("tunnel");
+    let capture = gre_tests::capture::Capture::start(&wan, "a0", "ip proto 47 and src host 198.51.100.1");
+    traffic::ping(&a, B_OVERLAY4, 3).expect("before");
+    gre::run(&a, &ia, &["reload"]).expect("gre reload");
+    traffic::ping(&a, B_OVERLAY4, 3).expect("after: b's iseq accepts what a sends");
+    let packets = capture.decode("gre", &["gre.sequence_number"]);
+    let seqs: Vec<u64> = packets.iter().map(|p| gre_tests::capture::field(p, "gre.sequence_number")[0].parse().unwrap()).collect();
+    assert_eq!(seqs.len(), 6, "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "one run of numbers across the reload: {seqs:?}");
+}
