@@ -29,7 +29,7 @@ complete -c gre -n "__fish_gre_needs_command" -s I -l instance -d 'Which datapat
 complete -c gre -n "__fish_gre_needs_command" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c gre -n "__fish_gre_needs_command" -s V -l version -d 'Print version'
-complete -c gre -n "__fish_gre_needs_command" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
+complete -c gre -n "__fish_gre_needs_command" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit. Over a running instance: make its routes and static peers the file\'s and reload the programs (tunnels and interfaces must be unchanged)'
 complete -c gre -n "__fish_gre_needs_command" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
 complete -c gre -n "__fish_gre_needs_command" -f -a "reload" -d 'Replace the programs of a running instance with this binary\'s, keeping its maps and links: atomic per hook, no packet lost'
 complete -c gre -n "__fish_gre_needs_command" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'
@@ -143,7 +143,7 @@ complete -c gre -n "__fish_gre_using_subcommand check" -s n -l netns -d 'Run in 
 complete -c gre -n "__fish_gre_using_subcommand check" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand check" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand check" -s h -l help -d 'Print help'
-complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit'
+complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "up" -d 'Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit. Over a running instance: make its routes and static peers the file\'s and reload the programs (tunnels and interfaces must be unchanged)'
 complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "down" -d 'Remove the instance: its tunnel netdevs, programs, links and maps'
 complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "reload" -d 'Replace the programs of a running instance with this binary\'s, keeping its maps and links: atomic per hook, no packet lost'
 complete -c gre -n "__fish_gre_using_subcommand help; and not __fish_seen_subcommand_from up down reload show showconf peer route stats daemon nhrp gen-docs check help" -f -a "show" -d 'Show tunnels, counters and drops of a running instance'

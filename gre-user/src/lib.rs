@@ -3,6 +3,7 @@
 
 pub mod change;
 pub mod config;
+pub mod converge;
 pub mod daemon;
 pub mod loader;
 pub mod maps;

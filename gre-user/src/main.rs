@@ -34,7 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit.
+    /// Create the tunnel netdevs, load and attach the datapath, fill its maps, and exit. Over a
+    /// running instance: make its routes and static peers the file's and reload the programs
+    /// (tunnels and interfaces must be unchanged).
     Up {
         /// Configuration file (TOML).
         #[arg(short = 'c', long)]
@@ -192,8 +194,16 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(iface) = iface {
                 cfg.override_interface(&iface);
             }
-            loader::up(&cfg, &cli.instance).await?;
-            log::info!("instance {} is up", cli.instance);
+            if loader::instance_dir(&cli.instance)?.exists() {
+                let c = gre_user::converge::converge(&cfg, &cli.instance).await?;
+                println!(
+                    "instance {} was up: routes +{} -{}, peers +{} -{}, {} links reloaded",
+                    cli.instance, c.routes_added, c.routes_removed, c.peers_added, c.peers_removed, c.links_reloaded
+                );
+            } else {
+                loader::up(&cfg, &cli.instance).await?;
+                log::info!("instance {} is up", cli.instance);
+            }
         }
         Command::Reload => {
             let moved = gre_user::reload::reload(&cli.instance)?;

@@ -125,3 +125,53 @@ fn routes_added_and_removed_at_run_time() {
     assert!(e.contains("ROUTES is full"), "{e}");
     assert_eq!(kernel("198.51.100.208/28"), "", "the kernel route was taken back");
 }
+
+/// `gre up` over a running instance makes the file's routes and static peers the running ones
+/// and reloads the programs; a file that changes a tunnel is refused and changes nothing.
+#[test]
+fn up_over_a_running_instance_converges() {
+    if !privilege::require_root("up_over_a_running_instance_converges") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gu", 2).expect("topology");
+    let hub = t.hub.clone();
+    let with = |peers: &[(&str, &str, bool)], route: &str, via: &str, key: u32| {
+        let mut c = HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "", &[]).replace("key = 100", &format!("key = {key}"));
+        for (overlay, nbma, multicast) in peers {
+            c += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{overlay}\"\nnbma = \"{nbma}\"\nmulticast = {multicast}\n");
+        }
+        c + &format!("\n[[route]]\nprefix = \"{route}\"\ntunnel = \"gre0\"\nvia = \"{via}\"\n")
+    };
+    let v1 = with(&[("203.0.113.1", "198.51.100.17", false), ("203.0.113.2", "198.51.100.33", false)], "198.51.100.200/29", "203.0.113.1", 100);
+    let ih = t.lab.gre_up(&hub, "hub", &v1).unwrap();
+    let s2 = t.spokes[1].clone();
+    let nhs = format!("nhs = \"{HUB_OVERLAY}\"\n");
+    t.lab.gre_up(&s2, "s2", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(2), "203.0.113.2", &nhs, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let prog = |ns: &str| {
+        ns_sh(ns, &["ip", "-d", "link", "show", "dev", "eth0"]).unwrap().split("prog/xdp id ").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+    };
+    let before = prog(&hub);
+
+    let v2 = with(&[("203.0.113.2", "198.51.100.33", false), ("203.0.113.3", "198.51.100.49", true)], "198.51.100.208/29", "203.0.113.2", 100);
+    let path = std::env::temp_dir().join(format!("gre-converge-{}.toml", std::process::id()));
+    std::fs::write(&path, &v2).unwrap();
+    let out = gre::run(&hub, &ih, &["up", "-c", path.to_str().unwrap()]).expect("gre up over the running instance");
+    assert!(out.contains("routes +1 -1, peers +1 -1"), "{out}");
+    let show = gre::show(&hub, &ih).unwrap();
+    let overlays: Vec<&str> = show["peers"].as_array().unwrap().iter().map(|p| p["overlay"].as_str().unwrap()).collect();
+    assert_eq!(overlays, ["203.0.113.2", "203.0.113.3"]);
+    assert_eq!(show["routes"], serde_json::json!([{ "prefix": "198.51.100.208/29", "tunnel": "gre0", "via": "203.0.113.2" }]));
+    assert_ne!(prog(&hub), before, "the programs were reloaded");
+    traffic::ping(&s2, HUB_OVERLAY, 2).expect("spoke 2 still reaches the hub");
+    // The same file again: nothing to change but the programs.
+    let out = gre::run(&hub, &ih, &["up", "-c", path.to_str().unwrap()]).unwrap();
+    assert!(out.contains("routes +0 -0, peers +0 -0"), "{out}");
+
+    // Another key is another tunnel: refused, nothing changed.
+    std::fs::write(&path, with(&[], "198.51.100.216/29", "203.0.113.2", 101)).unwrap();
+    let e = gre::run(&hub, &ih, &["up", "-c", path.to_str().unwrap()]).unwrap_err().to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(e.contains("tunnel settings differ from the running ones (gre0: ikey: Some(101), okey: Some(101))"), "{e}");
+    let after = gre::show(&hub, &ih).unwrap();
+    assert_eq!((after["peers"].as_array().unwrap().len(), after["routes"].clone()), (2, show["routes"].clone()));
+}
