@@ -31,6 +31,9 @@ _gre() {
             gre,help)
                 cmd="gre__subcmd__help"
                 ;;
+            gre,log)
+                cmd="gre__subcmd__log"
+                ;;
             gre,nhrp)
                 cmd="gre__subcmd__nhrp"
                 ;;
@@ -69,6 +72,9 @@ _gre() {
                 ;;
             gre__subcmd__help,help)
                 cmd="gre__subcmd__help__subcmd__help"
+                ;;
+            gre__subcmd__help,log)
+                cmd="gre__subcmd__help__subcmd__log"
                 ;;
             gre__subcmd__help,nhrp)
                 cmd="gre__subcmd__help__subcmd__nhrp"
@@ -164,7 +170,7 @@ _gre() {
 
     case "${cmd}" in
         gre)
-            opts="-n -I -v -h -V --netns --instance --verbose --help --version up down reload show showconf peer route stats daemon nhrp gen-docs check help"
+            opts="-n -I -v -h -V --netns --instance --verbose --help --version up down reload show showconf peer route stats log daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -338,7 +344,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__help)
-            opts="up down reload show showconf peer route stats daemon nhrp gen-docs check help"
+            opts="up down reload show showconf peer route stats log daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -408,6 +414,20 @@ _gre() {
             return 0
             ;;
         gre__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__help__subcmd__log)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -596,6 +616,44 @@ _gre() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__log)
+            opts="-c -n -I -v -h --count --netns --instance --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -I)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -87,6 +87,8 @@ fn tell(kind: u32, id: u32, target: &Addr, source: &Addr) {
     }
     let _ = RESOLUTION_ASKED.insert(&key, &now, 0);
     let event = Event { kind, tunnel: id, target: *target, source: *source, time_ns: now, pad0: 0 };
+    // Slow path only (once a second per tunnel and target at most): what `gre log` shows.
+    log_event(kind, id, target, source);
     // A full ring drops the event: the next packet (after a second) asks again.
     let _ = EVENTS.output::<Event>(&event, 0);
 }
@@ -97,5 +99,19 @@ pub fn is_multicast(dst: &Addr) -> bool {
     match gre_common::addr::to_v4(dst) {
         Some(v4) => v4[0] & 0xf0 == 0xe0,
         None => dst[0] == 0xff,
+    }
+}
+
+/// One line for `gre log` about an event for the daemon.
+#[inline(always)]
+fn log_event(kind: u32, id: u32, target: &Addr, source: &Addr) {
+    match (gre_common::addr::to_v4(target), gre_common::addr::to_v4(source)) {
+        (Some(t), Some(s)) if kind == event_kind::RESOLUTION_WANTED => {
+            aya_log_ebpf::info!(&(), "tunnel {}: no peer for {:i} (from {:i}): resolution asked", id, u32::from_be_bytes(t), u32::from_be_bytes(s));
+        }
+        (Some(t), Some(s)) => {
+            aya_log_ebpf::info!(&(), "tunnel {}: relayed {:i} -> {:i}: traffic indication asked", id, u32::from_be_bytes(s), u32::from_be_bytes(t));
+        }
+        _ => aya_log_ebpf::info!(&(), "tunnel {}: event {} for an IPv6 overlay address", id, kind),
     }
 }

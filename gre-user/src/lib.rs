@@ -5,6 +5,7 @@ pub mod change;
 pub mod config;
 pub mod converge;
 pub mod daemon;
+pub mod datapath_log;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -85,6 +85,13 @@ enum Command {
         #[arg(short = 'j', long)]
         json: bool,
     },
+    /// Follow the datapath's slow-path events (resolutions asked, redirects wanted) as they
+    /// happen; the daemon's own log is its standard error.
+    Log {
+        /// Stop after this many lines.
+        #[arg(short = 'c', long, value_name = "N")]
+        count: Option<usize>,
+    },
     /// Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in
     /// fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend
     /// on it and keeps forwarding after it stops.
@@ -185,7 +192,7 @@ async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Up { .. } | Command::Down | Command::Reload | Command::Peer(_) | Command::Route(_) => preflight::check(Needs::Change)?,
         Command::Daemon { .. } => preflight::check(Needs::Daemon)?,
-        Command::Show { .. } | Command::Showconf | Command::Stats { .. } => preflight::check(Needs::Read)?,
+        Command::Show { .. } | Command::Showconf | Command::Stats { .. } | Command::Log { .. } => preflight::check(Needs::Read)?,
         Command::Nhrp(_) | Command::Check { .. } | Command::GenDocs { .. } => {}
     }
     match cli.command {
@@ -245,6 +252,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })?;
         }
+        Command::Log { count } => gre_user::datapath_log::follow(&cli.instance, count).await?,
         Command::Daemon { config, metrics } => {
             let mut listen = metrics;
             if let Some(path) = config {

@@ -187,3 +187,25 @@ fn showconf_round_trips() {
     let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
     assert_eq!(body(&again), body(&shown));
 }
+
+/// `gre log` follows the datapath's slow-path events: a spoke with traffic for an unknown peer
+/// asks for a resolution, once a second at most, and says so.
+#[test]
+fn log_shows_slow_path_events() {
+    use gre_tests::topology::{HUB_NBMA, HUB_OVERLAY, HubAndSpokes};
+    if !privilege::require_root("log_shows_slow_path_events") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gL", 1).expect("topology");
+    let s1 = t.spokes[0].clone();
+    let nhs = format!("nhs = \"{HUB_OVERLAY}\"\n");
+    let i1 = t.lab.gre_up(&s1, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(1), "203.0.113.1", &nhs, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let log = std::process::Command::new(gre::bin()).args(["-n", &s1, "-I", &i1, "log", "-c", "1"]).output_in_background();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Pings to a spoke nobody knows: the datapath asks the daemon for a resolution.
+    let _ = traffic::ping_fast(&s1, "203.0.113.9", 3, 0.2);
+    let out = log.join();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].ends_with("INFO tunnel 0: no peer for 203.0.113.9 (from 203.0.113.1): resolution asked"), "{out}");
+}

@@ -1,0 +1,57 @@
+//! `gre log`: the datapath's slow-path events as they happen — resolutions it asks for, redirects
+//! it wants sent. The programs write them with aya-log (never on a per-packet path: each is
+//! limited to once a second per tunnel and address); this reads them from the running
+//! encapsulation program's log ring. The daemon logs what it does to its own standard error
+//! (the journal, under systemd).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::ProgramInfo;
+use aya_log::EbpfLogger;
+use gre_common::maps::programs;
+use tokio::io::unix::AsyncFd;
+
+use crate::loader;
+
+/// Prints each record on a line of its own, with the time, and counts them.
+struct Print {
+    seen: AtomicUsize,
+}
+
+impl log::Log for Print {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        println!("{secs:.3} {} {}", record.level(), record.args());
+        self.seen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Follows the datapath's log of `instance` until interrupted, or until `count` lines.
+///
+/// # Errors
+/// The instance is not up or its program cannot be read.
+pub async fn follow(instance: &str, count: Option<usize>) -> Result<()> {
+    let dir = loader::instance_dir(instance)?;
+    loader::ensure_bpffs()?;
+    if !dir.exists() {
+        bail!("instance {instance} is not up (no {})", dir.display());
+    }
+    let path = dir.join("progs").join(programs::ENCAP);
+    let id = ProgramInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.id();
+    let print: &'static Print = Box::leak(Box::new(Print { seen: AtomicUsize::new(0) }));
+    let logger = EbpfLogger::init_from_id_with_logger(id, print).context("opening the datapath's log")?;
+    let mut fd = AsyncFd::new(logger).context("watching the datapath's log")?;
+    while count.is_none_or(|c| print.seen.load(Ordering::Relaxed) < c) {
+        let mut guard = fd.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+    Ok(())
+}
