@@ -106,9 +106,15 @@ fn demo(sites: &mut TwoSites) -> Result<()> {
 
     step("TCP: 10 MiB from site a to site b across the tunnel, SHA-256 checked at both ends")?;
     let server: SocketAddr = format!("{B_OVERLAY4}:5001").parse()?;
+    // `gre stats --watch` on site a while the transfer runs: four quarter-second readings.
+    let watch = std::process::Command::new(gre::bin())
+        .args(["-n", &a, "-I", &ia, "stats", "--watch", "--interval", "0.25", "-c", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     let started = Instant::now();
     let (sent, received) = traffic::tcp_transfer(&b, server, &a, 10 << 20)?;
     let secs = started.elapsed().as_secs_f64();
+    let watched = watch.wait_with_output()?;
     let hex = |h: &[u8; 32]| h.iter().fold(String::new(), |s, b| s + &format!("{b:02x}"));
     println!("sent     {} bytes, sha256 {}", sent.bytes, hex(&sent.sha256));
     println!("received {} bytes, sha256 {}", received.bytes, hex(&received.sha256));
@@ -116,6 +122,8 @@ fn demo(sites: &mut TwoSites) -> Result<()> {
         bail!("the received data differs from what was sent");
     }
     println!("identical; {:.0} Mbit/s through two namespaces and a router", f64::from(u32::try_from(sent.bytes).unwrap_or(u32::MAX)) * 8.0 / secs / 1e6);
+    step(&format!("gre -n {a} -I {ia} stats --watch --interval 0.25 -c 4, during the transfer"))?;
+    print!("{}", String::from_utf8_lossy(&watched.stdout));
 
     for (ns, instance) in [(&a, &ia), (&b, &ib)] {
         step(&format!("gre -n {ns} -I {instance} show"))?;
