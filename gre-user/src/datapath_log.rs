@@ -47,7 +47,9 @@ pub async fn follow(instance: &str, count: Option<usize>) -> Result<()> {
     let id = ProgramInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.id();
     let print: &'static Print = Box::leak(Box::new(Print { seen: AtomicUsize::new(0) }));
     let logger = EbpfLogger::init_from_id_with_logger(id, print).context("opening the datapath's log")?;
-    let mut fd = AsyncFd::new(logger).context("watching the datapath's log")?;
+    // SAFETY: the logger (and its ring's descriptor) is moved in and owned by the AsyncFd for as
+    // long as it is registered.
+    let mut fd = unsafe { AsyncFd::register(logger) }.map_err(|e| e.into_parts().1).context("watching the datapath's log")?;
     while count.is_none_or(|c| print.seen.load(Ordering::Relaxed) < c) {
         let mut guard = fd.readable_mut().await?;
         guard.get_inner_mut().flush();

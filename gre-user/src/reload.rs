@@ -78,7 +78,7 @@ pub fn reload(instance: &str) -> Result<usize> {
     let paths: Vec<_> = pinned.iter().map(|n| (n.as_str(), maps_dir.join(n))).collect();
     let mut loader = aya::EbpfLoader::new();
     for (name, path) in &paths {
-        loader.map_pin_path(*name, path.as_path());
+        loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object against the pinned maps")?;
     // Maps this binary adds to an instance an older one brought up: pinned now, fresh.

@@ -211,7 +211,7 @@ impl Engine {
         self.errors_sent.insert(to, now);
         let offset = u16::try_from(offset).unwrap_or(0);
         let mut e = self.packet(kind::ERROR_INDICATION, 0, (u32::from(code) << 16) | u32::from(offset), Ipv4Addr::UNSPECIFIED, vec![]);
-        e.dst_proto = bad.src_proto.clone();
+        e.dst_proto.clone_from(&bad.src_proto);
         e.payload = Payload::Raw(bad.encode(false).unwrap_or_default());
         // RFC 2332 §5.2.7 allows no extensions here (so no authentication either: a receiver
         // only logs these).
@@ -282,8 +282,7 @@ impl Engine {
     pub fn receive(&mut self, from: IpAddr, p: &Packet, now: u64, tables: &Tables<'_>) -> Vec<Action> {
         if p.kind == kind::ERROR_INDICATION {
             // Never answered (RFC 2332 §5.2.7); the operator hears of it.
-            #[expect(clippy::cast_possible_truncation, reason = "the high half of the field")]
-            let code = (p.request_id >> 16) as u16;
+            let code = u16::try_from(p.request_id >> 16).unwrap_or(u16::MAX);
             return vec![Action::Warn(format!("Error Indication from {from}: {} (offset {})", error_code::name(code), p.request_id & 0xffff))];
         }
         if let Some((_, at)) = p.unrecognized_compulsory() {
