@@ -55,6 +55,9 @@ _gre() {
             gre,stats)
                 cmd="gre__subcmd__stats"
                 ;;
+            gre,tunnel)
+                cmd="gre__subcmd__tunnel"
+                ;;
             gre,up)
                 cmd="gre__subcmd__up"
                 ;;
@@ -97,6 +100,9 @@ _gre() {
             gre__subcmd__help,stats)
                 cmd="gre__subcmd__help__subcmd__stats"
                 ;;
+            gre__subcmd__help,tunnel)
+                cmd="gre__subcmd__help__subcmd__tunnel"
+                ;;
             gre__subcmd__help,up)
                 cmd="gre__subcmd__help__subcmd__up"
                 ;;
@@ -114,6 +120,12 @@ _gre() {
                 ;;
             gre__subcmd__help__subcmd__route,del)
                 cmd="gre__subcmd__help__subcmd__route__subcmd__del"
+                ;;
+            gre__subcmd__help__subcmd__tunnel,add)
+                cmd="gre__subcmd__help__subcmd__tunnel__subcmd__add"
+                ;;
+            gre__subcmd__help__subcmd__tunnel,del)
+                cmd="gre__subcmd__help__subcmd__tunnel__subcmd__del"
                 ;;
             gre__subcmd__nhrp,dump)
                 cmd="gre__subcmd__nhrp__subcmd__dump"
@@ -163,6 +175,24 @@ _gre() {
             gre__subcmd__route__subcmd__help,help)
                 cmd="gre__subcmd__route__subcmd__help__subcmd__help"
                 ;;
+            gre__subcmd__tunnel,add)
+                cmd="gre__subcmd__tunnel__subcmd__add"
+                ;;
+            gre__subcmd__tunnel,del)
+                cmd="gre__subcmd__tunnel__subcmd__del"
+                ;;
+            gre__subcmd__tunnel,help)
+                cmd="gre__subcmd__tunnel__subcmd__help"
+                ;;
+            gre__subcmd__tunnel__subcmd__help,add)
+                cmd="gre__subcmd__tunnel__subcmd__help__subcmd__add"
+                ;;
+            gre__subcmd__tunnel__subcmd__help,del)
+                cmd="gre__subcmd__tunnel__subcmd__help__subcmd__del"
+                ;;
+            gre__subcmd__tunnel__subcmd__help,help)
+                cmd="gre__subcmd__tunnel__subcmd__help__subcmd__help"
+                ;;
             *)
                 ;;
         esac
@@ -170,7 +200,7 @@ _gre() {
 
     case "${cmd}" in
         gre)
-            opts="-n -I -v -h -V --netns --instance --verbose --help --version up down reload show showconf peer route stats log daemon nhrp gen-docs check help"
+            opts="-n -I -v -h -V --netns --instance --verbose --help --version up down reload show showconf tunnel peer route stats log daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -344,7 +374,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__help)
-            opts="up down reload show showconf peer route stats log daemon nhrp gen-docs check help"
+            opts="up down reload show showconf tunnel peer route stats log daemon nhrp gen-docs check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -598,6 +628,48 @@ _gre() {
         gre__subcmd__help__subcmd__stats)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__help__subcmd__tunnel)
+            opts="add del"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__help__subcmd__tunnel__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__help__subcmd__tunnel__subcmd__del)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1200,6 +1272,160 @@ _gre() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__tunnel)
+            opts="-n -I -v -h --netns --instance --verbose --help add del help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -I)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__tunnel__subcmd__add)
+            opts="-c -n -I -v -h --config --netns --instance --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -I)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__tunnel__subcmd__del)
+            opts="-n -I -v -h --netns --instance --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -I)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__tunnel__subcmd__help)
+            opts="add del help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__tunnel__subcmd__help__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__tunnel__subcmd__help__subcmd__del)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__tunnel__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

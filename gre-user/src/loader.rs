@@ -131,36 +131,9 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
     // Tunnel netdevs and their map entries first: the datapath must find a tunnel whole.
     let mut netdevs = Vec::new();
     for (id, t) in (0u32..).zip(&cfg.tunnels) {
-        let underlay = netdev::get(handle, &t.interface).await?;
-        let overhead = u32::try_from(t.overhead()).unwrap_or(u32::MAX);
-        // IPv6 needs 1280 on the tunnel netdev; IPv4 68.
-        let min = if t.addresses.iter().any(|a| a.addr().is_ipv6()) { 1280 } else { 68 };
-        let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= min).ok_or_else(|| {
-            anyhow!("tunnel {}: underlay {} MTU {} leaves less than {min} after {overhead} bytes of outer headers", t.name, t.interface, underlay.mtu)
-        })?;
-        let spec = netdev::NetdevSpec { mtu, ethernet: t.mode == config::Mode::Gretap, no_gso: t.ocsum, addresses: &t.addresses };
-        let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), spec).await?;
-        undo.links.push(kernel.index);
-        if t.mode == config::Mode::Gretap {
-            // Non-IP frames (ARP first of all) are sent straight to the underlay next hop, which
-            // the kernel must therefore keep resolved.
-            let (ifindex, hop) = netdev::next_hop(handle, t.remote).await?;
-            // The kernel's FIB helper, which finds the next hop's MAC, answers only for an
-            // interface that forwards.
-            let family = if t.outer_v6() { "ipv6" } else { "ipv4" };
-            let sysctl = format!("/proc/sys/net/{family}/conf/{}/forwarding", t.interface);
-            if fs::read_to_string(&sysctl).is_ok_and(|v| v.trim() == "0") {
-                warn!("tunnel {}: {sysctl} is 0: ARP and other non-IP frames of this gretap will be dropped (no_neighbour) until forwarding is on", t.name);
-            }
-            keep_resolved(handle, undo, &mut maps, ifindex, hop).await?;
-        }
-        let entry = Tunnel { mtu, ..datapath_entry(t, &kernel, &inject, &underlay) };
-        maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
-        netdevs.push((t, kernel.index, inject.index));
-        let remote = if t.multipoint { "multipoint".to_string() } else { t.remote.to_string() };
-        info!("tunnel {}: {} -> {remote} via {}, mtu {mtu}", t.name, t.local, t.interface);
+        let (kernel, inject) = create_tunnel(handle, undo, &mut maps, id, t).await?;
+        netdevs.push((t, kernel, inject));
     }
-
     let links = dir.join("links");
     let progs = dir.join("progs");
     {
@@ -222,6 +195,39 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         }
     }
     Ok(())
+}
+
+/// Creates tunnel `t`'s netdev pair and installs it in the maps as tunnel `id` (the netdevs are
+/// recorded in `undo`); returns the ifindexes of the kernel-facing netdev and its datapath end.
+async fn create_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, id: u32, t: &config::Tunnel) -> Result<(u32, u32)> {
+    let underlay = netdev::get(handle, &t.interface).await?;
+    let overhead = u32::try_from(t.overhead()).unwrap_or(u32::MAX);
+    // IPv6 needs 1280 on the tunnel netdev; IPv4 68.
+    let min = if t.addresses.iter().any(|a| a.addr().is_ipv6()) { 1280 } else { 68 };
+    let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= min).ok_or_else(|| {
+        anyhow!("tunnel {}: underlay {} MTU {} leaves less than {min} after {overhead} bytes of outer headers", t.name, t.interface, underlay.mtu)
+    })?;
+    let spec = netdev::NetdevSpec { mtu, ethernet: t.mode == config::Mode::Gretap, no_gso: t.ocsum, addresses: &t.addresses };
+    let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), spec).await?;
+    undo.links.push(kernel.index);
+    if t.mode == config::Mode::Gretap {
+        // Non-IP frames (ARP first of all) are sent straight to the underlay next hop, which
+        // the kernel must therefore keep resolved.
+        let (ifindex, hop) = netdev::next_hop(handle, t.remote).await?;
+        // The kernel's FIB helper, which finds the next hop's MAC, answers only for an
+        // interface that forwards.
+        let family = if t.outer_v6() { "ipv6" } else { "ipv4" };
+        let sysctl = format!("/proc/sys/net/{family}/conf/{}/forwarding", t.interface);
+        if fs::read_to_string(&sysctl).is_ok_and(|v| v.trim() == "0") {
+            warn!("tunnel {}: {sysctl} is 0: ARP and other non-IP frames of this gretap will be dropped (no_neighbour) until forwarding is on", t.name);
+        }
+        keep_resolved(handle, undo, maps, ifindex, hop).await?;
+    }
+    let entry = Tunnel { mtu, ..datapath_entry(t, &kernel, &inject, &underlay) };
+    maps.install_tunnel(id, &entry).with_context(|| format!("tunnel {}", t.name))?;
+    let remote = if t.multipoint { "multipoint".to_string() } else { t.remote.to_string() };
+    info!("tunnel {}: {} -> {remote} via {}, mtu {mtu}", t.name, t.local, t.interface);
+    Ok((kernel.index, inject.index))
 }
 
 /// Has the kernel keep underlay neighbour `hop` resolved for the datapath, undone on failure and
@@ -366,5 +372,119 @@ fn remove_pins(dir: &Path) -> Result<()> {
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
     // Another instance may hold it; only an empty root goes.
     let _ = fs::remove_dir(PIN_ROOT);
+    Ok(())
+}
+
+/// `gre tunnel add`: the tunnels of `file` (and its routes and peers) added to a running
+/// instance, on interfaces it already has. Checked against the running configuration first;
+/// a tunnel that fails half-way is taken back whole.
+///
+/// # Errors
+/// The file is invalid alone or together with what runs, names an interface the instance does
+/// not have, or a step fails.
+pub async fn add_tunnels(instance: &str, path: &Path) -> Result<Vec<String>> {
+    let dir = instance_dir(instance)?;
+    ensure_bpffs()?;
+    if !dir.exists() {
+        bail!("instance {instance} is not up (no {})", dir.display());
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let new = config::parse(path, &text)?;
+    let running_text = crate::showconf::showconf(instance).await?;
+    let running = config::parse(Path::new("running configuration"), &running_text).map_err(|e| anyhow!("{e}"))?;
+    for i in &new.interfaces {
+        if !running.interfaces.iter().any(|r| r.name.get_ref() == i.name.get_ref() && r.role == i.role) {
+            bail!("interface {} is not one of the instance's: interfaces change by `gre down` and `gre up`", i.name.get_ref());
+        }
+    }
+    // Together with what runs, the file must still be a valid configuration (names, matches,
+    // network ids…).
+    let mut merged: toml::Table = running_text.parse().context("reading the running configuration")?;
+    let file: toml::Table = text.parse().context("reading the file")?;
+    for key in ["tunnel", "route", "peer"] {
+        if let Some(toml::Value::Array(items)) = file.get(key) {
+            match merged.entry(key.to_string()).or_insert_with(|| toml::Value::Array(Vec::new())) {
+                toml::Value::Array(list) => list.extend(items.iter().cloned()),
+                _ => bail!("the running configuration's {key} is not a list"),
+            }
+        }
+    }
+    let all = config::parse(Path::new("the running configuration with the file"), &toml::to_string(&merged)?).map_err(|e| anyhow!("{}", e.message))?;
+
+    let handle = netdev::connect()?;
+    let mut maps = Maps::open_pinned(&dir.join("maps"))?;
+    let mut added = Vec::new();
+    for t in all.tunnels.iter().filter(|t| !running.tunnels.iter().any(|r| r.name == t.name)) {
+        let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), dir: None };
+        let id = maps.free_tunnel_id()?;
+        let result = attach_tunnel(&handle, &mut undo, &mut maps, &dir, id, t).await;
+        if let Err(e) = result {
+            let _ = maps.uninstall_tunnel(id);
+            for tag in ["napi", "encap"] {
+                let _ = fs::remove_file(dir.join("links").join(format!("{tag}@{}", t.name)));
+            }
+            undo.run().await;
+            return Err(e.context(format!("adding tunnel {}", t.name)));
+        }
+        added.push(t.name.clone());
+    }
+    for r in new.routes.iter() {
+        crate::change::route_add(instance, r.prefix, &new.tunnels[r.tunnel].name, r.via).await?;
+    }
+    for p in new.peers.iter() {
+        crate::change::peer_add(instance, &new.tunnels[p.tunnel].name, p.overlay, p.nbma, p.multicast).await?;
+    }
+    Ok(added)
+}
+
+/// Creates tunnel `t` as `id` and attaches the pinned programs to its netdev.
+async fn attach_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, dir: &Path, id: u32, t: &config::Tunnel) -> Result<()> {
+    let (kernel, inject) = create_tunnel(handle, undo, maps, id, t).await?;
+    let (progs, links) = (dir.join("progs"), dir.join("links"));
+    let mut napi = Xdp::from_pin(progs.join(programs::NAPI_PASS), aya_obj::programs::XdpAttachType::Interface).context("opening the NAPI program")?;
+    let link = napi.attach_to_if_index(kernel, XdpMode::Driver).with_context(|| format!("attaching XDP to {}", t.name))?;
+    pin_link(FdLink::try_from(napi.take_link(link)?)?, &links.join(format!("napi@{}", t.name)))?;
+    let mut encap = SchedClassifier::from_pin(progs.join(programs::ENCAP)).context("opening the encapsulation program")?;
+    let link = encap.attach(&t.name, TcAttachType::Egress).with_context(|| format!("attaching TC egress to {}", t.name))?;
+    pin_link(FdLink::try_from(encap.take_link(link)?)?, &links.join(format!("encap@{}", t.name)))?;
+    netdev::up(handle, inject).await?;
+    netdev::up(handle, kernel).await?;
+    Ok(())
+}
+
+/// `gre tunnel del`: removes tunnel `name` from a running instance — its routes and peers, its
+/// map entries, its links and its netdev; the other tunnels go on undisturbed.
+///
+/// # Errors
+/// There is no such tunnel, or a step fails.
+pub async fn del_tunnel(instance: &str, name: &str) -> Result<()> {
+    let dir = instance_dir(instance)?;
+    ensure_bpffs()?;
+    if !dir.exists() {
+        bail!("instance {instance} is not up (no {})", dir.display());
+    }
+    let mut maps = Maps::open_pinned(&dir.join("maps"))?;
+    let (id, t) =
+        maps.tunnels()?.into_iter().find(|(_, t)| crate::show::ifname(t.netdev_ifindex) == name).with_context(|| format!("no tunnel named {name:?}"))?;
+    for (prefix, tid, _) in maps.routes() {
+        if tid == id {
+            maps.remove_route(prefix);
+        }
+    }
+    for (tid, overlay, _) in maps.peers() {
+        if tid == id {
+            maps.remove_peer(id, overlay);
+        }
+    }
+    maps.uninstall_tunnel(id)?;
+    for tag in ["napi", "encap"] {
+        let pin = dir.join("links").join(format!("{tag}@{name}"));
+        if pin.exists() {
+            fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        }
+    }
+    // The veth pair goes, and the kernel's routes through it with it.
+    netdev::delete(&netdev::connect()?, t.netdev_ifindex).await?;
+    info!("tunnel {name} removed");
     Ok(())
 }

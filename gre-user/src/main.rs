@@ -64,6 +64,9 @@ enum Command {
     },
     /// The running configuration, as TOML that `gre up -c` takes again.
     Showconf,
+    /// Add or remove tunnels of a running instance.
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
     /// Add or remove static peers of multipoint tunnels of a running instance.
     #[command(subcommand)]
     Peer(PeerCommand),
@@ -120,6 +123,18 @@ enum Command {
         #[arg(short = 'c', long)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TunnelCommand {
+    /// Add the tunnels of FILE (with their routes and peers): [[tunnel]] entries as in `gre up`,
+    /// on interfaces the instance has (declared in FILE as there).
+    Add {
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+    },
+    /// Remove a tunnel, with its routes and peers.
+    Del { name: String },
 }
 
 #[derive(Subcommand)]
@@ -190,7 +205,9 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     use gre_user::preflight::{self, Needs};
     match &cli.command {
-        Command::Up { .. } | Command::Down | Command::Reload | Command::Peer(_) | Command::Route(_) => preflight::check(Needs::Change)?,
+        Command::Up { .. } | Command::Down | Command::Reload | Command::Tunnel(_) | Command::Peer(_) | Command::Route(_) => {
+            preflight::check(Needs::Change)?;
+        }
         Command::Daemon { .. } => preflight::check(Needs::Daemon)?,
         Command::Show { .. } | Command::Showconf | Command::Stats { .. } | Command::Log { .. } => preflight::check(Needs::Read)?,
         Command::Nhrp(_) | Command::Check { .. } | Command::GenDocs { .. } => {}
@@ -230,6 +247,11 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", show::text(&r, part));
             }
         }
+        Command::Tunnel(TunnelCommand::Add { config }) => {
+            let added = loader::add_tunnels(&cli.instance, &config).await?;
+            println!("instance {}: added {}", cli.instance, added.join(", "));
+        }
+        Command::Tunnel(TunnelCommand::Del { name }) => loader::del_tunnel(&cli.instance, &name).await?,
         Command::Peer(PeerCommand::Add { tunnel, overlay, nbma, multicast }) => change::peer_add(&cli.instance, &tunnel, overlay, nbma, multicast).await?,
         Command::Peer(PeerCommand::Del { tunnel, overlay }) => change::peer_del(&cli.instance, &tunnel, overlay)?,
         Command::Route(RouteCommand::Add { prefix, tunnel, via }) => change::route_add(&cli.instance, prefix, &tunnel, via).await?,

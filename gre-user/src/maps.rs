@@ -8,7 +8,7 @@ use gre_common::{
     addr, drop,
     maps::{
         EndpointKey, Event, MAX_MULTICAST_PEERS, MulticastPeers, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, PeerStats, RX_KEY_PRESENT, RX_TEB, Route,
-        RxKey, Tunnel, TunnelState, TunnelStats, names, peer_flags, peer_kind, route_flags, route_prefix_len, tunnel_flags,
+        RxKey, Sequence, Tunnel, TunnelState, TunnelStats, names, peer_flags, peer_kind, route_flags, route_prefix_len, tunnel_flags,
     },
 };
 
@@ -26,6 +26,7 @@ pub struct Maps {
     peers: HashMap<MapData, PeerKey, Peer>,
     nbma_peers: HashMap<MapData, NbmaKey, u32>,
     peer_stats: PerCpuHashMap<MapData, NbmaKey, PeerStats>,
+    sequences: Array<MapData, Sequence>,
     multicast: Array<MapData, MulticastPeers>,
     tail_calls: ProgramArray<MapData>,
     ports: DevMapHash<MapData>,
@@ -100,6 +101,7 @@ impl Maps {
             peers: typed(names::PEERS, get(names::PEERS)?)?,
             nbma_peers: typed(names::NBMA_PEERS, get(names::NBMA_PEERS)?)?,
             peer_stats: typed(names::PEER_STATS, get(names::PEER_STATS)?)?,
+            sequences: typed(names::SEQUENCES, get(names::SEQUENCES)?)?,
             multicast: typed(names::MULTICAST, get(names::MULTICAST)?)?,
             tail_calls: typed(names::TAIL_CALLS, get(names::TAIL_CALLS)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
@@ -107,6 +109,44 @@ impl Maps {
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
             nhrp_punt: typed(names::NHRP_PUNT, get(names::NHRP_PUNT)?)?,
         })
+    }
+
+    /// The first free tunnel slot.
+    ///
+    /// # Errors
+    /// Every slot is taken (TUNNELS is full).
+    pub fn free_tunnel_id(&self) -> Result<u32> {
+        (0..gre_common::maps::MAX_TUNNELS)
+            .find(|id| self.tunnels.get(id, 0).is_ok_and(|t| t.in_use == 0))
+            .with_context(|| format!("TUNNELS is full: an instance holds at most {} tunnels", gre_common::maps::MAX_TUNNELS))
+    }
+
+    /// Removes tunnel `id`: the lookups first (no packet finds it any more), then its record,
+    /// counters and state, so that a tunnel that takes the slot later starts from zero.
+    ///
+    /// # Errors
+    /// The slot holds no tunnel, or a map refuses the change.
+    pub fn uninstall_tunnel(&mut self, id: u32) -> Result<()> {
+        let t = self.tunnels.get(&id, 0).ok().filter(|t| t.in_use != 0).with_context(|| format!("tunnel slot {id} is empty"))?;
+        let _ = self.tx_by_ifindex.remove(&t.netdev_ifindex);
+        let _ = self.rx_match.remove(&rx_key(&t));
+        for remote in [t.remote, [0; 16]] {
+            let key = EndpointKey { local: t.local, remote };
+            match self.endpoints.get(&key, 0) {
+                Ok(n) if n > 1 => self.endpoints.insert(key, n - 1, 0)?,
+                _ => {
+                    let _ = self.endpoints.remove(&key);
+                }
+            }
+        }
+        let _ = self.inject_ports.remove(id);
+        self.tunnels.set(id, Tunnel::default(), 0).with_context(|| format!("clearing tunnel {id}"))?;
+        let zero = PerCpuValues::try_from(vec![TunnelStats::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?])?;
+        self.tunnel_stats.set(id, zero, 0).with_context(|| format!("clearing the counters of tunnel {id}"))?;
+        self.state.set(id, TunnelState::default(), 0).with_context(|| format!("clearing the state of tunnel {id}"))?;
+        let _ = self.multicast.set(id, MulticastPeers::default(), 0);
+        self.sequences.set(id, Sequence::default(), 0).with_context(|| format!("clearing the sequence numbers of tunnel {id}"))?;
+        Ok(())
     }
 
     /// Installs tunnel `id`: parameters first, then the lookups that make the datapath use it, so

@@ -1,5 +1,5 @@
-//! Runtime changes to a running instance: `gre peer add|del`, `gre route add|del` — checked
-//! first, made whole or not at all, a full map reported.
+//! Runtime changes to a running instance: `gre tunnel|peer|route add|del`, `gre up` over it —
+//! checked first, made whole or not at all, a full map reported.
 
 use gre_tests::{
     gre, privilege,
@@ -174,4 +174,65 @@ fn up_over_a_running_instance_converges() {
     assert!(e.contains("tunnel settings differ from the running ones (gre0: ikey: Some(101), okey: Some(101))"), "{e}");
     let after = gre::show(&hub, &ih).unwrap();
     assert_eq!((after["peers"].as_array().unwrap().len(), after["routes"].clone()), (2, show["routes"].clone()));
+}
+
+/// `gre tunnel add` and `gre tunnel del` on a running instance: the other tunnel carries on,
+/// the new one works at once, refusals change nothing, and a slot freed and reused starts from
+/// zero.
+#[test]
+fn tunnels_added_and_removed_at_run_time() {
+    use gre_tests::topology::{A_UNDERLAY, B_OVERLAY4, B_UNDERLAY, TwoSites};
+    if !privilege::require_root("tunnels_added_and_removed_at_run_time") {
+        return;
+    }
+    let mut sites = TwoSites::new("gT").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    let (ia, ib) = sites.tunnel(Some(5)).expect("gre0");
+    let extra = |local: &str, remote: &str, address: &str, key: u32| {
+        format!(
+            "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre1\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nremote = \"{remote}\"\nkey = {key}\naddress = [\"{address}/30\"]\n"
+        )
+    };
+    let file = |ns: &str, text: String| {
+        let p = std::env::temp_dir().join(format!("gre-tunnel-add-{ns}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let fa = file(&a, extra(A_UNDERLAY, B_UNDERLAY, "203.0.113.5", 6));
+    let fb = file(&b, extra(B_UNDERLAY, A_UNDERLAY, "203.0.113.6", 6));
+    for (ns, inst, f) in [(&a, &ia, &fa), (&b, &ib, &fb)] {
+        let out = gre::run(ns, inst, &["tunnel", "add", "-c", f.to_str().unwrap()]).expect("tunnel add");
+        assert!(out.contains("added gre1"), "{out}");
+    }
+    traffic::ping(&a, "203.0.113.6", 2).expect("over the new tunnel");
+    traffic::ping(&a, B_OVERLAY4, 2).expect("over the first one");
+    let names = |ns: &str, i: &str| {
+        gre::show(ns, i).unwrap()["tunnels"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&a, &ia), ["gre0", "gre1"]);
+    assert!(gre::run(&a, &ia, &["showconf"]).unwrap().contains("name = \"gre1\""));
+
+    // Refused, nothing changed: the same again, another name on gre0's match, an unknown port.
+    let e = gre::run(&a, &ia, &["tunnel", "add", "-c", fa.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("defined twice"), "{e}");
+    let clash = file("clash", extra(A_UNDERLAY, B_UNDERLAY, "203.0.113.9", 5).replace("gre1", "gre2"));
+    let e = gre::run(&a, &ia, &["tunnel", "add", "-c", clash.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("already receives"), "{e}");
+    let elsewhere = file("elsewhere", extra(A_UNDERLAY, B_UNDERLAY, "203.0.113.9", 7).replace("eth0", "eth9").replace("gre1", "gre2"));
+    let e = gre::run(&a, &ia, &["tunnel", "add", "-c", elsewhere.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("interface eth9 is not one of the instance's"), "{e}");
+    assert_eq!(names(&a, &ia), ["gre0", "gre1"]);
+
+    // Removed: its netdev and routes go, gre0 carries on; added back, it counts from zero.
+    gre::run(&a, &ia, &["tunnel", "del", "gre1"]).expect("tunnel del");
+    assert!(ns_sh(&a, &["ip", "link", "show", "gre1"]).is_err(), "the netdev is gone");
+    assert_eq!(names(&a, &ia), ["gre0"]);
+    traffic::ping(&a, B_OVERLAY4, 2).expect("gre0 after gre1 went");
+    gre::run(&a, &ia, &["tunnel", "add", "-c", fa.to_str().unwrap()]).expect("added back");
+    let t1 = gre::show(&a, &ia).unwrap()["tunnels"][1].clone();
+    assert_eq!((t1["name"].as_str(), t1["tx_packets"].as_u64(), t1["id"].as_u64()), (Some("gre1"), Some(0), Some(1)), "{t1}");
+    traffic::ping(&a, "203.0.113.6", 1).expect("over the tunnel added back");
+    for f in [fa, fb, clash, elsewhere] {
+        let _ = std::fs::remove_file(f);
+    }
 }
