@@ -53,6 +53,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     let injector = packet_socket()?;
     let mut keepalives = Keepalives::default();
     let mut nhrp = crate::nhrp::agent::Agent::new(&maps).await?;
+    let log_socket = crate::logs::serve(instance)?;
     let metrics = match metrics {
         Some(listen) => Some(crate::metrics::serve(instance, listen).await?),
         None => None,
@@ -102,6 +103,8 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
         }
     }
     info!("daemon for instance {instance} stopped");
+    log_socket.abort();
+    let _ = std::fs::remove_file(crate::logs::socket_path(instance));
     Ok(())
 }
 

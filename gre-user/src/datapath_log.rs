@@ -1,8 +1,8 @@
-//! `gre log`: the datapath's slow-path events as they happen — resolutions it asks for, redirects
-//! it wants sent. The programs write them with aya-log (never on a per-packet path: each is
-//! limited to once a second per tunnel and address); this reads them from the running
-//! encapsulation program's log ring. The daemon logs what it does to its own standard error
-//! (the journal, under systemd).
+//! `gre log`: what happens, as it happens — the datapath's slow-path events (resolutions it asks
+//! for, redirects it wants sent), written with aya-log (never on a per-packet path: each is
+//! limited to once a second per tunnel and address) and read from the running encapsulation
+//! program's log ring; and, when `gre daemon` runs for the instance, the daemon's own log lines,
+//! from its log socket.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::ProgramInfo;
 use aya_log::EbpfLogger;
 use gre_common::maps::programs;
-use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt as _, unix::AsyncFd};
 
 use crate::loader;
 
@@ -26,7 +26,7 @@ impl log::Log for Print {
 
     fn log(&self, record: &log::Record<'_>) {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        println!("{secs:.3} {} {}", record.level(), record.args());
+        println!("{secs:.3} datapath {} {}", record.level(), record.args());
         self.seen.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -50,10 +50,34 @@ pub async fn follow(instance: &str, count: Option<usize>) -> Result<()> {
     // SAFETY: the logger (and its ring's descriptor) is moved in and owned by the AsyncFd for as
     // long as it is registered.
     let mut fd = unsafe { AsyncFd::register(logger) }.map_err(|e| e.into_parts().1).context("watching the datapath's log")?;
+    let mut daemon = match tokio::net::UnixStream::connect(crate::logs::socket_path(instance)).await {
+        Ok(s) => Some(tokio::io::BufReader::new(s).lines()),
+        Err(_) => {
+            eprintln!("(no gre daemon runs for instance {instance}: the datapath's events only)");
+            None
+        }
+    };
     while count.is_none_or(|c| print.seen.load(Ordering::Relaxed) < c) {
-        let mut guard = fd.readable_mut().await?;
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            line = async { daemon.as_mut()?.next_line().await.ok().flatten() }, if daemon.is_some() => {
+                match line {
+                    Some(line) => {
+                        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                        println!("{secs:.3} daemon {line}");
+                        print.seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        eprintln!("(the daemon stopped)");
+                        daemon = None;
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod converge;
 pub mod daemon;
 pub mod datapath_log;
 pub mod loader;
+pub mod logs;
 pub mod maps;
 pub mod metrics;
 pub mod netdev;

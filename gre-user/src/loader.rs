@@ -355,6 +355,8 @@ pub async fn down(instance: &str) -> Result<()> {
     if let Err(e) = remove_pins(&dir) {
         first_error.get_or_insert(e);
     }
+    // A daemon that was killed leaves its log socket behind.
+    let _ = fs::remove_file(crate::logs::socket_path(instance));
     first_error.map_or(Ok(()), Err)
 }
 

@@ -189,11 +189,7 @@ enum NhrpCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // RUST_LOG if set (as `gre=debug` or `debug`), else -v: info, debug, trace. Records of the
-    // `log` macros go through the same subscriber.
-    let level = ["info", "debug", "trace"][usize::from(cli.verbose.min(2))];
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    gre_user::logs::init(cli.verbose);
     // Before the runtime starts any thread: setns changes the calling thread only.
     if let Some(ns) = &cli.netns {
         netns::enter(ns)?;

@@ -209,3 +209,35 @@ fn log_shows_slow_path_events() {
     assert_eq!(lines.len(), 1, "{out}");
     assert!(lines[0].ends_with("INFO tunnel 0: no peer for 203.0.113.9 (from 203.0.113.1): resolution asked"), "{out}");
 }
+
+/// With `gre daemon` running, `gre log` interleaves its lines with the datapath's: a spoke's
+/// traffic for another spoke makes the datapath ask, and the daemon learn the answer.
+#[test]
+fn log_follows_the_daemon_too() {
+    use gre_tests::topology::{HUB_NBMA, HUB_OVERLAY, HubAndSpokes};
+    if !privilege::require_root("log_follows_the_daemon_too") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gF", 2).expect("topology");
+    let hub = t.hub.clone();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let spokes: Vec<(String, String)> = (1..=2u8)
+        .map(|i| {
+            let ns = t.spokes[usize::from(i - 1)].clone();
+            let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]);
+            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &c).unwrap())
+        })
+        .collect();
+    let _daemons: Vec<gre::Daemon> =
+        std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
+    traffic::wait_for("two registrations", 10, || gre::show(&hub, &ih).unwrap()["peers"].as_array().is_some_and(|p| p.len() == 2));
+    let (s1, i1) = spokes[0].clone();
+    traffic::wait_for("spoke 1 to see its NHS up", 5, || gre::show(&s1, &i1).unwrap()["tunnels"][0]["state"] == "up");
+    let log = std::process::Command::new(gre::bin()).args(["-n", &s1, "-I", &i1, "log", "-c", "2"]).output_in_background();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    traffic::ping(&s1, "203.0.113.2", 2).expect("spoke to spoke");
+    let out = log.join();
+    assert!(out.lines().any(|l| l.contains(" datapath INFO tunnel 0: no peer for 203.0.113.2 (from 203.0.113.1): resolution asked")), "{out}");
+    assert!(out.lines().any(|l| l.contains(" daemon INFO tunnel 0: peer 203.0.113.2 is at 198.51.100.33 for 30s")), "{out}");
+}
