@@ -128,3 +128,38 @@ fn missing_capabilities_are_named() {
     assert!(e.contains("missing CAP_BPF:") || e.contains("missing CAP_BPF "), "{e}");
     assert!(!e.contains("CAP_NET_ADMIN"), "reading needs only CAP_BPF: {e}");
 }
+
+/// An underlay whose driver has no native XDP (a bridge device): `auto` falls back to generic
+/// mode and says so; `native` refuses with a hint, leaving nothing behind.
+#[test]
+fn xdp_modes_on_a_driver_without_native_xdp() {
+    if !privilege::require_root("xdp_modes_on_a_driver_without_native_xdp") {
+        return;
+    }
+    let mut lab = gre_tests::topology::Lab::new("gd");
+    let ns = lab.add_ns("x").unwrap();
+    gre_tests::topology::ns_sh(&ns, &["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
+    gre_tests::topology::ns_sh(&ns, &["ip", "addr", "add", "198.51.100.1/24", "dev", "br0"]).unwrap();
+    gre_tests::topology::ns_sh(&ns, &["ip", "link", "set", "br0", "up"]).unwrap();
+    let config = |mode: &str| {
+        format!(
+            "[[interface]]\nname = \"br0\"\nxdp_mode = \"{mode}\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"br0\"\nlocal = \"198.51.100.1\"\nremote = \"198.51.100.2\"\naddress = [\"203.0.113.1/30\"]\n"
+        )
+    };
+    let path = std::env::temp_dir().join(format!("gre-xdp-mode-{}.toml", std::process::id()));
+    std::fs::write(&path, config("native")).unwrap();
+    let instance = lab.instance("native");
+    let out = std::process::Command::new(gre::bin()).args(["-n", &ns, "-I", &instance, "up", "-c"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("native mode (try xdp_mode = \"skb\")"), "{err}");
+    assert!(!std::path::Path::new(gre_user::loader::PIN_ROOT).join(&instance).exists(), "nothing left behind");
+    assert!(gre_tests::topology::ns_sh(&ns, &["ip", "link", "show", "gre0"]).is_err(), "nothing left behind");
+    std::fs::write(&path, config("auto")).unwrap();
+    let instance = lab.adopt(&ns, "auto");
+    let out = std::process::Command::new(gre::bin()).args(["-n", &ns, "-I", &instance, "up", "-c"]).arg(&path).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("br0: native XDP refused") && err.contains("falling back to generic (skb) mode"), "{err}");
+    assert!(gre_tests::topology::ns_sh(&ns, &["ip", "link", "show", "br0"]).unwrap().contains("xdpgeneric"));
+    assert!(gre::run(&ns, &instance, &["showconf"]).unwrap().contains("xdp_mode = \"skb\""));
+}
