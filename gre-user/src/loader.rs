@@ -430,10 +430,10 @@ pub async fn add_tunnels(instance: &str, path: &Path) -> Result<Vec<String>> {
         }
         added.push(t.name.clone());
     }
-    for r in new.routes.iter() {
+    for r in &new.routes {
         crate::change::route_add(instance, r.prefix, &new.tunnels[r.tunnel].name, r.via).await?;
     }
-    for p in new.peers.iter() {
+    for p in &new.peers {
         crate::change::peer_add(instance, &new.tunnels[p.tunnel].name, p.overlay, p.nbma, p.multicast).await?;
     }
     Ok(added)

@@ -345,7 +345,7 @@ impl Maps {
             self.peer_stats.insert(nbma, zero, 0).context("adding the peer's counters (PEER_STATS is full?)")?;
         }
         // Registrations are refreshed every holdtime/3: rebuild the list only when it can change.
-        if old.map_or(true, |o| in_multicast(&o) != in_multicast(&peer) || o.nbma != peer.nbma && in_multicast(&peer)) {
+        if old.is_none_or(|o| in_multicast(&o) != in_multicast(&peer) || o.nbma != peer.nbma && in_multicast(&peer)) {
             self.refresh_multicast(id)?;
         }
         Ok(())
@@ -377,10 +377,10 @@ impl Maps {
         let Ok(old) = self.peers.get(&key, 0) else { return false };
         self.release_nbma(id, &old.nbma);
         let removed = self.peers.remove(&key).is_ok();
-        if in_multicast(&old) {
-            if let Err(e) = self.refresh_multicast(id) {
-                log::warn!("{e:#}");
-            }
+        if in_multicast(&old)
+            && let Err(e) = self.refresh_multicast(id)
+        {
+            log::warn!("{e:#}");
         }
         removed
     }

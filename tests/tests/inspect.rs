@@ -66,7 +66,7 @@ fn stats_count_what_crossed_in_the_interval() {
         return;
     }
     let mut sites = TwoSites::new("gs").expect("topology");
-    let (a, b) = (sites.a.clone(), sites.b.clone());
+    let a = sites.a.clone();
     let (ia, _ib) = sites.tunnel(Some(5)).expect("tunnel");
     // Two readings of 2 s each; 20 pings (84 inner bytes each) in the first, nothing after.
     let stats =
