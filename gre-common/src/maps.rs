@@ -71,6 +71,8 @@ pub mod programs {
     pub const LAN: &str = "gre_lan";
     /// TC, tail-called by the encapsulation: one multicast replica per call.
     pub const REPLICATE: &str = "gre_replicate";
+    /// TC: an empty program, the floor of the benchmarks (never attached).
+    pub const TC_PASS: &str = "gre_tc_pass";
 }
 
 /// `RxKey::flags`: the packet (or tunnel) carries a key.

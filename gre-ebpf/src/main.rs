@@ -74,6 +74,13 @@ pub fn gre_napi_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// An empty TC program: never attached; the floor `cargo xtask bench` measures the TC programs
+/// against (as `gre_napi_pass` is for XDP).
+#[classifier]
+pub fn gre_tc_pass(_ctx: TcContext) -> i32 {
+    aya_ebpf::bindings::TC_ACT_OK
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -74,7 +74,7 @@ pub fn veth(name: &str) -> Netdev {
 /// key (TTL 64). Each test gets its own network namespace and its own copy of the maps.
 pub struct Fixture {
     _ns: NetNsGuard,
-    ebpf: Ebpf,
+    pub ebpf: Ebpf,
     pub maps: Maps,
     pub keyed: Netdev,
     pub plain: Netdev,

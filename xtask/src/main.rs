@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup|build|build-and-load|demo|test|fuzz|man`.
+//! Developer tasks: `cargo xtask setup|build|build-and-load|demo|test|fuzz|man|bench`.
 
 mod setup;
 
@@ -53,6 +53,9 @@ enum Task {
     },
     /// Regenerate the man pages and shell completions in docs/ from the `gre` command line.
     Man,
+    /// Measure the datapath: program cost per packet against an empty program (prints a table,
+    /// writes target/bench.json).
+    Bench,
     /// Fuzz the NHRP decoder (cargo-fuzz, libFuzzer) from the seed corpus.
     Fuzz {
         /// How long to run.
@@ -89,7 +92,15 @@ fn main() -> Result<()> {
             setup::run()?;
             let gre = build(false)?;
             test(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))?;
-            fuzz(TEST_FUZZ_SECONDS)
+            fuzz(TEST_FUZZ_SECONDS)?;
+            // A smoke run: the benchmarks run, on the success paths (they check it); no number
+            // fails anything.
+            bench()
+        }
+        Task::Bench => {
+            setup::run()?;
+            build(false)?;
+            bench()
         }
         Task::Man => {
             let gre = build(false)?;
@@ -155,6 +166,11 @@ fn test(cmd: &mut Command) -> Result<()> {
         bail!("cargo test failed: {status}");
     }
     Ok(())
+}
+
+/// Runs the benchmarks (root: they load programs into a namespace of their own).
+fn bench() -> Result<()> {
+    run(cargo().args(["run", "--quiet", "-p", "gre-tests", "--bin", "gre-bench"]))
 }
 
 /// Runs the fuzz target on nightly. New inputs libFuzzer finds go to a scratch corpus, so the
