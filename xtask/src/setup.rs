@@ -7,9 +7,23 @@ use anyhow::{Context as _, Result, bail};
 /// The LLVM major that bpf-linker is built against; rustc nightly must use the same.
 const LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
-/// Debian packages: LLVM for bpf-linker's build, and the tools the tests and the demo run.
-const PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps", "ethtool", "iputils-ping", "tcpdump", "tshark", "python3-scapy"];
+/// Debian packages: LLVM for bpf-linker's build, a C++ compiler for libFuzzer (cargo-fuzz), and
+/// the tools the tests and the demo run (setpriv is util-linux's).
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "g++",
+    "iproute2",
+    "procps",
+    "util-linux",
+    "ethtool",
+    "iputils-ping",
+    "tcpdump",
+    "tshark",
+    "python3-scapy",
+];
 
 pub fn run() -> Result<()> {
     let start = Instant::now();
