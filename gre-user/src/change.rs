@@ -18,11 +18,7 @@ use crate::{
 
 /// The pinned maps of a running instance.
 fn open(instance: &str) -> Result<Maps> {
-    let dir = loader::instance_dir(instance)?;
-    loader::ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = loader::running_dir(instance)?;
     Maps::open_pinned(&dir.join("maps"))
 }
 

@@ -31,11 +31,7 @@ use crate::{loader, maps::Maps};
 /// # Errors
 /// The instance is not up, or a socket cannot be opened.
 pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Result<()> {
-    let dir = loader::instance_dir(instance)?;
-    loader::ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = loader::running_dir(instance)?;
     let mut maps = Maps::open_pinned(&dir.join("maps"))?;
     let sender = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).context("opening a raw IPv4 socket for keepalives")?;
     let receiver = raw_gre_socket(Domain::IPV4)?;

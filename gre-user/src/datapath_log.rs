@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
 use aya_log::EbpfLogger;
 use gre_common::maps::programs;
@@ -38,11 +38,7 @@ impl log::Log for Print {
 /// # Errors
 /// The instance is not up or its program cannot be read.
 pub async fn follow(instance: &str, count: Option<usize>) -> Result<()> {
-    let dir = loader::instance_dir(instance)?;
-    loader::ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = loader::running_dir(instance)?;
     let path = dir.join("progs").join(programs::ENCAP);
     let id = ProgramInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.id();
     let print: &'static Print = Box::leak(Box::new(Print { seen: AtomicUsize::new(0) }));

@@ -56,6 +56,15 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
+/// The pin folder of an instance that is up (bpffs mounted first if need be).
+///
+/// # Errors
+/// The instance is not up, or bpffs cannot be mounted.
+pub fn running_dir(instance: &str) -> Result<PathBuf> {
+    let dir = running_dir(instance)?;
+    Ok(dir)
+}
+
 /// Brings an instance up: everything is created or nothing is (a failure undoes what was done).
 ///
 /// # Errors
@@ -328,11 +337,7 @@ fn pin_link(link: FdLink, path: &Path) -> Result<()> {
 /// # Errors
 /// The instance is not up, or a step fails (the rest is still attempted).
 pub async fn down(instance: &str) -> Result<()> {
-    let dir = instance_dir(instance)?;
-    ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = running_dir(instance)?;
     let handle = netdev::connect()?;
     let mut first_error = None;
     match Maps::open_pinned(&dir.join("maps")).and_then(|m| Ok((m.tunnels()?, m.neighbours()))) {
@@ -385,11 +390,7 @@ fn remove_pins(dir: &Path) -> Result<()> {
 /// The file is invalid alone or together with what runs, names an interface the instance does
 /// not have, or a step fails.
 pub async fn add_tunnels(instance: &str, path: &Path) -> Result<Vec<String>> {
-    let dir = instance_dir(instance)?;
-    ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = running_dir(instance)?;
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let new = config::parse(path, &text)?;
     let running_text = crate::showconf::showconf(instance).await?;
@@ -460,11 +461,7 @@ async fn attach_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, dir: &
 /// # Errors
 /// There is no such tunnel, or a step fails.
 pub async fn del_tunnel(instance: &str, name: &str) -> Result<()> {
-    let dir = instance_dir(instance)?;
-    ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = running_dir(instance)?;
     let mut maps = Maps::open_pinned(&dir.join("maps"))?;
     let (id, t) =
         maps.tunnels()?.into_iter().find(|(_, t)| crate::show::ifname(t.netdev_ifindex) == name).with_context(|| format!("no tunnel named {name:?}"))?;

@@ -66,11 +66,7 @@ fn check_shapes(instance_dir: &Path, pinned: &[String]) -> Result<()> {
 /// The instance is not up, its maps have another shape than this binary's, or a program does
 /// not load (nothing has changed then) or a link cannot be moved.
 pub fn reload(instance: &str) -> Result<usize> {
-    let dir = loader::instance_dir(instance)?;
-    loader::ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = loader::running_dir(instance)?;
     let maps_dir = dir.join("maps");
     let pinned = names_in(&maps_dir)?;
     check_shapes(&dir, &pinned)?;

@@ -235,11 +235,7 @@ pub struct TunnelReport {
 /// # Errors
 /// The instance is not up or its maps cannot be read.
 pub fn report(instance: &str) -> Result<Report> {
-    let dir = loader::instance_dir(instance)?;
-    loader::ensure_bpffs()?;
-    if !dir.exists() {
-        anyhow::bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = loader::running_dir(instance)?;
     let maps = Maps::open_pinned(&dir.join("maps"))?;
     let mut tunnels = Vec::new();
     for (id, t) in maps.tunnels()? {

@@ -21,11 +21,7 @@ use crate::{
 /// # Errors
 /// The instance is not up, or its maps or links cannot be read.
 pub async fn showconf(instance: &str) -> Result<String> {
-    let dir = loader::instance_dir(instance)?;
-    loader::ensure_bpffs()?;
-    if !dir.exists() {
-        anyhow::bail!("instance {instance} is not up (no {})", dir.display());
-    }
+    let dir = loader::running_dir(instance)?;
     let maps = Maps::open_pinned(&dir.join("maps"))?;
     let handle = netdev::connect()?;
     let tunnels = maps.tunnels()?;
