@@ -61,7 +61,11 @@ pub fn ensure_bpffs() -> Result<()> {
 /// # Errors
 /// The instance is not up, or bpffs cannot be mounted.
 pub fn running_dir(instance: &str) -> Result<PathBuf> {
-    let dir = running_dir(instance)?;
+    let dir = instance_dir(instance)?;
+    ensure_bpffs()?;
+    if !dir.exists() {
+        bail!("instance {instance} is not up (no {})", dir.display());
+    }
     Ok(dir)
 }
 
