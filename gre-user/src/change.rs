@@ -43,7 +43,7 @@ pub async fn peer_add(instance: &str, name: &str, overlay: IpAddr, nbma: IpAddr,
     if !config::unicast(overlay) {
         bail!("overlay address {overlay} must be unicast");
     }
-    if maps.peers().iter().any(|(i, o, p)| *i == id && *o == overlay && p.kind == peer_kind::STATIC) {
+    if maps.peer(id, overlay).is_some_and(|p| p.kind == peer_kind::STATIC) {
         bail!("tunnel {name} has a static peer {overlay} already; `gre peer del` it first");
     }
     if multicast {
@@ -67,7 +67,7 @@ pub async fn peer_add(instance: &str, name: &str, overlay: IpAddr, nbma: IpAddr,
 pub fn peer_del(instance: &str, name: &str, overlay: IpAddr) -> Result<()> {
     let mut maps = open(instance)?;
     let (id, _) = tunnel(&maps, name)?;
-    let Some((_, _, p)) = maps.peers().into_iter().find(|(i, o, _)| *i == id && *o == overlay) else { bail!("tunnel {name} has no peer {overlay}") };
+    let Some(p) = maps.peer(id, overlay) else { bail!("tunnel {name} has no peer {overlay}") };
     maps.remove_peer(id, overlay);
     info!("tunnel {name}: peer {overlay} ({}) removed", show_addr(&p.nbma));
     Ok(())

@@ -415,6 +415,27 @@ impl Maps {
         )
     }
 
+    /// Tunnel `id`, if the slot holds one.
+    #[must_use]
+    pub fn tunnel(&self, id: u32) -> Option<Tunnel> {
+        self.tunnels.get(&id, 0).ok().filter(|t| t.in_use != 0)
+    }
+
+    /// The peer `overlay` of tunnel `id` (one lookup, not a walk of the table).
+    #[must_use]
+    pub fn peer(&self, id: u32, overlay: std::net::IpAddr) -> Option<Peer> {
+        self.peers.get(&PeerKey { tunnel: id, pad0: 0, overlay: store_addr(overlay) }, 0).ok()
+    }
+
+    /// The overlay next hop the datapath would use toward `target` in tunnel `id`: the `via` of
+    /// the longest matching route, if that route is the tunnel's and has one (as `next_hop` in
+    /// the datapath).
+    #[must_use]
+    pub fn route_via(&self, id: u32, target: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        let r = self.routes.get(&Key::new(128, store_addr(target)), 0).ok()?;
+        (r.tunnel == id && r.nexthop != [0; 16]).then(|| show_addr(&r.nexthop))
+    }
+
     /// Every peer: (tunnel id, overlay address, entry).
     #[must_use]
     pub fn peers(&self) -> Vec<(u32, std::net::IpAddr, Peer)> {

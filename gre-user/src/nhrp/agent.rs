@@ -202,25 +202,14 @@ impl Agent {
                 Some(i) => s.nhrp_rx[i] += 1,
                 None => s.nhrp_errors += 1,
             });
-            let (Some(engine), Ok(tunnels)) = (self.engines.get_mut(&id), maps.tunnels()) else { continue };
-            let Some(t) = tunnels.into_iter().find(|(i, _)| *i == id).map(|(_, t)| t) else { continue };
+            let (Some(engine), Some(t)) = (self.engines.get_mut(&id), maps.tunnel(id)) else { continue };
             if !Packet::checksum_ok(&bytes) {
                 debug!("tunnel {id}: NHRP from {remote}: bad checksum");
                 count(maps, id, |s| s.nhrp_errors += 1);
                 continue;
             }
-            let peers = maps.peers();
-            let routes = maps.routes();
-            let peer = |overlay: IpAddr| {
-                peers.iter().find(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::INCOMPLETE).map(|(_, _, p)| show_addr(&p.nbma))
-            };
-            let route = |target: IpAddr| {
-                routes
-                    .iter()
-                    .filter(|(net, tid, via)| *tid == id && via.is_some() && net.contains(&target))
-                    .max_by_key(|(net, _, _)| net.prefix_len())
-                    .and_then(|r| r.2)
-            };
+            let peer = |overlay: IpAddr| maps.peer(id, overlay).filter(|p| p.kind != peer_kind::INCOMPLETE).map(|p| show_addr(&p.nbma));
+            let route = |target: IpAddr| maps.route_via(id, target);
             let local = |target: IpAddr| exit_for(&self.kernel_routes, t.netdev_ifindex, target);
             let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, local: &local });
             self.apply(maps, sender, id, &t, actions, now);
@@ -240,24 +229,15 @@ impl Agent {
             }
             (event_kind::TRAFFIC_INDICATION, true) => {
                 // The source is a peer, or a host behind one (a route's `via`).
-                let peers = maps.peers();
-                let via = maps
-                    .routes()
-                    .into_iter()
-                    .filter(|(net, tid, via)| *tid == e.tunnel && via.is_some() && net.contains(&IpAddr::V4(source)))
-                    .max_by_key(|(net, _, _)| net.prefix_len())
-                    .and_then(|r| r.2);
-                let nbma = [Some(IpAddr::V4(source)), via]
-                    .into_iter()
-                    .flatten()
-                    .find_map(|hop| peers.iter().find(|(id, o, _)| *id == e.tunnel && *o == hop).map(|(_, _, p)| show_addr(&p.nbma)));
+                let via = maps.route_via(e.tunnel, IpAddr::V4(source));
+                let nbma = [Some(IpAddr::V4(source)), via].into_iter().flatten().find_map(|hop| maps.peer(e.tunnel, hop).map(|p| show_addr(&p.nbma)));
                 let Some(nbma) = nbma else { return };
                 debug!("tunnel {}: relayed {source} -> {target}: Traffic Indication to {nbma}", e.tunnel);
                 engine.indicate(source, nbma, target)
             }
             _ => return,
         };
-        if let Ok(Some((_, t))) = maps.tunnels().map(|ts| ts.into_iter().find(|(i, _)| *i == e.tunnel)) {
+        if let Some(t) = maps.tunnel(e.tunnel) {
             self.apply(maps, sender, e.tunnel, &t, actions, now);
         }
     }
@@ -320,14 +300,14 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                     expires: now + u64::from(holdtime),
                     ..Peer::default()
                 };
-                let existing = maps.peers().into_iter().find(|(pid, o, _)| *pid == id && *o == overlay);
-                if existing.as_ref().is_some_and(|(_, _, p)| p.kind == peer_kind::STATIC) {
+                let existing = maps.peer(id, overlay);
+                if existing.is_some_and(|p| p.kind == peer_kind::STATIC) {
                     continue;
                 }
                 if existing.is_none() {
                     info!("tunnel {id}: peer {overlay} is at {nbma} for {holdtime}s");
                 }
-                if multicast && existing.as_ref().is_none_or(|(_, _, p)| show_addr(&p.nbma) != nbma) {
+                if multicast && existing.is_none_or(|p| show_addr(&p.nbma) != nbma) {
                     applied.multicast_nbmas.push(nbma);
                 }
                 if let Err(e) = maps.set_peer(id, overlay, &peer) {
@@ -335,7 +315,7 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                 }
             }
             Action::Forget { overlay } => {
-                if maps.peers().iter().any(|(pid, o, p)| *pid == id && *o == overlay && p.kind != peer_kind::STATIC) {
+                if maps.peer(id, overlay).is_some_and(|p| p.kind != peer_kind::STATIC) {
                     info!("tunnel {id}: peer {overlay} purged");
                     maps.remove_peer(id, overlay);
                 }
