@@ -42,6 +42,14 @@ pub fn lookup(id: u32, overlay: &Addr) -> Option<Addr> {
     }
 }
 
+/// True if `overlay` is a resolved peer of tunnel `id`.
+#[inline(always)]
+fn known(id: u32, overlay: &Addr) -> bool {
+    let key = PeerKey { tunnel: id, pad0: 0, overlay: *overlay };
+    // SAFETY: a map value read at once.
+    unsafe { PEERS.get(&key) }.is_some_and(|p| p.kind != peer_kind::INCOMPLETE)
+}
+
 /// The outer destination for a packet of multipoint tunnel `id` from `src` to `dst`.
 #[inline(always)]
 pub fn resolve(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) -> Result<Addr, u32> {
@@ -63,7 +71,9 @@ pub fn resolve(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) -> Result<Addr, u32>
 /// Traffic Indication, so that it resolves the destination and takes a shortcut (DMVPN phase 3).
 #[inline(always)]
 pub fn note_relay(id: u32, t: &Tunnel, src: &Addr, dst: &Addr) {
-    if t.nhrp_role == nhrp_role::NHS && lookup(id, &next_hop(id, src)).is_some() {
+    // A peer itself needs no route lookup; a host behind one does. Neither counts as a use of
+    // the source's entry (`used` is about sending to a peer).
+    if t.nhrp_role == nhrp_role::NHS && (known(id, src) || known(id, &next_hop(id, src))) {
         tell(event_kind::TRAFFIC_INDICATION, id, dst, src);
     }
 }
