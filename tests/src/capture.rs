@@ -53,7 +53,7 @@ impl Capture {
     ///
     /// # Panics
     /// tshark fails or prints something that is not JSON.
-    pub fn decode(mut self, display_filter: &str, fields: &[&str]) -> Vec<Value> {
+    pub fn decode(&mut self, display_filter: &str, fields: &[&str]) -> Vec<Value> {
         self.stop();
         let mut cmd = Command::new("tshark");
         cmd.arg("-r").arg(&self.path).args(["-Y", display_filter, "-T", "json"]);
@@ -65,12 +65,23 @@ impl Capture {
         serde_json::from_slice(&out.stdout).expect("tshark JSON")
     }
 
-    fn stop(&mut self) {
+    /// Stops the capture (once; tcpdump flushes on SIGINT); the file stays until the capture is
+    /// dropped.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: signalling our own child, not yet reaped.
             unsafe { libc::kill(pid, libc::SIGINT) };
         }
         let _ = self.child.wait();
+    }
+
+    /// The capture file (pcap).
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 }
 

@@ -92,14 +92,7 @@ fn spokes_register_resolve_and_go_direct() {
 
     // What tshark's NHRP dissector makes of what we send: registrations and resolutions both
     // ways, well formed, with the fields we meant.
-    let pcap = std::env::temp_dir().join(format!("gre-nhrp-{}.pcap", std::process::id()));
-    let mut dump = Command::new("ip")
-        .args(["netns", "exec", &t.wan, "timeout", "20", "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-w"])
-        .arg(&pcap)
-        .arg("ip proto 47 and ip[22:2] = 0x2001")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
+    let mut capture = Capture::start(&t.wan, "any", "ip proto 47 and ip[22:2] = 0x2001");
     thread::sleep(Duration::from_millis(1000));
     // `gre nhrp dump -i` live on the router's port toward spoke 1, alongside tcpdump.
     let live = Command::new(gre::bin())
@@ -125,22 +118,25 @@ fn spokes_register_resolve_and_go_direct() {
     traffic::wait_for("the hub to refuse spoke 4", 5, || nhrp(&s4, &i4, "nhrp_received", "error_indication") >= 1);
     let live = wait_with_timeout(live, 15).expect("the live dump sees 4 NHRP messages");
     // Everything up to here (re-registrations and the hub's Traffic Indications come and go).
-    // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
-    unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
-    let _ = dump.wait();
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(&pcap)
-        .args(["-T", "json", "-e", "nhrp.hdr.op.type", "-e", "nhrp.src.prot.addr", "-e", "nhrp.dst.prot.addr", "-e", "nhrp.src.nbma.addr"])
-        .args(["-e", "nhrp.hdr.chksum.status", "-e", "nhrp.htime", "-e", "nhrp.code", "-e", "nhrp.client.nbma.addr", "-e", "_ws.malformed", "-e", "_ws.expert"])
-        .args(["-e", "nhrp.err.code", "-e", "nhrp.err.offset"])
-        .output()
-        .expect("tshark");
-    let decoded: Vec<Value> = serde_json::from_slice(&out.stdout).expect("tshark json");
+    let decoded = capture.decode(
+        "nhrp",
+        &[
+            "nhrp.hdr.op.type",
+            "nhrp.src.prot.addr",
+            "nhrp.dst.prot.addr",
+            "nhrp.src.nbma.addr",
+            "nhrp.hdr.chksum.status",
+            "nhrp.htime",
+            "nhrp.code",
+            "nhrp.client.nbma.addr",
+            "_ws.malformed",
+            "_ws.expert",
+            "nhrp.err.code",
+            "nhrp.err.offset",
+        ],
+    );
     assert!(decoded.len() >= 2, "{decoded:?}");
-    let f = |p: &Value, k: &str| {
-        p["_source"]["layers"][k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap_or_default()
-    };
+    let f = field;
     let mut types = Vec::new();
     for p in &decoded {
         assert!(f(p, "_ws.malformed").is_empty() && f(p, "_ws.expert").is_empty(), "tshark objects to {p}");
@@ -163,7 +159,7 @@ fn spokes_register_resolve_and_go_direct() {
         assert!(types.contains(&ty.to_string()), "type {ty} among {types:?}");
     }
     // Every message the live dump showed is in tcpdump's capture, as `gre nhrp dump FILE` reads it.
-    let from_file = gre::run(&t.wan, "default", &["nhrp", "dump", "-j", pcap.to_str().unwrap()]).expect("gre nhrp dump FILE");
+    let from_file = gre::run(&t.wan, "default", &["nhrp", "dump", "-j", capture.path().to_str().unwrap()]).expect("gre nhrp dump FILE");
     let identity = |v: &Value| (v["outer_src"].clone(), v["outer_dst"].clone(), v["nhrp"]["type"].clone(), v["nhrp"]["request_id"].clone());
     let recorded: Vec<_> = from_file.lines().map(|l| identity(&serde_json::from_str(l).unwrap())).collect();
     assert_eq!(live.lines().count(), 4, "{live}");
@@ -174,7 +170,6 @@ fn spokes_register_resolve_and_go_direct() {
         assert!(ends == ["198.51.100.17", HUB_NBMA] || ends == [HUB_NBMA, "198.51.100.17"], "{l}");
         assert!(recorded.contains(&identity(&v)), "{l} is not in the capture");
     }
-    let _ = std::fs::remove_file(&pcap);
 
     // The hub's answer to spoke 4: Authentication Failure, pointing into spoke 4's registration
     // request, which it carries.
@@ -216,7 +211,7 @@ fn spokes_register_resolve_and_go_direct() {
 
     // A spoke that stops says so: spoke 2 withdraws its registration, and the hub purges it
     // from spoke 1, which had resolved it. Both well before the holding time.
-    let purges = Capture::start(&t.wan, "any", "ip proto 47 and ip[22:2] = 0x2001");
+    let mut purges = Capture::start(&t.wan, "any", "ip proto 47 and ip[22:2] = 0x2001");
     drop(spoke_daemons[1].take());
     traffic::wait_for("the hub to forget spoke 2", 3, || peer(&peers(&hub, &ih), "203.0.113.2").is_none());
     traffic::wait_for("spoke 1 to be purged of spoke 2", 3, || peer(&peers(&s1, &i1), "203.0.113.2").is_none());
@@ -385,14 +380,7 @@ fn over_ipv6_nbma() {
     let mut t = HubAndSpokes::new("g6", 2).expect("topology");
     t.add_ipv6().expect("IPv6 underlay");
     let hub = t.hub.clone();
-    let pcap = std::env::temp_dir().join(format!("gre-nhrp6-{}.pcap", std::process::id()));
-    let mut dump = Command::new("ip")
-        .args(["netns", "exec", &t.wan, "timeout", "30", "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-w"])
-        .arg(&pcap)
-        .arg("ip6 proto 47")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
+    let mut capture = Capture::start(&t.wan, "any", "ip6 proto 47");
     thread::sleep(Duration::from_millis(1000));
     let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA6, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
     let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
@@ -420,21 +408,9 @@ fn over_ipv6_nbma() {
     traffic::ping(&s1, "203.0.113.2", 5).expect("spoke 1 to spoke 2, direct over IPv6");
     assert_eq!(hub_rx() - before.0, hub_nhrp() - before.1, "only NHRP reached the hub");
 
-    // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
-    unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
-    let _ = dump.wait();
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(&pcap)
-        .args(["-Y", "nhrp", "-T", "json", "-e", "nhrp.hdr.op.type", "-e", "nhrp.hdr.afn", "-e", "nhrp.src.nbma.addr_bytes"])
-        .args(["-e", "nhrp.hdr.chksum.status", "-e", "_ws.malformed", "-e", "_ws.expert"])
-        .output()
-        .expect("tshark");
-    let _ = std::fs::remove_file(&pcap);
-    let decoded: Vec<Value> = serde_json::from_slice(&out.stdout).expect("tshark json");
-    let f = |p: &Value, k: &str| {
-        p["_source"]["layers"][k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap_or_default()
-    };
+    let decoded =
+        capture.decode("nhrp", &["nhrp.hdr.op.type", "nhrp.hdr.afn", "nhrp.src.nbma.addr_bytes", "nhrp.hdr.chksum.status", "_ws.malformed", "_ws.expert"]);
+    let f = field;
     let hex = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap().octets().iter().map(|b| format!("{b:02x}")).collect::<String>();
     let nbmas = [hex(HUB_NBMA6), hex(&HubAndSpokes::spoke_nbma6(1)), hex(&HubAndSpokes::spoke_nbma6(2))];
     let mut types = std::collections::BTreeSet::new();

@@ -111,30 +111,18 @@ fn multicast_reaches_a_hundred_and_more_peers() {
     }
     let members: Vec<_> = (1..=3u8).zip(&spokes).map(|(i, ns)| traffic::group_member(ns, HubAndSpokes::spoke_overlay(i).parse().unwrap()).unwrap()).collect();
     ns_sh(&hub, &["ip", "route", "add", "233.252.0.0/24", "dev", "gre0"]).unwrap();
-    let pcap = std::env::temp_dir().join(format!("gre-mcast-{}.pcap", std::process::id()));
-    let mut dump = std::process::Command::new("ip")
-        .args(["netns", "exec", &t.wan, "timeout", "20", "tcpdump", "-i", "h0", "-n", "-U", "--immediate-mode", "-s", "128", "-B", "16384", "-w"])
-        .arg(&pcap)
-        .arg("ip proto 47 and src 198.51.100.10")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let mut capture = gre_tests::capture::Capture::start(&t.wan, "h0", "ip proto 47 and src 198.51.100.10");
     let before = counters(&hub, &ih);
     traffic::send_to_group(&hub, HUB.parse().unwrap(), 1, 2).expect("send");
     for (i, m) in members.iter().enumerate() {
         traffic::receive_from_group(m, 2).unwrap_or_else(|e| panic!("spoke {}: {e:#}", i + 1));
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
-    // SAFETY: signalling our own child (timeout passes SIGINT on to tcpdump, which flushes).
-    unsafe { libc::kill(i32::try_from(dump.id()).unwrap(), libc::SIGINT) };
-    let _ = dump.wait();
-    // (A burst: a short snapshot and a large buffer, so that tcpdump keeps every packet.)
-    let out = std::process::Command::new("tshark").arg("-r").arg(&pcap).args(["-T", "fields", "-E", "occurrence=f", "-e", "ip.dst"]).output().expect("tshark");
-    let _ = std::fs::remove_file(&pcap);
+    let packets = capture.decode("gre", &["ip.dst"]);
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
-    for dst in String::from_utf8_lossy(&out.stdout).lines() {
-        *seen.entry(dst.to_string()).or_default() += 1;
+    for p in &packets {
+        // The outer destination (the inner one is the group).
+        *seen.entry(gre_tests::capture::field(p, "ip.dst")[0].clone()).or_default() += 1;
     }
     let wanted: std::collections::BTreeMap<String, usize> = nbmas.iter().map(|n| (n.clone(), 2)).collect();
     assert_eq!(seen, wanted, "two replicas to each of the {} peers", nbmas.len());

@@ -68,7 +68,7 @@ fn reload_keeps_sequence_numbers() {
     let mut sites = TwoSites::new("gq").expect("topology");
     let (a, wan) = (sites.a.clone(), sites.wan.clone());
     let (ia, _ib) = sites.tunnel_with(gre_tests::topology::A_UNDERLAY, gre_tests::topology::B_UNDERLAY, "key = 9\nseq = true\n").expect("tunnel");
-    let capture = gre_tests::capture::Capture::start(&wan, "a0", "ip proto 47 and src host 198.51.100.1");
+    let mut capture = gre_tests::capture::Capture::start(&wan, "a0", "ip proto 47 and src host 198.51.100.1");
     traffic::ping(&a, B_OVERLAY4, 3).expect("before");
     gre::run(&a, &ia, &["reload"]).expect("gre reload");
     traffic::ping(&a, B_OVERLAY4, 3).expect("after: b's iseq accepts what a sends");
