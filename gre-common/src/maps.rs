@@ -73,6 +73,29 @@ pub mod programs {
     pub const REPLICATE: &str = "gre_replicate";
     /// TC: an empty program, the floor of the benchmarks (never attached).
     pub const TC_PASS: &str = "gre_tc_pass";
+    /// XDP, benchmarks only: the frame generator (run with live frames).
+    pub const BENCH_GEN: &str = "gre_bench_gen";
+    /// XDP, benchmarks only: a plain redirect hop, the baseline of the datapath's hops.
+    pub const BENCH_HOP: &str = "gre_bench_hop";
+    /// XDP, benchmarks only: counts and drops what reaches the end of a pipeline.
+    pub const BENCH_SINK: &str = "gre_bench_sink";
+}
+
+/// Benchmark frame generator: the most it writes into every frame.
+pub const BENCH_HEAD: usize = 128;
+
+/// What `gre_bench_gen` writes into each frame (`BENCH_FRAME[0]`): the first `len` bytes
+/// (1..=`BENCH_HEAD`), all the pipeline may change, and optionally a destination drawn at random for each frame, so that lookups do not all hit one
+/// key: the big-endian u32 at `spread_at` becomes `spread_base + random % spread` when
+/// `spread > 1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BenchFrame {
+    pub head: [u8; BENCH_HEAD],
+    pub len: u32,
+    pub spread: u32,
+    pub spread_base: u32,
+    pub spread_at: u32,
 }
 
 /// `RxKey::flags`: the packet (or tunnel) carries a key.
@@ -447,6 +470,7 @@ pub struct NeighbourKey {
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::NeighbourKey {}
+    unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::TunnelState {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::Peer {}

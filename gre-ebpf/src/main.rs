@@ -5,6 +5,7 @@
 // Inline assembly for the atomic fetch-and-add of sequence numbers (encap.rs).
 #![feature(asm_experimental_arch)]
 
+mod bench;
 mod csum;
 mod decap;
 mod encap;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`, part 1 — program cost: nanoseconds per packet of each datapath program on
+//! Part 1 — program cost: nanoseconds per packet of each datapath program on
 //! its success path, from BPF_PROG_TEST_RUN, against the empty XDP program measured in the same
 //! run. Each run gets a fresh copy of the input (one packet per call: `repeat` would run the
 //! program again on what it had already decapsulated, timing its pass-through path instead), and
@@ -80,17 +80,8 @@ fn tc_run(f: &mut Fixture, prog: &str, input: &[u8], ifindex: u32) -> (u32, Dura
     (r.return_value, r.duration)
 }
 
-fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the benchmarks load eBPF programs: run them as root (cargo xtask bench)");
-        std::process::exit(1);
-    }
-    // One CPU for the whole run: no migration between trials.
-    let mut cpus = nix::sched::CpuSet::new();
-    cpus.set(0).expect("cpu 0");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pinning to CPU 0");
-
+/// Measures every case, prints the table and returns the figures.
+pub fn run() -> serde_json::Value {
     let mut f = Fixture::new();
     let floor: &mut Xdp = f.ebpf.program_mut(programs::NAPI_PASS).unwrap().try_into().unwrap();
     gre_user::loader::load(|| floor.load()).expect("loading the empty XDP program");
@@ -143,21 +134,11 @@ fn main() {
     println!(
         "({TRIALS} trials × {RUNS} runs each, one fresh packet per run, CPU 0; medians; each floor is the kernel's timing of an empty program of that hook)"
     );
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
-    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    let report = json!({
-        "machine": { "cpu": cpu, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel },
-        "program_cost": {
-            "runs_per_trial": RUNS,
-            "trials": TRIALS,
-            "xdp_floor_ns": xdp_floor,
-            "tc_floor_ns": tc_floor,
-            "cases": cases.iter().enumerate().map(|(i, c)| json!({ "name": c.name, "ns": c.median, "low": c.low, "high": c.high, "over_floor_ns": c.median - floor_of(i) })).collect::<Vec<_>>(),
-        },
-    });
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).expect("writing the report");
-    println!("report: {}", path.canonicalize().unwrap_or(path).display());
+    json!({
+        "runs_per_trial": RUNS,
+        "trials": TRIALS,
+        "xdp_floor_ns": xdp_floor,
+        "tc_floor_ns": tc_floor,
+        "cases": cases.iter().enumerate().map(|(i, c)| json!({ "name": c.name, "ns": c.median, "low": c.low, "high": c.high, "over_floor_ns": c.median - floor_of(i) })).collect::<Vec<_>>(),
+    })
 }

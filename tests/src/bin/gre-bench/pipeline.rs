@@ -1,0 +1,324 @@
+//! Parts 2 and 3 — pipeline throughput with live frames. A generator program, run with
+//! BPF_PROG_TEST_RUN's live frames on one CPU, sends real frames across veth pairs through
+//! the datapath as `gre up` attached it in two namespaces, into a sink that counts them:
+//!
+//! ```text
+//!   generator → gen0 ─ lan0 [encap: gre_lan] → eth0 ─ eth0 [decap: gre_decap] → lan0 ─ sink0 [sink]
+//!              (site a)                                (site b)
+//! ```
+//!
+//! Baselines of the same run: generator → sink, and generator → a plain XDP redirect hop →
+//! sink. The generator alone sending GRE to site b times the decapsulation hop; the difference
+//! to the whole pipeline is the encapsulation hop. The tunnels' fast-path counters must advance
+//! by exactly the frames sent, which shows that the fast path is what was timed.
+
+use std::{
+    fs::File,
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMap, PerCpuArray},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use etherparse::PacketBuilder;
+use gre_common::maps::{BENCH_HEAD, BenchFrame, programs};
+use gre_tests::{
+    gre,
+    topology::{Lab, ns_sh, sh},
+};
+use nix::sched::CloneFlags;
+use serde_json::{Value, json};
+
+/// Frames per trial and trials, for a full run and for the smoke run of `cargo xtask test`.
+pub struct Effort {
+    pub frames: u32,
+    pub trials: usize,
+}
+
+/// Live frames go out in batches of this many (the kernel's default is 64).
+const BATCH: u32 = 256;
+
+const A_WAN: &str = "198.51.100.1";
+const B_WAN: &str = "198.51.100.2";
+const A_HOST: [u8; 4] = [203, 0, 113, 66];
+const B_HOST: [u8; 4] = [203, 0, 113, 130];
+const KEY: u32 = 1001;
+
+/// The two sites, the baseline pairs, and the bench programs attached where they belong.
+pub struct Bench {
+    // Dropped first: the bench programs' links go before their interfaces.
+    ebpf: Ebpf,
+    _lab: Lab,
+    a: String,
+    b: String,
+    instances: (String, String),
+    home: File,
+}
+
+/// An interface's index and MAC address, looked up in namespace `ns`.
+fn link(ns: &str, ifname: &str) -> Result<(u32, [u8; 6])> {
+    let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", ifname])?;
+    let v: Value = serde_json::from_str(&out).context("ip -j link")?;
+    let index = u32::try_from(v[0]["ifindex"].as_u64().context("ifindex")?)?;
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(v[0]["address"].as_str().context("address")?.split(':')) {
+        *m = u8::from_str_radix(part, 16)?;
+    }
+    Ok((index, mac))
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Moves this thread into namespace `ns` (attachments and map entries name interfaces of the
+/// namespace they are made in).
+fn enter(ns: &str) -> Result<()> {
+    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+    nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+    Ok(())
+}
+
+fn site_config(local: &str, remote: &str, overlay: &str, lan: &str) -> String {
+    format!(
+        "[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"lan0\"\nrole = \"lan\"\n\n\
+         [[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nremote = \"{remote}\"\nkey = {KEY}\n\
+         address = [\"{overlay}/30\"]\n\n[[route]]\nprefix = \"{lan}\"\ntunnel = \"gre0\"\n"
+    )
+}
+
+impl Bench {
+    /// Builds the namespaces, brings both sites up with `gre up` and attaches the bench programs.
+    pub fn new() -> Result<Self> {
+        let home = File::open("/proc/self/ns/net").context("this namespace")?;
+        let mut lab = Lab::new("gre-bench");
+        let a = lab.add_ns("a")?;
+        let b = lab.add_ns("b")?;
+        lab.link((&a, "eth0", &format!("{A_WAN}/24")), (&b, "eth0", &format!("{B_WAN}/24")))?;
+        lab.link((&a, "gen0", "198.51.100.145/30"), (&a, "lan0", "203.0.113.65/26"))?;
+        // The sink is not the LAN host: site b forwards to .130, it does not deliver locally.
+        lab.link((&b, "lan0", "203.0.113.129/26"), (&b, "sink0", "198.51.100.141/30"))?;
+        // Baselines: x0 → x1 (sink); y0 → y1 (hop) → z0 → z1 (sink).
+        lab.link((&a, "x0", "198.51.100.129/30"), (&a, "x1", "198.51.100.130/30"))?;
+        lab.link((&a, "y0", "198.51.100.133/30"), (&a, "y1", "198.51.100.134/30"))?;
+        lab.link((&a, "z0", "198.51.100.137/30"), (&a, "z1", "198.51.100.138/30"))?;
+        for ns in [&a, &b] {
+            ns_sh(ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        }
+        // Every next hop known for good: the generator never gives ARP a chance.
+        let (_, a_mac) = link(&a, "eth0")?;
+        let (_, b_mac) = link(&b, "eth0")?;
+        let (_, sink_mac) = link(&b, "sink0")?;
+        sh(&["ip", "-n", &a, "neigh", "replace", B_WAN, "lladdr", &mac_str(b_mac), "dev", "eth0", "nud", "permanent"])?;
+        sh(&["ip", "-n", &b, "neigh", "replace", A_WAN, "lladdr", &mac_str(a_mac), "dev", "eth0", "nud", "permanent"])?;
+        sh(&["ip", "-n", &b, "neigh", "replace", "203.0.113.130", "lladdr", &mac_str(sink_mac), "dev", "lan0", "nud", "permanent"])?;
+        let ia = lab.gre_up(&a, "a", &site_config(A_WAN, B_WAN, "203.0.113.1", "203.0.113.128/26"))?;
+        let ib = lab.gre_up(&b, "b", &site_config(B_WAN, A_WAN, "203.0.113.2", "203.0.113.64/26"))?;
+
+        let mut ebpf = EbpfLoader::new().load(gre_user::EBPF_OBJECT).context("loading the eBPF object")?;
+        for name in [programs::BENCH_GEN, programs::BENCH_HOP, programs::BENCH_SINK] {
+            let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+            gre_user::loader::load(|| p.load()).with_context(|| format!("loading {name}"))?;
+        }
+        let mut bench = Self { ebpf, _lab: lab, a, b, instances: (ia, ib), home };
+        bench.attach(&bench.a.clone(), programs::BENCH_SINK, &["x1", "z1"])?;
+        bench.attach(&bench.a.clone(), programs::BENCH_HOP, &["y1"])?;
+        bench.attach(&bench.b.clone(), programs::BENCH_SINK, &["sink0"])?;
+        enter(&bench.a)?;
+        let (z0, _) = link(&bench.a, "z0")?;
+        DevMap::try_from(bench.ebpf.map_mut("BENCH_PORTS").context("BENCH_PORTS")?)?.set(1, z0, None, 0)?;
+        Ok(bench)
+    }
+
+    fn attach(&mut self, ns: &str, prog: &'static str, ifnames: &[&str]) -> Result<()> {
+        enter(ns)?;
+        let p: &mut Xdp = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
+        for ifname in ifnames {
+            p.attach(ifname, XdpMode::Driver).with_context(|| format!("attaching {prog} to {ifname}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the generator `n` times on `frame`; the wall-clock time it took.
+    fn fire(&mut self, frame: &[u8], ctx: &[u8], n: u32) -> Result<Duration> {
+        let p: &mut Xdp = self.ebpf.program_mut(programs::BENCH_GEN).context("generator")?.try_into()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(ctx);
+        opts.repeat = n;
+        opts.attrs = TestRunAttrs::new().xdp_live_frames(BATCH);
+        let t = Instant::now();
+        p.test_run(opts).context("BPF_PROG_TEST_RUN with live frames")?;
+        Ok(t.elapsed())
+    }
+
+    fn sunk(&self) -> Result<u64> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("BENCH_SINK").context("BENCH_SINK")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+
+    /// Fast-path counters: what site a's LAN program encapsulated, what site b decapsulated
+    /// and forwarded itself, and what reached the sink.
+    fn fast(&self) -> Result<[u64; 3]> {
+        let a = gre::show(&self.a, &self.instances.0)?;
+        let b = gre::show(&self.b, &self.instances.1)?;
+        let n = |v: &Value, k: &str| v["tunnels"][0][k].as_u64().unwrap_or(0);
+        Ok([n(&a, "fast_tx"), n(&b, "fast_rx"), self.sunk_after_quiet()?])
+    }
+
+    /// Sends `effort.trials` × `effort.frames` copies of `frame` from the generator to `target`
+    /// (an interface of site a); returns the median ns per frame, the trials' spread, and the
+    /// frames that reached the sink.
+    fn measure(&mut self, frame: &[u8], target: &str, effort: &Effort) -> Result<Timing> {
+        ensure!(frame.len() <= BENCH_HEAD && frame.len() >= 60, "bench frames are 60..={BENCH_HEAD} bytes");
+        let (target, _) = link(&self.a, target)?;
+        let (ingress, _) = link(&self.a, "gen0")?;
+        let mut f = BenchFrame { head: [0; BENCH_HEAD], len: u32::try_from(frame.len())?, spread: 0, spread_base: 0, spread_at: 0 };
+        f.head[..frame.len()].copy_from_slice(frame);
+        Array::try_from(self.ebpf.map_mut("BENCH_FRAME").context("BENCH_FRAME")?)?.set(0, f, 0)?;
+        DevMap::try_from(self.ebpf.map_mut("BENCH_PORTS").context("BENCH_PORTS")?)?.set(0, target, None, 0)?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        // The kernel wants data_end to be the frame's length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&u32::try_from(frame.len())?.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+        self.fire(frame, &ctx, effort.frames / 10)?;
+        let before = self.sunk_after_quiet()?;
+        let mut per_frame = Vec::with_capacity(effort.trials);
+        for _ in 0..effort.trials {
+            let d = self.fire(frame, &ctx, effort.frames)?;
+            per_frame.push(d.as_secs_f64() * 1e9 / f64::from(effort.frames));
+        }
+        let sunk = self.sunk_after_quiet()? - before;
+        per_frame.sort_by(f64::total_cmp);
+        Ok(Timing {
+            ns: per_frame[per_frame.len() / 2],
+            low: per_frame[0],
+            high: per_frame[per_frame.len() - 1],
+            sent: effort.frames as u64 * effort.trials as u64,
+            sunk,
+        })
+    }
+
+    /// The sink's count once frames still in flight (a softirq the run left pending) are in.
+    fn sunk_after_quiet(&self) -> Result<u64> {
+        let mut last = self.sunk()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.sunk()?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(self.home.as_fd(), CloneFlags::CLONE_NEWNET);
+    }
+}
+
+/// One pipeline's timing.
+struct Timing {
+    ns: f64,
+    low: f64,
+    high: f64,
+    sent: u64,
+    sunk: u64,
+}
+
+impl Timing {
+    fn json(&self, name: &str) -> Value {
+        json!({ "name": name, "ns_per_frame": self.ns, "low": self.low, "high": self.high, "mpps": 1e3 / self.ns, "sent": self.sent, "delivered": self.sunk })
+    }
+}
+
+/// The LAN host's IPv4/UDP frame as it reaches site a's LAN port: 64 bytes.
+fn lan_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(A_HOST, B_HOST, 64).udp(4000, 5000).write(&mut v, &[0u8; 22]).unwrap();
+    v
+}
+
+/// The same frame as site a's encapsulation sends it to site b (TTL already spent by one).
+fn gre_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut inner = Vec::new();
+    PacketBuilder::ipv4(A_HOST, B_HOST, 63).udp(4000, 5000).write(&mut inner, &[0u8; 22]).unwrap();
+    let mut gre = vec![0x20, 0x00, 0x08, 0x00];
+    gre.extend_from_slice(&KEY.to_be_bytes());
+    gre.extend_from_slice(&inner);
+    let mut v = Vec::new();
+    let wan = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(wan(A_WAN), wan(B_WAN), 64).write(&mut v, etherparse::IpNumber::GRE, &gre).unwrap();
+    v
+}
+
+/// Part 2: the pipeline and its baselines; prints the table and returns the figures.
+pub fn run(bench: &mut Bench, effort: &Effort) -> Result<Value> {
+    let (_, gen_mac) = link(&bench.a, "gen0")?;
+    let (_, lan_mac) = link(&bench.a, "lan0")?;
+    let (_, a_mac) = link(&bench.a, "eth0")?;
+    let (_, b_mac) = link(&bench.b, "eth0")?;
+    let lan = lan_frame(lan_mac, gen_mac);
+    let gre_in = gre_frame(b_mac, a_mac);
+    let drop = bench.measure(&lan, "x0", effort)?;
+    let hop = bench.measure(&lan, "y0", effort)?;
+    let c0 = bench.fast()?;
+    let decap = bench.measure(&gre_in, "eth0", effort)?;
+    let c1 = bench.fast()?;
+    let full = bench.measure(&lan, "gen0", effort)?;
+    let c2 = bench.fast()?;
+    // Only the fast paths carried frames to the sink: site b decapsulated and forwarded each
+    // frame the sink got, and site a's LAN program encapsulated at least as many.
+    let fwd = |c: [u64; 3], d: [u64; 3]| [d[0] - c[0], d[1] - c[1], d[2] - c[2]];
+    let (d1, d2) = (fwd(c0, c1), fwd(c1, c2));
+    ensure!(d1[1] == d1[2], "generator → decap: {} frames reached the sink, {} through the decap fast path", d1[2], d1[1]);
+    ensure!(
+        d2[1] == d2[2] && d2[0] >= d2[1],
+        "whole pipeline: {} frames reached the sink, {} decapsulated and {} encapsulated on the fast paths",
+        d2[2],
+        d2[1],
+        d2[0]
+    );
+    for (name, t) in [("drop", &drop), ("hop", &hop), ("decap", &decap), ("full", &full)] {
+        if t.sunk != t.sent {
+            eprintln!("warning: {name}: {} of {} frames reached the sink", t.sunk, t.sent);
+        }
+    }
+    let redirect_hop = hop.ns - drop.ns;
+    let decap_hop = decap.ns - drop.ns;
+    let encap_hop = full.ns - decap.ns;
+    println!("{:<44} {:>10} {:>8} {:>18}", "pipeline (live frames, one CPU)", "ns/frame", "Mpps", "trial spread (ns)");
+    for (name, t) in [
+        ("generator → sink", &drop),
+        ("generator → redirect hop → sink", &hop),
+        ("generator → decap → sink", &decap),
+        ("generator → encap → decap → sink", &full),
+    ] {
+        println!("{name:<44} {:>10.1} {:>8.2} {:>8.1} .. {:<8.1}", t.ns, 1e3 / t.ns, t.low, t.high);
+    }
+    println!("{:<44} {:>10} {:>8}", "hop", "ns", "× redirect hop");
+    println!("{:<44} {:>10.1} {:>8}", "plain XDP redirect hop (baseline)", redirect_hop, "1.00");
+    println!("{:<44} {:>10.1} {:>8.2}", "decap hop", decap_hop, decap_hop / redirect_hop);
+    println!("{:<44} {:>10.1} {:>8.2}", "encap hop", encap_hop, encap_hop / redirect_hop);
+    println!("({} trials × {} frames of 64 B (92 B encapsulated), batches of {BATCH}, CPU 0; medians)", effort.trials, effort.frames);
+    Ok(json!({
+        "frames_per_trial": effort.frames,
+        "trials": effort.trials,
+        "batch": BATCH,
+        "pipelines": [drop.json("generator → sink"), hop.json("generator → redirect hop → sink"), decap.json("generator → decap → sink"), full.json("generator → encap → decap → sink")],
+        "hops": {
+            "redirect_ns": redirect_hop,
+            "decap_ns": decap_hop,
+            "encap_ns": encap_hop,
+            "decap_ratio": decap_hop / redirect_hop,
+            "encap_ratio": encap_hop / redirect_hop,
+        },
+    }))
+}
