@@ -11,14 +11,10 @@ pub type Addr = [u8; 16];
 #[inline(always)]
 #[must_use]
 pub const fn from_v4(octets: [u8; 4]) -> Addr {
-    let mut a = [0u8; 16];
-    a[10] = 0xff;
-    a[11] = 0xff;
-    a[12] = octets[0];
-    a[13] = octets[1];
-    a[14] = octets[2];
-    a[15] = octets[3];
-    a
+    // One literal, not zeroes then stores: in eBPF a zeroed byte array is a call to a
+    // byte-at-a-time memset.
+    let [a, b, c, d] = octets;
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
 }
 
 /// The IPv4 octets of a stored address, if it is IPv4-mapped.

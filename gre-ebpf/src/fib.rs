@@ -1,14 +1,92 @@
-//! Underlay next hops through the kernel's FIB (`bpf_fib_lookup`).
+//! Next hops through the kernel's FIB (`bpf_fib_lookup`), with a short-lived cache in front.
+//!
+//! A FIB lookup with its neighbour lookup is the largest single cost of a fast-path packet
+//! (about a third of the decapsulation program). Answers are kept for `CACHE_NS` per (port,
+//! TOS or flow label, source, destination), so a route or neighbour change reaches the fast
+//! paths within that time, and what the FIB would not answer (no route, unresolved neighbour,
+//! too big) is never cached: the kernel path keeps handling it at once.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup},
-    helpers::bpf_fib_lookup as fib_lookup,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::PerCpuArray,
+    maps::{LruHashMap, PerCpuArray},
 };
 use gre_common::maps::{Tunnel, tunnel_flags};
+
+/// How long a cached answer is used.
+const CACHE_NS: u64 = 100_000_000;
+
+/// `CacheKey::tos_or_flow` of a tunnel's own next hop: not a TOS byte nor a 20-bit flow label.
+const TUNNEL_HOP: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CacheKey {
+    ifindex: u32,
+    tos_or_flow: u32,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    ifindex: u32,
+    /// The largest packet the FIB has let through this way (it reports the MTU only when a
+    /// packet is too big).
+    fits: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    pad0: u32,
+    stamp: u64,
+}
+
+/// Recent FIB answers. Entries are replaced whole, so a reader never sees half an update.
+#[map]
+static FIB_CACHE: LruHashMap<CacheKey, CacheEntry> = LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+
+/// Per-CPU room for a cache key and a new entry: the programs' 512-byte stacks cannot spare
+/// them.
+#[repr(C)]
+struct Scratch {
+    key: CacheKey,
+    entry: CacheEntry,
+}
+
+#[map]
+static FIB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch, with the key filled in.
+#[inline(always)]
+fn scratch(ifindex: u32, tos_or_flow: u32, src: &[u8; 16], dst: &[u8; 16]) -> Option<&'static mut Scratch> {
+    let s = FIB_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot, used by one program run at a time.
+    let s = unsafe { &mut *s };
+    s.key = CacheKey { ifindex, tos_or_flow, src: *src, dst: *dst };
+    Some(s)
+}
+
+/// A fresh cached answer for `key` that lets `len` bytes through.
+#[inline(always)]
+fn cached(key: &CacheKey, len: u32) -> Option<&'static CacheEntry> {
+    // SAFETY: entries are replaced whole, never written in place.
+    let e = unsafe { FIB_CACHE.get(key) }?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    (now.wrapping_sub(e.stamp) < CACHE_NS && len <= e.fits).then_some(e)
+}
+
+#[inline(always)]
+fn remember(s: &mut Scratch, ifindex: u32, fits: u32, p: &bpf_fib_lookup) {
+    // SAFETY: helper without arguments.
+    let stamp = unsafe { bpf_ktime_get_coarse_ns() };
+    s.entry = CacheEntry { ifindex, fits, smac: p.smac, dmac: p.dmac, pad0: 0, stamp };
+    // A full cache evicts its least recently used entry; a failed insert only costs a lookup.
+    let _ = FIB_CACHE.insert(&s.key, &s.entry, 0);
+}
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -21,17 +99,25 @@ static FIB_REQUEST: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(
 #[inline(always)]
 fn request() -> Option<&'static mut bpf_fib_lookup> {
     let p = FIB_REQUEST.get_ptr_mut(0)?;
-    // SAFETY: a per-CPU slot, used by one program run at a time; all-zero is a valid skeleton.
-    unsafe {
-        core::ptr::write_bytes(p, 0, 1);
-        Some(&mut *p)
+    // Eight stores, not `write_bytes`: that becomes a call to a byte-at-a-time BPF memset.
+    const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 8;
+    let w = p.cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: within the 8-byte-aligned per-CPU slot, used by one program run at a time.
+        unsafe { w.add(i).write_volatile(0) };
     }
+    // SAFETY: as above; all-zero is a valid skeleton.
+    Some(unsafe { &mut *p })
 }
 
 /// The (source, destination) MACs toward a tunnel's `remote` on its underlay interface, when the
 /// route and the neighbour are known; `None` otherwise.
 #[inline(always)]
 pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Option<([u8; 6], [u8; 6])> {
+    let s = scratch(t.underlay_ifindex, TUNNEL_HOP, &t.local, remote)?;
+    if let Some(e) = cached(&s.key, 0) {
+        return Some((e.smac, e.dmac));
+    }
     let p = request()?;
     p.ifindex = t.underlay_ifindex;
     if t.flags & tunnel_flags::OUTER_V6 != 0 {
@@ -46,7 +132,11 @@ pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Optio
     #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
     // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.
     let r = unsafe { fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
-    (r == i64::from(BPF_FIB_LKUP_RET_SUCCESS)).then_some((p.smac, p.dmac))
+    if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return None;
+    }
+    remember(s, t.underlay_ifindex, 0, p);
+    Some((p.smac, p.dmac))
 }
 
 /// An address as the four network-order words the FIB request wants.
@@ -54,6 +144,13 @@ pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Optio
 fn words(a: &[u8; 16]) -> [u32; 4] {
     let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     [w(0), w(4), w(8), w(12)]
+}
+
+/// The largest size a (possibly stale) cached answer for `key` let through.
+#[inline(always)]
+fn key_fits(key: &CacheKey) -> u32 {
+    // SAFETY: the value is copied out at once.
+    unsafe { FIB_CACHE.get(key) }.map_or(0, |e| e.fits)
 }
 
 /// Where the kernel would forward a packet: egress port and MACs.
@@ -69,6 +166,10 @@ pub struct Forward {
 /// kernel must then handle itself.
 #[inline(always)]
 pub fn forward(ctx: *mut c_void, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_or_flow: u32, tot_len: u16, in_ifindex: u32) -> Option<Forward> {
+    let s = scratch(in_ifindex, tos_or_flow, src, dst)?;
+    if let Some(e) = cached(&s.key, u32::from(tot_len)) {
+        return Some(Forward { ifindex: e.ifindex, smac: e.smac, dmac: e.dmac });
+    }
     let p = request()?;
     p.ifindex = in_ifindex;
     p.__bindgen_anon_1.tot_len = tot_len;
@@ -89,5 +190,11 @@ pub fn forward(ctx: *mut c_void, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_o
     #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
     // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.
     let r = unsafe { fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    (r == i64::from(BPF_FIB_LKUP_RET_SUCCESS)).then_some(Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
+    if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return None;
+    }
+    // What fits this time: a hit for a larger packet asks the FIB again.
+    let fits = u32::from(tot_len).max(key_fits(&s.key));
+    remember(s, p.ifindex, fits, p);
+    Some(Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
 }

@@ -40,7 +40,7 @@ pub struct Effort {
 }
 
 /// Live frames go out in batches of this many (the kernel's default is 64).
-const BATCH: u32 = 256;
+const BATCH: u32 = 64;
 
 const A_WAN: &str = "198.51.100.1";
 const B_WAN: &str = "198.51.100.2";
@@ -170,10 +170,9 @@ impl Bench {
         Ok([n(&a, "fast_tx"), n(&b, "fast_rx"), self.sunk_after_quiet()?])
     }
 
-    /// Sends `effort.trials` × `effort.frames` copies of `frame` from the generator to `target`
-    /// (an interface of site a); returns the median ns per frame, the trials' spread, and the
-    /// frames that reached the sink.
-    fn measure(&mut self, frame: &[u8], target: &str, effort: &Effort) -> Result<Timing> {
+    /// Sends `n` copies of `frame` from the generator to `target` (an interface of site a);
+    /// returns the ns per frame and how the fast-path counters moved.
+    fn trial(&mut self, frame: &[u8], target: &str, n: u32) -> Result<(f64, [u64; 3])> {
         ensure!(frame.len() <= BENCH_HEAD && frame.len() >= 60, "bench frames are 60..={BENCH_HEAD} bytes");
         let (target, _) = link(&self.a, target)?;
         let (ingress, _) = link(&self.a, "gen0")?;
@@ -186,22 +185,10 @@ impl Bench {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&u32::try_from(frame.len())?.to_ne_bytes());
         ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-        self.fire(frame, &ctx, effort.frames / 10)?;
-        let before = self.sunk_after_quiet()?;
-        let mut per_frame = Vec::with_capacity(effort.trials);
-        for _ in 0..effort.trials {
-            let d = self.fire(frame, &ctx, effort.frames)?;
-            per_frame.push(d.as_secs_f64() * 1e9 / f64::from(effort.frames));
-        }
-        let sunk = self.sunk_after_quiet()? - before;
-        per_frame.sort_by(f64::total_cmp);
-        Ok(Timing {
-            ns: per_frame[per_frame.len() / 2],
-            low: per_frame[0],
-            high: per_frame[per_frame.len() - 1],
-            sent: effort.frames as u64 * effort.trials as u64,
-            sunk,
-        })
+        let before = self.fast()?;
+        let d = self.fire(frame, &ctx, n)?;
+        let after = self.fast()?;
+        Ok((d.as_secs_f64() * 1e9 / f64::from(n), [after[0] - before[0], after[1] - before[1], after[2] - before[2]]))
     }
 
     /// The sink's count once frames still in flight (a softirq the run left pending) are in.
@@ -224,19 +211,56 @@ impl Drop for Bench {
     }
 }
 
-/// One pipeline's timing.
-struct Timing {
-    ns: f64,
-    low: f64,
-    high: f64,
+/// One pipeline: what it sends where, and what the trials measured.
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    target: &'static str,
+    ns: Vec<f64>,
+    /// Totals over the trials: frames encapsulated and decapsulated on the fast paths, sunk.
+    counted: [u64; 3],
     sent: u64,
-    sunk: u64,
 }
 
-impl Timing {
-    fn json(&self, name: &str) -> Value {
-        json!({ "name": name, "ns_per_frame": self.ns, "low": self.low, "high": self.high, "mpps": 1e3 / self.ns, "sent": self.sent, "delivered": self.sunk })
+impl Case {
+    fn new(name: &'static str, frame: Vec<u8>, target: &'static str) -> Self {
+        Self { name, frame, target, ns: Vec::new(), counted: [0; 3], sent: 0 }
     }
+
+    fn median(&self) -> f64 {
+        let mut v = self.ns.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    fn json(&self) -> Value {
+        let (lo, hi) = self.ns.iter().fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        json!({ "name": self.name, "ns_per_frame": self.median(), "low": lo, "high": hi, "mpps": 1e3 / self.median(), "sent": self.sent, "delivered": self.counted[2] })
+    }
+}
+
+/// Runs the cases' trials interleaved (trial 1 of every case, then trial 2, …), so that a
+/// drift of the machine falls on all of them alike.
+fn measure(bench: &mut Bench, cases: &mut [Case], effort: &Effort) -> Result<()> {
+    for c in cases.iter_mut() {
+        bench.trial(&c.frame, c.target, effort.frames / 10)?;
+    }
+    for _ in 0..effort.trials {
+        for c in cases.iter_mut() {
+            let (ns, counted) = bench.trial(&c.frame, c.target, effort.frames)?;
+            c.ns.push(ns);
+            c.sent += u64::from(effort.frames);
+            for (t, d) in c.counted.iter_mut().zip(counted) {
+                *t += d;
+            }
+        }
+    }
+    for c in cases.iter() {
+        if c.counted[2] != c.sent {
+            eprintln!("warning: {}: {} of {} frames reached the sink", c.name, c.counted[2], c.sent);
+        }
+    }
+    Ok(())
 }
 
 /// The LAN host's IPv4/UDP frame as it reaches site a's LAN port: 64 bytes.
@@ -259,6 +283,33 @@ fn gre_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
     v
 }
 
+/// Run time and runs of every loaded program of these names, summed over instances.
+fn program_times(names: &[&str]) -> Result<Vec<(u64, u64)>> {
+    let mut t = vec![(0, 0); names.len()];
+    for info in aya::programs::loaded_programs() {
+        let info = info?;
+        if let Some(i) = info.name_as_str().and_then(|n| names.iter().position(|m| *m == n)) {
+            t[i].0 += u64::try_from(info.run_time().as_nanos())?;
+            t[i].1 += info.run_count();
+        }
+    }
+    Ok(t)
+}
+
+/// The programs as the kernel times them in the pipeline (BPF_ENABLE_STATS: each run is timed,
+/// which adds the same to every program): one more round of every case, stats on.
+fn program_stats(bench: &mut Bench, cases: &[Case], effort: &Effort) -> Result<Vec<(&'static str, f64)>> {
+    let names = [programs::BENCH_GEN, programs::BENCH_SINK, programs::BENCH_HOP, programs::DECAP, programs::LAN];
+    let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let before = program_times(&names)?;
+    for c in cases {
+        bench.trial(&c.frame, c.target, effort.frames)?;
+    }
+    let after = program_times(&names)?;
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds and runs")]
+    Ok(names.iter().zip(before.iter().zip(after)).map(|(n, (b, a))| (*n, (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64)).collect())
+}
+
 /// Part 2: the pipeline and its baselines; prints the table and returns the figures.
 pub fn run(bench: &mut Bench, effort: &Effort) -> Result<Value> {
     let (_, gen_mac) = link(&bench.a, "gen0")?;
@@ -266,18 +317,17 @@ pub fn run(bench: &mut Bench, effort: &Effort) -> Result<Value> {
     let (_, a_mac) = link(&bench.a, "eth0")?;
     let (_, b_mac) = link(&bench.b, "eth0")?;
     let lan = lan_frame(lan_mac, gen_mac);
-    let gre_in = gre_frame(b_mac, a_mac);
-    let drop = bench.measure(&lan, "x0", effort)?;
-    let hop = bench.measure(&lan, "y0", effort)?;
-    let c0 = bench.fast()?;
-    let decap = bench.measure(&gre_in, "eth0", effort)?;
-    let c1 = bench.fast()?;
-    let full = bench.measure(&lan, "gen0", effort)?;
-    let c2 = bench.fast()?;
+    let mut cases = [
+        Case::new("generator → sink", lan.clone(), "x0"),
+        Case::new("generator → redirect hop → sink", lan.clone(), "y0"),
+        Case::new("generator → decap → sink", gre_frame(b_mac, a_mac), "eth0"),
+        Case::new("generator → encap → decap → sink", lan, "gen0"),
+    ];
+    measure(bench, &mut cases, effort)?;
     // Only the fast paths carried frames to the sink: site b decapsulated and forwarded each
     // frame the sink got, and site a's LAN program encapsulated at least as many.
-    let fwd = |c: [u64; 3], d: [u64; 3]| [d[0] - c[0], d[1] - c[1], d[2] - c[2]];
-    let (d1, d2) = (fwd(c0, c1), fwd(c1, c2));
+    let [drop, hop, decap, full] = &cases;
+    let (d1, d2) = (decap.counted, full.counted);
     ensure!(d1[1] == d1[2], "generator → decap: {} frames reached the sink, {} through the decap fast path", d1[2], d1[1]);
     ensure!(
         d2[1] == d2[2] && d2[0] >= d2[1],
@@ -286,33 +336,31 @@ pub fn run(bench: &mut Bench, effort: &Effort) -> Result<Value> {
         d2[1],
         d2[0]
     );
-    for (name, t) in [("drop", &drop), ("hop", &hop), ("decap", &decap), ("full", &full)] {
-        if t.sunk != t.sent {
-            eprintln!("warning: {name}: {} of {} frames reached the sink", t.sunk, t.sent);
-        }
-    }
-    let redirect_hop = hop.ns - drop.ns;
-    let decap_hop = decap.ns - drop.ns;
-    let encap_hop = full.ns - decap.ns;
+    let stats = program_stats(bench, &cases, effort)?;
+    let ns_of = |name: &str| stats.iter().find(|(n, _)| *n == name).map_or(0.0, |(_, ns)| *ns);
+    let redirect_hop = hop.median() - drop.median();
+    let decap_hop = decap.median() - drop.median();
+    let encap_hop = full.median() - decap.median();
     println!("{:<44} {:>10} {:>8} {:>18}", "pipeline (live frames, one CPU)", "ns/frame", "Mpps", "trial spread (ns)");
-    for (name, t) in [
-        ("generator → sink", &drop),
-        ("generator → redirect hop → sink", &hop),
-        ("generator → decap → sink", &decap),
-        ("generator → encap → decap → sink", &full),
-    ] {
-        println!("{name:<44} {:>10.1} {:>8.2} {:>8.1} .. {:<8.1}", t.ns, 1e3 / t.ns, t.low, t.high);
+    for c in &cases {
+        let (lo, hi) = c.ns.iter().fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        println!("{:<44} {:>10.1} {:>8.2} {:>8.1} .. {:<8.1}", c.name, c.median(), 1e3 / c.median(), lo, hi);
     }
     println!("{:<44} {:>10} {:>8}", "hop", "ns", "× redirect hop");
     println!("{:<44} {:>10.1} {:>8}", "plain XDP redirect hop (baseline)", redirect_hop, "1.00");
     println!("{:<44} {:>10.1} {:>8.2}", "decap hop", decap_hop, decap_hop / redirect_hop);
     println!("{:<44} {:>10.1} {:>8.2}", "encap hop", encap_hop, encap_hop / redirect_hop);
+    println!("{:<44} {:>10} {:>14}", "program run time (kernel bpf_stats)", "ns/run", "over redirect");
+    for (name, ns) in &stats {
+        println!("{name:<44} {ns:>10.1} {:>14.1}", ns - ns_of(programs::BENCH_HOP));
+    }
     println!("({} trials × {} frames of 64 B (92 B encapsulated), batches of {BATCH}, CPU 0; medians)", effort.trials, effort.frames);
     Ok(json!({
         "frames_per_trial": effort.frames,
         "trials": effort.trials,
         "batch": BATCH,
-        "pipelines": [drop.json("generator → sink"), hop.json("generator → redirect hop → sink"), decap.json("generator → decap → sink"), full.json("generator → encap → decap → sink")],
+        "pipelines": cases.iter().map(Case::json).collect::<Vec<_>>(),
+        "program_run_ns": stats.iter().map(|(n, ns)| (n.to_string(), json!(ns))).collect::<serde_json::Map<_, _>>(),
         "hops": {
             "redirect_ns": redirect_hop,
             "decap_ns": decap_hop,
