@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gre_common::{
-    gre::{ETH_P_IPV4, ETH_P_IPV6},
+    gre::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_GRE},
     maps::{BENCH_HEAD, BenchFrame},
 };
 
@@ -58,19 +58,21 @@ pub fn gre_bench_hop(_ctx: XdpContext) -> u32 {
     BENCH_PORTS.redirect(1, 0).unwrap_or(xdp_action::XDP_ABORTED)
 }
 
-/// Counts the generator's frames (UDP over IPv4 or IPv6), not what the kernel of the sink's
-/// namespace sends on its own (neighbour discovery, MLD), and drops everything.
+/// Counts the generator's frames (UDP over IPv4 or IPv6, or GRE carrying it), not what the
+/// kernel of the sink's namespace sends on its own (neighbour discovery, MLD), and drops
+/// everything.
 #[xdp]
 pub fn gre_bench_sink(ctx: XdpContext) -> u32 {
-    let udp = match read::<24, _>(&ctx, 0) {
+    let ours = |proto: u8| proto == IPPROTO_UDP || proto == IPPROTO_GRE;
+    let counted = match read::<24, _>(&ctx, 0) {
         Some(h) => match u16::from_be_bytes([h[12], h[13]]) {
-            ETH_P_IPV4 => h[23] == IPPROTO_UDP,
-            ETH_P_IPV6 => h[20] == IPPROTO_UDP,
+            ETH_P_IPV4 => ours(h[23]),
+            ETH_P_IPV6 => ours(h[20]),
             _ => false,
         },
         None => false,
     };
-    if udp && let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+    if counted && let Some(c) = BENCH_SINK.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *c += 1 };
     }

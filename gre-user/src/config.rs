@@ -11,7 +11,7 @@ use std::{
 
 use gre_common::{
     gre,
-    maps::{MAX_ROUTES, MAX_TUNNELS},
+    maps::{MAX_PEERS, MAX_ROUTES, MAX_TUNNELS},
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,39 @@ pub struct File {
     pub peers: Vec<PeerSpec>,
     /// Prometheus metrics served by `gre daemon` (off without this table).
     pub metrics: Option<Metrics>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: the capacity of the instance's peer and route tables, fixed when it comes up
+/// (the kernel allocates as entries are added: a large limit costs only a bigger hash table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// NHRP cache entries (static and dynamic peers of all multipoint tunnels).
+    #[serde(default = "default_peers")]
+    pub peers: u32,
+    /// Overlay routes.
+    #[serde(default = "default_routes")]
+    pub routes: u32,
+}
+
+/// Largest limits accepted: the peer and route tables' hash buckets and trie nodes grow with them.
+pub const LIMIT_PEERS_MAX: u32 = 1 << 24;
+pub const LIMIT_ROUTES_MAX: u32 = 1 << 22;
+
+const fn default_peers() -> u32 {
+    MAX_PEERS
+}
+
+const fn default_routes() -> u32 {
+    MAX_ROUTES
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { peers: MAX_PEERS, routes: MAX_ROUTES }
+    }
 }
 
 /// `[metrics]`: where `gre daemon` serves Prometheus metrics (`GET /metrics`).
@@ -301,6 +334,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub peers: Vec<Peer>,
     pub metrics: Option<Metrics>,
+    pub limits: Limits,
 }
 
 /// A validated tunnel.
@@ -613,6 +647,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             nhrp: t.nhrp.as_ref().map(|n| n.get_ref().clone()),
         });
     }
+    let limits = file.limits;
+    if !(1..=LIMIT_PEERS_MAX).contains(&limits.peers) || !(1..=LIMIT_ROUTES_MAX).contains(&limits.routes) {
+        return Err(at(0..0, format!("limits: peers must be 1 to {LIMIT_PEERS_MAX} and routes 1 to {LIMIT_ROUTES_MAX}")));
+    }
     let mut routes: Vec<Route> = Vec::new();
     for r in &file.routes {
         let prefix = r.prefix.get_ref().trunc();
@@ -622,8 +660,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         if routes.iter().any(|other| other.prefix == prefix) {
             return Err(at(r.prefix.span(), format!("route {prefix} is listed twice")));
         }
-        if routes.len() >= MAX_ROUTES as usize {
-            return Err(at(r.prefix.span(), format!("more than {MAX_ROUTES} routes")));
+        if routes.len() >= file.limits.routes as usize {
+            return Err(at(r.prefix.span(), format!("more than {} routes (limits.routes)", file.limits.routes)));
         }
         let via = r.via.as_ref().map(|v| *v.get_ref());
         if let (Some(v), false) = (&r.via, tunnels[tunnel].multipoint) {
@@ -646,9 +684,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         if peers.iter().any(|q| q.tunnel == tunnel && q.overlay == overlay) {
             return Err(at(p.overlay.span(), format!("peer {overlay} is listed twice")));
         }
+        if peers.len() >= limits.peers as usize {
+            return Err(at(p.overlay.span(), format!("more than {} peers (limits.peers)", limits.peers)));
+        }
         peers.push(Peer { tunnel, overlay, nbma, multicast: p.multicast });
     }
-    Ok(Config { interfaces: file.interfaces, tunnels, routes, peers, metrics: file.metrics })
+    Ok(Config { interfaces: file.interfaces, tunnels, routes, peers, metrics: file.metrics, limits })
 }
 
 /// 1-based line and column of a byte offset.

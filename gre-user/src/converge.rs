@@ -37,6 +37,16 @@ pub async fn converge(cfg: &Config, instance: &str) -> Result<Converged> {
         let list: Vec<&str> = have.iter().map(|(n, _)| n.as_str()).collect();
         bail!("the interfaces differ from the running ones ({}): take the instance down and up to change them", list.join(", "));
     }
+    if cfg.limits != running.limits {
+        let (r, c) = (running.limits, cfg.limits);
+        bail!(
+            "limits differ from the running ones (peers {} → {}, routes {} → {}): take the instance down and up to change them",
+            r.peers,
+            c.peers,
+            r.routes,
+            c.routes
+        );
+    }
     if cfg.tunnels != running.tunnels {
         // Name each tunnel that differs and, when it runs, the settings that differ.
         let mut what = Vec::new();

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink};
-use gre_common::maps::{Peer, Tunnel, nhrp_role, peer_flags, peer_kind, programs};
+use gre_common::maps::{Peer, Tunnel, names, nhrp_role, peer_flags, peer_kind, programs};
 use log::{info, warn};
 use rtnetlink::Handle;
 
@@ -24,6 +24,29 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// Our folder in it; nothing outside it is ever touched.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/gre";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A loader of the eBPF object whose peer and route tables have the capacities `limits` asks for.
+#[must_use]
+pub fn object_loader(limits: &config::Limits) -> aya::EbpfLoader<'static> {
+    let mut loader = aya::EbpfLoader::new();
+    for name in [names::PEERS, names::NBMA_PEERS, names::PEER_STATS] {
+        loader.map_max_entries(name, limits.peers);
+    }
+    loader.map_max_entries(names::ROUTES, limits.routes);
+    loader
+}
+
+/// The limits a running instance was brought up with, read from its pinned maps.
+///
+/// # Errors
+/// A map is not pinned there.
+pub fn pinned_limits(maps_dir: &Path) -> Result<config::Limits> {
+    let capacity = |name: &str| -> Result<u32> {
+        let path = maps_dir.join(name);
+        Ok(aya::maps::MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.max_entries())
+    };
+    Ok(config::Limits { peers: capacity(names::PEERS)?, routes: capacity(names::ROUTES)? })
+}
 
 /// The pin folder of an instance.
 ///
@@ -137,7 +160,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
         undo.dir = Some(dir.to_path_buf());
     }
-    let mut ebpf = aya::EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = object_loader(&cfg.limits).load(EBPF_OBJECT).context("loading the eBPF object")?;
     let mut maps = Maps::from_ebpf(&mut ebpf, Some(&dir.join("maps")))?;
     maps.install_tail_calls(&mut ebpf)?;
 

@@ -85,6 +85,13 @@ pub async fn showconf(instance: &str) -> Result<String> {
         .collect();
 
     let mut doc = Table::new();
+    let limits = loader::pinned_limits(&dir.join("maps"))?;
+    if limits != crate::config::Limits::default() {
+        let mut l = Table::new();
+        l.insert("peers".into(), i64::from(limits.peers).into());
+        l.insert("routes".into(), i64::from(limits.routes).into());
+        doc.insert("limits".into(), Value::Table(l));
+    }
     for (key, list) in [("interface", interfaces), ("tunnel", out_tunnels), ("route", routes), ("peer", peers)] {
         if !list.is_empty() {
             doc.insert(key.into(), Value::Array(list));

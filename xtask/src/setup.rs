@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 const LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages: LLVM for bpf-linker's build, a C++ compiler for libFuzzer (cargo-fuzz), and
-/// the tools the tests and the demo run (setpriv is util-linux's).
+/// the tools the tests, the demo and the benchmarks run (setpriv is util-linux's).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "python3-scapy",
+    "iperf3",
 ];
 
 pub fn run() -> Result<()> {

@@ -47,6 +47,10 @@ const B_WAN: &str = "198.51.100.2";
 const A_HOST: [u8; 4] = [203, 0, 113, 66];
 const B_HOST: [u8; 4] = [203, 0, 113, 130];
 const KEY: u32 = 1001;
+const MP_KEY: u32 = 2000;
+const A_WAN6: &str = "2001:db8:ff::1/64";
+/// Peers' NBMA addresses (2001:db8:2000::i), routed through wan6.
+const NBMA_SPACE: &str = "2001:db8:2000::/36";
 
 /// The two sites, the baseline pairs, and the bench programs attached where they belong.
 pub struct Bench {
@@ -93,7 +97,7 @@ fn site_config(local: &str, remote: &str, overlay: &str, lan: &str) -> String {
 
 impl Bench {
     /// Builds the namespaces, brings both sites up with `gre up` and attaches the bench programs.
-    pub fn new() -> Result<Self> {
+    pub fn new(limits: (u32, u32)) -> Result<Self> {
         let home = File::open("/proc/self/ns/net").context("this namespace")?;
         let mut lab = Lab::new("gre-bench");
         let a = lab.add_ns("a")?;
@@ -106,9 +110,21 @@ impl Bench {
         lab.link((&a, "x0", "198.51.100.129/30"), (&a, "x1", "198.51.100.130/30"))?;
         lab.link((&a, "y0", "198.51.100.133/30"), (&a, "y1", "198.51.100.134/30"))?;
         lab.link((&a, "z0", "198.51.100.137/30"), (&a, "z1", "198.51.100.138/30"))?;
+        // Scale (site a alone): a multipoint tunnel over IPv6 on wan6, whose far end is a sink;
+        // what it decapsulates goes out of lan0 to gen0, a sink too.
+        lab.link((&a, "wan6", "198.51.100.149/30"), (&a, "wan6s", "198.51.100.150/30"))?;
         for ns in [&a, &b] {
             ns_sh(ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+            ns_sh(ns, &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
         }
+        let (_, wan6s_mac) = link(&a, "wan6s")?;
+        let (_, gen_mac) = link(&a, "gen0")?;
+        sh(&["ip", "-n", &a, "addr", "add", A_WAN6, "dev", "wan6", "nodad"])?;
+        sh(&["ip", "-n", &a, "addr", "add", "2001:db8:fe::1/64", "dev", "lan0", "nodad"])?;
+        sh(&["ip", "-n", &a, "neigh", "replace", "2001:db8:ff::2", "lladdr", &mac_str(wan6s_mac), "dev", "wan6", "nud", "permanent"])?;
+        sh(&["ip", "-n", &a, "neigh", "replace", "2001:db8:fe::2", "lladdr", &mac_str(gen_mac), "dev", "lan0", "nud", "permanent"])?;
+        sh(&["ip", "-n", &a, "route", "add", NBMA_SPACE, "via", "2001:db8:ff::2", "dev", "wan6"])?;
+        sh(&["ip", "-n", &a, "route", "add", "2001:db8:6000::/48", "via", "2001:db8:fe::2", "dev", "lan0"])?;
         // Every next hop known for good: the generator never gives ARP a chance.
         let (_, a_mac) = link(&a, "eth0")?;
         let (_, b_mac) = link(&b, "eth0")?;
@@ -116,7 +132,12 @@ impl Bench {
         sh(&["ip", "-n", &a, "neigh", "replace", B_WAN, "lladdr", &mac_str(b_mac), "dev", "eth0", "nud", "permanent"])?;
         sh(&["ip", "-n", &b, "neigh", "replace", A_WAN, "lladdr", &mac_str(a_mac), "dev", "eth0", "nud", "permanent"])?;
         sh(&["ip", "-n", &b, "neigh", "replace", "203.0.113.130", "lladdr", &mac_str(sink_mac), "dev", "lan0", "nud", "permanent"])?;
-        let ia = lab.gre_up(&a, "a", &site_config(A_WAN, B_WAN, "203.0.113.1", "203.0.113.128/26"))?;
+        let scale = format!(
+            "\n[[interface]]\nname = \"wan6\"\n\n[[tunnel]]\nname = \"gre1\"\ninterface = \"wan6\"\nlocal = \"2001:db8:ff::1\"\nkey = {MP_KEY}\n\
+             address = [\"2001:db8:fff::1/64\"]\n\n[limits]\npeers = {}\nroutes = {}\n",
+            limits.0, limits.1
+        );
+        let ia = lab.gre_up(&a, "a", &(site_config(A_WAN, B_WAN, "203.0.113.1", "203.0.113.128/26") + &scale))?;
         let ib = lab.gre_up(&b, "b", &site_config(B_WAN, A_WAN, "203.0.113.2", "203.0.113.64/26"))?;
 
         let mut ebpf = EbpfLoader::new().load(gre_user::EBPF_OBJECT).context("loading the eBPF object")?;
@@ -125,7 +146,7 @@ impl Bench {
             gre_user::loader::load(|| p.load()).with_context(|| format!("loading {name}"))?;
         }
         let mut bench = Self { ebpf, _lab: lab, a, b, instances: (ia, ib), home };
-        bench.attach(&bench.a.clone(), programs::BENCH_SINK, &["x1", "z1"])?;
+        bench.attach(&bench.a.clone(), programs::BENCH_SINK, &["x1", "z1", "wan6s", "gen0"])?;
         bench.attach(&bench.a.clone(), programs::BENCH_HOP, &["y1"])?;
         bench.attach(&bench.b.clone(), programs::BENCH_SINK, &["sink0"])?;
         enter(&bench.a)?;
@@ -161,22 +182,22 @@ impl Bench {
         Ok(m.get(&0, 0)?.iter().sum())
     }
 
-    /// Fast-path counters: what site a's LAN program encapsulated, what site b decapsulated
-    /// and forwarded itself, and what reached the sink.
-    fn fast(&self) -> Result<[u64; 3]> {
+    /// Fast-path counters (indexed by `ENCAPSULATED` … `SUNK`).
+    fn fast(&self) -> Result<[u64; 5]> {
         let a = gre::show(&self.a, &self.instances.0)?;
         let b = gre::show(&self.b, &self.instances.1)?;
-        let n = |v: &Value, k: &str| v["tunnels"][0][k].as_u64().unwrap_or(0);
-        Ok([n(&a, "fast_tx"), n(&b, "fast_rx"), self.sunk_after_quiet()?])
+        let n = |v: &Value, t: usize, k: &str| v["tunnels"][t][k].as_u64().unwrap_or(0);
+        Ok([n(&a, 0, "fast_tx"), n(&b, 0, "fast_rx"), n(&a, 1, "fast_tx"), n(&a, 1, "fast_rx"), self.sunk_after_quiet()?])
     }
 
     /// Sends `n` copies of `frame` from the generator to `target` (an interface of site a);
     /// returns the ns per frame and how the fast-path counters moved.
-    fn trial(&mut self, frame: &[u8], target: &str, n: u32) -> Result<(f64, [u64; 3])> {
+    fn trial(&mut self, frame: &[u8], target: &str, spread: Spread, n: u32) -> Result<(f64, [u64; 5])> {
         ensure!(frame.len() <= BENCH_HEAD && frame.len() >= 60, "bench frames are 60..={BENCH_HEAD} bytes");
         let (target, _) = link(&self.a, target)?;
         let (ingress, _) = link(&self.a, "gen0")?;
-        let mut f = BenchFrame { head: [0; BENCH_HEAD], len: u32::try_from(frame.len())?, spread: 0, spread_base: 0, spread_at: 0 };
+        let mut f =
+            BenchFrame { head: [0; BENCH_HEAD], len: u32::try_from(frame.len())?, spread: spread.count, spread_base: spread.base, spread_at: spread.at };
         f.head[..frame.len()].copy_from_slice(frame);
         Array::try_from(self.ebpf.map_mut("BENCH_FRAME").context("BENCH_FRAME")?)?.set(0, f, 0)?;
         DevMap::try_from(self.ebpf.map_mut("BENCH_PORTS").context("BENCH_PORTS")?)?.set(0, target, None, 0)?;
@@ -188,7 +209,7 @@ impl Bench {
         let before = self.fast()?;
         let d = self.fire(frame, &ctx, n)?;
         let after = self.fast()?;
-        Ok((d.as_secs_f64() * 1e9 / f64::from(n), [after[0] - before[0], after[1] - before[1], after[2] - before[2]]))
+        Ok((d.as_secs_f64() * 1e9 / f64::from(n), std::array::from_fn(|i| after[i] - before[i])))
     }
 
     /// The sink's count once frames still in flight (a softirq the run left pending) are in.
@@ -211,20 +232,38 @@ impl Drop for Bench {
     }
 }
 
+/// Counters of `Bench::fast`: site a's LAN program encapsulated (point to point), site b
+/// decapsulated and forwarded; the multipoint tunnel encapsulated, decapsulated; the sinks got.
+const ENCAPSULATED: usize = 0;
+const DECAPSULATED: usize = 1;
+const MP_ENCAPSULATED: usize = 2;
+const MP_DECAPSULATED: usize = 3;
+const SUNK: usize = 4;
+
+/// Which destination the generator draws at random for each frame: the big-endian u32 at
+/// `at` becomes `base + random % count` (nothing is drawn when `count` is 0 or 1).
+#[derive(Clone, Copy, Default)]
+struct Spread {
+    at: u32,
+    base: u32,
+    count: u32,
+}
+
 /// One pipeline: what it sends where, and what the trials measured.
 struct Case {
-    name: &'static str,
+    name: String,
     frame: Vec<u8>,
     target: &'static str,
+    spread: Spread,
     ns: Vec<f64>,
-    /// Totals over the trials: frames encapsulated and decapsulated on the fast paths, sunk.
-    counted: [u64; 3],
+    /// Totals over the trials of `Bench::fast`'s counters.
+    counted: [u64; 5],
     sent: u64,
 }
 
 impl Case {
-    fn new(name: &'static str, frame: Vec<u8>, target: &'static str) -> Self {
-        Self { name, frame, target, ns: Vec::new(), counted: [0; 3], sent: 0 }
+    fn new(name: impl Into<String>, frame: Vec<u8>, target: &'static str) -> Self {
+        Self { name: name.into(), frame, target, spread: Spread::default(), ns: Vec::new(), counted: [0; 5], sent: 0 }
     }
 
     fn median(&self) -> f64 {
@@ -235,7 +274,7 @@ impl Case {
 
     fn json(&self) -> Value {
         let (lo, hi) = self.ns.iter().fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
-        json!({ "name": self.name, "ns_per_frame": self.median(), "low": lo, "high": hi, "mpps": 1e3 / self.median(), "sent": self.sent, "delivered": self.counted[2] })
+        json!({ "name": self.name, "ns_per_frame": self.median(), "low": lo, "high": hi, "mpps": 1e3 / self.median(), "sent": self.sent, "delivered": self.counted[SUNK] })
     }
 }
 
@@ -243,11 +282,11 @@ impl Case {
 /// drift of the machine falls on all of them alike.
 fn measure(bench: &mut Bench, cases: &mut [Case], effort: &Effort) -> Result<()> {
     for c in cases.iter_mut() {
-        bench.trial(&c.frame, c.target, effort.frames / 10)?;
+        bench.trial(&c.frame, c.target, c.spread, effort.frames / 10)?;
     }
     for _ in 0..effort.trials {
         for c in cases.iter_mut() {
-            let (ns, counted) = bench.trial(&c.frame, c.target, effort.frames)?;
+            let (ns, counted) = bench.trial(&c.frame, c.target, c.spread, effort.frames)?;
             c.ns.push(ns);
             c.sent += u64::from(effort.frames);
             for (t, d) in c.counted.iter_mut().zip(counted) {
@@ -256,8 +295,8 @@ fn measure(bench: &mut Bench, cases: &mut [Case], effort: &Effort) -> Result<()>
         }
     }
     for c in cases.iter() {
-        if c.counted[2] != c.sent {
-            eprintln!("warning: {}: {} of {} frames reached the sink", c.name, c.counted[2], c.sent);
+        if c.counted[SUNK] != c.sent {
+            eprintln!("warning: {}: {} of {} frames reached the sink", c.name, c.counted[SUNK], c.sent);
         }
     }
     Ok(())
@@ -303,7 +342,7 @@ fn program_stats(bench: &mut Bench, cases: &[Case], effort: &Effort) -> Result<V
     let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let before = program_times(&names)?;
     for c in cases {
-        bench.trial(&c.frame, c.target, effort.frames)?;
+        bench.trial(&c.frame, c.target, c.spread, effort.frames)?;
     }
     let after = program_times(&names)?;
     #[expect(clippy::cast_precision_loss, reason = "nanoseconds and runs")]
@@ -328,13 +367,13 @@ pub fn run(bench: &mut Bench, effort: &Effort) -> Result<Value> {
     // frame the sink got, and site a's LAN program encapsulated at least as many.
     let [drop, hop, decap, full] = &cases;
     let (d1, d2) = (decap.counted, full.counted);
-    ensure!(d1[1] == d1[2], "generator → decap: {} frames reached the sink, {} through the decap fast path", d1[2], d1[1]);
+    ensure!(d1[DECAPSULATED] == d1[SUNK], "generator → decap: {} frames reached the sink, {} through the decap fast path", d1[SUNK], d1[DECAPSULATED]);
     ensure!(
-        d2[1] == d2[2] && d2[0] >= d2[1],
+        d2[DECAPSULATED] == d2[SUNK] && d2[ENCAPSULATED] >= d2[DECAPSULATED],
         "whole pipeline: {} frames reached the sink, {} decapsulated and {} encapsulated on the fast paths",
-        d2[2],
-        d2[1],
-        d2[0]
+        d2[SUNK],
+        d2[DECAPSULATED],
+        d2[ENCAPSULATED]
     );
     let stats = program_stats(bench, &cases, effort)?;
     let ns_of = |name: &str| stats.iter().find(|(n, _)| *n == name).map_or(0.0, |(_, ns)| *ns);
@@ -369,4 +408,134 @@ pub fn run(bench: &mut Bench, effort: &Effort) -> Result<Value> {
             "encap_ratio": encap_hop / redirect_hop,
         },
     }))
+}
+
+/// An IPv6/UDP frame of 80 bytes from `src` to `dst`.
+fn frame6(dst_mac: [u8; 6], src_mac: [u8; 6], src: &str, dst: &str) -> Vec<u8> {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(a(src), a(dst), 64).udp(4000, 5000).write(&mut v, &[0u8; 18]).unwrap();
+    v
+}
+
+/// The same inner packet in GRE (key `MP_KEY`) over IPv6 from `nbma` to site a's `wan6`: 128
+/// bytes.
+fn gre6_frame(dst_mac: [u8; 6], src_mac: [u8; 6], nbma: &str) -> Vec<u8> {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let mut inner = Vec::new();
+    PacketBuilder::ipv6(a("2001:db8:5000::1"), a("2001:db8:6000::1"), 64).udp(4000, 5000).write(&mut inner, &[0u8; 18]).unwrap();
+    let mut gre = vec![0x20, 0x00, 0x86, 0xdd];
+    gre.extend_from_slice(&MP_KEY.to_be_bytes());
+    gre.extend_from_slice(&inner);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(a(nbma), a("2001:db8:ff::1"), 64).write(&mut v, etherparse::IpNumber::GRE, &gre).unwrap();
+    v
+}
+
+/// Offsets in the frames above of the low 32 bits of the inner destination, of the /96 route
+/// index in it, and of the low 32 bits of the outer source.
+const DST_LOW: u32 = 14 + 24 + 12;
+const DST_ROUTE: u32 = 14 + 24 + 8;
+const OUTER_SRC_LOW: u32 = 14 + 8 + 12;
+
+fn v6(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+/// Peer `i` (from 1): overlay 2001:db8:1000::i, NBMA 2001:db8:2000::i.
+fn peer_addr(prefix: u16, i: u32) -> std::net::IpAddr {
+    #[expect(clippy::cast_possible_truncation, reason = "the halves of a u32")]
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, prefix, 0, 0, 0, (i >> 16) as u16, i as u16).into()
+}
+
+/// Part 3: the multipoint tunnel's encapsulation and decapsulation hops with 1 … 1M peers (the
+/// destination, or the sending NBMA address, drawn at random among them for each frame), and
+/// the encapsulation hop with 1 … 100k overlay routes (the destination drawn among the routes).
+pub fn run_scale(bench: &mut Bench, effort: &Effort, peer_counts: &[u32], route_counts: &[u32]) -> Result<Value> {
+    let (_, gen_mac) = link(&bench.a, "gen0")?;
+    let (_, lan_mac) = link(&bench.a, "lan0")?;
+    let (_, wan6_mac) = link(&bench.a, "wan6")?;
+    let (_, wan6s_mac) = link(&bench.a, "wan6s")?;
+    let dir = std::path::Path::new(gre_user::loader::PIN_ROOT).join(&bench.instances.0).join("maps");
+    let mut maps = gre_user::maps::Maps::open_pinned(&dir)?;
+    let mp = maps.tunnels()?.into_iter().find(|(_, t)| t.flags & gre_common::maps::tunnel_flags::MULTIPOINT != 0).context("the multipoint tunnel")?.0;
+    maps.add_route("2001:db8:1000::/36".parse()?, mp, None)?;
+    let drop6 = frame6(lan_mac, gen_mac, "2001:db8:5000::1", "2001:db8:1000::1");
+    let gre6 = gre6_frame(wan6_mac, wan6s_mac, "2001:db8:2000::1");
+    let peer = |i: u32| gre_common::maps::Peer {
+        nbma: gre_user::maps::store_addr(peer_addr(0x2000, i)),
+        kind: gre_common::maps::peer_kind::STATIC,
+        ..gre_common::maps::Peer::default()
+    };
+
+    let mut rows = Vec::new();
+    let mut filled = 0;
+    println!("{:<28} {:>12} {:>10} {:>12} {:>10}", "multipoint, IPv6", "encap hop ns", "× 1 peer", "decap hop ns", "× 1 peer");
+    let mut first: Option<(f64, f64)> = None;
+    for &n in peer_counts {
+        for i in filled + 1..=n {
+            maps.set_peer(mp, peer_addr(0x1000, i), &peer(i)).with_context(|| format!("adding peer {i}"))?;
+        }
+        filled = filled.max(n);
+        let mut cases = [
+            Case::new("generator → sink", drop6.clone(), "x0"),
+            Case::new(format!("encap, {n} peers"), drop6.clone(), "gen0"),
+            Case::new(format!("decap, {n} peers"), gre6.clone(), "wan6s"),
+        ];
+        cases[1].spread = Spread { at: DST_LOW, base: 1, count: n };
+        cases[2].spread = Spread { at: OUTER_SRC_LOW, base: 1, count: n };
+        measure(bench, &mut cases, effort)?;
+        let [floor, encap, decap] = &cases;
+        ensure!(
+            encap.counted[MP_ENCAPSULATED] == encap.counted[SUNK],
+            "{}: {} frames sunk, {} encapsulated on the fast path",
+            encap.name,
+            encap.counted[SUNK],
+            encap.counted[MP_ENCAPSULATED]
+        );
+        ensure!(
+            decap.counted[MP_DECAPSULATED] == decap.counted[SUNK],
+            "{}: {} frames sunk, {} decapsulated on the fast path",
+            decap.name,
+            decap.counted[SUNK],
+            decap.counted[MP_DECAPSULATED]
+        );
+        let (e, d) = (encap.median() - floor.median(), decap.median() - floor.median());
+        let (e1, d1) = *first.get_or_insert((e, d));
+        println!("{:<28} {e:>12.1} {:>10.2} {d:>12.1} {:>10.2}", format!("{n} peers"), e / e1, d / d1);
+        rows.push(json!({ "peers": n, "encap_hop_ns": e, "encap_ratio": e / e1, "decap_hop_ns": d, "decap_ratio": d / d1, "pipelines": cases.iter().map(Case::json).collect::<Vec<_>>() }));
+    }
+
+    let mut route_rows = Vec::new();
+    let mut first: Option<f64> = None;
+    let mut added = 0;
+    println!("{:<28} {:>12} {:>10}", "overlay routes, IPv6", "encap hop ns", "× 1 route");
+    for &n in route_counts {
+        for i in added..n {
+            #[expect(clippy::cast_possible_truncation, reason = "the halves of a u32")]
+            let prefix = ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x3000, 0, (i >> 16) as u16, i as u16, 0, 0), 96)?;
+            maps.add_route(prefix.into(), mp, Some(v6("2001:db8:1000::1"))).with_context(|| format!("adding route {i}"))?;
+        }
+        added = added.max(n);
+        let mut cases = [
+            Case::new("generator → sink", drop6.clone(), "x0"),
+            Case::new(format!("encap, {n} routes"), frame6(lan_mac, gen_mac, "2001:db8:5000::1", "2001:db8:3000::1"), "gen0"),
+        ];
+        cases[1].spread = Spread { at: DST_ROUTE, base: 0, count: n };
+        measure(bench, &mut cases, effort)?;
+        let [floor, encap] = &cases;
+        ensure!(
+            encap.counted[MP_ENCAPSULATED] == encap.counted[SUNK],
+            "{}: {} frames sunk, {} encapsulated on the fast path",
+            encap.name,
+            encap.counted[SUNK],
+            encap.counted[MP_ENCAPSULATED]
+        );
+        let e = encap.median() - floor.median();
+        let e1 = *first.get_or_insert(e);
+        println!("{:<28} {e:>12.1} {:>10.2}", format!("{n} routes"), e / e1);
+        route_rows.push(json!({ "routes": n, "encap_hop_ns": e, "encap_ratio": e / e1, "pipelines": cases.iter().map(Case::json).collect::<Vec<_>>() }));
+    }
+    println!("(hop = pipeline − generator → sink of the same round; destinations or sources drawn at random per frame)");
+    Ok(json!({ "peers": rows, "routes": route_rows }))
 }
