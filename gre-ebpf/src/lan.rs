@@ -53,7 +53,8 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
         (dst, (Inner { ethertype, tos: h[1], ttl: h[8], df: h[6] & 0x40 != 0, flowlabel: 0, src, dst }, len))
     };
     let (mut inner, inner_len) = inner;
-    let Some(id) = ROUTES.get(Key::new(128, dst)).map(|r| r.tunnel) else { return Ok(PASS) };
+    let Some(route) = ROUTES.get(Key::new(128, dst)) else { return Ok(PASS) };
+    let id = route.tunnel;
     let Some(t) = TUNNELS.get(id) else { return Ok(PASS) };
     // Left to the kernel: gretap (LAN frames are bridged, not routed), packets too big for the
     // tunnel (ICMP or fragments), TTL about to expire (ICMP), unknown underlay next hop (ARP/ND).
@@ -62,7 +63,8 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
     }
     // Multipoint: only a resolved peer; the kernel path sends the rest through the NHS.
     let remote = if t.flags & tunnel_flags::MULTIPOINT != 0 {
-        let Some(nbma) = peers::lookup(id, &peers::next_hop(id, &dst)) else { return Ok(PASS) };
+        // The route is the one just found: no second lookup.
+        let Some(nbma) = peers::lookup(id, &peers::hop_of(route, &dst)) else { return Ok(PASS) };
         nbma
     } else {
         t.remote

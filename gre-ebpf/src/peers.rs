@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use gre_common::{
     addr::Addr,
     drop,
-    maps::{Event, PeerKey, Tunnel, event_kind, nhrp_role, peer_kind},
+    maps::{Event, PeerKey, Route, Tunnel, event_kind, nhrp_role, peer_kind},
 };
 
 use crate::maps::{EVENTS, PEERS, RESOLUTION_ASKED, ROUTES};
@@ -19,9 +19,15 @@ const SECOND: u64 = 1_000_000_000;
 #[inline(always)]
 pub fn next_hop(id: u32, dst: &Addr) -> Addr {
     match ROUTES.get(Key::new(128, *dst)) {
-        Some(r) if r.tunnel == id && r.nexthop != ZERO => r.nexthop,
+        Some(r) if r.tunnel == id => hop_of(r, dst),
         _ => *dst,
     }
+}
+
+/// The overlay next hop of `route` (the route toward `dst`, already looked up).
+#[inline(always)]
+pub fn hop_of(route: &Route, dst: &Addr) -> Addr {
+    if route.nexthop == ZERO { *dst } else { route.nexthop }
 }
 
 /// The NBMA address of a resolved peer, refreshing its `used` time at most once a second.

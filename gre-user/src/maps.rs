@@ -341,11 +341,29 @@ impl Maps {
         let users = self.nbma_peers.get(&nbma, 0).unwrap_or(0);
         self.nbma_peers.insert(nbma, users + 1, 0).context("indexing the peer's NBMA address (NBMA_PEERS is full?)")?;
         if users == 0 && self.peer_stats.get(&nbma, 0).is_err() {
-            let zero = PerCpuValues::try_from(vec![PeerStats::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?])?;
-            self.peer_stats.insert(nbma, zero, 0).context("adding the peer's counters (PEER_STATS is full?)")?;
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            // Per-CPU values come from a cache the kernel refills in the background: a burst of
+            // new peers can find it empty for a moment (ENOMEM). Give it that moment.
+            let mut tries = 0;
+            loop {
+                match self.peer_stats.insert(nbma, PerCpuValues::try_from(vec![PeerStats::default(); cpus])?, 0) {
+                    Ok(()) => break,
+                    Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOMEM) && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(e).context("adding the peer's counters (PEER_STATS is full?)"),
+                }
+            }
         }
         // Registrations are refreshed every holdtime/3: rebuild the list only when it can change.
-        if old.is_none_or(|o| in_multicast(&o) != in_multicast(&peer) || o.nbma != peer.nbma && in_multicast(&peer)) {
+        // (A new peer outside the multicast list changes nothing: no walk of the whole table,
+        // which made adding N peers take N² steps.)
+        let changed = match old {
+            None => in_multicast(&peer),
+            Some(o) => in_multicast(&o) != in_multicast(&peer) || o.nbma != peer.nbma && in_multicast(&peer),
+        };
+        if changed {
             self.refresh_multicast(id)?;
         }
         Ok(())

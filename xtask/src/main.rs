@@ -53,9 +53,14 @@ enum Task {
     },
     /// Regenerate the man pages and shell completions in docs/ from the `gre` command line.
     Man,
-    /// Measure the datapath: program cost per packet against an empty program (prints a table,
+    /// Measure the datapath against baselines of the same run: program cost, pipeline
+    /// throughput with live frames, scale with peers and routes, TCP goodput (prints tables,
     /// writes target/bench.json).
-    Bench,
+    Bench {
+        /// One part only: cost, pipeline, scale or goodput.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Fuzz the NHRP decoder (cargo-fuzz, libFuzzer) from the seed corpus.
     Fuzz {
         /// How long to run.
@@ -93,14 +98,15 @@ fn main() -> Result<()> {
             let gre = build(false)?;
             test(cargo().args(["test", "--no-fail-fast"]).arg("--").args(&args).env("GRE_BIN", gre))?;
             fuzz(TEST_FUZZ_SECONDS)?;
-            // A smoke run: the benchmarks run, on the success paths (they check it); no number
-            // fails anything.
-            bench()
+            // A smoke run: the benchmarks run, on the success paths (they check it), with fewer
+            // frames; no number fails anything.
+            bench(&["--quick"])
         }
-        Task::Bench => {
+        Task::Bench { only } => {
             setup::run()?;
             build(false)?;
-            bench()
+            let only: Vec<&str> = only.as_deref().map(|o| vec!["--only", o]).unwrap_or_default();
+            bench(&only)
         }
         Task::Man => {
             let gre = build(false)?;
@@ -169,8 +175,8 @@ fn test(cmd: &mut Command) -> Result<()> {
 }
 
 /// Runs the benchmarks (root: they load programs into a namespace of their own).
-fn bench() -> Result<()> {
-    run(cargo().args(["run", "--quiet", "-p", "gre-tests", "--bin", "gre-bench"]))
+fn bench(args: &[&str]) -> Result<()> {
+    run(cargo().args(["run", "--quiet", "-p", "gre-tests", "--bin", "gre-bench", "--"]).args(args))
 }
 
 /// Runs the fuzz target on nightly. New inputs libFuzzer finds go to a scratch corpus, so the

@@ -12,6 +12,20 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("the benchmarks load eBPF programs into namespaces of their own: run them as root (cargo xtask bench)");
     }
+    // Interrupted: take down what this run made (its namespaces and instances share a prefix)
+    // before leaving, as the labs would have on their way out.
+    ctrlc::set_handler(|| {
+        eprintln!("\ninterrupted: cleaning up");
+        let me = std::process::id();
+        let listed = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        for ns in listed.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ["gre-bench", "gre-goodput"].iter().any(|tag| ns.starts_with(&format!("{tag}-{me}-"))) {
+                let _ = gre_tests::gre::run(ns, ns, &["down"]);
+                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+        std::process::exit(130);
+    })?;
     let quick = std::env::args().any(|a| a == "--quick");
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);

@@ -184,9 +184,11 @@ impl Bench {
 
     /// Fast-path counters (indexed by `ENCAPSULATED` … `SUNK`).
     fn fast(&self) -> Result<[u64; 5]> {
-        let a = gre::show(&self.a, &self.instances.0)?;
-        let b = gre::show(&self.b, &self.instances.1)?;
-        let n = |v: &Value, t: usize, k: &str| v["tunnels"][t][k].as_u64().unwrap_or(0);
+        // The tunnels only: `show` would list every peer too.
+        let tunnels = |ns: &str, instance: &str| -> Result<Value> { Ok(serde_json::from_str(&gre::run(ns, instance, &["show", "tunnels", "-j"])?)?) };
+        let a = tunnels(&self.a, &self.instances.0)?;
+        let b = tunnels(&self.b, &self.instances.1)?;
+        let n = |v: &Value, t: usize, k: &str| v[t][k].as_u64().unwrap_or(0);
         Ok([n(&a, 0, "fast_tx"), n(&b, 0, "fast_rx"), n(&a, 1, "fast_tx"), n(&a, 1, "fast_rx"), self.sunk_after_quiet()?])
     }
 
