@@ -297,6 +297,12 @@ pub struct Peer {
     pub expires: u64,
     /// Last time the datapath sent to it (bpf_ktime_get_ns, refreshed at most once a second).
     pub used_ns: u64,
+    /// The underlay next hop toward `nbma` as the datapath last found it in the FIB (source
+    /// and destination MAC), and when (bpf_ktime_get_coarse_ns; 0: not yet). Kept here rather
+    /// than in a cache of its own so that a hub with many spokes finds it with the peer.
+    pub hop_macs: [u8; 12],
+    pub pad1: u32,
+    pub hop_ns: u64,
 }
 
 /// An NBMA address of a multipoint tunnel's peers (strict mode: who may send to us).
@@ -497,7 +503,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
         assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16);
         assert_eq!(core::mem::size_of::<PeerKey>(), 24);
-        assert_eq!(core::mem::size_of::<Peer>(), 40);
+        assert_eq!(core::mem::size_of::<Peer>(), 64);
         assert_eq!(core::mem::size_of::<Route>(), 24);
         assert_eq!(core::mem::size_of::<Event>(), 56);
         assert_eq!(core::mem::size_of::<NhrpPunt>(), 48 + NHRP_PUNT_MAX);

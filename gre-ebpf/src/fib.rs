@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use gre_common::maps::{Tunnel, tunnel_flags};
+use gre_common::maps::{Peer, Tunnel, tunnel_flags};
 
 /// How long a cached answer is used.
 const CACHE_NS: u64 = 100_000_000;
@@ -80,10 +80,10 @@ fn cached(key: &CacheKey, len: u32) -> Option<&'static CacheEntry> {
 }
 
 #[inline(always)]
-fn remember(s: &mut Scratch, ifindex: u32, fits: u32, p: &bpf_fib_lookup) {
+fn remember(s: &mut Scratch, ifindex: u32, fits: u32, smac: [u8; 6], dmac: [u8; 6]) {
     // SAFETY: helper without arguments.
     let stamp = unsafe { bpf_ktime_get_coarse_ns() };
-    s.entry = CacheEntry { ifindex, fits, smac: p.smac, dmac: p.dmac, pad0: 0, stamp };
+    s.entry = CacheEntry { ifindex, fits, smac, dmac, pad0: 0, stamp };
     // A full cache evicts its least recently used entry; a failed insert only costs a lookup.
     let _ = FIB_CACHE.insert(&s.key, &s.entry, 0);
 }
@@ -118,6 +118,14 @@ pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Optio
     if let Some(e) = cached(&s.key, 0) {
         return Some((e.smac, e.dmac));
     }
+    let r = ask(ctx, t, remote)?;
+    remember(s, t.underlay_ifindex, 0, r.0, r.1);
+    Some(r)
+}
+
+/// The FIB's answer for a tunnel's `remote`, uncached.
+#[inline(always)]
+fn ask(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Option<([u8; 6], [u8; 6])> {
     let p = request()?;
     p.ifindex = t.underlay_ifindex;
     if t.flags & tunnel_flags::OUTER_V6 != 0 {
@@ -132,11 +140,33 @@ pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Optio
     #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
     // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.
     let r = unsafe { fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) };
-    if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return None;
+    (r == i64::from(BPF_FIB_LKUP_RET_SUCCESS)).then_some((p.smac, p.dmac))
+}
+
+/// The (source, destination) MACs toward multipoint peer `p` on the tunnel's underlay: kept in
+/// the peer's entry for `CACHE_NS`, asked of the FIB otherwise. The entry is written in place
+/// (MACs, then time) by whichever CPU finds it stale; what it writes is nearly always what was
+/// there, so a reader on another CPU at that moment still reads a valid next hop.
+#[inline(always)]
+pub fn peer_next_hop(ctx: *mut c_void, t: &Tunnel, p: *mut Peer) -> Option<([u8; 6], [u8; 6])> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: `p` is a peer map value; see above for concurrent writers.
+    unsafe {
+        if now.wrapping_sub((*p).hop_ns) < CACHE_NS {
+            let m = (*p).hop_macs;
+            return Some(([m[0], m[1], m[2], m[3], m[4], m[5]], [m[6], m[7], m[8], m[9], m[10], m[11]]));
+        }
     }
-    remember(s, t.underlay_ifindex, 0, p);
-    Some((p.smac, p.dmac))
+    // SAFETY: as above.
+    let nbma = unsafe { (*p).nbma };
+    let r = ask(ctx, t, &nbma)?;
+    // SAFETY: as above.
+    unsafe {
+        (*p).hop_macs = [r.0[0], r.0[1], r.0[2], r.0[3], r.0[4], r.0[5], r.1[0], r.1[1], r.1[2], r.1[3], r.1[4], r.1[5]];
+        (*p).hop_ns = now;
+    }
+    Some(r)
 }
 
 /// An address as the four network-order words the FIB request wants.
@@ -195,6 +225,6 @@ pub fn forward(ctx: *mut c_void, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_o
     }
     // What fits this time: a hit for a larger packet asks the FIB again.
     let fits = u32::from(tot_len).max(key_fits(&s.key));
-    remember(s, p.ifindex, fits, p);
+    remember(s, p.ifindex, fits, p.smac, p.dmac);
     Some(Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
 }

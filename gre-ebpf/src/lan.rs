@@ -61,15 +61,17 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
     if t.flags & tunnel_flags::TEB != 0 || inner_len > t.mtu as usize || inner_len + ETH_HLEN > ctx.len() || inner.ttl <= 1 {
         return Ok(PASS);
     }
-    // Multipoint: only a resolved peer; the kernel path sends the rest through the NHS.
-    let remote = if t.flags & tunnel_flags::MULTIPOINT != 0 {
+    // Multipoint: only a resolved peer, whose entry also keeps its underlay next hop; the kernel
+    // path sends the rest through the NHS.
+    let (remote, hop) = if t.flags & tunnel_flags::MULTIPOINT != 0 {
         // The route is the one just found: no second lookup.
-        let Some(nbma) = peers::lookup(id, &peers::hop_of(route, &dst)) else { return Ok(PASS) };
-        nbma
+        let Some(p) = peers::entry(id, &peers::hop_of(route, &dst)) else { return Ok(PASS) };
+        // SAFETY: a peer map value, read at once.
+        (unsafe { (*p).nbma }, fib::peer_next_hop(ctx.ctx.cast(), t, p))
     } else {
-        t.remote
+        (t.remote, fib::tunnel_next_hop(ctx.ctx.cast(), t, &t.remote))
     };
-    let Some((smac, dmac)) = fib::tunnel_next_hop(ctx.ctx.cast(), t, &remote) else { return Ok(PASS) };
+    let Some((smac, dmac)) = hop else { return Ok(PASS) };
     if PORTS.get(t.underlay_ifindex).is_none() {
         return Ok(PASS);
     }

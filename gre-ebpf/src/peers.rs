@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use gre_common::{
     addr::Addr,
     drop,
-    maps::{Event, PeerKey, Route, Tunnel, event_kind, nhrp_role, peer_kind},
+    maps::{Event, Peer, PeerKey, Route, Tunnel, event_kind, nhrp_role, peer_kind},
 };
 
 use crate::maps::{EVENTS, PEERS, RESOLUTION_ASKED, ROUTES};
@@ -33,6 +33,13 @@ pub fn hop_of(route: &Route, dst: &Addr) -> Addr {
 /// The NBMA address of a resolved peer, refreshing its `used` time at most once a second.
 #[inline(always)]
 pub fn lookup(id: u32, overlay: &Addr) -> Option<Addr> {
+    // SAFETY: a map value read at once.
+    entry(id, overlay).map(|p| unsafe { (*p).nbma })
+}
+
+/// The entry of a resolved peer, its `used` time refreshed at most once a second.
+#[inline(always)]
+pub fn entry(id: u32, overlay: &Addr) -> Option<*mut Peer> {
     let key = PeerKey { tunnel: id, pad0: 0, overlay: *overlay };
     let p = PEERS.get_ptr_mut(&key)?;
     // SAFETY: a map value; `used_ns` is advisory, a racing write is harmless.
@@ -44,8 +51,8 @@ pub fn lookup(id: u32, overlay: &Addr) -> Option<Addr> {
         if now.wrapping_sub((*p).used_ns) > SECOND {
             (*p).used_ns = now;
         }
-        Some((*p).nbma)
     }
+    Some(p)
 }
 
 /// True if `overlay` is a resolved peer of tunnel `id`.

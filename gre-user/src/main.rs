@@ -234,7 +234,7 @@ async fn run(cli: Cli) -> Result<()> {
             log::info!("instance {} is down", cli.instance);
         }
         Command::Show { part, json, pretty } => {
-            let r = show::report(&cli.instance)?;
+            let r = show::report_of(&cli.instance, part)?;
             if pretty {
                 println!("{}", serde_json::to_string_pretty(&show::json(&r, part)?)?);
             } else if json {

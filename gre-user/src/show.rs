@@ -235,6 +235,16 @@ pub struct TunnelReport {
 /// # Errors
 /// The instance is not up or its maps cannot be read.
 pub fn report(instance: &str) -> Result<Report> {
+    report_of(instance, None)
+}
+
+/// Reads what `part` shows (everything for `None`) into a report; the rest is left empty, so
+/// that the tunnels of a hub with a million peers are shown without reading the peers.
+///
+/// # Errors
+/// The instance is not up or its maps cannot be read.
+pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
+    let wants = |p: Part| part.is_none_or(|q| q == p);
     let dir = loader::running_dir(instance)?;
     let maps = Maps::open_pinned(&dir.join("maps"))?;
     let mut tunnels = Vec::new();
@@ -288,8 +298,7 @@ pub fn report(instance: &str) -> Result<Report> {
         });
     }
     let drops = maps.drops()?.into_iter().map(|(n, v)| (n.to_string(), v.into())).collect();
-    let routes = maps
-        .routes()
+    let routes = if wants(Part::Routes) { maps.routes() } else { Vec::new() }
         .into_iter()
         .map(|(prefix, id, via)| RouteReport {
             prefix: prefix.to_string(),
@@ -301,8 +310,7 @@ pub fn report(instance: &str) -> Result<Report> {
     // The datapath's clock (bpf_ktime_get_ns).
     let monotonic_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map_or(0, |t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0));
-    let mut peers: Vec<PeerReport> = maps
-        .peers()
+    let mut peers: Vec<PeerReport> = if wants(Part::Peers) { maps.peers() } else { Vec::new() }
         .into_iter()
         .map(|(id, overlay, p)| (maps.peer_stats(id, &p.nbma), id, overlay, p))
         .map(|(c, id, overlay, p)| PeerReport {
@@ -329,7 +337,7 @@ pub fn report(instance: &str) -> Result<Report> {
             let name = tunnels.iter().find(|r| r.id == id).map_or_else(|| format!("#{id}"), |r| r.name.clone());
             let overlay = show_addr(&t.nhs).to_string();
             NhsReport {
-                nbma: peers.iter().find(|p| p.tunnel == name && p.overlay == overlay).map(|p| p.nbma.clone()),
+                nbma: maps.peer(id, show_addr(&t.nhs)).map(|p| show_addr(&p.nbma).to_string()),
                 state: tunnels.iter().find(|r| r.id == id).map_or("unknown", |r| r.state),
                 tunnel: name,
                 overlay,
