@@ -75,6 +75,8 @@ pub mod programs {
     pub const TC_PASS: &str = "gre_tc_pass";
     /// XDP, benchmarks only: the frame generator (run with live frames).
     pub const BENCH_GEN: &str = "gre_bench_gen";
+    /// XDP, benchmarks only: decapsulation's parsing alone (the parse-only baseline).
+    pub const BENCH_PARSE: &str = "gre_bench_parse";
     /// XDP, benchmarks only: a plain redirect hop, the baseline of the datapath's hops.
     pub const BENCH_HOP: &str = "gre_bench_hop";
     /// XDP, benchmarks only: counts and drops what reaches the end of a pipeline.

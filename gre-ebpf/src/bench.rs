@@ -53,6 +53,24 @@ pub fn gre_bench_gen(ctx: XdpContext) -> u32 {
     BENCH_PORTS.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
 }
 
+/// The parse-only baseline: reads what decapsulation reads before any lookup (Ethernet, VLAN,
+/// outer IPv4 or IPv6, GRE with its options), and passes the frame.
+#[xdp]
+pub fn gre_bench_parse(ctx: XdpContext) -> u32 {
+    match crate::decap::parse(&ctx) {
+        // The parsed key keeps the compiler from leaving the parsing out.
+        Ok((_, gre)) => {
+            if gre.key == u32::MAX && gre.protocol == 0 {
+                xdp_action::XDP_TX
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+        Err(Ok(action)) => action,
+        Err(Err(_)) => xdp_action::XDP_DROP,
+    }
+}
+
 #[xdp]
 pub fn gre_bench_hop(_ctx: XdpContext) -> u32 {
     BENCH_PORTS.redirect(1, 0).unwrap_or(xdp_action::XDP_ABORTED)

@@ -34,7 +34,7 @@ use crate::{
 type Verdict = Result<u32, u32>;
 
 /// The outer IP header as far as decapsulation needs it. Offsets are from the frame start.
-struct Outer {
+pub struct Outer {
     local: Addr,
     remote: Addr,
     l3: usize,
@@ -47,36 +47,19 @@ struct Outer {
 }
 
 /// The GRE header.
-struct Gre {
-    flags: u16,
-    protocol: u16,
-    key: u32,
+pub struct Gre {
+    pub flags: u16,
+    pub protocol: u16,
+    pub key: u32,
     seq: u32,
     len: usize,
 }
 
 #[inline(always)]
 pub fn try_decap(ctx: &XdpContext) -> Verdict {
-    let Some(mut ethertype) = be16(ctx, 12) else {
-        return Err(drop::TRUNCATED);
-    };
-    let mut l3 = ETH_HLEN;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = be16(ctx, ETH_HLEN + 2).ok_or(drop::TRUNCATED)?;
-        l3 += VLAN_HLEN;
-    }
-    let parsed = match ethertype {
-        ETH_P_IPV4 => ipv4(ctx, l3),
-        ETH_P_IPV6 => ipv6(ctx, l3),
-        _ => return Ok(xdp_action::XDP_PASS),
-    };
-    let outer = match parsed {
-        Ok(o) => o,
+    let (outer, gre) = match parse(ctx) {
+        Ok(parsed) => parsed,
         Err(verdict) => return verdict,
-    };
-    let gre = match gre_header(ctx, &outer) {
-        Ok(g) => g,
-        Err(reason) => return ours_drop(&outer.local, reason),
     };
     let mut rx = RxKey { local: outer.local, remote: outer.remote, key: 0, flags: 0 };
     if gre.flags & FLAG_K != 0 {
@@ -107,6 +90,30 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
         stats::count_peer(id, &outer.remote, (outer.end - outer.gre - gre.len) as u64, true);
     }
     matched(ctx, &outer, &gre, id, tunnel).map_err(|reason| stats::tunnel_drop(id, reason))
+}
+
+/// The outer headers, as far as they are read before any lookup: `Err` carries the final
+/// verdict for what is not ours or cannot be parsed. (Alone, it is the benchmarks' parse-only
+/// baseline.)
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<(Outer, Gre), Verdict> {
+    let Some(mut ethertype) = be16(ctx, 12) else {
+        return Err(Err(drop::TRUNCATED));
+    };
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = be16(ctx, ETH_HLEN + 2).ok_or(Err(drop::TRUNCATED))?;
+        l3 += VLAN_HLEN;
+    }
+    let outer = match ethertype {
+        ETH_P_IPV4 => ipv4(ctx, l3)?,
+        ETH_P_IPV6 => ipv6(ctx, l3)?,
+        _ => return Err(Ok(xdp_action::XDP_PASS)),
+    };
+    match gre_header(ctx, &outer) {
+        Ok(g) => Ok((outer, g)),
+        Err(reason) => Err(ours_drop(&outer.local, reason)),
+    }
 }
 
 /// Outer IPv4: `Err` carries the final verdict for what is not ours or cannot be parsed.

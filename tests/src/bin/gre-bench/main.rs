@@ -17,7 +17,8 @@ fn main() -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: cleaning up");
         let me = std::process::id();
-        let listed = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let listed =
+            std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         for ns in listed.lines().filter_map(|l| l.split_whitespace().next()) {
             if ["gre-bench", "gre-goodput"].iter().any(|tag| ns.starts_with(&format!("{tag}-{me}-"))) {
                 let _ = gre_tests::gre::run(ns, ns, &["down"]);
