@@ -294,7 +294,6 @@ fn fast_decap(ctx: &XdpContext, t: &Tunnel, id: u32, inner: usize, end: usize, v
     #[expect(clippy::cast_possible_truncation, reason = "bounded by the outer length")]
     let len = (end - inner) as u16;
     let fwd = fib::forward(ctx.ctx.cast(), v6, src, dst, tos_or_flow, len, t.netdev_ifindex)?;
-    PORTS.get(fwd.ifindex)?;
     let ethertype = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
     ip::decrement_ttl(ctx, inner, v6)?;
     let mut hdr = [0u8; ETH_HLEN];
@@ -313,8 +312,7 @@ fn fast_decap(ctx: &XdpContext, t: &Tunnel, id: u32, inner: usize, end: usize, v
     unsafe { *eth = hdr };
     Some(match PORTS.redirect(fwd.ifindex, 0) {
         Ok(action) => {
-            stats::count_rx(id, u64::from(len));
-            stats::count_fast_rx(id);
+            stats::count_fast_rx(id, u64::from(len));
             Ok(action)
         }
         Err(_) => Err(drop::NO_INJECT_PORT),

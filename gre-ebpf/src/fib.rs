@@ -16,6 +16,8 @@ use aya_ebpf::{
 };
 use gre_common::maps::{Peer, Tunnel, tunnel_flags};
 
+use crate::maps::PORTS;
+
 /// How long a cached answer is used.
 const CACHE_NS: u64 = 100_000_000;
 
@@ -191,7 +193,8 @@ pub struct Forward {
 }
 
 /// The kernel's forwarding decision for an IP packet arriving on `in_ifindex`, when it is a
-/// plain unicast forward with a resolved neighbour that fits the egress MTU; `None` for
+/// plain unicast forward out of a fast-path port (`PORTS`) with a resolved neighbour that fits
+/// the egress MTU; `None` for
 /// anything else (local delivery, no route or neighbour, too big, forwarding off), which the
 /// kernel must then handle itself.
 #[inline(always)]
@@ -220,7 +223,9 @@ pub fn forward(ctx: *mut c_void, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_o
     #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
     // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.
     let r = unsafe { fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+    // Only a port the fast paths may redirect to is an answer (checked here, once per cached
+    // answer, rather than for every packet).
+    if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || PORTS.get(p.ifindex).is_none() {
         return None;
     }
     // What fits this time: a hit for a larger packet asks the FIB again.

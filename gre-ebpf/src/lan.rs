@@ -112,8 +112,7 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
     }
     match PORTS.redirect(t.underlay_ifindex, 0) {
         Ok(action) => {
-            stats::count_tx(id, inner_len as u64);
-            stats::count_fast_tx(id);
+            stats::count_fast_tx(id, inner_len as u64);
             if t.flags & tunnel_flags::MULTIPOINT != 0 {
                 stats::count_peer(id, &remote, inner_len as u64, false);
             }

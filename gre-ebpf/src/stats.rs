@@ -59,14 +59,25 @@ pub fn count_keepalive_returned(tunnel: u32) {
     with_tunnel(tunnel, |s| s.keepalives_returned += 1);
 }
 
+/// A packet decapsulated and forwarded by the fast path: received, and of those fast (one
+/// lookup of the tunnel's counters for both).
 #[inline(always)]
-pub fn count_fast_rx(tunnel: u32) {
-    with_tunnel(tunnel, |s| s.fast_rx += 1);
+pub fn count_fast_rx(tunnel: u32, bytes: u64) {
+    with_tunnel(tunnel, |s| {
+        s.rx_packets += 1;
+        s.rx_bytes += bytes;
+        s.fast_rx += 1;
+    });
 }
 
+/// A packet encapsulated by the LAN fast path: sent, and of those fast.
 #[inline(always)]
-pub fn count_fast_tx(tunnel: u32) {
-    with_tunnel(tunnel, |s| s.fast_tx += 1);
+pub fn count_fast_tx(tunnel: u32, bytes: u64) {
+    with_tunnel(tunnel, |s| {
+        s.tx_packets += 1;
+        s.tx_bytes += bytes;
+        s.fast_tx += 1;
+    });
 }
 
 #[inline(always)]

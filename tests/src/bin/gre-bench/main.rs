@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     cpus.set(0)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
 
-    let effort = if quick { pipeline::Effort { frames: 100_000, trials: 3 } } else { pipeline::Effort { frames: 500_000, trials: 5 } };
+    let effort = if quick { pipeline::Effort { frames: 100_000, trials: 3 } } else { pipeline::Effort { frames: 250_000, trials: 11 } };
     let mut report = serde_json::Map::new();
     if wanted("cost") {
         println!("== program cost (BPF_PROG_TEST_RUN)");
