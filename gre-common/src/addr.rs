@@ -11,10 +11,11 @@ pub type Addr = [u8; 16];
 #[inline(always)]
 #[must_use]
 pub const fn from_v4(octets: [u8; 4]) -> Addr {
-    // One literal, not zeroes then stores: in eBPF a zeroed byte array is a call to a
+    // Built as four words: in eBPF, a byte array with a run of zeroes is a call to a
     // byte-at-a-time memset.
-    let [a, b, c, d] = octets;
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+    let words = [0u32, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(octets)];
+    // SAFETY: [u32; 4] and [u8; 16] have the same size, and every bit pattern is a valid u8.
+    unsafe { core::mem::transmute::<[u32; 4], Addr>(words) }
 }
 
 /// The IPv4 octets of a stored address, if it is IPv4-mapped.

@@ -103,26 +103,32 @@ pub fn build(
 /// The GRE header (RFC 2784/2890 order: checksum+reserved, key, sequence), checksum field zero.
 #[inline(always)]
 pub fn gre_header(id: u32, t: &Tunnel, flags: u16, protocol: u16) -> Result<([u8; MAX_LEN], usize), u32> {
-    let mut h = [0u8; MAX_LEN];
-    h[..2].copy_from_slice(&flags.to_be_bytes());
-    h[2..4].copy_from_slice(&protocol.to_be_bytes());
-    let mut at = 4;
-    if flags & FLAG_C != 0 {
-        at += 4;
-    }
-    if flags & FLAG_K != 0 {
-        h[at..at + 4].copy_from_slice(&t.okey.to_be_bytes());
-        at += 4;
-    }
-    if flags & FLAG_S != 0 {
+    // Four network-order words, each written once: a zeroed array, even of words, is a call to
+    // eBPF's byte-at-a-time memset on every packet.
+    let w0 = ((u32::from(flags) << 16) | u32::from(protocol)).to_be();
+    let key = t.okey.to_be();
+    let seq = if flags & FLAG_S != 0 {
         let state = SEQUENCES.get_ptr_mut(id).ok_or(drop::ENCAP_FAILED)?;
         #[expect(clippy::cast_possible_truncation, reason = "sequence numbers are 32-bit")]
         // SAFETY: an 8-byte aligned u64 in a map value.
         let seq = unsafe { fetch_add(&raw mut (*state).tx_count, 1) }.wrapping_add(1) as u32;
-        h[at..at + 4].copy_from_slice(&seq.to_be_bytes());
-        at += 4;
-    }
-    Ok((h, at))
+        seq.to_be()
+    } else {
+        0
+    };
+    // The options present, in order: checksum (zero here), key, sequence number.
+    let (w1, w2, w3, words) = match (flags & FLAG_C != 0, flags & FLAG_K != 0, flags & FLAG_S != 0) {
+        (false, false, false) => (0, 0, 0, 1),
+        (true, false, false) => (0, 0, 0, 2),
+        (false, true, false) => (key, 0, 0, 2),
+        (false, false, true) => (seq, 0, 0, 2),
+        (true, true, false) => (0, key, 0, 3),
+        (true, false, true) => (0, seq, 0, 3),
+        (false, true, true) => (key, seq, 0, 3),
+        (true, true, true) => (0, key, seq, 4),
+    };
+    // SAFETY: [u32; 4] and [u8; 16] have the same size, and every bit pattern is a valid u8.
+    Ok((unsafe { core::mem::transmute::<[u32; MAX_LEN / 4], [u8; MAX_LEN]>([w0, w1, w2, w3]) }, words * 4))
 }
 
 /// Outer TOS: fixed or inherited, with the inner ECN copied (CE becomes ECT(0)).
