@@ -36,8 +36,7 @@ pub struct File {
     pub peers: Vec<PeerSpec>,
     /// Prometheus metrics served by `gre daemon` (off without this table).
     pub metrics: Option<Metrics>,
-    #[serde(default)]
-    pub limits: Limits,
+    pub limits: Option<toml::Spanned<Limits>>,
 }
 
 /// `[limits]`: the capacity of the instance's peer and route tables, fixed when it comes up
@@ -647,9 +646,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             nhrp: t.nhrp.as_ref().map(|n| n.get_ref().clone()),
         });
     }
-    let limits = file.limits;
+    let limits = file.limits.as_ref().map_or_else(Limits::default, |l| *l.get_ref());
     if !(1..=LIMIT_PEERS_MAX).contains(&limits.peers) || !(1..=LIMIT_ROUTES_MAX).contains(&limits.routes) {
-        return Err(at(0..0, format!("limits: peers must be 1 to {LIMIT_PEERS_MAX} and routes 1 to {LIMIT_ROUTES_MAX}")));
+        let span = file.limits.as_ref().map_or(0..0, toml::Spanned::span);
+        return Err(at(span, format!("limits: peers must be 1 to {LIMIT_PEERS_MAX} and routes 1 to {LIMIT_ROUTES_MAX}")));
     }
     let mut routes: Vec<Route> = Vec::new();
     for r in &file.routes {
@@ -660,8 +660,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         if routes.iter().any(|other| other.prefix == prefix) {
             return Err(at(r.prefix.span(), format!("route {prefix} is listed twice")));
         }
-        if routes.len() >= file.limits.routes as usize {
-            return Err(at(r.prefix.span(), format!("more than {} routes (limits.routes)", file.limits.routes)));
+        if routes.len() >= limits.routes as usize {
+            return Err(at(r.prefix.span(), format!("more than {} routes (limits.routes)", limits.routes)));
         }
         let via = r.via.as_ref().map(|v| *v.get_ref());
         if let (Some(v), false) = (&r.via, tunnels[tunnel].multipoint) {
@@ -819,6 +819,24 @@ ignore_df = true
         assert!(e.message.contains("no tunnel named \"gre9\""), "{e}");
         let e = parse(Path::new("t.toml"), &text.replace("name = \"eth0\"\n", "name = \"eth0\"\nrole = \"lan\"\n")).unwrap_err();
         assert!(e.message.contains("is a LAN port"), "{e}");
+    }
+
+    #[test]
+    fn limits_size_the_tables() {
+        let c = parse(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let c = parse(Path::new("t.toml"), &format!("{GOOD}\n[limits]\npeers = 1048576\nroutes = 4\n")).unwrap();
+        assert_eq!(c.limits, Limits { peers: 1 << 20, routes: 4 });
+        let text = format!("{GOOD}\n[limits]\npeers = 0\n");
+        let e = parse(Path::new("t.toml"), &text).unwrap_err();
+        let line = text.lines().position(|l| l == "peers = 0").unwrap() + 1;
+        assert!(e.message.contains("limits: peers must be 1 to"), "{e}");
+        assert!(e.line + 1 >= line && e.line <= line, "{e} (peers = 0 is on line {line})");
+        let route = |p: &str| format!("\n[[route]]\nprefix = \"{p}\"\ntunnel = \"gre1\"\n");
+        let text = format!("{GOOD}\n[limits]\nroutes = 1\n{}{}", route("203.0.113.0/28"), route("203.0.113.16/28"));
+        let e = parse(Path::new("t.toml"), &text).unwrap_err();
+        assert!(e.message.contains("more than 1 routes (limits.routes)"), "{e}");
+        assert_eq!(e.line, text.lines().position(|l| l.contains("203.0.113.16/28")).unwrap() + 1, "{e}");
     }
 
     #[test]

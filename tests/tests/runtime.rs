@@ -241,3 +241,37 @@ fn tunnels_added_and_removed_at_run_time() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// `[limits]` sizes the peer and route tables: a full table is reported by name, `showconf`
+/// gives the limits back, `reload` keeps them, and `up` with other limits is refused.
+#[test]
+fn limits_size_the_tables() {
+    if !privilege::require_root("limits_size_the_tables") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gL", 1).expect("topology");
+    let hub = t.hub.clone();
+    let conf = HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "", &[]) + "\n[limits]\npeers = 2\nroutes = 3\n";
+    let ih = t.lab.gre_up(&hub, "hub", &conf).unwrap();
+    let shown = gre::run(&hub, &ih, &["showconf"]).unwrap();
+    assert!(shown.contains("[limits]\npeers = 2\nroutes = 3\n"), "{shown}");
+
+    gre::run(&hub, &ih, &["peer", "add", "gre0", "203.0.113.1", "198.51.100.17"]).expect("first peer");
+    gre::run(&hub, &ih, &["peer", "add", "gre0", "203.0.113.2", "198.51.100.33"]).expect("second peer");
+    let e = gre::run(&hub, &ih, &["peer", "add", "gre0", "203.0.113.3", "198.51.100.49"]).unwrap_err().to_string();
+    assert!(e.contains("PEERS is full"), "{e}");
+    for prefix in ["198.51.100.200/29", "198.51.100.208/29", "198.51.100.216/29"] {
+        gre::run(&hub, &ih, &["route", "add", prefix, "gre0"]).expect("route within the limit");
+    }
+    let e = gre::run(&hub, &ih, &["route", "add", "198.51.100.224/29", "gre0"]).unwrap_err().to_string();
+    assert!(e.contains("ROUTES is full"), "{e}");
+
+    gre::run(&hub, &ih, &["reload"]).expect("reload keeps the limits");
+    assert!(gre::run(&hub, &ih, &["showconf"]).unwrap().contains("[limits]\npeers = 2\nroutes = 3\n"));
+    let other = t.lab.instance("other");
+    let path = std::env::temp_dir().join(format!("{other}.toml"));
+    std::fs::write(&path, conf.replace("peers = 2", "peers = 4")).unwrap();
+    let e = gre::run(&hub, &ih, &["up", "-c", &path.to_string_lossy()]).unwrap_err().to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(e.contains("limits differ from the running ones (peers 2 → 4, routes 3 → 3)"), "{e}");
+}
