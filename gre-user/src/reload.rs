@@ -39,8 +39,8 @@ fn names_in(dir: &Path) -> Result<Vec<String>> {
 
 /// The maps of the new object must have the shape of the pinned ones (type, key and value
 /// sizes, capacity): the new programs will use those. Loaded once on its own to find out.
-fn check_shapes(instance_dir: &Path, pinned: &[String], limits: &crate::config::Limits) -> Result<()> {
-    let mut fresh = loader::object_loader(limits).load(EBPF_OBJECT).context("loading the eBPF object")?;
+fn check_shapes(instance_dir: &Path, pinned: &[String], limits: crate::config::Limits) -> Result<()> {
+    let mut fresh = loader::object_loader(&limits).load(EBPF_OBJECT).context("loading the eBPF object")?;
     let scratch = instance_dir.join("reload-check");
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let result = (|| -> Result<()> {
@@ -71,7 +71,7 @@ pub fn reload(instance: &str) -> Result<usize> {
     let pinned = names_in(&maps_dir)?;
     // The capacities the instance came up with (`[limits]`).
     let limits = loader::pinned_limits(&maps_dir)?;
-    check_shapes(&dir, &pinned, &limits)?;
+    check_shapes(&dir, &pinned, limits)?;
 
     let paths: Vec<_> = pinned.iter().map(|n| (n.as_str(), maps_dir.join(n))).collect();
     let mut loader = loader::object_loader(&limits);

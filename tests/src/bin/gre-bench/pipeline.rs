@@ -457,13 +457,13 @@ pub fn run_scale(bench: &mut Bench, effort: &Effort, peer_counts: &[u32], route_
     let (_, gen_mac) = link(&bench.a, "gen0")?;
     let (_, lan_mac) = link(&bench.a, "lan0")?;
     let (_, wan6_mac) = link(&bench.a, "wan6")?;
-    let (_, wan6s_mac) = link(&bench.a, "wan6s")?;
+    let (_, far_end_mac) = link(&bench.a, "wan6s")?;
     let dir = std::path::Path::new(gre_user::loader::PIN_ROOT).join(&bench.instances.0).join("maps");
     let mut maps = gre_user::maps::Maps::open_pinned(&dir)?;
     let mp = maps.tunnels()?.into_iter().find(|(_, t)| t.flags & gre_common::maps::tunnel_flags::MULTIPOINT != 0).context("the multipoint tunnel")?.0;
     maps.add_route("2001:db8:1000::/36".parse()?, mp, None)?;
     let drop6 = frame6(lan_mac, gen_mac, "2001:db8:5000::1", "2001:db8:1000::1");
-    let gre6 = gre6_frame(wan6_mac, wan6s_mac, "2001:db8:2000::1");
+    let gre6 = gre6_frame(wan6_mac, far_end_mac, "2001:db8:2000::1");
     let peer = |i: u32| gre_common::maps::Peer {
         nbma: gre_user::maps::store_addr(peer_addr(0x2000, i)),
         kind: gre_common::maps::peer_kind::STATIC,
