@@ -48,9 +48,9 @@ pub struct Outer {
 
 /// The GRE header.
 pub struct Gre {
-    pub flags: u16,
-    pub protocol: u16,
-    pub key: u32,
+    flags: u16,
+    protocol: u16,
+    key: u32,
     seq: u32,
     len: usize,
 }

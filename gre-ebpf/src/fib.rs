@@ -71,20 +71,28 @@ fn scratch(ifindex: u32, tos_or_flow: u32, src: &[u8; 16], dst: &[u8; 16]) -> Op
     Some(s)
 }
 
-/// A fresh cached answer for `key` that lets `len` bytes through.
+/// The cached answer for `key`, fresh or not (a stale one still tells what size got through).
 #[inline(always)]
-fn cached(key: &CacheKey, len: u32) -> Option<&'static CacheEntry> {
+fn cached(key: &CacheKey) -> Option<&'static CacheEntry> {
     // SAFETY: entries are replaced whole, never written in place.
-    let e = unsafe { FIB_CACHE.get(key) }?;
+    unsafe { FIB_CACHE.get(key) }
+}
+
+/// Now, on the clock the caches' stamps use.
+#[inline(always)]
+fn now() -> u64 {
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    (now.wrapping_sub(e.stamp) < CACHE_NS && len <= e.fits).then_some(e)
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Whether an answer stamped `stamp` may still be used at `now`.
+#[inline(always)]
+const fn fresh(stamp: u64, now: u64) -> bool {
+    now.wrapping_sub(stamp) < CACHE_NS
 }
 
 #[inline(always)]
-fn remember(s: &mut Scratch, ifindex: u32, fits: u32, smac: [u8; 6], dmac: [u8; 6]) {
-    // SAFETY: helper without arguments.
-    let stamp = unsafe { bpf_ktime_get_coarse_ns() };
+fn remember(s: &mut Scratch, ifindex: u32, fits: u32, smac: [u8; 6], dmac: [u8; 6], stamp: u64) {
     s.entry = CacheEntry { ifindex, fits, smac, dmac, pad0: 0, stamp };
     // A full cache evicts its least recently used entry; a failed insert only costs a lookup.
     let _ = FIB_CACHE.insert(&s.key, &s.entry, 0);
@@ -117,11 +125,12 @@ fn request() -> Option<&'static mut bpf_fib_lookup> {
 #[inline(always)]
 pub fn tunnel_next_hop(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Option<([u8; 6], [u8; 6])> {
     let s = scratch(t.underlay_ifindex, TUNNEL_HOP, &t.local, remote)?;
-    if let Some(e) = cached(&s.key, 0) {
+    let now = now();
+    if let Some(e) = cached(&s.key).filter(|e| fresh(e.stamp, now)) {
         return Some((e.smac, e.dmac));
     }
     let r = ask(ctx, t, remote)?;
-    remember(s, t.underlay_ifindex, 0, r.0, r.1);
+    remember(s, t.underlay_ifindex, 0, r.0, r.1, now);
     Some(r)
 }
 
@@ -151,11 +160,10 @@ fn ask(ctx: *mut c_void, t: &Tunnel, remote: &[u8; 16]) -> Option<([u8; 6], [u8;
 /// there, so a reader on another CPU at that moment still reads a valid next hop.
 #[inline(always)]
 pub fn peer_next_hop(ctx: *mut c_void, t: &Tunnel, p: *mut Peer) -> Option<([u8; 6], [u8; 6])> {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now();
     // SAFETY: `p` is a peer map value; see above for concurrent writers.
     unsafe {
-        if now.wrapping_sub((*p).hop_ns) < CACHE_NS {
+        if fresh((*p).hop_ns, now) {
             let m = (*p).hop_macs;
             return Some(([m[0], m[1], m[2], m[3], m[4], m[5]], [m[6], m[7], m[8], m[9], m[10], m[11]]));
         }
@@ -178,13 +186,6 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
     [w(0), w(4), w(8), w(12)]
 }
 
-/// The largest size a (possibly stale) cached answer for `key` let through.
-#[inline(always)]
-fn key_fits(key: &CacheKey) -> u32 {
-    // SAFETY: the value is copied out at once.
-    unsafe { FIB_CACHE.get(key) }.map_or(0, |e| e.fits)
-}
-
 /// Where the kernel would forward a packet: egress port and MACs.
 pub struct Forward {
     pub ifindex: u32,
@@ -194,13 +195,12 @@ pub struct Forward {
 
 /// The kernel's forwarding decision for an IP packet arriving on `in_ifindex`, when it is a
 /// plain unicast forward out of a fast-path port (`PORTS`) with a resolved neighbour that fits
-/// the egress MTU; `None` for
-/// anything else (local delivery, no route or neighbour, too big, forwarding off), which the
-/// kernel must then handle itself.
+/// the egress MTU; `None` for anything else (local delivery, no route or neighbour, too big,
+/// forwarding off), which the kernel must then handle itself.
 #[inline(always)]
 pub fn forward(ctx: *mut c_void, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_or_flow: u32, tot_len: u16, in_ifindex: u32) -> Option<Forward> {
     let s = scratch(in_ifindex, tos_or_flow, src, dst)?;
-    if let Some(e) = cached(&s.key, u32::from(tot_len)) {
+    if let Some(e) = cached(&s.key).filter(|e| fresh(e.stamp, now()) && u32::from(tot_len) <= e.fits) {
         return Some(Forward { ifindex: e.ifindex, smac: e.smac, dmac: e.dmac });
     }
     let p = request()?;
@@ -228,8 +228,10 @@ pub fn forward(ctx: *mut c_void, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_o
     if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || PORTS.get(p.ifindex).is_none() {
         return None;
     }
-    // What fits this time: a hit for a larger packet asks the FIB again.
-    let fits = u32::from(tot_len).max(key_fits(&s.key));
-    remember(s, p.ifindex, fits, p.smac, p.dmac);
+    // What fits is the largest size asked so far (a hit for a larger packet asks the FIB again).
+    // Looked up again rather than kept from above: this program's stack has no room to spare
+    // across the FIB call, and this is the miss path.
+    let fits = u32::from(tot_len).max(cached(&s.key).map_or(0, |e| e.fits));
+    remember(s, p.ifindex, fits, p.smac, p.dmac, now());
     Some(Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
 }

@@ -42,27 +42,17 @@ pub struct File {
 /// `[limits]`: the capacity of the instance's peer and route tables, fixed when it comes up
 /// (the kernel allocates as entries are added: a large limit costs only a bigger hash table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// NHRP cache entries (static and dynamic peers of all multipoint tunnels).
-    #[serde(default = "default_peers")]
     pub peers: u32,
     /// Overlay routes.
-    #[serde(default = "default_routes")]
     pub routes: u32,
 }
 
 /// Largest limits accepted: the peer and route tables' hash buckets and trie nodes grow with them.
 pub const LIMIT_PEERS_MAX: u32 = 1 << 24;
 pub const LIMIT_ROUTES_MAX: u32 = 1 << 22;
-
-const fn default_peers() -> u32 {
-    MAX_PEERS
-}
-
-const fn default_routes() -> u32 {
-    MAX_ROUTES
-}
 
 impl Default for Limits {
     fn default() -> Self {

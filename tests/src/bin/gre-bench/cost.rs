@@ -138,27 +138,21 @@ pub fn run() -> serde_json::Value {
     let peer = Peer { nbma: store_addr("198.51.100.21".parse().unwrap()), kind: peer_kind::STATIC, ..Peer::default() };
     f.maps.set_peer(mp, "203.0.113.1".parse().unwrap(), &peer).expect("peer");
     let (keyed_dev, plain_dev) = (f.keyed.index, f.plain.index);
-    // IPv6 outer, with key.
-    let (v6, _) = f.add(Tunnel {
-        local: store_addr(V6_LOCAL.into()),
-        remote: store_addr(V6_REMOTE.into()),
+    // Keyed point-to-point tunnels with more to check.
+    let keyed_tunnel = |local: std::net::IpAddr, remote: std::net::IpAddr, flags: u32| Tunnel {
+        local: store_addr(local),
+        remote: store_addr(remote),
         ikey: KEY,
         okey: KEY,
         ttl: 64,
-        flags: tunnel_flags::OUTER_V6 | tunnel_flags::IKEY | tunnel_flags::OKEY,
+        flags: flags | tunnel_flags::IKEY | tunnel_flags::OKEY,
         ..Tunnel::default()
-    });
+    };
+    // IPv6 outer.
+    let (v6, _) = f.add(keyed_tunnel(V6_LOCAL.into(), V6_REMOTE.into(), tunnel_flags::OUTER_V6));
     let keyed6 = outer6(&cat(&[&gre_keyed(0x0800, KEY), &inner]));
-    // Checksum, key and sequence number required: each run carries the next number.
-    let (full, _) = f.add(Tunnel {
-        local: store_addr(LOCAL.into()),
-        remote: store_addr(FULL_REMOTE.into()),
-        ikey: KEY,
-        okey: KEY,
-        ttl: 64,
-        flags: tunnel_flags::IKEY | tunnel_flags::OKEY | tunnel_flags::ICSUM | tunnel_flags::ISEQ,
-        ..Tunnel::default()
-    });
+    // Checksum and sequence number required: each run carries the next number.
+    let (full, _) = f.add(keyed_tunnel(LOCAL.into(), FULL_REMOTE.into(), tunnel_flags::ICSUM | tunnel_flags::ISEQ));
     let mut seq = 0u32;
     let mut next_full = || {
         seq += 1;
