@@ -10,6 +10,19 @@ use gre_tests::{
 const SPOKE1: &str = "203.0.113.1";
 const SPOKE2: &str = "203.0.113.2";
 
+/// Brings up the three spokes with the hub as NHS, has a host on each join the test group, and
+/// routes the group from the hub into the tunnel; the members' sockets.
+fn spokes_join_the_group(t: &mut HubAndSpokes, hub: &str, spokes: &[String]) -> Vec<std::net::UdpSocket> {
+    let nhs = format!("nhs = \"{HUB}\"\n");
+    for (i, ns) in (1..=3u8).zip(spokes) {
+        let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhs, &[(HUB, HUB_NBMA)]);
+        t.lab.gre_up(ns, &format!("s{i}"), &c).unwrap();
+    }
+    let members = (1..=3u8).zip(spokes).map(|(i, ns)| traffic::group_member(ns, HubAndSpokes::spoke_overlay(i).parse().unwrap()).unwrap()).collect();
+    ns_sh(hub, &["ip", "route", "add", "233.252.0.0/24", "dev", "gre0"]).unwrap();
+    members
+}
+
 fn counters(ns: &str, instance: &str) -> (u64, u64) {
     let v = gre::show(ns, instance).expect("show");
     (v["tunnels"][0]["rx_packets"].as_u64().unwrap(), v["tunnels"][0]["tx_packets"].as_u64().unwrap())
@@ -65,13 +78,7 @@ fn multicast_reaches_every_mapped_peer() {
         );
     }
     let ih = t.lab.gre_up(&hub, "hub", &config).unwrap();
-    let nhs = format!("nhs = \"{HUB}\"\n");
-    for (i, ns) in (1..=3u8).zip(&spokes) {
-        let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhs, &[(HUB, HUB_NBMA)]);
-        t.lab.gre_up(ns, &format!("s{i}"), &c).unwrap();
-    }
-    let members: Vec<_> = (1..=3u8).zip(&spokes).map(|(i, ns)| traffic::group_member(ns, HubAndSpokes::spoke_overlay(i).parse().unwrap()).unwrap()).collect();
-    ns_sh(&hub, &["ip", "route", "add", "233.252.0.0/24", "dev", "gre0"]).unwrap();
+    let members = spokes_join_the_group(&mut t, &hub, &spokes);
     let before = counters(&hub, &ih);
     traffic::send_to_group(&hub, HUB.parse().unwrap(), 1, 3).expect("send");
     for (i, m) in members.iter().enumerate().take(2) {
@@ -104,13 +111,7 @@ fn multicast_reaches_a_hundred_and_more_peers() {
         config += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{overlay}\"\nnbma = \"{nbma}\"\nmulticast = true\n");
     }
     let ih = t.lab.gre_up(&hub, "hub", &config).unwrap();
-    let nhs = format!("nhs = \"{HUB}\"\n");
-    for (i, ns) in (1..=3u8).zip(&spokes) {
-        let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhs, &[(HUB, HUB_NBMA)]);
-        t.lab.gre_up(ns, &format!("s{i}"), &c).unwrap();
-    }
-    let members: Vec<_> = (1..=3u8).zip(&spokes).map(|(i, ns)| traffic::group_member(ns, HubAndSpokes::spoke_overlay(i).parse().unwrap()).unwrap()).collect();
-    ns_sh(&hub, &["ip", "route", "add", "233.252.0.0/24", "dev", "gre0"]).unwrap();
+    let members = spokes_join_the_group(&mut t, &hub, &spokes);
     let mut capture = gre_tests::capture::Capture::start(&t.wan, "h0", "ip proto 47 and src 198.51.100.10");
     let before = counters(&hub, &ih);
     traffic::send_to_group(&hub, HUB.parse().unwrap(), 1, 2).expect("send");
