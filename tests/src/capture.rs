@@ -25,11 +25,19 @@ impl Capture {
     /// # Panics
     /// tcpdump cannot start, or does not listen within 5 s.
     pub fn start(ns: &str, iface: &str, filter: &str) -> Self {
+        Self::start_snap(ns, iface, filter, 512)
+    }
+
+    /// As [`Capture::start`], keeping `snaplen` bytes of each frame (enough to verify checksums).
+    ///
+    /// # Panics
+    /// As [`Capture::start`].
+    pub fn start_snap(ns: &str, iface: &str, filter: &str, snaplen: u32) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("gre-capture-{}-{n}.pcap", std::process::id()));
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "512", "-B", "16384", "-w"])
+            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", &snaplen.to_string(), "-B", "16384", "-w"])
             .arg(&path)
             .arg(filter)
             .stderr(Stdio::piped())
@@ -54,8 +62,31 @@ impl Capture {
     /// # Panics
     /// tshark fails or prints something that is not JSON.
     pub fn decode(&mut self, display_filter: &str, fields: &[&str]) -> Vec<Value> {
+        self.decode_with(&[], display_filter, fields)
+    }
+
+    /// The frames tshark finds fault with, checksums verified: malformed, an expert error, a bad
+    /// IPv4, ICMP, TCP, UDP or GRE checksum. Empty for a clean capture.
+    ///
+    /// # Panics
+    /// As [`Capture::decode`].
+    pub fn faults(&mut self) -> Vec<Value> {
+        let prefs = ["ip.check_checksum:TRUE", "tcp.check_checksum:TRUE", "udp.check_checksum:TRUE"];
+        let bad = ["ip", "icmp", "icmpv6", "tcp", "udp", "gre"].map(|p| format!("{p}.checksum.status == \"Bad\""));
+        let filter = format!("_ws.malformed || _ws.expert.severity >= error || {}", bad.join(" || "));
+        self.decode_with(&prefs, &filter, &["frame.number", "frame.protocols", "_ws.expert.message"])
+    }
+
+    /// As [`Capture::decode`], with tshark preferences (`-o NAME:VALUE`).
+    ///
+    /// # Panics
+    /// As [`Capture::decode`].
+    pub fn decode_with(&mut self, prefs: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
         self.stop();
         let mut cmd = Command::new("tshark");
+        for p in prefs {
+            cmd.args(["-o", p]);
+        }
         cmd.arg("-r").arg(&self.path).args(["-Y", display_filter, "-T", "json"]);
         for f in fields {
             cmd.args(["-e", f]);

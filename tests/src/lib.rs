@@ -5,6 +5,8 @@
 pub mod capture;
 pub mod fixture;
 pub mod gre;
+pub mod peers;
 pub mod privilege;
 pub mod topology;
 pub mod traffic;
+pub mod vm;

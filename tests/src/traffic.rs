@@ -95,10 +95,22 @@ fn fill(buf: &mut [u8], state: &mut u64) {
 /// # Errors
 /// Connecting, sending or receiving fails or takes longer than 60 s.
 pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u64) -> Result<(Transfer, Transfer)> {
+    let receiver = tcp_listen(server_ns, server)?;
+    let sent = tcp_send(client_ns, server, len)?;
+    let got = receiver.join().map_err(|_| anyhow!("receiver panicked"))??;
+    Ok((sent, got))
+}
+
+/// Listens on `server` in `ns` and returns once it does: the thread accepts one connection and
+/// returns what it received, with its SHA-256.
+///
+/// # Errors
+/// The listener does not start within 10 s.
+pub fn tcp_listen(ns: &str, server: SocketAddr) -> Result<thread::JoinHandle<Result<Transfer>>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let sns = server_ns.to_string();
+    let ns = ns.to_string();
     let receiver = thread::spawn(move || {
-        in_netns(&sns, move || {
+        in_netns(&ns, move || {
             let listener = TcpListener::bind(server).with_context(|| format!("binding {server}"))?;
             let _ = ready_tx.send(());
             let (mut conn, _) = listener.accept().context("accepting")?;
@@ -116,7 +128,15 @@ pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u
         })
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).context("the receiver did not start")?;
-    let sent = in_netns(client_ns, move || {
+    Ok(receiver)
+}
+
+/// Connects from `ns` to `server` and sends `len` bytes; what was sent, with its SHA-256.
+///
+/// # Errors
+/// Connecting or sending fails, or takes longer than 60 s.
+pub fn tcp_send(ns: &str, server: SocketAddr, len: u64) -> Result<Transfer> {
+    in_netns(ns, move || {
         let deadline = Instant::now() + Duration::from_mins(1);
         let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(10)).with_context(|| format!("connecting to {server}"))?;
         conn.set_write_timeout(Some(Duration::from_mins(1)))?;
@@ -133,9 +153,7 @@ pub fn tcp_transfer(server_ns: &str, server: SocketAddr, client_ns: &str, len: u
         }
         conn.shutdown(std::net::Shutdown::Write)?;
         Ok(Transfer { bytes: len, sha256: hash.finalize().into() })
-    })?;
-    let got = receiver.join().map_err(|_| anyhow!("receiver panicked"))??;
-    Ok((sent, got))
+    })
 }
 
 /// A multicast group of the documentation range (RFC 5771 MCAST-TEST-NET) and a port for it.

@@ -7,8 +7,9 @@ use anyhow::{Context as _, Result, bail};
 /// The LLVM major that bpf-linker is built against; rustc nightly must use the same.
 const LLVM_MAJOR: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
-/// Debian packages: LLVM for bpf-linker's build, a C++ compiler for libFuzzer (cargo-fuzz), and
-/// the tools the tests, the demo and the benchmarks run (setpriv is util-linux's).
+/// Debian packages: LLVM for bpf-linker's build, a C++ compiler for libFuzzer (cargo-fuzz), the
+/// tools the tests, the demo and the benchmarks run (setpriv is util-linux's), and the peers and
+/// daemons the VM tier runs (the guests see the host's file system, so they are installed here).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +25,13 @@ const PACKAGES: &[&str] = &[
     "tshark",
     "python3-scapy",
     "iperf3",
+    // The VM tier: QEMU, the guests' initramfs (busybox) and module loading (kmod, also on the
+    // host: the guest runs the host's modprobe against its own kernel's modules).
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "python3",
 ];
 
 pub fn run() -> Result<()> {
@@ -32,6 +40,7 @@ pub fn run() -> Result<()> {
     debian_packages()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    vm_kernels()?;
     eprintln!("setup: everything is in place ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -110,4 +119,94 @@ fn bpf_linker() -> Result<()> {
             .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")),
     )
+}
+
+/// Debian kernels for the VM tier: (name, apt suite or None for the system's sources). Bookworm's
+/// 6.1 is the peers' kernel (ip_gre, ip6_gre, gretap); backports' 6.12 runs our datapath (TCX, ESP).
+const KERNELS: &[(&str, Option<&str>)] = &[("bookworm", None), ("bookworm-backports", Some("bookworm-backports"))];
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Fetches each kernel package with `apt-get download` (never installed on this host), unpacks
+/// `vmlinuz` and the modules into target/vm/kernels/NAME and indexes the modules (depmod) so the
+/// guest's modprobe finds them. Another suite is read through a private sources list, leaving the
+/// system's apt configuration alone.
+fn vm_kernels() -> Result<()> {
+    for (name, suite) in KERNELS {
+        let dir = root().join("target/vm/kernels").join(name);
+        if dir.join("version").exists() && dir.join("vmlinuz").exists() {
+            eprintln!("setup: {name} kernel: present");
+            continue;
+        }
+        let apt = AptSources::new(*suite)?;
+        let meta = match suite {
+            Some(s) => format!("linux-image-amd64/{s}"),
+            None => "linux-image-amd64".to_string(),
+        };
+        let depends = output(apt.cmd("apt-cache").args(["depends", &meta])).with_context(|| format!("apt-cache depends {meta}"))?;
+        let package = depends
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")))
+            .with_context(|| format!("{meta} names no kernel package:\n{depends}"))?
+            .to_string();
+        eprintln!("setup: fetching {package} for the {name} guests");
+        let work = root().join("target/vm/download").join(name);
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        status(apt.cmd("apt-get").args(["download", "-q", &package]).current_dir(&work))?;
+        let deb = std::fs::read_dir(&work)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download left no .deb")?;
+        let unpacked = work.join("root");
+        status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        let version = package.strip_prefix("linux-image-").unwrap_or(&package).trim_end_matches("-unsigned").to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lib/modules"))?;
+        std::fs::rename(unpacked.join("boot").join(format!("vmlinuz-{version}")), dir.join("vmlinuz")).context("the package has no vmlinuz")?;
+        std::fs::rename(unpacked.join("lib/modules").join(&version), dir.join("lib/modules").join(&version)).context("the package has no modules")?;
+        status(Command::new("depmod").arg("-b").arg(&dir).arg(&version))?;
+        std::fs::write(dir.join("version"), format!("{version}\n"))?;
+        let _ = std::fs::remove_dir_all(&work);
+        eprintln!("setup: {name} kernel {version}: in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// apt commands on the system's sources, or on one other suite of the same Debian mirror through
+/// files of our own (sources list, package lists, cache).
+struct AptSources {
+    options: Vec<String>,
+}
+
+impl AptSources {
+    fn new(suite: Option<&str>) -> Result<Self> {
+        let Some(suite) = suite else { return Ok(Self { options: Vec::new() }) };
+        let dir = root().join("target/vm/apt").join(suite);
+        for d in ["lists/partial", "cache/archives/partial"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        let list = dir.join("sources.list");
+        std::fs::write(&list, format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n"))?;
+        let options = vec![
+            format!("Dir::Etc::sourcelist={}", list.display()),
+            "Dir::Etc::sourceparts=-".to_string(),
+            format!("Dir::State::Lists={}", dir.join("lists").display()),
+            format!("Dir::Cache={}", dir.join("cache").display()),
+        ];
+        let apt = Self { options };
+        status(apt.cmd("apt-get").args(["update", "-q"]))?;
+        Ok(apt)
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for o in &self.options {
+            cmd.args(["-o", o]);
+        }
+        cmd
+    }
 }
