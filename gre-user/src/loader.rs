@@ -243,7 +243,7 @@ async fn create_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, id: u3
     let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= min).ok_or_else(|| {
         anyhow!("tunnel {}: underlay {} MTU {} leaves less than {min} after {overhead} bytes of outer headers", t.name, t.interface, underlay.mtu)
     })?;
-    let spec = netdev::NetdevSpec { mtu, ethernet: t.mode == config::Mode::Gretap, no_gso: t.ocsum, addresses: &t.addresses };
+    let spec = netdev::NetdevSpec { mtu, ethernet: t.mode == config::Mode::Gretap, no_gso: t.ocsum || t.oseq, addresses: &t.addresses };
     let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), spec).await?;
     undo.links.push(kernel.index);
     if t.mode == config::Mode::Gretap {

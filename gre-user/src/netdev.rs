@@ -108,7 +108,8 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spe
         .with_context(|| format!("setting MTU {mtu} and ARP {ethernet} on {name}"))?;
     if no_gso {
         // One segment per packet: the stack then hands over packets of one MSS, not GSO ones, so
-        // each can carry its own GRE checksum.
+        // each can carry its own GRE checksum and sequence number (GSO would copy one header to
+        // every segment; ip_gre turns GSO off for such tunnels too).
         handle
             .link()
             .set(LinkUnspec::new_with_index(kernel.index).append_extra_attribute(LinkAttribute::GsoMaxSegs(1)).build())
