@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::XdpContext,
 };
 use gre_common::{
@@ -204,6 +204,17 @@ fn gre_header(ctx: &XdpContext, o: &Outer) -> Result<Gre, u32> {
 /// Receive checks and delivery for a packet of tunnel `id`.
 #[inline(always)]
 fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict {
+    // Bytes past the outer datagram (Ethernet padding, a trailer) are not part of it: trimmed, as
+    // ip_rcv does, before anything reads or delivers the payload.
+    let trailer = ctx.len() - o.end;
+    if trailer > 0 {
+        #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "at most a frame")]
+        // SAFETY: shrinking by what lies past the datagram; the helper re-validates, and no
+        // packet pointer survives the call.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(trailer as i32)) } != 0 {
+            return Err(drop::TRUNCATED);
+        }
+    }
     let has_csum = g.flags & FLAG_C != 0;
     if has_csum != (t.flags & tunnel_flags::ICSUM != 0) {
         return Err(drop::CHECKSUM_POLICY);
