@@ -112,7 +112,8 @@ pub fn parse(ctx: &XdpContext) -> Result<(Outer, Gre), Verdict> {
     };
     match gre_header(ctx, &outer) {
         Ok(g) => Ok((outer, g)),
-        Err(reason) => Err(ours_drop(&outer.local, reason)),
+        Err(Err(reason)) => Err(ours_drop(&outer.local, reason)),
+        Err(pass) => Err(pass),
     }
 }
 
@@ -172,13 +173,22 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Outer, Verdict> {
 }
 
 #[inline(always)]
-fn gre_header(ctx: &XdpContext, o: &Outer) -> Result<Gre, u32> {
-    let word0 = be32(ctx, o.gre).ok_or(drop::TRUNCATED)?;
+fn gre_header(ctx: &XdpContext, o: &Outer) -> Result<Gre, Verdict> {
+    let word0 = be32(ctx, o.gre).ok_or(Err(drop::TRUNCATED))?;
     #[expect(clippy::cast_possible_truncation, reason = "the two halves of the first word")]
     let (flags, protocol) = ((word0 >> 16) as u16, word0 as u16);
-    if flags & VERSION_MASK != 0 {
-        return Err(drop::BAD_VERSION);
+    match flags & VERSION_MASK {
+        0 => {}
+        // PPTP's enhanced GRE (RFC 2637): the kernel's pptp module may own it, as with Linux.
+        1 => return Err(Ok(xdp_action::XDP_PASS)),
+        _ => return Err(Err(drop::BAD_VERSION)),
     }
+    gre_options(ctx, o, flags, protocol).map_err(Err)
+}
+
+/// The optional fields of a version 0 GRE header.
+#[inline(always)]
+fn gre_options(ctx: &XdpContext, o: &Outer, flags: u16, protocol: u16) -> Result<Gre, u32> {
     if flags & FLAG_R != 0 {
         return Err(drop::ROUTING);
     }

@@ -138,7 +138,8 @@ fn malformed_and_unmatched_are_dropped_by_reason() {
         ("GRE sequence cut short", outer(KEYED_REMOTE, LOCAL, &[0x10, 0x00, 0x08, 0x00, 0, 0, 0]), drop::TRUNCATED),
         ("GRE key+sequence cut short", outer(KEYED_REMOTE, LOCAL, &[0x30, 0x00, 0x08, 0x00, 0, 0, 0, 42, 0]), drop::TRUNCATED),
         ("IPv4 total length beyond the frame", bad_tot_len, drop::TRUNCATED),
-        ("version 1", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x20, 0x01, 0x08, 0x00], &KEY.to_be_bytes(), &inner])), drop::BAD_VERSION),
+        ("version 2", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x20, 0x02, 0x08, 0x00], &KEY.to_be_bytes(), &inner])), drop::BAD_VERSION),
+        ("version 7", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x00, 0x07, 0x08, 0x00], &inner])), drop::BAD_VERSION),
         ("routing bit", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x60, 0x00, 0x08, 0x00], &KEY.to_be_bytes(), &inner])), drop::ROUTING),
         ("unknown key", outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY + 1), &inner])), drop::KEY_MISMATCH),
         ("no key to a keyed tunnel", outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_plain(0x0800), &inner])), drop::KEY_MISMATCH),
@@ -182,6 +183,8 @@ fn foreign_traffic_passes_untouched() {
         ("UDP to a tunnel endpoint", udp),
         ("IPv6", v6),
         ("ARP", cat(&[&eth([0xff; 6], WIRE_SRC, EtherType::ARP), &[0u8; 28]])),
+        // Enhanced GRE of PPTP (RFC 2637: version 1, K and S, PPP): Linux hands it to pptp.
+        ("PPTP's GRE version 1 to a tunnel endpoint", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x30, 0x81, 0x88, 0x0b, 0x00, 0x04, 0x12, 0x34, 0, 0, 0, 1], &[0xff, 0x03, 0x00, 0x21]]))),
     ];
     for (what, input) in cases {
         let (action, out) = f.decap(&input);
