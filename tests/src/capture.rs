@@ -66,7 +66,9 @@ impl Capture {
     }
 
     /// The frames tshark finds fault with, checksums verified: malformed, an expert error, a bad
-    /// IPv4, ICMP, TCP, UDP or GRE checksum. Empty for a clean capture.
+    /// IPv4, ICMP, TCP, UDP or GRE checksum. Empty for a clean capture. What TCP and UDP carry
+    /// is read as plain data: test payloads are random bytes, which a dissector chosen by port
+    /// number (IRC, say) would call malformed.
     ///
     /// # Panics
     /// As [`Capture::decode`].
@@ -74,7 +76,12 @@ impl Capture {
         let prefs = ["ip.check_checksum:TRUE", "tcp.check_checksum:TRUE", "udp.check_checksum:TRUE"];
         let bad = ["ip", "icmp", "icmpv6", "tcp", "udp", "gre"].map(|p| format!("{p}.checksum.status == \"Bad\""));
         let filter = format!("_ws.malformed || _ws.expert.severity >= error || {}", bad.join(" || "));
-        self.decode_with(&prefs, &filter, &["frame.number", "frame.protocols", "_ws.expert.message"])
+        self.decode_transport(&prefs, &filter, &["frame.number", "frame.protocols", "_ws.expert.message"])
+    }
+
+    /// As [`Capture::decode_with`], transport payloads read as data.
+    fn decode_transport(&mut self, prefs: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
+        self.decode_args(&["-d", "tcp.port==1-65535,data", "-d", "udp.port==1-65535,data"], prefs, display_filter, fields)
     }
 
     /// As [`Capture::decode`], with tshark preferences (`-o NAME:VALUE`).
@@ -82,8 +89,13 @@ impl Capture {
     /// # Panics
     /// As [`Capture::decode`].
     pub fn decode_with(&mut self, prefs: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
+        self.decode_args(&[], prefs, display_filter, fields)
+    }
+
+    fn decode_args(&mut self, args: &[&str], prefs: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
         self.stop();
         let mut cmd = Command::new("tshark");
+        cmd.args(args);
         for p in prefs {
             cmd.args(["-o", p]);
         }

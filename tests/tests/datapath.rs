@@ -184,7 +184,10 @@ fn foreign_traffic_passes_untouched() {
         ("IPv6", v6),
         ("ARP", cat(&[&eth([0xff; 6], WIRE_SRC, EtherType::ARP), &[0u8; 28]])),
         // Enhanced GRE of PPTP (RFC 2637: version 1, K and S, PPP): Linux hands it to pptp.
-        ("PPTP's GRE version 1 to a tunnel endpoint", outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x30, 0x81, 0x88, 0x0b, 0x00, 0x04, 0x12, 0x34, 0, 0, 0, 1], &[0xff, 0x03, 0x00, 0x21]]))),
+        (
+            "PPTP's GRE version 1 to a tunnel endpoint",
+            outer(KEYED_REMOTE, LOCAL, &cat(&[&[0x30, 0x81, 0x88, 0x0b, 0x00, 0x04, 0x12, 0x34, 0, 0, 0, 1], &[0xff, 0x03, 0x00, 0x21]])),
+        ),
     ];
     for (what, input) in cases {
         let (action, out) = f.decap(&input);

@@ -30,20 +30,30 @@ struct Case {
     /// Lines of our `[[tunnel]]`.
     ours: &'static str,
     outer6: bool,
+    /// Our end a multipoint hub with the guest as a static peer, the guest an NBMA Linux spoke
+    /// (a GRE device without remote, its hub in the neighbour table).
+    multipoint: bool,
 }
 
 const CASES: &[Case] = &[
-    Case { name: "key", linux: "gre local LOCAL remote REMOTE key 1001", ours: "key = 1001", outer6: false },
-    Case { name: "keyless", linux: "gre local LOCAL remote REMOTE", ours: "", outer6: false },
-    Case { name: "ikey != okey", linux: "gre local LOCAL remote REMOTE ikey 2001 okey 1002", ours: "ikey = 1002\nokey = 2001", outer6: false },
-    Case { name: "csum both ways", linux: "gre local LOCAL remote REMOTE key 7 csum", ours: "key = 7\ncsum = true", outer6: false },
+    Case { name: "key", linux: "gre local LOCAL remote REMOTE key 1001", ours: "key = 1001", outer6: false, multipoint: false },
+    Case { name: "keyless", linux: "gre local LOCAL remote REMOTE", ours: "", outer6: false, multipoint: false },
+    Case {
+        name: "ikey != okey",
+        linux: "gre local LOCAL remote REMOTE ikey 2001 okey 1002",
+        ours: "ikey = 1002\nokey = 2001",
+        outer6: false,
+        multipoint: false,
+    },
+    Case { name: "csum both ways", linux: "gre local LOCAL remote REMOTE key 7 csum", ours: "key = 7\ncsum = true", outer6: false, multipoint: false },
     // Linux's iseq drops every packet whose number is not newer (rx_fifo_errors): each GSO
     // segment must carry its own.
-    Case { name: "seq both ways", linux: "gre local LOCAL remote REMOTE key 9 seq", ours: "key = 9\nseq = true", outer6: false },
-    Case { name: "ip6gre", linux: "ip6gre local LOCAL remote REMOTE key 1001", ours: "key = 1001", outer6: true },
-    Case { name: "ip6gre csum", linux: "ip6gre local LOCAL remote REMOTE csum", ours: "csum = true", outer6: true },
-    Case { name: "gretap", linux: "gretap local LOCAL remote REMOTE key 1001", ours: "mode = \"gretap\"\nkey = 1001", outer6: false },
-    Case { name: "ip6gretap", linux: "ip6gretap local LOCAL remote REMOTE", ours: "mode = \"gretap\"", outer6: true },
+    Case { name: "seq both ways", linux: "gre local LOCAL remote REMOTE key 9 seq", ours: "key = 9\nseq = true", outer6: false, multipoint: false },
+    Case { name: "ip6gre", linux: "ip6gre local LOCAL remote REMOTE key 1001", ours: "key = 1001", outer6: true, multipoint: false },
+    Case { name: "ip6gre csum", linux: "ip6gre local LOCAL remote REMOTE csum", ours: "csum = true", outer6: true, multipoint: false },
+    Case { name: "gretap", linux: "gretap local LOCAL remote REMOTE key 1001", ours: "mode = \"gretap\"\nkey = 1001", outer6: false, multipoint: false },
+    Case { name: "ip6gretap", linux: "ip6gretap local LOCAL remote REMOTE", ours: "mode = \"gretap\"", outer6: true, multipoint: false },
+    Case { name: "nbma spoke", linux: "gre local LOCAL key 77", ours: "key = 77", outer6: false, multipoint: true },
 ];
 
 fn tunnel_counters(v: &serde_json::Value) -> Result<(u64, u64)> {
@@ -65,15 +75,25 @@ fn run_case(p: &mut LinuxPeer, c: &Case) -> Result<()> {
     let (local, remote) = if c.outer6 { (GUEST6, OURS6) } else { (GUEST, OURS) };
     let (our_local, our_remote) = (remote, local);
     let linux = c.linux.replace("LOCAL", local).replace("REMOTE", remote);
-    p.guest.ok(&format!(
-        "ip link add gre1 type {linux}\nip addr add {GUEST_OVERLAY}/30 dev gre1\n\
-         ip addr add {GUEST_OVERLAY6}/64 dev gre1 nodad\nip link set gre1 addrgenmode none up"
-    ))?;
-    let config = format!(
-        "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{our_local}\"\n\
-         remote = \"{our_remote}\"\n{}\naddress = [\"{OUR_OVERLAY}/30\", \"{OUR_OVERLAY6}/64\"]\n",
+    let len4 = if c.multipoint { 24 } else { 30 };
+    let mut script = format!(
+        "ip link add gre1 type {linux}\nip addr add {GUEST_OVERLAY}/{len4} dev gre1\n\
+         ip addr add {GUEST_OVERLAY6}/64 dev gre1 nodad\nip link set gre1 addrgenmode none up\n"
+    );
+    let mut config = format!(
+        "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{our_local}\"\n{}\n\
+         address = [\"{OUR_OVERLAY}/{len4}\", \"{OUR_OVERLAY6}/64\"]\n",
         c.ours
     );
+    if c.multipoint {
+        for (ours, theirs) in [(OUR_OVERLAY, GUEST_OVERLAY), (OUR_OVERLAY6, GUEST_OVERLAY6)] {
+            script += &format!("ip neigh replace {ours} lladdr {our_local} dev gre1 nud permanent\n");
+            config += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{theirs}\"\nnbma = \"{our_remote}\"\n");
+        }
+    } else {
+        config = config.replace("\naddress", &format!("\nremote = \"{our_remote}\"\naddress"));
+    }
+    p.guest.ok(&script)?;
     let ours = p.ours.clone();
     let instance = p.lab.gre_up(&ours, "gre", &config)?;
     let result = exchange(p, &instance, c);
@@ -139,7 +159,8 @@ fn exchange(p: &mut LinuxPeer, instance: &str, c: &Case) -> Result<()> {
         sorted.dedup();
         ensure!(sorted.len() == our_seqs.len(), "{} of our {} packets repeat a sequence number", our_seqs.len() - sorted.len(), our_seqs.len());
         // Two CPUs may hand consecutive packets to the underlay in the other order (Linux's own
-        // GRE too); the receiver drops exactly the packets that arrive after a newer one.
+        // GRE too), and the two ends of the emulated link may reorder them again, so a rare
+        // late packet that Linux drops is no fault of the numbering; a repeated number is.
         let (mut newest, mut late) = (0, 0u64);
         for &s in &our_seqs {
             if s <= newest {
@@ -149,8 +170,9 @@ fn exchange(p: &mut LinuxPeer, instance: &str, c: &Case) -> Result<()> {
             }
         }
         let dropped = p.guest_counter("gre1", "rx_fifo_errors")?;
-        ensure!(dropped == late, "the guest dropped {dropped} as out of sequence; {late} arrived late");
-        ensure!(late * 200 <= our_seqs.len() as u64, "{late} of {} packets late", our_seqs.len());
+        let n = our_seqs.len() as u64;
+        eprintln!("linux seq: {n} numbered packets, {late} late on our side of the link, {dropped} dropped by Linux as out of sequence");
+        ensure!(late * 200 <= n && dropped * 200 <= n, "{late} late and {dropped} dropped of {n}");
     } else {
         quiet.extend(["rx_errors", "rx_fifo_errors"]);
     }
