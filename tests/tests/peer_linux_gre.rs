@@ -3,7 +3,11 @@
 //! SHA-256 at each end, a capture tshark finds nothing wrong with, our counters equal to what
 //! crossed the wire, and nothing dropped on either side. One guest serves every case.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use gre_tests::{
@@ -87,8 +91,8 @@ fn run_case(p: &mut LinuxPeer, c: &Case) -> Result<()> {
     );
     if c.multipoint {
         for (ours, theirs) in [(OUR_OVERLAY, GUEST_OVERLAY), (OUR_OVERLAY6, GUEST_OVERLAY6)] {
-            script += &format!("ip neigh replace {ours} lladdr {our_local} dev gre1 nud permanent\n");
-            config += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{theirs}\"\nnbma = \"{our_remote}\"\n");
+            writeln!(script, "ip neigh replace {ours} lladdr {our_local} dev gre1 nud permanent")?;
+            write!(config, "\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{theirs}\"\nnbma = \"{our_remote}\"\n")?;
         }
     } else {
         config = config.replace("\naddress", &format!("\nremote = \"{our_remote}\"\naddress"));
