@@ -266,7 +266,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
             if ecn_decap(o.ecn, ih[1] & ECN_MASK)? {
                 ip::set_ce_ipv4(ctx, inner).ok_or(drop::TRUNCATED)?;
             }
-            if ih[8] > 1 {
+            if ih[8] > 1 && forwardable_v4(&ih, o.end - inner) {
                 let (src, dst) = (addr::from_v4([ih[12], ih[13], ih[14], ih[15]]), addr::from_v4([ih[16], ih[17], ih[18], ih[19]]));
                 if let Some(verdict) = fast_decap(ctx, t, id, inner, o.end, false, &src, &dst, u32::from(ih[1])) {
                     return verdict;
@@ -279,7 +279,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
                 ip::set_ce_ipv6(ctx, inner).ok_or(drop::TRUNCATED)?;
             }
             let ih = read::<IPV6_HLEN, _>(ctx, inner).ok_or(drop::TRUNCATED)?;
-            if ih[7] > 1 {
+            if ih[7] > 1 && forwardable_v6(&ih, o.end - inner) {
                 let mut src = [0u8; 16];
                 let mut dst = [0u8; 16];
                 src.copy_from_slice(&ih[8..24]);
@@ -303,6 +303,41 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
         return Err(drop::TOO_BIG);
     }
     inject(ctx, t, protocol, inner, id, o.end - inner)
+}
+
+/// Whether ip_rcv and ip_forward would take this inner IPv4 header as it is: no options (the
+/// kernel handles those), the total length exactly what the tunnel carried, a good header
+/// checksum, and neither address what the kernel's input route calls martian (0/8, 127/8,
+/// multicast, class E and broadcast). Anything else goes the kernel path, which decides.
+#[inline(always)]
+fn forwardable_v4(ih: &[u8; IPV4_HLEN], len: usize) -> bool {
+    if ih[0] != 0x45 || usize::from(u16::from_be_bytes([ih[2], ih[3]])) != len {
+        return false;
+    }
+    let mut sum = 0u64;
+    for i in 0..IPV4_HLEN / 2 {
+        sum += u64::from(u16::from_be_bytes([ih[2 * i], ih[2 * i + 1]]));
+    }
+    if csum::fold(sum) != 0xffff {
+        return false;
+    }
+    let plain = |first: u8| first != 0 && first != 127 && first < 224;
+    plain(ih[12]) && plain(ih[16])
+}
+
+/// Whether ip6_forward would forward this inner IPv6 header: the payload length exactly what the
+/// tunnel carried, and neither address unspecified, loopback, link-local or multicast (the
+/// kernel refuses to forward link-local scope and answers the rest itself).
+#[inline(always)]
+fn forwardable_v6(ih: &[u8; IPV6_HLEN], len: usize) -> bool {
+    if usize::from(u16::from_be_bytes([ih[4], ih[5]])) + IPV6_HLEN != len {
+        return false;
+    }
+    let plain = |a: &[u8]| {
+        let zero_to_14 = a[..15].iter().all(|b| *b == 0);
+        !(a[0] == 0xff || (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || (zero_to_14 && a[15] <= 1))
+    };
+    plain(&ih[8..24]) && plain(&ih[24..40])
 }
 
 /// The decapsulation fast path: when the kernel would forward the inner packet out of a port

@@ -10,7 +10,17 @@ const HOST_MAC: &str = "02:00:00:00:00:66";
 const PEER_MAC: &str = "02:00:00:00:00:02";
 
 fn inner(dst: &str, ttl: u8, len: usize) -> Vec<u8> {
-    scapy(&format!("IP(src='203.0.113.130', dst='{dst}', ttl={ttl})/UDP(sport=7, dport=9)/Raw(b'z'*{len})"))
+    inner_from("203.0.113.130", dst, ttl, len)
+}
+
+fn inner_from(src: &str, dst: &str, ttl: u8, len: usize) -> Vec<u8> {
+    scapy(&format!("IP(src='{src}', dst='{dst}', ttl={ttl})/UDP(sport=7, dport=9)/Raw(b'z'*{len})"))
+}
+
+/// `packet` with `f` applied to its bytes.
+fn patched(mut packet: Vec<u8>, f: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    f(&mut packet);
+    packet
 }
 
 /// A LAN port `lan0` with a host 203.0.113.66 behind it, forwarding on the tunnel netdev t0.
@@ -50,13 +60,31 @@ fn decap_straight_to_a_lan_port() {
         ("local destination", inner("203.0.113.65", 9, 100)),
         ("too big for the egress port", inner("203.0.113.66", 9, 1300)),
         ("no route", inner("198.51.100.200", 9, 100)),
+        // What ip_rcv or ip_forward refuses is theirs to refuse (and count).
+        ("martian source 127.0.0.1", inner_from("127.0.0.1", "203.0.113.66", 9, 100)),
+        ("martian source 0.0.0.0", inner_from("0.0.0.0", "203.0.113.66", 9, 100)),
+        ("multicast source", inner_from("224.0.0.5", "203.0.113.66", 9, 100)),
+        ("limited broadcast source", inner_from("255.255.255.255", "203.0.113.66", 9, 100)),
+        ("IHL 4", patched(inner("203.0.113.66", 9, 100), |p| p[0] = 0x44)),
+        (
+            "IPv4 options",
+            scapy("IP(src='203.0.113.130', dst='203.0.113.66', ttl=9, options=IPOption(b'\\x01\\x01\\x01\\x00'))/UDP(sport=7, dport=9)/Raw(b'z'*100)"),
+        ),
+        ("bad header checksum", patched(inner("203.0.113.66", 9, 100), |p| p[10] ^= 0x55)),
+        (
+            "total length beyond the bytes carried",
+            patched(inner("203.0.113.66", 9, 100), |p| {
+                let t = u16::from_be_bytes([p[2], p[3]]) + 8;
+                p[2..4].copy_from_slice(&t.to_be_bytes());
+            }),
+        ),
     ] {
         let (action, out) = f.decap(&wire(&packet));
         assert_eq!(action, XDP_REDIRECT, "{what}");
         assert_eq!(out, [eth(f.keyed.mac, f.keyed.inject_mac, EtherType::IPV4), packet].concat(), "{what}: the kernel path");
     }
     assert_eq!(f.stats(0).fast_rx, 1);
-    assert_eq!(f.stats(0).rx_packets, 5);
+    assert_eq!(f.stats(0).rx_packets, 13);
 }
 
 /// A packet from the LAN host to a destination behind the tunnel.

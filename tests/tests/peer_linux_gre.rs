@@ -3,11 +3,7 @@
 //! SHA-256 at each end, a capture tshark finds nothing wrong with, our counters equal to what
 //! crossed the wire, and nothing dropped on either side. One guest serves every case.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    time::Instant,
-};
+use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use gre_tests::{
