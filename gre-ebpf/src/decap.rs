@@ -333,9 +333,12 @@ fn forwardable_v6(ih: &[u8; IPV6_HLEN], len: usize) -> bool {
     if usize::from(u16::from_be_bytes([ih[4], ih[5]])) + IPV6_HLEN != len {
         return false;
     }
-    let plain = |a: &[u8]| {
-        let zero_to_14 = a[..15].iter().all(|b| *b == 0);
-        !(a[0] == 0xff || (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || (zero_to_14 && a[15] <= 1))
+    // The first byte decides for nearly every address; only ::/127 needs the rest read.
+    let plain = |a: &[u8]| match a[0] {
+        0xff => false,
+        0xfe => a[1] & 0xc0 != 0x80,
+        0 => !(a[1..15].iter().all(|b| *b == 0) && a[15] <= 1),
+        _ => true,
     };
     plain(&ih[8..24]) && plain(&ih[24..40])
 }

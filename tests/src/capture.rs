@@ -62,7 +62,7 @@ impl Capture {
     /// # Panics
     /// tshark fails or prints something that is not JSON.
     pub fn decode(&mut self, display_filter: &str, fields: &[&str]) -> Vec<Value> {
-        self.decode_with(&[], display_filter, fields)
+        self.decode_args(&[], display_filter, fields)
     }
 
     /// The frames tshark finds fault with, checksums verified: malformed, an expert error, a bad
@@ -73,32 +73,18 @@ impl Capture {
     /// # Panics
     /// As [`Capture::decode`].
     pub fn faults(&mut self) -> Vec<Value> {
-        let prefs = ["ip.check_checksum:TRUE", "tcp.check_checksum:TRUE", "udp.check_checksum:TRUE"];
+        let args = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"];
+        let args = [&args[..], &["-d", "tcp.port==1-65535,data", "-d", "udp.port==1-65535,data"]].concat();
         let bad = ["ip", "icmp", "icmpv6", "tcp", "udp", "gre"].map(|p| format!("{p}.checksum.status == \"Bad\""));
         let filter = format!("_ws.malformed || _ws.expert.severity >= error || {}", bad.join(" || "));
-        self.decode_transport(&prefs, &filter, &["frame.number", "frame.protocols", "_ws.expert.message"])
+        self.decode_args(&args, &filter, &["frame.number", "frame.protocols", "_ws.expert.message"])
     }
 
-    /// As [`Capture::decode_with`], transport payloads read as data.
-    fn decode_transport(&mut self, prefs: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
-        self.decode_args(&["-d", "tcp.port==1-65535,data", "-d", "udp.port==1-65535,data"], prefs, display_filter, fields)
-    }
-
-    /// As [`Capture::decode`], with tshark preferences (`-o NAME:VALUE`).
-    ///
-    /// # Panics
-    /// As [`Capture::decode`].
-    pub fn decode_with(&mut self, prefs: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
-        self.decode_args(&[], prefs, display_filter, fields)
-    }
-
-    fn decode_args(&mut self, args: &[&str], prefs: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
+    /// tshark on the capture with extra arguments (preferences, decode-as rules).
+    fn decode_args(&mut self, args: &[&str], display_filter: &str, fields: &[&str]) -> Vec<Value> {
         self.stop();
         let mut cmd = Command::new("tshark");
         cmd.args(args);
-        for p in prefs {
-            cmd.args(["-o", p]);
-        }
         cmd.arg("-r").arg(&self.path).args(["-Y", display_filter, "-T", "json"]);
         for f in fields {
             cmd.args(["-e", f]);

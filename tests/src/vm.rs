@@ -375,14 +375,10 @@ impl Guest {
     /// # Errors
     /// It exits non-zero (the error carries its output) or times out.
     pub fn ok(&mut self, script: &str) -> Result<String> {
-        let out = self.run_timeout(&format!("set -euo pipefail\n{script}"), COMMAND_TIMEOUT)?;
-        if out.status != 0 {
-            bail!("in guest {}: exit {}:\n{script}\n--- stdout\n{}--- stderr\n{}", self.name, out.status, out.stdout, out.stderr);
-        }
-        Ok(out.stdout)
+        self.ok_timeout(script, COMMAND_TIMEOUT)
     }
 
-    /// Runs `script` as [`Guest::ok`] does but with no limit of its own beyond `timeout`.
+    /// Runs `script` as [`Guest::ok`] does, with `timeout` as its limit.
     ///
     /// # Errors
     /// As [`Guest::ok`].

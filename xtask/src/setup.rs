@@ -121,9 +121,9 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-/// Debian kernels for the VM tier: (name, apt suite or None for the system's sources). Bookworm's
-/// 6.1 is the peers' kernel (ip_gre, ip6_gre, gretap); backports' 6.12 runs our datapath (TCX, ESP).
-const KERNELS: &[(&str, Option<&str>)] = &[("bookworm", None), ("bookworm-backports", Some("bookworm-backports"))];
+/// Debian kernels for the VM tier, by suite: bookworm's 6.1 is the peers' kernel (ip_gre, ip6_gre,
+/// gretap); backports' 6.12 runs our datapath (TCX, ESP).
+const KERNELS: &[&str] = &["bookworm", "bookworm-backports"];
 
 fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -131,20 +131,17 @@ fn root() -> std::path::PathBuf {
 
 /// Fetches each kernel package with `apt-get download` (never installed on this host), unpacks
 /// `vmlinuz` and the modules into target/vm/kernels/NAME and indexes the modules (depmod) so the
-/// guest's modprobe finds them. Another suite is read through a private sources list, leaving the
-/// system's apt configuration alone.
+/// guest's modprobe finds them. Each suite is read through a private sources list, so neither the
+/// system's apt configuration nor the freshness of its package lists matters.
 fn vm_kernels() -> Result<()> {
-    for (name, suite) in KERNELS {
+    for name in KERNELS {
         let dir = root().join("target/vm/kernels").join(name);
         if dir.join("version").exists() && dir.join("vmlinuz").exists() {
             eprintln!("setup: {name} kernel: present");
             continue;
         }
-        let apt = AptSources::new(*suite)?;
-        let meta = match suite {
-            Some(s) => format!("linux-image-amd64/{s}"),
-            None => "linux-image-amd64".to_string(),
-        };
+        let apt = AptSources::new(name)?;
+        let meta = format!("linux-image-amd64/{name}");
         let depends = output(apt.cmd("apt-cache").args(["depends", &meta])).with_context(|| format!("apt-cache depends {meta}"))?;
         let package = depends
             .lines()
@@ -176,15 +173,14 @@ fn vm_kernels() -> Result<()> {
     Ok(())
 }
 
-/// apt commands on the system's sources, or on one other suite of the same Debian mirror through
-/// files of our own (sources list, package lists, cache).
+/// apt commands on one suite of the Debian mirror through files of our own (sources list, package
+/// lists, cache).
 struct AptSources {
     options: Vec<String>,
 }
 
 impl AptSources {
-    fn new(suite: Option<&str>) -> Result<Self> {
-        let Some(suite) = suite else { return Ok(Self { options: Vec::new() }) };
+    fn new(suite: &str) -> Result<Self> {
         let dir = root().join("target/vm/apt").join(suite);
         for d in ["lists/partial", "cache/archives/partial"] {
             std::fs::create_dir_all(dir.join(d))?;
