@@ -32,6 +32,13 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "python3",
+    // Independent peers: Open vSwitch's userspace GRE (on the host, in a test's namespace) and
+    // FRR's nhrpd (in a guest), with the iptables NFLOG rule FRR's phase 3 hub needs, and nft
+    // for the NAT namespaces of the NHRP tests.
+    "openvswitch-switch",
+    "frr",
+    "iptables",
+    "nftables",
 ];
 
 pub fn run() -> Result<()> {
@@ -91,7 +98,20 @@ fn debian_packages() -> Result<()> {
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     status(Command::new("apt-get").args(["update", "-q"]))?;
-    status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    // The daemons among them (ovs-vswitchd, FRR) are started by the tests in namespaces of their
+    // own; none may start system-wide when installed, so a policy refuses every service start
+    // for the install unless the machine already has a policy of its own.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(policy, "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"));
+    if ours {
+        std::fs::remove_file(policy)?;
+    }
+    installed
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13";
