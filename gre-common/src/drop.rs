@@ -51,8 +51,16 @@ pub const NO_PEER: u32 = 19;
 /// NHRP beyond what the daemon is handed per second (or with the ring full).
 pub const NHRP_RATE: u32 = 20;
 
+/// A Cisco keepalive beyond what one tunnel answers per second: reflection is bounded.
+pub const KEEPALIVE_RATE: u32 = 21;
+/// Multicast on a multipoint tunnel to a group outside the tunnel's `multicast.groups` (by
+/// default only link-local scopes: routing-protocol hellos).
+pub const MULTICAST_SCOPE: u32 = 22;
+/// Multicast beyond the replicas a multipoint tunnel sends per second (`multicast.rate`).
+pub const MULTICAST_RATE: u32 = 23;
+
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 24;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -77,4 +85,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "unknown_peer",
     "no_peer",
     "nhrp_rate",
+    "keepalive_rate",
+    "multicast_scope",
+    "multicast_rate",
 ];

@@ -205,6 +205,35 @@ pub struct Tunnel {
     pub netdev_mac: [u8; 6],
     /// MAC of `gre0-dp`: their source.
     pub inject_mac: [u8; 6],
+    /// Multipoint: replicas of multicast sent per second at most (0: no multicast).
+    pub multicast_rate: u32,
+    /// Multipoint: the multicast groups replicated to the peers, as prefixes of the 16-byte
+    /// form (IPv4 lengths plus 96); a length of 0 marks an unused slot.
+    pub multicast_groups: [Addr; MAX_MULTICAST_GROUPS],
+    pub multicast_group_lens: [u8; MAX_MULTICAST_GROUPS],
+}
+
+/// How many multicast group prefixes one multipoint tunnel replicates.
+pub const MAX_MULTICAST_GROUPS: usize = 4;
+
+/// A fixed one-second window of a rate limit: when it began (bpf_ktime_get_ns) and what it has
+/// let through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Window {
+    pub start_ns: u64,
+    pub count: u64,
+}
+
+/// Per-tunnel rate limits of what the datapath sends on its own account (shared by all CPUs,
+/// updated without a lock: a race lets a few more through, never unboundedly many).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelLimits {
+    /// Keepalives reflected.
+    pub keepalive: Window,
+    /// Multicast replicas.
+    pub multicast: Window,
 }
 
 /// Per-tunnel counters (a per-CPU array indexed by tunnel id). Packets are counted as the kernel's
@@ -503,7 +532,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16 + 4 + 17 * MAX_MULTICAST_GROUPS);
         assert_eq!(core::mem::size_of::<PeerKey>(), 24);
         assert_eq!(core::mem::size_of::<Peer>(), 64);
         assert_eq!(core::mem::size_of::<Route>(), 24);

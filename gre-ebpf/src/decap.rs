@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::XdpContext,
 };
 use gre_common::{
@@ -20,12 +20,12 @@ use gre_common::{
         FLAG_S, IPPROTO_GRE, IPV4_HLEN, IPV6_DSTOPTS, IPV6_HLEN, IPV6_HOPOPTS, OPTION_LEN, PROTO_CISCO_METADATA, PROTO_IPV4, PROTO_IPV6, PROTO_KEEPALIVE,
         PROTO_NHRP, PROTO_TEB, VERSION_MASK, VLAN_HLEN, header_len,
     },
-    maps::{EndpointKey, NHRP_PUNT_MAX, NbmaKey, NhrpPunt, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags},
+    maps::{EndpointKey, NHRP_PUNT_MAX, NhrpPunt, RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, Window, tunnel_flags},
 };
 
 use crate::{
-    csum, fib, ip,
-    maps::{ENDPOINTS, INJECT_PORTS, NBMA_PEERS, NHRP_BUDGET, NHRP_PUNT, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
+    csum, fib, ip, limit,
+    maps::{ENDPOINTS, INJECT_PORTS, LIMITS, NHRP_BUDGET, NHRP_PUNT, NHRP_SCRATCH, NHRP_SOURCES, PORTS, RX_MATCH, SEQUENCES, TUNNELS},
     packet::{Packet as _, be16, be32, bytes, read},
     stats,
 };
@@ -77,19 +77,16 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     let Some(tunnel) = TUNNELS.get(id) else {
         return Err(drop::NO_TUNNEL);
     };
-    if tunnel.flags & tunnel_flags::STRICT != 0 {
-        let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: outer.remote };
-        // SAFETY: only presence is tested.
-        if unsafe { NBMA_PEERS.get(&nbma) }.is_none() {
-            return Err(stats::tunnel_drop(id, drop::UNKNOWN_PEER));
-        }
+    // A multipoint tunnel's peers are those with counters (userspace makes them with the peer).
+    // What arrived from one is counted here, before the deep checks, for the stack's sake; what
+    // they drop is counted by reason.
+    let known = tunnel.flags & tunnel_flags::MULTIPOINT == 0 || stats::count_peer(id, &outer.remote, (outer.end - outer.gre - gre.len) as u64, true);
+    // NHRP passes even a strict tunnel's gate: it is how a new spoke becomes a known peer (the
+    // daemon authenticates it; strangers' NHRP is rate-limited per source).
+    if tunnel.flags & tunnel_flags::STRICT != 0 && !known && gre.protocol != PROTO_NHRP {
+        return Err(stats::tunnel_drop(id, drop::UNKNOWN_PEER));
     }
-    if tunnel.flags & tunnel_flags::MULTIPOINT != 0 {
-        // What arrived from this peer for the tunnel (counted here, before the deep checks, for
-        // the stack's sake; what they drop is counted by reason).
-        stats::count_peer(id, &outer.remote, (outer.end - outer.gre - gre.len) as u64, true);
-    }
-    matched(ctx, &outer, &gre, id, tunnel).map_err(|reason| stats::tunnel_drop(id, reason))
+    matched(ctx, &outer, &gre, id, tunnel, known).map_err(|reason| stats::tunnel_drop(id, reason))
 }
 
 /// The outer headers, as far as they are read before any lookup: `Err` carries the final
@@ -213,7 +210,7 @@ fn gre_options(ctx: &XdpContext, o: &Outer, flags: u16, protocol: u16) -> Result
 
 /// Receive checks and delivery for a packet of tunnel `id`.
 #[inline(always)]
-fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict {
+fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel, known: bool) -> Verdict {
     // Bytes past the outer datagram (Ethernet padding, a trailer) are not part of it: trimmed, as
     // ip_rcv does, before anything reads or delivers the payload.
     let trailer = ctx.len() - o.end;
@@ -260,6 +257,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
                 && addr::from_v4([ih[12], ih[13], ih[14], ih[15]]) == t.local
                 && addr::from_v4([ih[16], ih[17], ih[18], ih[19]]) == t.remote
                 && ih[8] > 1
+                && is_keepalive(ctx, &ih, inner, o.end)
             {
                 return answer_keepalive(ctx, o, inner, id);
             }
@@ -291,7 +289,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel) -> Verdict
             }
         }
         PROTO_TEB => return inject_frame(ctx, o, inner, id, t.mtu),
-        PROTO_NHRP => return punt_nhrp(ctx, o, g, inner, id),
+        PROTO_NHRP => return punt_nhrp(ctx, o, g, inner, id, known),
         PROTO_KEEPALIVE => {
             // Our own keepalive, sent back by the remote: proof that the tunnel works both ways.
             stats::count_keepalive_returned(id);
@@ -378,25 +376,43 @@ fn fast_decap(ctx: &XdpContext, t: &Tunnel, id: u32, inner: usize, end: usize, v
     })
 }
 
-/// NHRP handed to the daemon per CPU per second, at most: a flood costs it little.
-const NHRP_PER_SECOND: u64 = 200;
+/// NHRP handed to the daemon per CPU per second, at most: from known peers (a point-to-point
+/// tunnel's remote, a multipoint tunnel's peers), from all other senders together, and from any
+/// one of those. A flood costs the daemon little and cannot crowd out the peers' registrations.
+const NHRP_KNOWN_PER_SECOND: u64 = 1000;
+const NHRP_UNKNOWN_PER_SECOND: u64 = 200;
+const NHRP_PER_SOURCE_PER_SECOND: u64 = 10;
 
 /// NHRP goes to the daemon, never to the overlay: with the outer addresses and key as they were
 /// on the wire (the true NBMA address of a spoke behind NAT).
+/// Its keys live in a per-CPU scratch map: the decapsulation's stack is nearly full.
 #[inline(always)]
-fn punt_nhrp(ctx: &XdpContext, o: &Outer, g: &Gre, inner: usize, id: u32) -> Verdict {
-    let budget = NHRP_BUDGET.get_ptr_mut(0).ok_or(drop::NHRP_RATE)?;
-    // SAFETY: a per-CPU slot, used by one program run at a time.
-    let budget = unsafe { &mut *budget };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(budget[0]) > 1_000_000_000 {
-        *budget = [now, 0];
+fn punt_nhrp(ctx: &XdpContext, o: &Outer, g: &Gre, inner: usize, id: u32, known: bool) -> Verdict {
+    if !known {
+        // An unknown source gets a window of its own.
+        let scratch = NHRP_SCRATCH.get_ptr_mut(0).ok_or(drop::NHRP_RATE)?;
+        // SAFETY: a per-CPU slot, used by one program run at a time.
+        let scratch = unsafe { &mut *scratch };
+        scratch.source = o.remote;
+        let allowed = match NHRP_SOURCES.get_ptr_mut(&scratch.source) {
+            // SAFETY: an LRU entry; a racing CPU can only let a few more through.
+            Some(w) => limit::allow(unsafe { &mut *w }, 1, NHRP_PER_SOURCE_PER_SECOND),
+            None => {
+                scratch.window = Window::default();
+                limit::allow(&mut scratch.window, 1, NHRP_PER_SOURCE_PER_SECOND);
+                NHRP_SOURCES.insert(&scratch.source, &scratch.window, 0).is_ok()
+            }
+        };
+        if !allowed {
+            return Err(drop::NHRP_RATE);
+        }
     }
-    if budget[1] >= NHRP_PER_SECOND {
+    let budget = NHRP_BUDGET.get_ptr_mut(u32::from(!known)).ok_or(drop::NHRP_RATE)?;
+    let per_second = if known { NHRP_KNOWN_PER_SECOND } else { NHRP_UNKNOWN_PER_SECOND };
+    // SAFETY: a per-CPU slot, used by one program run at a time.
+    if !limit::allow(unsafe { &mut *budget }, 1, per_second) {
         return Err(drop::NHRP_RATE);
     }
-    budget[1] += 1;
     let len = (o.end - inner).min(NHRP_PUNT_MAX);
     if len == 0 {
         return Err(drop::TRUNCATED);
@@ -457,11 +473,33 @@ fn ecn_decap(outer: u8, inner: u8) -> Result<bool, u32> {
     Ok(outer == ECN_CE && inner != ECN_CE)
 }
 
+/// Whether the inner IPv4 packet `ih` at `inner` (GRE from our end to the remote, already
+/// checked) is a keepalive as Cisco builds them: a bare GRE header of protocol type 0 and
+/// nothing after it. Any other GRE from us to the remote is an ordinary inner packet, and the
+/// kernel path decides about it.
+#[inline(always)]
+fn is_keepalive(ctx: &XdpContext, ih: &[u8; IPV4_HLEN], inner: usize, end: usize) -> bool {
+    let total = usize::from(u16::from_be_bytes([ih[2], ih[3]]));
+    let Some(word0) = be32(ctx, inner + IPV4_HLEN) else { return false };
+    #[expect(clippy::cast_possible_truncation, reason = "the two halves of the first word")]
+    let (flags, protocol) = ((word0 >> 16) as u16, word0 as u16);
+    ih[0] == 0x45 && protocol == PROTO_KEEPALIVE && flags & (VERSION_MASK | FLAG_R) == 0 && total == IPV4_HLEN + header_len(flags) && inner + total <= end
+}
+
+/// Keepalives one tunnel reflects per second at most: Cisco's shortest period is one second, so
+/// this leaves room for several remotes' worth while bounding what a forger gets reflected.
+const KEEPALIVES_PER_SECOND: u64 = 10;
+
 /// A Cisco keepalive from the remote: the inner packet is GRE addressed back to the remote. Send
 /// it there from here at line rate, as a router would (TTL decremented), instead of through the
 /// kernel.
 #[inline(always)]
 fn answer_keepalive(ctx: &XdpContext, o: &Outer, inner: usize, id: u32) -> Verdict {
+    let limits = LIMITS.get_ptr_mut(id).ok_or(drop::KEEPALIVE_RATE)?;
+    // SAFETY: this tunnel's slot; a racing CPU can only let a few more through.
+    if !limit::allow(unsafe { &mut (*limits).keepalive }, 1, KEEPALIVES_PER_SECOND) {
+        return Err(drop::KEEPALIVE_RATE);
+    }
     // A cold path: the helper checks bounds itself, so no packet pointer has to survive the
     // compiler's reuse of earlier checks.
     let mut l2 = [0u8; ETH_HLEN + VLAN_HLEN];

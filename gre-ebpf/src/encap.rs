@@ -16,13 +16,14 @@ use aya_ebpf::{
 use gre_common::{
     addr, drop,
     gre::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, FLAG_C, IPPROTO_GRE, IPV4_HLEN, IPV6_HLEN, PROTO_TEB},
-    maps::{Tunnel, tunnel_flags},
+    maps::{MAX_MULTICAST_PEERS, Tunnel, tunnel_flags},
 };
 
 use crate::{
     csum, fib,
     headers::{self, DEFAULT_TTL, HEADERS_MAX, Headers, Inner},
-    maps::{MULTICAST, TUNNELS, TX_BY_IFINDEX},
+    limit,
+    maps::{LIMITS, MULTICAST, TUNNELS, TX_BY_IFINDEX},
     peers, replicate, stats,
 };
 
@@ -65,7 +66,19 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     // Multicast on a multipoint tunnel goes to every peer mapped for it (see replicate.rs).
     let multicast = t.flags & tunnel_flags::MULTIPOINT != 0 && !teb && peers::is_multicast(&inner.dst);
     let remote = if multicast {
-        MULTICAST.get(id).filter(|l| l.count > 0).ok_or(drop::NO_PEER)?.nbma[0]
+        // Replication multiplies: only the tunnel's groups (by default the link-local scopes
+        // of routing protocols), at a bounded rate of replicas.
+        if !peers::in_groups(t, &inner.dst) {
+            return Err(drop::MULTICAST_SCOPE);
+        }
+        let list = MULTICAST.get(id).filter(|l| l.count > 0).ok_or(drop::NO_PEER)?;
+        let limits = LIMITS.get_ptr_mut(id).ok_or(drop::MULTICAST_RATE)?;
+        let replicas = u64::from(list.count.min(MAX_MULTICAST_PEERS as u32));
+        // SAFETY: this tunnel's slot; a racing CPU can only let a few more through.
+        if !limit::allow(unsafe { &mut (*limits).multicast }, replicas, u64::from(t.multicast_rate)) {
+            return Err(drop::MULTICAST_RATE);
+        }
+        list.nbma[0]
     } else if t.flags & tunnel_flags::MULTIPOINT != 0 {
         peers::note_relay(id, t, &inner.src, &inner.dst);
         peers::resolve(id, t, &inner.src, &inner.dst)?

@@ -13,6 +13,7 @@ mod fib;
 mod headers;
 mod ip;
 mod lan;
+mod limit;
 mod maps;
 mod packet;
 mod peers;

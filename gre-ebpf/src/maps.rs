@@ -9,7 +9,7 @@ use gre_common::{
     drop,
     maps::{
         EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, MulticastPeers, NbmaKey, NeighbourKey, Peer, PeerKey, PeerStats, Route, RxKey, Sequence,
-        Tunnel, TunnelState, TunnelStats,
+        Tunnel, TunnelLimits, TunnelState, TunnelStats, Window,
     },
 };
 
@@ -57,7 +57,8 @@ pub static ROUTES: LpmTrie<[u8; 16], Route> = LpmTrie::with_max_entries(MAX_ROUT
 #[map]
 pub static PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
 
-/// NBMA addresses of each multipoint tunnel's peers (strict mode), with how many peers use each.
+/// How many peers of a multipoint tunnel use each NBMA address: userspace keeps a peer's
+/// PEER_STATS entry (by which the datapath knows a peer) while any does.
 #[map]
 pub static NBMA_PEERS: HashMap<NbmaKey, u32> = HashMap::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
 
@@ -85,9 +86,29 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static NHRP_PUNT: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 
-/// Per CPU: the current one-second window and how many NHRP packets were handed over in it.
+/// Per CPU: NHRP handed to the daemon in the current second, from known peers (0) and from
+/// anyone else (1), so that strangers cannot use up the budget of the peers.
 #[map]
-pub static NHRP_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+pub static NHRP_BUDGET: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
+
+/// NHRP handed to the daemon per unknown source address in the current second: one sender
+/// cannot take the whole budget of strangers (a new spoke's registration still gets through).
+#[map]
+pub static NHRP_SOURCES: LruHashMap<[u8; 16], Window> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per CPU: a key and a value for NHRP_SOURCES, built here rather than on the stack.
+#[map]
+pub static NHRP_SCRATCH: PerCpuArray<SourceWindow> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct SourceWindow {
+    pub source: [u8; 16],
+    pub window: Window,
+}
+
+/// Rate limits of keepalive reflection and multicast replication, by tunnel id.
+#[map]
+pub static LIMITS: Array<TunnelLimits> = Array::with_max_entries(MAX_TUNNELS, 0);
 
 /// When a resolution was last asked for, per (tunnel, destination): at most one a second.
 #[map]

@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use gre_common::{
     addr::Addr,
     drop,
-    maps::{Event, Peer, PeerKey, Route, Tunnel, event_kind, nhrp_role, peer_kind},
+    maps::{Event, MAX_MULTICAST_GROUPS, Peer, PeerKey, Route, Tunnel, event_kind, nhrp_role, peer_kind},
 };
 
 use crate::maps::{EVENTS, PEERS, RESOLUTION_ASKED, ROUTES};
@@ -114,6 +114,38 @@ fn tell(kind: u32, id: u32, target: &Addr, source: &Addr) {
     log_event(kind, id, target, source);
     // A full ring drops the event: the next packet (after a second) asks again.
     let _ = EVENTS.output::<Event>(&event, 0);
+}
+
+/// True when `dst` is in one of the multicast groups tunnel `t` replicates.
+#[inline(always)]
+pub fn in_groups(t: &Tunnel, dst: &Addr) -> bool {
+    let halves = |a: &Addr| {
+        let (mut hi, mut lo) = ([0u8; 8], [0u8; 8]);
+        hi.copy_from_slice(&a[..8]);
+        lo.copy_from_slice(&a[8..]);
+        (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+    };
+    let (dh, dl) = halves(dst);
+    let mut i = 0;
+    while i < MAX_MULTICAST_GROUPS {
+        let len = u32::from(t.multicast_group_lens[i]);
+        if len != 0 {
+            let (ph, pl) = halves(&t.multicast_groups[i]);
+            let mask_hi = if len >= 64 { u64::MAX } else { !(u64::MAX >> len) };
+            let mask_lo = if len <= 64 {
+                0
+            } else if len >= 128 {
+                u64::MAX
+            } else {
+                !(u64::MAX >> (len - 64))
+            };
+            if (dh ^ ph) & mask_hi == 0 && (dl ^ pl) & mask_lo == 0 {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
 }
 
 /// True for an IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) multicast destination.

@@ -87,9 +87,10 @@ pub fn count_nhrp_punted(tunnel: u32) {
 
 /// Counts a packet to (`rx` false) or from a peer of multipoint tunnel `tunnel`, by NBMA address.
 #[inline(always)]
-pub fn count_peer(tunnel: u32, nbma: &Addr, bytes: u64, rx: bool) {
+pub fn count_peer(tunnel: u32, nbma: &Addr, bytes: u64, rx: bool) -> bool {
     let key = NbmaKey { tunnel, pad0: 0, nbma: *nbma };
-    if let Some(s) = PEER_STATS.get_ptr_mut(&key) {
+    let Some(s) = PEER_STATS.get_ptr_mut(&key) else { return false };
+    {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         let s = unsafe { &mut *s };
         if rx {
@@ -100,4 +101,5 @@ pub fn count_peer(tunnel: u32, nbma: &Addr, bytes: u64, rx: bool) {
             s.tx_bytes += bytes;
         }
     }
+    true
 }

@@ -160,9 +160,11 @@ pub struct TunnelSpec {
     /// Multipoint: the overlay address of the NHS (hub), where traffic goes while a peer is not
     /// resolved. Its NBMA address comes from a `[[peer]]` entry.
     pub nhs: Option<Spanned<IpAddr>>,
-    /// Multipoint: accept GRE only from the NBMA addresses of known peers.
-    #[serde(default)]
-    pub strict: bool,
+    /// Multipoint: accept GRE only from the NBMA addresses of known peers (NHRP still reaches
+    /// the daemon, so new spokes can register). The default on tunnels that run NHRP.
+    pub strict: Option<Spanned<bool>>,
+    /// Multipoint: which multicast is replicated to the peers, and how much.
+    pub multicast: Option<Spanned<MulticastSpec>>,
     /// Sets both `ikey` and `okey`.
     pub key: Option<Spanned<u32>>,
     pub ikey: Option<Spanned<u32>>,
@@ -203,6 +205,46 @@ pub struct TunnelSpec {
     pub keepalive: Option<Spanned<Keepalive>>,
     /// NHRP on a multipoint tunnel, run by `gre daemon`.
     pub nhrp: Option<Spanned<Nhrp>>,
+}
+
+/// Multicast replication of a multipoint tunnel: one copy per peer mapped for multicast, so it
+/// is bounded by group and by rate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MulticastSpec {
+    /// Group prefixes replicated (at most four); the default is the link-local scopes routing
+    /// protocols use, 224.0.0.0/24 and ff02::/16. Other multicast is a counted drop.
+    #[serde(default = "default_groups")]
+    pub groups: Vec<Spanned<IpNet>>,
+    /// Replicas sent per second at most, all peers together.
+    #[serde(default = "default_multicast_rate")]
+    pub rate: u32,
+}
+
+/// Multicast replication as the datapath applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Multicast {
+    pub groups: Vec<IpNet>,
+    pub rate: u32,
+}
+
+impl Default for Multicast {
+    fn default() -> Self {
+        Self { groups: LINK_LOCAL_GROUPS.iter().map(|g| g.parse().expect("a prefix")).collect(), rate: DEFAULT_MULTICAST_RATE }
+    }
+}
+
+/// The link-local multicast scopes (routing-protocol hellos): what a multipoint tunnel
+/// replicates unless told otherwise.
+pub const LINK_LOCAL_GROUPS: [&str; 2] = ["224.0.0.0/24", "ff02::/16"];
+pub const DEFAULT_MULTICAST_RATE: u32 = 10_000;
+
+fn default_groups() -> Vec<Spanned<IpNet>> {
+    LINK_LOCAL_GROUPS.iter().map(|g| Spanned::new(0..0, g.parse().expect("a prefix"))).collect()
+}
+
+const fn default_multicast_rate() -> u32 {
+    DEFAULT_MULTICAST_RATE
 }
 
 /// NHRP settings of a multipoint tunnel (Cisco `ip nhrp …`, FRR `ip nhrp …`).
@@ -339,6 +381,8 @@ pub struct Tunnel {
     pub multipoint: bool,
     pub nhs: Option<IpAddr>,
     pub strict: bool,
+    /// Multipoint tunnels' multicast replication.
+    pub multicast: Multicast,
     pub ikey: Option<u32>,
     pub okey: Option<u32>,
     pub icsum: bool,
@@ -423,6 +467,30 @@ impl Tunnel {
         }
         flags
     }
+}
+
+/// The multicast settings of tunnel `name`, checked.
+fn multicast(name: &str, m: &Spanned<MulticastSpec>) -> Result<Multicast, (Range<usize>, String)> {
+    let spec = m.get_ref();
+    if spec.groups.len() > gre_common::maps::MAX_MULTICAST_GROUPS {
+        return Err((m.span(), format!("tunnel {name:?}: multicast: at most {} groups", gre_common::maps::MAX_MULTICAST_GROUPS)));
+    }
+    for g in &spec.groups {
+        let multicast = match g.get_ref() {
+            IpNet::V4(n) => n.prefix_len() >= 4 && n.network().is_multicast(),
+            IpNet::V6(n) => n.prefix_len() >= 8 && n.network().is_multicast(),
+        };
+        if !multicast || g.get_ref().trunc() != *g.get_ref() {
+            return Err((
+                g.span(),
+                format!("tunnel {name:?}: multicast: {} is not a multicast prefix (within 224.0.0.0/4 or ff00::/8, host bits zero)", g.get_ref()),
+            ));
+        }
+    }
+    if spec.rate == 0 {
+        return Err((m.span(), format!("tunnel {name:?}: multicast: rate must be at least 1 replica per second")));
+    }
+    Ok(Multicast { groups: spec.groups.iter().map(|g| *g.get_ref()).collect(), rate: spec.rate })
 }
 
 /// A configuration error: where and what.
@@ -518,12 +586,29 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 return Err(at(r.span(), format!("tunnel {name:?}: remote is the same address as local")));
             }
         }
-        let multipoint_only = [(t.nhs.as_ref().map(Spanned::span), "nhs"), (t.strict.then(|| t.name.span()), "strict")];
+        let multipoint_only = [
+            (t.nhs.as_ref().map(Spanned::span), "nhs"),
+            (t.strict.as_ref().filter(|s| *s.get_ref()).map(Spanned::span), "strict"),
+            (t.multicast.as_ref().map(Spanned::span), "multicast"),
+            ((t.seq || t.iseq).then(|| t.name.span()).filter(|_| multipoint), "iseq"),
+        ];
         for (span, what) in multipoint_only {
-            if let (Some(span), false) = (span, multipoint) {
-                return Err(at(span, format!("tunnel {name:?}: {what} is for multipoint tunnels (without remote)")));
+            match (span, multipoint) {
+                (Some(span), true) if what == "iseq" => {
+                    // One expected number for all peers would drop every peer's packets but
+                    // the fastest sender's.
+                    return Err(at(span, format!("tunnel {name:?}: iseq/seq is for point-to-point tunnels (one sequence per remote)")));
+                }
+                (Some(span), false) if what != "iseq" => {
+                    return Err(at(span, format!("tunnel {name:?}: {what} is for multipoint tunnels (without remote)")));
+                }
+                _ => {}
             }
         }
+        let multicast = match &t.multicast {
+            None => Multicast::default(),
+            Some(m) => multicast(name, m).map_err(|(span, message)| at(span, message))?,
+        };
         if let Some(n) = &t.nhrp {
             let reason = if !multipoint {
                 Some("NHRP runs on multipoint tunnels (without remote)".to_string())
@@ -616,7 +701,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             remote,
             multipoint,
             nhs: t.nhs.as_ref().map(|n| *n.get_ref()),
-            strict: t.strict,
+            // A hub admits a spoke's GRE once NHRP has registered it.
+            strict: t.strict.as_ref().map_or(t.nhrp.is_some(), |s| *s.get_ref()),
+            multicast,
             ikey,
             okey,
             icsum: t.csum || t.icsum,
@@ -901,6 +988,26 @@ nhrp = { role = "nhc", holdtime = 60 }
 "#;
         let c = parse(Path::new("t.toml"), text).unwrap();
         assert_eq!(c.tunnels[0].nhrp.as_ref().map(|n| (n.network_id, n.holdtime)), Some((1, 60)));
+        // With NHRP a tunnel is strict unless told otherwise; one iseq for all peers is refused.
+        assert!(c.tunnels[0].strict);
+        let open = parse(Path::new("t.toml"), &text.replace("key = 100", "key = 100\nstrict = false")).unwrap();
+        assert!(!open.tunnels[0].strict);
+        assert!(err(&text.replace("key = 100", "key = 100\niseq = true")).message.contains("iseq/seq is for point-to-point tunnels"));
+        assert!(err(&text.replace("key = 100", "key = 100\nseq = true")).message.contains("iseq/seq is for point-to-point tunnels"));
+        // Multicast: link-local scopes by default; other groups by name, multicast ones only.
+        assert_eq!(c.tunnels[0].multicast, Multicast::default());
+        assert_eq!(Multicast::default().groups.iter().map(ToString::to_string).collect::<Vec<_>>(), ["224.0.0.0/24", "ff02::/16"]);
+        let wide = parse(Path::new("t.toml"), &text.replace("key = 100", "key = 100\nmulticast = { groups = [\"233.252.0.0/24\"], rate = 50 }")).unwrap();
+        assert_eq!(wide.tunnels[0].multicast, Multicast { groups: vec!["233.252.0.0/24".parse().unwrap()], rate: 50 });
+        let e = err(&text.replace("key = 100", "key = 100\nmulticast = { groups = [\"203.0.113.0/24\"] }"));
+        assert!(e.message.contains("203.0.113.0/24 is not a multicast prefix") && e.line == 10, "{e}");
+        assert!(err(&text.replace("key = 100", "key = 100\nmulticast = { rate = 0 }")).message.contains("at least 1 replica"));
+        assert!(
+            err(&text
+                .replace("key = 100", "key = 100\nmulticast = { groups = [\"224.0.0.0/24\", \"224.0.1.0/24\", \"ff02::/16\", \"ff05::/16\", \"ff0e::/16\"] }"))
+            .message
+            .contains("at most 4 groups")
+        );
         let second = text.split("[[tunnel]]").nth(1).unwrap().replace("dmvpn0", "dmvpn1").replace("key = 100", "key = 101");
         let e = parse(Path::new("t.toml"), &format!("{text}\n[[tunnel]]{second}")).unwrap_err();
         assert!(e.message.contains("network_id 1 is tunnel \"dmvpn0\"'s already"), "{e}");

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink};
-use gre_common::maps::{Peer, Tunnel, names, nhrp_role, peer_flags, peer_kind, programs};
+use gre_common::maps::{MAX_MULTICAST_GROUPS, Peer, Tunnel, names, nhrp_role, peer_flags, peer_kind, programs};
 use log::{info, warn};
 use rtnetlink::Handle;
 
@@ -314,8 +314,25 @@ fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Li
         underlay_ifindex: underlay.index,
         netdev_mac: kernel.mac,
         inject_mac: inject.mac,
+        multicast_rate: t.multicast.rate,
+        multicast_groups: multicast_groups(&t.multicast).0,
+        multicast_group_lens: multicast_groups(&t.multicast).1,
         ..Tunnel::default()
     }
+}
+
+/// A tunnel's multicast groups in the datapath's form: prefixes of the 16-byte address, IPv4
+/// lengths counted from the mapped form.
+fn multicast_groups(m: &config::Multicast) -> ([gre_common::addr::Addr; MAX_MULTICAST_GROUPS], [u8; MAX_MULTICAST_GROUPS]) {
+    let mut groups = ([[0; 16]; MAX_MULTICAST_GROUPS], [0; MAX_MULTICAST_GROUPS]);
+    for (i, g) in m.groups.iter().take(MAX_MULTICAST_GROUPS).enumerate() {
+        groups.0[i] = store_addr(g.network());
+        groups.1[i] = match g {
+            ipnet::IpNet::V4(n) => n.prefix_len() + 96,
+            ipnet::IpNet::V6(n) => n.prefix_len(),
+        };
+    }
+    groups
 }
 
 /// Loads a program, retrying when the verifier was interrupted (EAGAIN: a signal arrived while

@@ -332,11 +332,17 @@ impl Maps {
         let mut peer = *peer;
         let old = self.peers.get(&key, 0).ok();
         if let Some(old) = old {
-            self.release_nbma(id, &old.nbma);
             // A refreshed registration keeps the datapath's record of use.
             peer.used_ns = peer.used_ns.max(old.used_ns);
         }
         self.peers.insert(key, peer, 0).with_context(|| format!("adding peer {overlay} (PEERS is full?)"))?;
+        // The same NBMA address again (a refreshed registration) keeps its counters and stays
+        // known to the datapath throughout; a moved peer releases the old one.
+        match old {
+            Some(o) if o.nbma == peer.nbma => return self.refresh_multicast_if(old, &peer, id),
+            Some(o) => self.release_nbma(id, &o.nbma),
+            None => {}
+        }
         let nbma = NbmaKey { tunnel: id, pad0: 0, nbma: peer.nbma };
         let users = self.nbma_peers.get(&nbma, 0).unwrap_or(0);
         self.nbma_peers.insert(nbma, users + 1, 0).context("indexing the peer's NBMA address (NBMA_PEERS is full?)")?;
@@ -356,12 +362,16 @@ impl Maps {
                 }
             }
         }
-        // Registrations are refreshed every holdtime/3: rebuild the list only when it can change.
-        // (A new peer outside the multicast list changes nothing: no walk of the whole table,
-        // which made adding N peers take N² steps.)
+        self.refresh_multicast_if(old, &peer, id)
+    }
+
+    /// Registrations are refreshed every holdtime/3: rebuild the multicast list only when it can
+    /// change. (A new peer outside the multicast list changes nothing: no walk of the whole
+    /// table, which made adding N peers take N² steps.)
+    fn refresh_multicast_if(&mut self, old: Option<Peer>, peer: &Peer, id: u32) -> Result<()> {
         let changed = match old {
-            None => in_multicast(&peer),
-            Some(o) => in_multicast(&o) != in_multicast(&peer) || o.nbma != peer.nbma && in_multicast(&peer),
+            None => in_multicast(peer),
+            Some(o) => in_multicast(&o) != in_multicast(peer) || o.nbma != peer.nbma && in_multicast(peer),
         };
         if changed {
             self.refresh_multicast(id)?;

@@ -100,6 +100,19 @@ pub async fn showconf(instance: &str) -> Result<String> {
     Ok(format!("# running configuration of instance {instance}\n{}", toml::to_string(&doc)?))
 }
 
+/// The multicast groups of a multipoint tunnel, as the file writes them.
+fn multicast_groups(t: &Tunnel) -> Vec<ipnet::IpNet> {
+    t.multicast_groups
+        .iter()
+        .zip(t.multicast_group_lens)
+        .filter(|(_, len)| *len != 0)
+        .filter_map(|(a, len)| match show_addr(a) {
+            std::net::IpAddr::V4(v4) => ipnet::Ipv4Net::new(v4, len.saturating_sub(96)).ok().map(ipnet::IpNet::V4),
+            std::net::IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, len).ok().map(ipnet::IpNet::V6),
+        })
+        .collect()
+}
+
 /// A tunnel's settings under the names the file uses, defaults left out.
 fn tunnel(t: &Tunnel) -> Table {
     let f = |flag: u32| t.flags & flag != 0;
@@ -114,8 +127,17 @@ fn tunnel(t: &Tunnel) -> Table {
         if t.nhs != [0; 16] {
             s.insert("nhs".into(), show_addr(&t.nhs).to_string().into());
         }
-        if f(tunnel_flags::STRICT) {
-            s.insert("strict".into(), true.into());
+        // Strict is the default with NHRP.
+        if f(tunnel_flags::STRICT) != (t.nhrp_role != nhrp_role::NONE) {
+            s.insert("strict".into(), f(tunnel_flags::STRICT).into());
+        }
+        let groups: Vec<String> = multicast_groups(t).iter().map(ToString::to_string).collect();
+        let default_groups: Vec<String> = crate::config::LINK_LOCAL_GROUPS.iter().map(ToString::to_string).collect();
+        if groups != default_groups || t.multicast_rate != crate::config::DEFAULT_MULTICAST_RATE {
+            let mut multicast = Table::new();
+            multicast.insert("groups".into(), Value::Array(groups.into_iter().map(Value::from).collect()));
+            multicast.insert("rate".into(), i64::from(t.multicast_rate).into());
+            s.insert("multicast".into(), Value::Table(multicast));
         }
     } else {
         s.insert("remote".into(), show_addr(&t.remote).to_string().into());

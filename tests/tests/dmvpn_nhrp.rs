@@ -42,7 +42,8 @@ fn spokes_register_resolve_and_go_direct() {
     }
     let mut t = HubAndSpokes::new("gn", 4).expect("topology");
     let hub = t.hub.clone();
-    let nhrp_hub = "nhrp = { role = \"nhs\", holdtime = 6, auth = \"dmvpn\" }\n";
+    // The test group is replicated besides the link-local scopes.
+    let nhrp_hub = "nhrp = { role = \"nhs\", holdtime = 6, auth = \"dmvpn\" }\nmulticast = { groups = [\"224.0.0.0/24\", \"233.252.0.0/24\"] }\n";
     let nhrp_spoke = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 6, auth = \"dmvpn\" }}\n");
     let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, nhrp_hub, &[])).unwrap();
     let mut spokes = Vec::new();

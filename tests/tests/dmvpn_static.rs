@@ -7,6 +7,9 @@ use gre_tests::{
     traffic,
 };
 
+/// A fixed outer TTL (inherited from a link-local hello, TTL 1, it would die at the first
+/// underlay router), and the test group replicated besides the link-local scope.
+const GROUP_TUNNEL: &str = "ttl = 64\nmulticast = { groups = [\"224.0.0.0/24\", \"233.252.0.0/24\"] }\n";
 const SPOKE1: &str = "203.0.113.1";
 const SPOKE2: &str = "203.0.113.2";
 
@@ -68,7 +71,7 @@ fn multicast_reaches_every_mapped_peer() {
     let (hub, spokes) = (t.hub.clone(), t.spokes.clone());
     // Spokes 1 and 2 are mapped for multicast, spoke 3 is a unicast-only peer. A fixed outer
     // TTL: inherited from a link-local hello (TTL 1) it would die at the first underlay router.
-    let mut config = HubAndSpokes::config(HUB_NBMA, HUB, "ttl = 64\n", &[]);
+    let mut config = HubAndSpokes::config(HUB_NBMA, HUB, GROUP_TUNNEL, &[]);
     for i in 1..=3u8 {
         let multicast = i != 3;
         config += &format!(
@@ -105,7 +108,7 @@ fn multicast_reaches_a_hundred_and_more_peers() {
     let (hub, spokes) = (t.hub.clone(), t.spokes.clone());
     let mut nbmas: Vec<String> = (1..=3u8).map(HubAndSpokes::spoke_nbma).collect();
     nbmas.extend((130..=254).map(|i| format!("198.51.100.{i}")));
-    let mut config = HubAndSpokes::config(HUB_NBMA, HUB, "ttl = 64\n", &[]);
+    let mut config = HubAndSpokes::config(HUB_NBMA, HUB, GROUP_TUNNEL, &[]);
     for (n, nbma) in nbmas.iter().enumerate() {
         let overlay = if n < 3 { HubAndSpokes::spoke_overlay(u8::try_from(n + 1).unwrap()) } else { format!("203.0.113.{}", n + 97) };
         config += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{overlay}\"\nnbma = \"{nbma}\"\nmulticast = true\n");

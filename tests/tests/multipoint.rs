@@ -115,3 +115,77 @@ fn decap_accepts_any_peer_and_strict_only_known_ones() {
     assert_eq!(f.stats(strict).drops[drop::UNKNOWN_PEER as usize], 2);
     assert_eq!(f.stats(open).rx_packets, 1);
 }
+
+/// NHRP reaches the daemon even on a strict tunnel (how a new spoke registers), but strangers
+/// get a budget per source address: one sender cannot use up what the others' registrations
+/// need, and peers have a budget of their own.
+#[test]
+fn nhrp_from_strangers_is_limited_per_source() {
+    let Some(mut f) = setup("nhrp_from_strangers_is_limited_per_source") else { return };
+    let (id, _) = multipoint(&mut f, tf::STRICT, 300, Some(HUB));
+    let nhrp = |from: &str| scapy(&format!("Ether()/IP(src='{from}', dst='198.51.100.1')/GRE(key_present=1, key=300, proto=0x2001)/Raw(b'\\x00\\x01' * 20)"));
+    let (flood, other, peer) = (nhrp("198.51.100.77"), nhrp("198.51.100.78"), nhrp(SPOKE_NBMA));
+    let data = scapy("Ether()/IP(src='198.51.100.77', dst='198.51.100.1')/GRE(key_present=1, key=300, proto=0x0800)/IP(src='203.0.113.9', dst='203.0.113.1')");
+    for _ in 0..15 {
+        assert_eq!(f.decap(&flood).0, XDP_DROP);
+    }
+    let s = f.stats(id);
+    assert_eq!((s.nhrp_punted, s.drops[drop::NHRP_RATE as usize]), (10, 5), "ten a second from one stranger");
+    // Another stranger and a known peer still get through; the stranger's data does not.
+    assert_eq!(f.decap(&other).0, XDP_DROP);
+    for _ in 0..15 {
+        assert_eq!(f.decap(&peer).0, XDP_DROP);
+    }
+    assert_eq!(f.decap(&data).0, XDP_DROP);
+    let s = f.stats(id);
+    assert_eq!((s.nhrp_punted, s.drops[drop::NHRP_RATE as usize], s.drops[drop::UNKNOWN_PEER as usize]), (26, 5, 1));
+    let mut punted = Vec::new();
+    while let Some((_, _, remote, _, _)) = f.maps.next_nhrp() {
+        punted.push(remote.to_string());
+    }
+    assert_eq!(punted.len(), 26);
+    assert_eq!(punted.iter().filter(|r| *r == "198.51.100.78").count(), 1);
+}
+
+/// Replication multiplies each packet by the peers mapped for multicast: only the tunnel's
+/// groups are replicated, and only so many replicas a second.
+#[test]
+fn multicast_only_to_its_groups_and_at_its_rate() {
+    let Some(mut f) = setup("multicast_only_to_its_groups_and_at_its_rate") else { return };
+    let mut groups = [[0u8; 16]; gre_common::maps::MAX_MULTICAST_GROUPS];
+    let mut lens = [0u8; gre_common::maps::MAX_MULTICAST_GROUPS];
+    groups[0] = store_addr("224.0.0.0".parse().unwrap());
+    lens[0] = 96 + 24;
+    let (id, dev) = f.add(Tunnel {
+        local: store_addr("198.51.100.1".parse().unwrap()),
+        ttl: 64,
+        flags: tf::MULTIPOINT,
+        multicast_rate: 5,
+        multicast_groups: groups,
+        multicast_group_lens: lens,
+        ..Tunnel::default()
+    });
+    for (overlay, nbma) in [(HUB, HUB_NBMA), (SPOKE, SPOKE_NBMA)] {
+        let peer = Peer { nbma: store_addr(nbma.parse().unwrap()), kind: peer_kind::STATIC, flags: gre_common::maps::peer_flags::MULTICAST, ..Peer::default() };
+        f.maps.set_peer(id, overlay.parse().unwrap(), &peer).expect("peer");
+    }
+    let to = |group: &str| {
+        [
+            eth([1, 0, 0x5e, 0, 0, 5], SRC_MAC, EtherType::IPV4),
+            scapy(&format!("IP(src='203.0.113.1', dst='{group}', ttl=1)/UDP(sport=1, dport=2)/Raw(b'hello')")),
+        ]
+        .concat()
+    };
+    let (hello, wide) = (to("224.0.0.5"), to("233.252.0.1"));
+    // A group outside the link-local scope: not replicated.
+    assert_eq!(f.encap(&wide, dev.index).0, TC_ACT_SHOT);
+    assert_eq!(f.stats(id).drops[drop::MULTICAST_SCOPE as usize], 1);
+    // Hellos: two replicas each, five a second: the third packet would be the sixth replica.
+    // (Where the replicas go is the namespace tests' part: here the underlay has no next hops.)
+    let rate_drops = |f: &mut Fixture| {
+        f.encap(&hello, dev.index);
+        f.stats(id).drops[drop::MULTICAST_RATE as usize]
+    };
+    assert_eq!([rate_drops(&mut f), rate_drops(&mut f), rate_drops(&mut f)], [0, 0, 1]);
+    assert_eq!(f.stats(id).drops[drop::MULTICAST_SCOPE as usize], 1);
+}

@@ -233,6 +233,31 @@ fn keepalives_are_answered_and_counted() {
     assert!(f.drops().iter().all(|d| *d == 0));
 }
 
+/// Only a keepalive is reflected — a bare GRE header of protocol type 0 — and at most ten a
+/// second per tunnel: other GRE from us to the remote is an inner packet like any other, and a
+/// forger cannot turn the tunnel into a reflector.
+#[test]
+fn only_keepalives_are_reflected_and_at_a_bounded_rate() {
+    let Some(mut f) = setup("only_keepalives_are_reflected_and_at_a_bounded_rate") else { return };
+    let wrap = |inner: &str| {
+        scapy(&format!(
+            "Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:02')/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/IP(src='198.51.100.1', dst='198.51.100.2', ttl=255)/{inner}"
+        ))
+    };
+    let keepalive = wrap("GRE(key_present=1, key=42, proto=0)");
+    let not_keepalives = [
+        wrap("GRE(key_present=1, key=42, proto=0x0800)/IP(dst='203.0.113.9')/UDP()/Raw(b'x' * 64)"),
+        wrap("GRE(key_present=1, key=42, proto=0)/Raw(b'x' * 600)"),
+    ];
+    for (i, p) in not_keepalives.iter().enumerate() {
+        let (action, out) = f.decap(p);
+        assert_eq!((action, out[..6].to_vec()), (XDP_REDIRECT, f.keyed.mac.to_vec()), "packet {i} goes into the tunnel, not back out");
+    }
+    let answered = (0..14).filter(|_| f.decap(&keepalive).0 == XDP_TX).count();
+    let s = f.stats(0);
+    assert_eq!((answered, s.keepalives_answered, s.drops[drop::KEEPALIVE_RATE as usize], s.rx_packets), (10, 10, 4, 2));
+}
+
 #[test]
 fn gre_inside_its_own_tunnel_is_a_loop() {
     let Some(mut f) = setup("gre_inside_its_own_tunnel_is_a_loop") else { return };
