@@ -27,6 +27,7 @@ pub struct Converged {
 /// # Errors
 /// The tunnels or interfaces differ (nothing changes then), or a change fails.
 pub async fn converge(cfg: &Config, instance: &str) -> Result<Converged> {
+    crate::xfrm::refuse_bypassed(&cfg.tunnels)?;
     let text = showconf::showconf(instance).await?;
     let running = config::parse(std::path::Path::new("running configuration"), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let names = |c: &Config| c.interfaces.iter().map(|i| (i.name.get_ref().clone(), i.role == config::Role::Lan)).collect::<Vec<_>>();

@@ -114,6 +114,7 @@ pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
             }
         }
     }
+    crate::xfrm::refuse_bypassed(&cfg.tunnels)?;
     let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), dir: None };
     match build(cfg, &dir, &handle, &mut undo).await {
         Ok(()) => {

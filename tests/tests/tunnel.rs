@@ -208,3 +208,72 @@ fn keyless_tunnel_and_key_mismatch() {
     assert_eq!(v["tunnels"][0]["rx_packets"], 3, "{v}");
     assert_eq!(v["tunnels"][0]["okey"], Value::Null, "{v}");
 }
+
+/// The datapath sends and receives GRE past the kernel's xfrm: with an IPsec policy for the
+/// tunnel's GRE in place, `gre up` refuses (naming the policy) instead of sending in clear text
+/// what the operator believes protected, and changes nothing; without one it comes up.
+#[test]
+fn an_ipsec_policy_for_the_tunnel_refuses_gre_up() {
+    if !privilege::require_root("an_ipsec_policy_for_the_tunnel_refuses_gre_up") {
+        return;
+    }
+    let mut sites = TwoSites::new("gx").expect("topology");
+    let a = sites.a.clone();
+    let config = TwoSites::site_config(A_UNDERLAY, B_UNDERLAY, Some(KEY), A_OVERLAY4, A_OVERLAY6);
+    for dir in ["out", "in"] {
+        let (src, dst) = if dir == "out" { (A_UNDERLAY, B_UNDERLAY) } else { (B_UNDERLAY, A_UNDERLAY) };
+        ns_sh(
+            &a,
+            &[
+                "ip",
+                "xfrm",
+                "policy",
+                "add",
+                "src",
+                &format!("{src}/32"),
+                "dst",
+                &format!("{dst}/32"),
+                "proto",
+                "gre",
+                "dir",
+                dir,
+                "tmpl",
+                "proto",
+                "esp",
+                "mode",
+                "transport",
+            ],
+        )
+        .expect("xfrm policy");
+        let e = sites.lab.gre_up(&a, "a", &config).expect_err("gre up must refuse a tunnel an IPsec policy protects");
+        let msg = format!("{e:#}");
+        assert!(msg.contains(&format!("the xfrm policy `src {src}/32 dst {dst}/32 proto 47 dir {dir}` would protect its GRE")), "{msg}");
+        assert!(ns_sh(&a, &["ip", "link", "show", "gre0"]).is_err(), "nothing was made");
+        ns_sh(&a, &["ip", "xfrm", "policy", "delete", "src", &format!("{src}/32"), "dst", &format!("{dst}/32"), "proto", "gre", "dir", dir]).expect("delete");
+    }
+    // A policy for other traffic (ESP's own, say UDP) does not stand in the way.
+    ns_sh(
+        &a,
+        &[
+            "ip",
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            &format!("{A_UNDERLAY}/32"),
+            "dst",
+            &format!("{B_UNDERLAY}/32"),
+            "proto",
+            "udp",
+            "dir",
+            "out",
+            "tmpl",
+            "proto",
+            "esp",
+            "mode",
+            "transport",
+        ],
+    )
+    .expect("xfrm policy");
+    sites.lab.gre_up(&a, "a", &config).expect("gre up without a policy for GRE");
+}
