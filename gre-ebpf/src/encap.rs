@@ -10,7 +10,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_GRE, BPF_F_ADJ_ROOM_FIXED_GSO,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_store_bytes},
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_store_bytes},
     programs::TcContext,
 };
 use gre_common::{
@@ -47,7 +47,7 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
             inner(ctx, t)?
         } else {
             // ip_gre sends what carries no TTL with the route's default hop limit.
-            Inner { ethertype: frame_type, tos: 0, ttl: DEFAULT_TTL, df: false, flowlabel: 0, src: [0; 16], dst: [0; 16] }
+            Inner { ethertype: frame_type, tos: 0, ttl: DEFAULT_TTL, df: false, flowlabel: 0, hash: 0, protocol: 0, src: [0; 16], dst: [0; 16] }
         };
         (inner, PROTO_TEB, ETH_HLEN)
     } else {
@@ -55,6 +55,11 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
         let ethertype = inner.ethertype;
         (inner, ethertype, 0)
     };
+    let mut inner = inner;
+    if t.flags & tunnel_flags::OUTER_V6 != 0 {
+        // SAFETY: the skb of this program run.
+        inner.hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    }
     let inner_is_ip = inner.ethertype == ETH_P_IPV4 || inner.ethertype == ETH_P_IPV6;
     let inner_len = ctx.len() - ETH_HLEN as u32 + l2 as u32;
     // SAFETY: reading fields of the context.
@@ -178,6 +183,8 @@ fn inner(ctx: &TcContext, t: &Tunnel) -> Result<Inner, u32> {
                 ttl: h[8],
                 df: h[6] & 0x40 != 0,
                 flowlabel: 0,
+                hash: 0,
+                protocol: h[9],
                 src: addr::from_v4([h[12], h[13], h[14], h[15]]),
                 dst: addr::from_v4([h[16], h[17], h[18], h[19]]),
             })
@@ -193,7 +200,7 @@ fn inner(ctx: &TcContext, t: &Tunnel) -> Result<Inner, u32> {
             let mut dst = [0u8; 16];
             src.copy_from_slice(&h[8..24]);
             dst.copy_from_slice(&h[24..40]);
-            Ok(Inner { ethertype, tos, ttl: h[7], df: true, flowlabel, src, dst })
+            Ok(Inner { ethertype, tos, ttl: h[7], df: true, flowlabel, hash: 0, protocol: h[6], src, dst })
         }
         _ => Err(drop::ENCAP_UNSUPPORTED),
     }

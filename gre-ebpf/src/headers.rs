@@ -25,6 +25,11 @@ pub struct Inner {
     pub ttl: u8,
     pub df: bool,
     pub flowlabel: u32,
+    /// A hash of the inner flow: the outer IPv6 flow label when the tunnel sets none (as
+    /// ip6_make_flowlabel, for ECMP and RSS in the underlay).
+    pub hash: u32,
+    /// The inner IP protocol / next header (0 for non-IP frames).
+    pub protocol: u8,
     /// Source and destination (16-byte form; zero for non-IP frames).
     pub src: Addr,
     pub dst: Addr,
@@ -175,7 +180,14 @@ pub fn outer_ipv4(t: &Tunnel, remote: &Addr, inner: &Inner, total: u32) -> [u8; 
 /// The outer IPv6 header.
 #[inline(always)]
 pub fn outer_ipv6(t: &Tunnel, remote: &Addr, inner: &Inner, payload: u32) -> [u8; IPV6_HLEN] {
-    let flowlabel = if t.flags & tunnel_flags::FLOWLABEL_INHERIT != 0 { inner.flowlabel } else { t.flowlabel };
+    let flowlabel = if t.flags & tunnel_flags::FLOWLABEL_INHERIT != 0 {
+        inner.flowlabel
+    } else if t.flowlabel != 0 {
+        t.flowlabel
+    } else {
+        // Linux turns the hash so that its better-mixed high half lands in the 20 bits.
+        inner.hash.rotate_left(16)
+    };
     let word0 = (6u32 << 28) | (u32::from(outer_tos(t, inner)) << 20) | (flowlabel & 0x000f_ffff);
     let mut h = [0u8; IPV6_HLEN];
     h[..4].copy_from_slice(&word0.to_be_bytes());
@@ -206,4 +218,23 @@ unsafe fn fetch_add(ptr: *mut u64, mut value: u64) -> u64 {
         );
     }
     value
+}
+
+/// A hash of an inner flow where no skb hash exists (XDP): its addresses and protocol, mixed
+/// with the 32-bit finalizer of MurmurHash3 so that every input bit reaches the flow label.
+#[inline(always)]
+pub fn flow_hash(src: &Addr, dst: &Addr, protocol: u8) -> u32 {
+    let mut h = u32::from(protocol);
+    let mut i = 0;
+    while i < 4 {
+        let w = |a: &Addr| u32::from_be_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+        h = (h ^ w(src)).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        h = (h ^ w(dst)).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }

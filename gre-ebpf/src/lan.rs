@@ -44,18 +44,22 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
         let len = usize::from(u16::from_be_bytes([h[4], h[5]])) + IPV6_HLEN;
         let mut src = [0u8; 16];
         src.copy_from_slice(&h[8..24]);
-        (dst, (Inner { ethertype, tos: (h[0] << 4) | (h[1] >> 4), ttl: h[7], df: true, flowlabel, src, dst }, len))
+        (dst, (Inner { ethertype, tos: (h[0] << 4) | (h[1] >> 4), ttl: h[7], df: true, flowlabel, hash: 0, protocol: h[6], src, dst }, len))
     } else {
         let Some(h) = read::<IPV4_HLEN, _>(ctx, ETH_HLEN) else { return Ok(PASS) };
         let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
         let dst = addr::from_v4([h[16], h[17], h[18], h[19]]);
         let src = addr::from_v4([h[12], h[13], h[14], h[15]]);
-        (dst, (Inner { ethertype, tos: h[1], ttl: h[8], df: h[6] & 0x40 != 0, flowlabel: 0, src, dst }, len))
+        (dst, (Inner { ethertype, tos: h[1], ttl: h[8], df: h[6] & 0x40 != 0, flowlabel: 0, hash: 0, protocol: h[9], src, dst }, len))
     };
     let (mut inner, inner_len) = inner;
     let Some(route) = ROUTES.get(Key::new(128, dst)) else { return Ok(PASS) };
     let id = route.tunnel;
     let Some(t) = TUNNELS.get(id) else { return Ok(PASS) };
+    if t.flags & tunnel_flags::OUTER_V6 != 0 {
+        // Only IPv6 outer headers carry a flow label: hashed only for them.
+        inner.hash = headers::flow_hash(&inner.src, &inner.dst, inner.protocol);
+    }
     // Left to the kernel: gretap (LAN frames are bridged, not routed), packets too big for the
     // tunnel (ICMP or fragments), TTL about to expire (ICMP), unknown underlay next hop (ARP/ND).
     if t.flags & tunnel_flags::TEB != 0 || inner_len > t.mtu as usize || inner_len + ETH_HLEN > ctx.len() || inner.ttl <= 1 {

@@ -122,6 +122,32 @@ fn checksum_sequence_and_tos_on_transmit() {
     assert_eq!(f.decap(&back).0, XDP_REDIRECT);
 }
 
+/// Without a configured flow label, ip6gre labels each inner flow (ip6_make_flowlabel with the
+/// skb's flow hash), so that ECMP and RSS in the underlay spread tunnels' flows: one flow keeps
+/// one label, different flows get different ones, and a configured label is kept as it is.
+#[test]
+fn ip6gre_flow_labels_follow_the_inner_flow() {
+    let Some(mut f) = setup("ip6gre_flow_labels_follow_the_inner_flow") else { return };
+    let (_, auto) = f.add(tunnel("2001:db8::1", "2001:db8::2", tf::OUTER_V6));
+    let (_, fixed) = f.add(Tunnel { flowlabel: 0x12345, ..tunnel("2001:db8::1", "2001:db8::3", tf::OUTER_V6) });
+    let flows: Vec<Vec<u8>> = (0..8)
+        .map(|port| {
+            scapy(&format!("Ether(src='{}')/IP(src='203.0.113.1', dst='203.0.113.2')/UDP(sport={}, dport=53)/Raw(b'q')", mac_str(SRC_MAC), 1000 + port))
+        })
+        .collect();
+    let label = |f: &mut Fixture, dev: Netdev, frame: &[u8]| {
+        let (ret, out) = f.encap(frame, dev.index);
+        assert_eq!(ret, TC_ACT_REDIRECT);
+        let ip = etherparse::Ipv6Header::from_slice(&out[14..]).unwrap().0;
+        ip.flow_label.value()
+    };
+    let labels: Vec<u32> = flows.iter().map(|p| label(&mut f, auto, p)).collect();
+    assert_eq!(labels.iter().copied().collect::<std::collections::BTreeSet<_>>().len(), 8, "eight flows, eight labels: {labels:x?}");
+    assert!(labels.iter().all(|l| *l != 0));
+    assert_eq!(label(&mut f, auto, &flows[3]), labels[3], "one flow keeps its label");
+    assert!(flows.iter().all(|p| label(&mut f, fixed, p) == 0x12345));
+}
+
 #[test]
 fn checksum_is_refused_for_gso_packets() {
     let Some(mut f) = setup("checksum_is_refused_for_gso_packets") else { return };
@@ -439,9 +465,12 @@ fn ip6gretap_both_ways() {
     assert_eq!((action, out.clone()), (XDP_REDIRECT, frame.clone()));
     let (ret, out) = f.encap(&frame, dev.index);
     assert_eq!(ret, TC_ACT_REDIRECT);
-    // Traffic class: fixed 0 with the inner ECT(0) copied; hop limit fixed 64.
+    // Traffic class: fixed 0 with the inner ECT(0) copied; hop limit fixed 64; the flow label
+    // the inner flow's (see ip6gre_flow_labels_follow_the_inner_flow).
+    let label = etherparse::Ipv6Header::from_slice(&out[14..]).unwrap().0.flow_label.value();
+    assert_ne!(label, 0);
     let expected = scapy(&format!(
-        "Ether(dst='{}', src='02:22:22:22:22:22', type=0x86dd)/IPv6(src='2001:db8::1', dst='2001:db8::2', hlim=64, tc=0x02, nh=47)/GRE(key_present=1, key=6, proto=0x6558)/Raw({})",
+        "Ether(dst='{}', src='02:22:22:22:22:22', type=0x86dd)/IPv6(src='2001:db8::1', dst='2001:db8::2', hlim=64, tc=0x02, fl={label}, nh=47)/GRE(key_present=1, key=6, proto=0x6558)/Raw({})",
         mac_str(dev.mac),
         hex_bytes(&frame)
     ));
