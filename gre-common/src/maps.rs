@@ -205,6 +205,11 @@ pub struct Tunnel {
     pub netdev_mac: [u8; 6],
     /// MAC of `gre0-dp`: their source.
     pub inject_mac: [u8; 6],
+    /// MAC of the underlay interface: GRE in a frame for another host's MAC (a promiscuous
+    /// port, a bridge member) is not ours, as the kernel drops PACKET_OTHERHOST (all zero:
+    /// not known, not checked).
+    pub underlay_mac: [u8; 6],
+    pub pad3: [u8; 2],
     /// Multipoint: replicas of multicast sent per second at most (0: no multicast).
     pub multicast_rate: u32,
     /// Multipoint: the multicast groups replicated to the peers, as prefixes of the 16-byte
@@ -532,7 +537,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16 + 4 + 17 * MAX_MULTICAST_GROUPS);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16 + 8 + 4 + 17 * MAX_MULTICAST_GROUPS);
         assert_eq!(core::mem::size_of::<PeerKey>(), 24);
         assert_eq!(core::mem::size_of::<Peer>(), 64);
         assert_eq!(core::mem::size_of::<Route>(), 24);

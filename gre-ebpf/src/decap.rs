@@ -77,6 +77,10 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     let Some(tunnel) = TUNNELS.get(id) else {
         return Err(drop::NO_TUNNEL);
     };
+    if !for_us(ctx, tunnel) {
+        // The kernel drops another host's frame; a bridge or packet socket may want it.
+        return Ok(xdp_action::XDP_PASS);
+    }
     // A multipoint tunnel's peers are those with counters (userspace makes them with the peer).
     // What arrived from one is counted here, before the deep checks, for the stack's sake; what
     // they drop is counted by reason.
@@ -87,6 +91,14 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
         return Err(stats::tunnel_drop(id, drop::UNKNOWN_PEER));
     }
     matched(ctx, &outer, &gre, id, tunnel, known).map_err(|reason| stats::tunnel_drop(id, reason))
+}
+
+/// Whether the frame is addressed to the underlay port (its MAC, broadcast or multicast), as
+/// eth_type_trans would classify it for the kernel to take.
+#[inline(always)]
+fn for_us(ctx: &XdpContext, t: &Tunnel) -> bool {
+    let Some(dst) = read::<6, _>(ctx, 0) else { return false };
+    dst[0] & 1 != 0 || dst == t.underlay_mac || t.underlay_mac == [0; 6]
 }
 
 /// The outer headers, as far as they are read before any lookup: `Err` carries the final

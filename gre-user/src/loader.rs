@@ -315,6 +315,7 @@ fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Li
         underlay_ifindex: underlay.index,
         netdev_mac: kernel.mac,
         inject_mac: inject.mac,
+        underlay_mac: underlay.mac,
         multicast_rate: t.multicast.rate,
         multicast_groups: multicast_groups(&t.multicast).0,
         multicast_group_lens: multicast_groups(&t.multicast).1,

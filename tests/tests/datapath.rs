@@ -214,3 +214,30 @@ fn encap_drops_what_it_cannot_carry() {
     want.drops[drop::ENCAP_UNSUPPORTED as usize] = 1;
     assert_eq!(f.stats(0), want, "the ARP frame counts against the tunnel; the orphan device's packet cannot");
 }
+
+/// GRE in a frame for another host's MAC (a port in promiscuous mode, a bridge member) is not
+/// ours: the kernel would drop it as PACKET_OTHERHOST, so the datapath passes it untouched and
+/// counts nothing. Our MAC, broadcast and multicast frames are taken, as eth_type_trans does.
+#[test]
+fn frames_for_another_mac_are_not_decapsulated() {
+    let Some(mut f) = setup("frames_for_another_mac_are_not_decapsulated") else { return };
+    let (id, dev) = f.add(gre_common::maps::Tunnel {
+        local: gre_user::maps::store_addr(LOCAL.into()),
+        remote: gre_user::maps::store_addr([198, 51, 100, 9].into()),
+        underlay_mac: WIRE_DST,
+        ..gre_common::maps::Tunnel::default()
+    });
+    let inner = inner_v4(63);
+    let mut frame = outer([198, 51, 100, 9], LOCAL, &cat(&[&gre_plain(0x0800), &inner]));
+    for (dst, taken) in [([0x02, 0, 0, 0, 0, 0x77], false), (WIRE_DST, true), ([0xff; 6], true), ([0x01, 0, 0x5e, 0, 0, 1], true)] {
+        frame[..6].copy_from_slice(&dst);
+        let (action, out) = f.decap(&frame);
+        if taken {
+            assert_eq!((action, out[..6].to_vec()), (XDP_REDIRECT, dev.mac.to_vec()), "to {}", mac_str(dst));
+        } else {
+            assert_eq!((action, &out), (XDP_PASS, &frame), "to {}", mac_str(dst));
+        }
+    }
+    assert_eq!(f.stats(id).rx_packets, 3);
+    assert!(f.drops().iter().all(|d| *d == 0));
+}
