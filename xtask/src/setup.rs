@@ -107,7 +107,8 @@ fn debian_packages() -> Result<()> {
         std::fs::write(policy, "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n")?;
         std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let installed = status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"));
+    let installed =
+        status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"));
     if ours {
         std::fs::remove_file(policy)?;
     }
