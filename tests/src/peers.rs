@@ -4,7 +4,9 @@
 //! ```text
 //!   namespace "ours"                  namespace "sw"                guest (QEMU)
 //!   eth0 198.51.100.1/24  ══veth══  up0 ─ vmbr0 ─ vmtap0  ═══════  eth0 198.51.100.2/24
-//!        2001:db8:1::1/64                                                2001:db8:1::2/64
+//!        2001:db8:1::1/64                   │                            2001:db8:1::2/64
+//!   namespace SHORT (add_ours)              │
+//!   eth0 ADDR/24          ══veth══  up-SHORT┘
 //! ```
 
 use std::{net::SocketAddr, thread, time::Duration};
@@ -61,6 +63,29 @@ impl LinuxPeer {
              modprobe -a ip_gre ip6_gre\nping -c 1 -W 5 {OURS} > /dev/null"
         ))?;
         Ok(peer)
+    }
+
+    /// Another namespace of ours on the same underlay link: `eth0` with `addr`/24 (IPv4 only),
+    /// on the bridge through the port `up-SHORT` of namespace `sw`, for tests with several of
+    /// our nodes beside the guest (NHRP spokes and hubs). Returns the namespace and that port
+    /// (capture there to see all this node sends and receives).
+    ///
+    /// # Errors
+    /// A step fails, or the guest does not answer a ping from the new namespace.
+    pub fn add_ours(&mut self, short: &str, addr: &str) -> Result<(String, String)> {
+        let port = format!("up-{short}");
+        if port.len() > 15 {
+            bail!("{short}: the bridge port name {port} is too long for an interface name");
+        }
+        let ns = self.lab.add_ns(short)?;
+        sh(&["ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &self.sw])?;
+        self.guest.plug(0, &port)?;
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        // Complete checksums on the wire, as from `ours`.
+        sh(&["ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off"])?;
+        sh(&["ip", "netns", "exec", &ns, "ping", "-c", "1", "-W", "5", GUEST])?;
+        Ok((ns, port))
     }
 
     /// `ping -c COUNT` from the guest; fails unless every reply came back.
