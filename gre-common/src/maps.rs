@@ -24,6 +24,7 @@ pub mod names {
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
     pub const ROUTES: &str = "ROUTES";
     pub const PORTS: &str = "PORTS";
+    pub const PORT_MACS: &str = "PORT_MACS";
     pub const TUNNEL_STATE: &str = "TUNNEL_STATE";
     pub const PEERS: &str = "PEERS";
     pub const NBMA_PEERS: &str = "NBMA_PEERS";
@@ -47,6 +48,7 @@ pub mod names {
         NEIGHBOURS,
         ROUTES,
         PORTS,
+        PORT_MACS,
         TUNNEL_STATE,
         PEERS,
         NBMA_PEERS,

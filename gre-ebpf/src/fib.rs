@@ -9,7 +9,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
@@ -184,6 +184,32 @@ pub fn peer_next_hop(ctx: *mut c_void, t: &Tunnel, p: *mut Peer) -> Option<([u8;
 fn words(a: &[u8; 16]) -> [u32; 4] {
     let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     [w(0), w(4), w(8), w(12)]
+}
+
+/// Whether the kernel would forward an IP packet arriving on `in_ifindex` into the tunnel
+/// netdev `netdev_ifindex`: a unicast route through it (not a more specific one elsewhere, not
+/// one of our own addresses, not a broadcast), forwarding on, the packet within its MTU. Asked
+/// of the FIB for every packet, without the neighbour (the tunnel netdev has none).
+#[inline(always)]
+pub fn routes_into(ctx: *mut c_void, inner: &crate::headers::Inner, tot_len: u16, in_ifindex: u32, netdev_ifindex: u32) -> bool {
+    let Some(p) = request() else { return false };
+    p.ifindex = in_ifindex;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    if inner.ethertype == gre_common::gre::ETH_P_IPV6 {
+        p.family = AF_INET6;
+        p.__bindgen_anon_2.flowinfo = (u32::from(inner.tos) << 20 | inner.flowlabel).to_be();
+        p.__bindgen_anon_3.ipv6_src = words(&inner.src);
+        p.__bindgen_anon_4.ipv6_dst = words(&inner.dst);
+    } else {
+        p.family = AF_INET;
+        p.__bindgen_anon_2.tos = inner.tos;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([inner.src[12], inner.src[13], inner.src[14], inner.src[15]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([inner.dst[12], inner.dst[13], inner.dst[14], inner.dst[15]]);
+    }
+    #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
+    // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.
+    let r = unsafe { fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH) };
+    r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && p.ifindex == netdev_ifindex
 }
 
 /// Where the kernel would forward a packet: egress port and MACs.

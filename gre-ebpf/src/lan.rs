@@ -20,7 +20,7 @@ use crate::{
     csum, fib,
     headers::{self, HEADERS_MAX, Inner},
     ip,
-    maps::{PORTS, ROUTES, TUNNELS},
+    maps::{PORT_MACS, PORTS, ROUTES, TUNNELS},
     packet::{Packet as _, be16, bytes, read},
     peers, stats,
 };
@@ -29,6 +29,15 @@ const PASS: u32 = xdp_action::XDP_PASS;
 
 #[inline(always)]
 pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
+    // Only what the kernel would route: frames for this port's MAC (not another host's on a
+    // promiscuous port, not broadcast or multicast: DHCP, mDNS and the like are the kernel's).
+    let Some(dst_mac) = read::<6, _>(ctx, 0) else { return Ok(PASS) };
+    // SAFETY: reading a field of the context.
+    let in_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: the value is copied out at once.
+    if unsafe { PORT_MACS.get(&in_ifindex) }.is_none_or(|m| *m != dst_mac) {
+        return Ok(PASS);
+    }
     let Some(ethertype) = be16(ctx, 12) else { return Ok(PASS) };
     let v6 = match ethertype {
         ETH_P_IPV4 => false,
@@ -63,6 +72,12 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
     // Left to the kernel: gretap (LAN frames are bridged, not routed), packets too big for the
     // tunnel (ICMP or fragments), TTL about to expire (ICMP), unknown underlay next hop (ARP/ND).
     if t.flags & tunnel_flags::TEB != 0 || inner_len > t.mtu as usize || inner_len + ETH_HLEN > ctx.len() || inner.ttl <= 1 {
+        return Ok(PASS);
+    }
+    // The overlay route must be the kernel's choice too: not one of our own addresses, not a
+    // more specific route elsewhere, forwarding on.
+    #[expect(clippy::cast_possible_truncation, reason = "bounded by the MTU")]
+    if !fib::routes_into(ctx.ctx.cast(), &inner, inner_len as u16, in_ifindex, t.netdev_ifindex) {
         return Ok(PASS);
     }
     // Multipoint: only a resolved peer, whose entry also keeps its underlay next hop; the kernel

@@ -118,6 +118,10 @@ pub static RESOLUTION_ASKED: LruHashMap<PeerKey, u64> = LruHashMap::with_max_ent
 #[map]
 pub static PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 
+/// The MAC of each port in PORTS: the LAN fast path takes only frames addressed to it.
+#[map]
+pub static PORT_MACS: HashMap<u32, [u8; 6]> = HashMap::with_max_entries(MAX_PORTS, 0);
+
 /// Tunnel state and daemon counters (written by `gre daemon` only; pinned with the instance).
 #[map]
 pub static TUNNEL_STATE: Array<TunnelState> = Array::with_max_entries(MAX_TUNNELS, 0);

@@ -197,7 +197,8 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         // Every port may be a fast-path target; underlay ports decapsulate, LAN ports take the
         // encapsulation fast path.
         for i in &cfg.interfaces {
-            maps.add_port(netdev::get(handle, i.name.get_ref()).await?.index)?;
+            let link = netdev::get(handle, i.name.get_ref()).await?;
+            maps.add_port(link.index, link.mac)?;
         }
         for (role, prog_name, tag) in [(config::Role::Underlay, programs::DECAP, "decap"), (config::Role::Lan, programs::LAN, "lan")] {
             let prog: &mut Xdp = program(&mut ebpf, prog_name)?;

@@ -30,6 +30,7 @@ pub struct Maps {
     multicast: Array<MapData, MulticastPeers>,
     tail_calls: ProgramArray<MapData>,
     ports: DevMapHash<MapData>,
+    port_macs: HashMap<MapData, u32, [u8; 6]>,
     state: Array<MapData, TunnelState>,
     events: RingBuf<MapData>,
     nhrp_punt: RingBuf<MapData>,
@@ -105,6 +106,7 @@ impl Maps {
             multicast: typed(names::MULTICAST, get(names::MULTICAST)?)?,
             tail_calls: typed(names::TAIL_CALLS, get(names::TAIL_CALLS)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
+            port_macs: typed(names::PORT_MACS, get(names::PORT_MACS)?)?,
             state: typed(names::TUNNEL_STATE, get(names::TUNNEL_STATE)?)?,
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
             nhrp_punt: typed(names::NHRP_PUNT, get(names::NHRP_PUNT)?)?,
@@ -483,7 +485,8 @@ impl Maps {
     ///
     /// # Errors
     /// The port map is full or the kernel refuses the interface.
-    pub fn add_port(&mut self, ifindex: u32) -> Result<()> {
+    pub fn add_port(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+        self.port_macs.insert(ifindex, mac, 0).with_context(|| format!("adding the MAC of port {ifindex} to PORT_MACS"))?;
         self.ports.insert(ifindex, ifindex, None, 0).with_context(|| format!("adding port {ifindex} to PORTS"))
     }
 

@@ -143,9 +143,15 @@ impl Fixture {
         run(|opts| prog.test_run(opts), input, None)
     }
 
-    pub fn lan(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+    /// The LAN program on `input` as if it arrived on interface `ifindex`.
+    pub fn lan(&mut self, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
         let prog: &mut Xdp = self.ebpf.program_mut(programs::LAN).unwrap().try_into().unwrap();
-        run(|opts| prog.test_run(opts), input, None)
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; the kernel wants data_end equal to the input's length.
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&u32::try_from(input.len()).unwrap().to_ne_bytes());
+        md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        run(|opts| prog.test_run(opts), input, Some(&md))
     }
 
     pub fn encap(&mut self, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {

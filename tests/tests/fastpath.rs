@@ -35,7 +35,7 @@ fn lan_port(f: &mut Fixture) -> Netdev {
         "ip link set t0-dp up",
         "ip link set t0 up",
     ]);
-    f.maps.add_port(lan.index).expect("port");
+    f.maps.add_port(lan.index, lan.mac).expect("port");
     lan
 }
 
@@ -98,11 +98,20 @@ fn encap_straight_from_a_lan_port() {
     let lan = lan_port(&mut f);
     // The underlay: t0 addressed, the remote's MAC known.
     net(&["ip addr add 198.51.100.1/24 dev t0", &format!("ip neigh replace 198.51.100.2 lladdr {PEER_MAC} dev t0 nud permanent")]);
-    f.maps.add_port(f.keyed.index).expect("port");
+    f.maps.add_port(f.keyed.index, f.keyed.mac).expect("port");
+    // The overlay route, in the kernel (through the tunnel netdev, as `gre up` puts it) and in
+    // the fast path's table; beside it one of our own addresses in that prefix and a more
+    // specific route to the LAN.
+    net(&[
+        "sysctl -q -w net.ipv4.conf.lan0.forwarding=1",
+        "ip route add 203.0.113.128/26 dev t0",
+        "ip addr add 203.0.113.140/32 dev lo",
+        "ip route add 203.0.113.150/32 dev lan0",
+    ]);
     f.maps.add_route("203.0.113.128/26".parse().unwrap(), 0, None).expect("route");
     let frame = |packet: &[u8]| [eth(lan.mac, mac(HOST_MAC), EtherType::IPV4), packet.to_vec()].concat();
 
-    let (action, out) = f.lan(&frame(&from_host("203.0.113.130", 9, 100)));
+    let (action, out) = f.lan(&frame(&from_host("203.0.113.130", 9, 100)), lan.index);
     assert_eq!(action, XDP_REDIRECT);
     // Routed (TTL 9 -> 8) and encapsulated as the TC path would (key 42, TTL inherited, DF).
     let expected = scapy(&format!(
@@ -119,15 +128,27 @@ fn encap_straight_from_a_lan_port() {
         ("no overlay route", from_host("198.51.100.200", 9, 100)),
         ("TTL about to expire", from_host("203.0.113.130", 1, 100)),
         ("too big for the tunnel (MTU 1472)", from_host("203.0.113.130", 9, 1460)),
+        ("one of our own addresses", from_host("203.0.113.140", 9, 100)),
+        ("a more specific route elsewhere", from_host("203.0.113.150", 9, 100)),
     ] {
         let input = frame(&packet);
-        let (action, out) = f.lan(&input);
+        let (action, out) = f.lan(&input, lan.index);
         assert_eq!(action, XDP_PASS, "{what}");
         assert_eq!(out, input, "{what}");
     }
+    // Frames the kernel would not route: for another host's MAC, broadcast, multicast.
+    for dst in ["02:00:00:00:00:77", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb"] {
+        let input = [eth(mac(dst), mac(HOST_MAC), EtherType::IPV4), from_host("203.0.113.130", 9, 100)].concat();
+        assert_eq!(f.lan(&input, lan.index), (XDP_PASS, input), "to {dst}");
+    }
+    // Forwarding off on the LAN port: the kernel would not forward, nor may the fast path.
+    net(&["sysctl -q -w net.ipv4.conf.lan0.forwarding=0"]);
+    let input = frame(&from_host("203.0.113.130", 9, 100));
+    assert_eq!(f.lan(&input, lan.index), (XDP_PASS, input), "forwarding off");
+    net(&["sysctl -q -w net.ipv4.conf.lan0.forwarding=1"]);
     net(&["ip neigh del 198.51.100.2 dev t0"]);
     let input = frame(&from_host("203.0.113.130", 9, 100));
-    assert_eq!(f.lan(&input), (XDP_PASS, input), "unresolved underlay next hop");
+    assert_eq!(f.lan(&input, lan.index), (XDP_PASS, input), "unresolved underlay next hop");
     assert_eq!(f.stats(0).fast_tx, 1);
     assert_eq!(f.stats(0).drops, TunnelStats::default().drops);
 }
