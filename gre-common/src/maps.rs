@@ -128,6 +128,16 @@ pub struct EndpointKey {
     pub remote: Addr,
 }
 
+/// What uses an [`EndpointKey`]: how many tunnels, and which one when there is just one (a key
+/// mismatch between its endpoints is then counted on that tunnel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointUse {
+    pub users: u32,
+    /// The tunnel id when `users` is 1; `u32::MAX` otherwise.
+    pub tunnel: u32,
+}
+
 /// `Tunnel::flags` bits.
 pub mod tunnel_flags {
     /// Received packets must carry `ikey`.
@@ -513,6 +523,7 @@ pub struct NeighbourKey {
 
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::EndpointUse {}
     unsafe impl aya::Pod for super::NeighbourKey {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::TunnelState {}

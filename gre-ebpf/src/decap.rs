@@ -618,14 +618,16 @@ fn ours_drop(local: &Addr, reason: u32) -> Verdict {
 #[inline(always)]
 fn miss(rx: &RxKey) -> Verdict {
     let pair = EndpointKey { local: rx.local, remote: rx.remote };
-    // SAFETY: only presence is tested.
-    if unsafe { ENDPOINTS.get(&pair) }.is_some() {
+    // SAFETY: the value is copied out at once.
+    if let Some(users) = unsafe { ENDPOINTS.get(&pair) }.copied() {
         // A gretap tunnel for an IP packet, or a gre tunnel for a frame: the key matched, the
         // protocol type did not.
         let other = RxKey { flags: rx.flags ^ RX_TEB, ..*rx };
         // SAFETY: the value is a plain u32 copied out at once.
         match unsafe { RX_MATCH.get(&other) }.copied() {
             Some(id) => Err(stats::tunnel_drop(id, drop::UNKNOWN_PROTOCOL)),
+            // The one tunnel between these endpoints is the one the sender means.
+            None if users.users == 1 => Err(stats::tunnel_drop(users.tunnel, drop::KEY_MISMATCH)),
             None => Err(drop::KEY_MISMATCH),
         }
     } else {

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use gre_common::{
     drop,
     maps::{
-        EndpointKey, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, MulticastPeers, NbmaKey, NeighbourKey, Peer, PeerKey, PeerStats, Route, RxKey, Sequence,
-        Tunnel, TunnelLimits, TunnelState, TunnelStats, Window,
+        EndpointKey, EndpointUse, MAX_PEERS, MAX_PORTS, MAX_ROUTES, MAX_TUNNELS, MulticastPeers, NbmaKey, NeighbourKey, Peer, PeerKey, PeerStats, Route, RxKey,
+        Sequence, Tunnel, TunnelLimits, TunnelState, TunnelStats, Window,
     },
 };
 
@@ -24,7 +24,7 @@ pub static RX_MATCH: HashMap<RxKey, u32> = HashMap::with_max_entries(MAX_TUNNELS
 /// Known endpoint pairs and, with remote = any, our local endpoints: tells "not ours" (passed on)
 /// from "ours but no tunnel" and "key mismatch" (counted drops). Looked up on misses only.
 #[map]
-pub static ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(MAX_TUNNELS * 2, 0);
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointUse> = HashMap::with_max_entries(MAX_TUNNELS * 2, 0);
 
 /// Encapsulation: tunnel netdev ifindex → tunnel id.
 #[map]

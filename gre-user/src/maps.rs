@@ -7,8 +7,8 @@ use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, Per
 use gre_common::{
     addr, drop,
     maps::{
-        EndpointKey, Event, MAX_MULTICAST_PEERS, MulticastPeers, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, PeerStats, RX_KEY_PRESENT, RX_TEB, Route,
-        RxKey, Sequence, Tunnel, TunnelState, TunnelStats, names, peer_flags, peer_kind, route_flags, route_prefix_len, tunnel_flags,
+        EndpointKey, EndpointUse, Event, MAX_MULTICAST_PEERS, MulticastPeers, NbmaKey, NeighbourKey, NhrpPunt, Peer, PeerKey, PeerStats, RX_KEY_PRESENT,
+        RX_TEB, Route, RxKey, Sequence, Tunnel, TunnelState, TunnelStats, names, peer_flags, peer_kind, route_flags, route_prefix_len, tunnel_flags,
     },
 };
 
@@ -16,7 +16,7 @@ use gre_common::{
 pub struct Maps {
     tunnels: Array<MapData, Tunnel>,
     rx_match: HashMap<MapData, RxKey, u32>,
-    endpoints: HashMap<MapData, EndpointKey, u32>,
+    endpoints: HashMap<MapData, EndpointKey, EndpointUse>,
     tx_by_ifindex: HashMap<MapData, u32, u32>,
     inject_ports: DevMapHash<MapData>,
     tunnel_stats: PerCpuArray<MapData, TunnelStats>,
@@ -132,17 +132,9 @@ impl Maps {
         let t = self.tunnels.get(&id, 0).ok().filter(|t| t.in_use != 0).with_context(|| format!("tunnel slot {id} is empty"))?;
         let _ = self.tx_by_ifindex.remove(&t.netdev_ifindex);
         let _ = self.rx_match.remove(&rx_key(&t));
-        for remote in [t.remote, [0; 16]] {
-            let key = EndpointKey { local: t.local, remote };
-            match self.endpoints.get(&key, 0) {
-                Ok(n) if n > 1 => self.endpoints.insert(key, n - 1, 0)?,
-                _ => {
-                    let _ = self.endpoints.remove(&key);
-                }
-            }
-        }
         let _ = self.inject_ports.remove(id);
         self.tunnels.set(id, Tunnel::default(), 0).with_context(|| format!("clearing tunnel {id}"))?;
+        self.count_endpoints(&t)?;
         let zero = PerCpuValues::try_from(vec![TunnelStats::default(); aya::util::nr_cpus().map_err(|(_, e)| e)?])?;
         self.tunnel_stats.set(id, zero, 0).with_context(|| format!("clearing the counters of tunnel {id}"))?;
         self.state.set(id, TunnelState::default(), 0).with_context(|| format!("clearing the state of tunnel {id}"))?;
@@ -165,12 +157,26 @@ impl Maps {
         self.inject_ports.insert(id, t.inject_ifindex, None, 0).with_context(|| format!("adding injection port {} for tunnel {id}", t.inject_ifindex))?;
         let rx = rx_key(&t);
         self.rx_match.insert(rx, id, 0).with_context(|| full("RX_MATCH", id))?;
+        self.count_endpoints(&t).with_context(|| full("ENDPOINTS", id))?;
+        self.tx_by_ifindex.insert(t.netdev_ifindex, id, 0).with_context(|| full("TX_BY_IFINDEX", id))?;
+        Ok(())
+    }
+
+    /// Recounts the users of `t`'s endpoint pair and of its local endpoint (`remote` any) from
+    /// the tunnels in use: entries without users go, and a pair used by one tunnel names it.
+    fn count_endpoints(&mut self, t: &Tunnel) -> Result<()> {
+        let tunnels = self.tunnels()?;
         for remote in [t.remote, [0; 16]] {
             let key = EndpointKey { local: t.local, remote };
-            let users = self.endpoints.get(&key, 0).unwrap_or(0);
-            self.endpoints.insert(key, users + 1, 0).with_context(|| full("ENDPOINTS", id))?;
+            let users: Vec<u32> = tunnels.iter().filter(|(_, u)| u.local == t.local && (remote == [0; 16] || u.remote == remote)).map(|(id, _)| *id).collect();
+            match users.as_slice() {
+                [] => {
+                    let _ = self.endpoints.remove(&key);
+                }
+                [one] => self.endpoints.insert(key, EndpointUse { users: 1, tunnel: *one }, 0)?,
+                more => self.endpoints.insert(key, EndpointUse { users: u32::try_from(more.len())?, tunnel: u32::MAX }, 0)?,
+            }
         }
-        self.tx_by_ifindex.insert(t.netdev_ifindex, id, 0).with_context(|| full("TX_BY_IFINDEX", id))?;
         Ok(())
     }
 

@@ -157,11 +157,31 @@ fn malformed_and_unmatched_are_dropped_by_reason() {
             assert_eq!(a - b, want, "{what}: counter {} moved by {}", drop::NAMES[r], a - b);
         }
     }
-    // Only what matched a tunnel is also counted against it: the unknown protocol type.
+    // What the endpoints tie to one tunnel is counted against it too: the unknown protocol type,
+    // and the key mismatches between the only tunnel of a pair of endpoints.
     let mut want = TunnelStats::default();
     want.drops[drop::UNKNOWN_PROTOCOL as usize] = 1;
+    want.drops[drop::KEY_MISMATCH as usize] = 2;
     assert_eq!(f.stats(0), want);
-    assert_eq!(f.stats(1), TunnelStats::default());
+    let mut want = TunnelStats::default();
+    want.drops[drop::KEY_MISMATCH as usize] = 1;
+    assert_eq!(f.stats(1), want);
+    // With a second tunnel between the same endpoints, a mismatch names neither.
+    let (other, _) = f.add(gre_common::maps::Tunnel {
+        local: gre_user::maps::store_addr(LOCAL.into()),
+        remote: gre_user::maps::store_addr(KEYED_REMOTE.into()),
+        ikey: 7,
+        okey: 7,
+        flags: gre_common::maps::tunnel_flags::IKEY | gre_common::maps::tunnel_flags::OKEY,
+        ..gre_common::maps::Tunnel::default()
+    });
+    assert_eq!(f.decap(&outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY + 1), &inner]))).0, XDP_DROP);
+    assert_eq!((f.stats(0).drops[drop::KEY_MISMATCH as usize], f.stats(other).drops[drop::KEY_MISMATCH as usize]), (2, 0));
+    assert_eq!(f.drops()[drop::KEY_MISMATCH as usize], 4);
+    // Removed again, the pair names tunnel 0 once more.
+    f.maps.uninstall_tunnel(other).expect("uninstall");
+    assert_eq!(f.decap(&outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY + 1), &inner]))).0, XDP_DROP);
+    assert_eq!(f.stats(0).drops[drop::KEY_MISMATCH as usize], 3);
 }
 
 /// What is not ours passes untouched and counts nothing.
