@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod fixture;
 pub mod gre;
+pub mod ovs;
 pub mod peers;
 pub mod privilege;
 pub mod topology;
