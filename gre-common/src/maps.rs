@@ -500,6 +500,10 @@ pub struct TunnelState {
     /// NHRP messages received that did not decode or were of no known type, and messages that
     /// could not be sent.
     pub nhrp_errors: u64,
+    /// Inner bytes of the reassembled packets (as `TunnelStats::rx_bytes`).
+    pub reassembled_bytes: u64,
+    /// Reassembled packets the daemon dropped, by reason (`drop`), as the datapath would have.
+    pub reassembled_drops: [u64; crate::drop::COUNT as usize],
 }
 
 /// NHRP packet types counted in [`TunnelState`].
@@ -556,7 +560,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Route>(), 24);
         assert_eq!(core::mem::size_of::<Event>(), 56);
         assert_eq!(core::mem::size_of::<NhrpPunt>(), 48 + NHRP_PUNT_MAX);
-        assert_eq!(core::mem::size_of::<TunnelState>(), 32 + 16 * NHRP_TYPES + 8);
+        assert_eq!(core::mem::size_of::<TunnelState>(), 32 + 16 * NHRP_TYPES + 16 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<MulticastPeers>(), 8 + 16 * MAX_MULTICAST_PEERS);
         assert_eq!(core::mem::size_of::<TunnelStats>(), 72 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);

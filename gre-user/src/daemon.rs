@@ -14,17 +14,16 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use gre_common::{
-    addr,
-    gre::{self, FLAG_K},
-    maps::{RX_KEY_PRESENT, RX_TEB, RxKey, Tunnel, tunnel_flags, tunnel_state},
+    addr, gre,
+    maps::{Tunnel, tunnel_flags, tunnel_state},
 };
 use log::{info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
-use crate::{loader, maps::Maps};
+use crate::{loader, maps::Maps, reassembled};
 
 /// Runs until SIGINT or SIGTERM.
 ///
@@ -41,6 +40,11 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     // SAFETY: setting an int socket option on our own socket.
     if unsafe { libc::setsockopt(receiver6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, (&raw const on).cast(), 4) } != 0 {
         return Err(std::io::Error::last_os_error()).context("IPV6_RECVPKTINFO");
+    }
+    // And the traffic class, for RFC 6040.
+    // SAFETY: as above.
+    if unsafe { libc::setsockopt(receiver6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, (&raw const on).cast(), 4) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("IPV6_RECVTCLASS");
     }
     // SAFETY: the sockets are moved in and owned by the AsyncFds for as long as they are registered.
     let receiver = unsafe { AsyncFd::register(receiver) }.map_err(|e| e.into_parts().1).context("registering the raw GRE socket")?;
@@ -220,8 +224,8 @@ fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
             Ok(n) => {
                 // SAFETY: recv initialised the first n bytes.
                 let packet: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
-                if let Err(e) = decapsulate_v4(maps, packet, injector) {
-                    log::debug!("reassembled GRE not delivered: {e:#}");
+                if let Err(e) = receive_v4(maps, packet, injector) {
+                    warn!("reassembled GRE: {e:#}");
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -238,9 +242,9 @@ fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
 fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
     // Control messages are read as cmsghdr structs: the buffer must be aligned for them.
     #[repr(C, align(8))]
-    struct Control([u8; 64]);
+    struct Control([u8; 128]);
     let mut buf = vec![0u8; 65536];
-    let mut control = Control([0; 64]);
+    let mut control = Control([0; 128]);
     loop {
         // SAFETY: all-zero is a valid sockaddr_in6 / msghdr to fill in.
         let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
@@ -262,80 +266,51 @@ fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
             }
             return;
         }
-        let Some(local) = pktinfo_destination(&msg) else { continue };
+        let (Some(local), tclass) = received_on(&msg) else { continue };
         let body = &buf[..usize::try_from(n).unwrap_or(0)];
-        if let Err(e) = decapsulate(maps, local, from.sin6_addr.s6_addr, body, injector) {
-            log::debug!("reassembled GRE/IPv6 not delivered: {e:#}");
+        let outer = reassembled::Outer { local, remote: from.sin6_addr.s6_addr, ecn: tclass & gre::ECN_MASK };
+        if let Err(e) = reassembled::receive(maps, &outer, body, injector) {
+            warn!("reassembled GRE/IPv6: {e:#}");
         }
     }
 }
 
-/// The destination address of a received IPv6 packet, from its IPV6_PKTINFO control message.
-fn pktinfo_destination(msg: &libc::msghdr) -> Option<[u8; 16]> {
+/// The destination address (IPV6_PKTINFO) and traffic class (IPV6_TCLASS) of a received IPv6
+/// packet, from its control messages.
+fn received_on(msg: &libc::msghdr) -> (Option<[u8; 16]>, u8) {
+    let (mut local, mut tclass) = (None, 0);
     // SAFETY: walking the control messages recvmsg filled in, within msg_controllen.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
                 let info = libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>().read_unaligned();
-                return Some(info.ipi6_addr.s6_addr);
+                local = Some(info.ipi6_addr.s6_addr);
+            }
+            if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_TCLASS {
+                #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a traffic class byte")]
+                {
+                    tclass = libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned() as u8;
+                }
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
     }
-    None
+    (local, tclass)
 }
 
-/// Splits a reassembled GRE/IPv4 packet (the raw IPv4 socket includes the IP header).
-fn decapsulate_v4(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<()> {
+/// A reassembled GRE/IPv4 packet (the raw IPv4 socket includes the IP header).
+fn receive_v4(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<()> {
     let ihl = usize::from(packet.first().context("empty")? & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([*packet.get(2).context("short")?, *packet.get(3).context("short")?]));
     let ip = packet.get(..ihl).context("short IPv4 header")?;
     let body = packet.get(ihl..total.min(packet.len())).context("short packet")?;
-    decapsulate(maps, addr::from_v4([ip[16], ip[17], ip[18], ip[19]]), addr::from_v4([ip[12], ip[13], ip[14], ip[15]]), body, injector)
-}
-
-/// Decapsulates one reassembled GRE packet (`body`: GRE header and payload) the way the datapath
-/// would (tunnel match, checksum policy and checksum) and injects it into the tunnel netdev.
-fn decapsulate(maps: &mut Maps, local: addr::Addr, remote: addr::Addr, body: &[u8], injector: &OwnedFd) -> Result<()> {
-    let (h, hlen) = gre::Header::decode(body).map_err(|e| anyhow::anyhow!("GRE header: {e:?}"))?;
-    let mut key = RxKey { local, remote, key: h.key.unwrap_or(0), flags: if h.flags() & FLAG_K != 0 { RX_KEY_PRESENT } else { 0 } };
-    if h.protocol == gre::PROTO_TEB {
-        key.flags |= RX_TEB;
-    }
-    let (id, t) = maps.match_rx(&key).context("no tunnel")?;
-    if h.checksum.is_some() != (t.flags & tunnel_flags::ICSUM != 0) {
-        bail!("checksum policy");
-    }
-    if h.checksum.is_some() && gre::internet_checksum(body) != 0 {
-        bail!("bad checksum");
-    }
-    let mut payload = &body[hlen..];
-    let mut protocol = h.protocol;
-    if protocol == gre::PROTO_CISCO_METADATA {
-        let words = usize::from(*payload.get(3).context("short Cisco MetaData")?);
-        protocol = u16::from_be_bytes([payload[0], payload[1]]);
-        payload = payload.get(gre::CMD_BASE_LEN + 4 * words..).context("short Cisco MetaData")?;
-    }
-    if payload.len() > t.mtu as usize + if h.protocol == gre::PROTO_TEB { gre::ETH_HLEN } else { 0 } {
-        bail!("{} bytes, larger than the tunnel MTU {}", payload.len(), t.mtu);
-    }
-    let frame = match protocol {
-        gre::PROTO_TEB => payload.to_vec(),
-        gre::PROTO_IPV4 | gre::PROTO_IPV6 => {
-            let mut f = Vec::with_capacity(gre::ETH_HLEN + payload.len());
-            f.extend_from_slice(&t.netdev_mac);
-            f.extend_from_slice(&t.inject_mac);
-            f.extend_from_slice(&protocol.to_be_bytes());
-            f.extend_from_slice(payload);
-            f
-        }
-        other => bail!("protocol type {other:#06x}"),
+    let outer = reassembled::Outer {
+        local: addr::from_v4([ip[16], ip[17], ip[18], ip[19]]),
+        remote: addr::from_v4([ip[12], ip[13], ip[14], ip[15]]),
+        ecn: ip[1] & gre::ECN_MASK,
     };
-    inject(injector, t.inject_ifindex, &frame)?;
-    let mut s = maps.state(id)?;
-    s.reassembled += 1;
-    maps.set_state(id, &s)
+    reassembled::receive(maps, &outer, body, injector)
 }
 
 fn packet_socket() -> Result<OwnedFd> {
@@ -346,32 +321,6 @@ fn packet_socket() -> Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends an Ethernet frame out of `ifindex` (the datapath end of a tunnel netdev: it arrives on
-/// the kernel end as received).
-fn inject(sock: &OwnedFd, ifindex: u32, frame: &[u8]) -> Result<()> {
-    // SAFETY: all-zero is a valid sockaddr_ll to fill in.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or_default();
-    to.sll_ifindex = i32::try_from(ifindex).context("ifindex")?;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(frame.get(..6).context("short frame")?);
-    // SAFETY: `frame` and `to` are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&raw const to).cast(),
-            u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or_default(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("injecting into the tunnel netdev");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

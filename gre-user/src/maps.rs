@@ -276,6 +276,29 @@ impl Maps {
         (t.in_use != 0).then_some((id, t))
     }
 
+    /// The tunnel between `local` and `remote` when exactly one tunnel has those endpoints.
+    #[must_use]
+    pub fn sole_tunnel(&self, local: &gre_common::addr::Addr, remote: &gre_common::addr::Addr) -> Option<u32> {
+        self.endpoints.get(&EndpointKey { local: *local, remote: *remote }, 0).ok().filter(|u| u.users == 1).map(|u| u.tunnel)
+    }
+
+    /// Whether `nbma` is the address of one of multipoint tunnel `id`'s peers.
+    #[must_use]
+    pub fn is_peer(&self, id: u32, nbma: &gre_common::addr::Addr) -> bool {
+        self.nbma_peers.get(&NbmaKey { tunnel: id, pad0: 0, nbma: *nbma }, 0).is_ok()
+    }
+
+    /// `iseq` for a packet the daemon decapsulates: whether sequence number `n` is not older
+    /// than the last the datapath accepted. Only read: writing the record back could undo the
+    /// datapath's atomic transmit count, which shares it.
+    #[must_use]
+    pub fn sequence_acceptable(&self, id: u32, n: u32) -> bool {
+        let Ok(s) = self.sequences.get(&id, 0) else { return false };
+        #[expect(clippy::cast_possible_wrap, reason = "serial-number arithmetic (RFC 1982)")]
+        let older = s.rx_next != 0 && (n.wrapping_sub(s.rx_next) as i32) < 0;
+        !older
+    }
+
     /// Adds an overlay route: `prefix` goes into tunnel `id`, toward the overlay next hop `via`
     /// (multipoint; by default the destination itself).
     ///

@@ -243,11 +243,14 @@ pub fn report(instance: &str) -> Result<Report> {
 ///
 /// # Errors
 /// The instance is not up or its maps cannot be read.
+#[expect(clippy::too_many_lines, reason = "one field of the report after the other")]
 pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
     let wants = |p: Part| part.is_none_or(|q| q == p);
     let dir = loader::running_dir(instance)?;
     let maps = Maps::open_pinned(&dir.join("maps"))?;
     let mut tunnels = Vec::new();
+    // Drops of reassembled packets, which the daemon counts per tunnel.
+    let mut slow_drops = [0u64; drop::COUNT as usize];
     for (id, t) in maps.tunnels()? {
         let s = maps.tunnel_stats(id)?;
         let st = maps.state(id)?;
@@ -277,8 +280,9 @@ pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
             }),
             pmtudisc: t.flags & tunnel_flags::NOPMTUDISC == 0,
             ignore_df: t.flags & tunnel_flags::IGNORE_DF != 0,
-            rx_packets: s.rx_packets,
-            rx_bytes: s.rx_bytes,
+            // What arrived in fragments, the daemon decapsulated: received all the same.
+            rx_packets: s.rx_packets + st.reassembled,
+            rx_bytes: s.rx_bytes + st.reassembled_bytes,
             tx_packets: s.tx_packets,
             tx_bytes: s.tx_bytes,
             keepalives_answered: s.keepalives_answered,
@@ -294,10 +298,13 @@ pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
             nhrp_errors: st.nhrp_errors,
             fast_rx: s.fast_rx,
             fast_tx: s.fast_tx,
-            drops: drop::NAMES.iter().zip(s.drops).map(|(n, v)| ((*n).to_string(), v.into())).collect(),
+            drops: drop::NAMES.iter().zip(s.drops).zip(st.reassembled_drops).map(|((n, v), r)| ((*n).to_string(), (v + r).into())).collect(),
         });
+        for (all, r) in slow_drops.iter_mut().zip(st.reassembled_drops) {
+            *all += r;
+        }
     }
-    let drops = maps.drops()?.into_iter().map(|(n, v)| (n.to_string(), v.into())).collect();
+    let drops = maps.drops()?.into_iter().zip(slow_drops).map(|((n, v), r)| (n.to_string(), (v + r).into())).collect();
     let routes = if wants(Part::Routes) { maps.routes() } else { Vec::new() }
         .into_iter()
         .map(|(prefix, id, via)| RouteReport {

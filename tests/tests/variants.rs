@@ -233,6 +233,45 @@ fn fragmented_gre_is_reassembled_and_delivered() {
     traffic::ping(&a, B_OVERLAY4, 2).expect("ping");
 }
 
+/// Fragments to a multipoint tunnel: the daemon finds it by its any-remote match, as the
+/// datapath does, and counts what it delivers in `rx_packets`; on a strict one, fragments from
+/// an address that is no peer's are a counted `unknown_peer` drop, not delivered.
+#[test]
+fn fragmented_gre_to_a_multipoint_tunnel_is_matched_checked_and_counted() {
+    if !privilege::require_root("fragmented_gre_to_a_multipoint_tunnel_is_matched_checked_and_counted") {
+        return;
+    }
+    let mut sites = TwoSites::new("gfm").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    ns_sh(&sites.wan, &["ip", "link", "set", "b0", "mtu", "1400"]).unwrap();
+    let ca = TwoSites::site_config_with(A_UNDERLAY, B_UNDERLAY, "key = 5\npmtudisc = false\n", A_OVERLAY4, A_OVERLAY6);
+    sites.lab.gre_up(&a, "a", &ca).expect("gre up a");
+    let multipoint = |strict: bool, peer_nbma: &str| {
+        format!(
+            "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{B_UNDERLAY}\"\nkey = 5\nstrict = {strict}\n\
+             address = [\"{B_OVERLAY4}/30\"]\n\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{A_OVERLAY4}\"\nnbma = \"{peer_nbma}\"\n"
+        )
+    };
+    let datagram: Vec<u8> = (0..1420u32).map(|i| (i * 11 % 251) as u8).collect();
+    for (strict, peer_nbma, delivered) in [(false, A_UNDERLAY, true), (true, "198.51.100.9", false)] {
+        let ib = sites.lab.gre_up(&b, "b", &multipoint(strict, peer_nbma)).expect("gre up b");
+        let daemon = gre::Daemon::start(&b, &ib);
+        thread::sleep(Duration::from_millis(500));
+        let got = udp_across(&a, &b, &datagram, 7002);
+        let t = gre::show(&b, &ib).unwrap()["tunnels"][0].clone();
+        if delivered {
+            assert_eq!(got.as_deref(), Some(&datagram[..]), "delivered through the multipoint tunnel");
+            assert_eq!((t["reassembled"].as_u64(), t["rx_packets"].as_u64()), (Some(1), Some(1)), "{t}");
+            assert_eq!(t["rx_bytes"], 20 + 8 + datagram.len(), "{t}");
+        } else {
+            assert_eq!(got, None, "a strict tunnel takes no fragments from strangers");
+            assert_eq!((t["reassembled"].as_u64(), t["rx_packets"].as_u64(), t["drops"]["unknown_peer"].as_u64()), (Some(0), Some(0), Some(1)), "{t}");
+        }
+        daemon.kill();
+        sites.lab.gre_down(&b, &ib).expect("gre down b");
+    }
+}
+
 /// Sends one UDP datagram without DF from a's overlay address to b's; what b received, if
 /// anything, within two seconds.
 fn udp_across(a: &str, b: &str, data: &[u8], port: u16) -> Option<Vec<u8>> {
