@@ -59,8 +59,12 @@ pub const MULTICAST_SCOPE: u32 = 22;
 /// Multicast beyond the replicas a multipoint tunnel sends per second (`multicast.rate`).
 pub const MULTICAST_RATE: u32 = 23;
 
+/// A gretap frame whose VLAN tag travels beside it (hardware-offload style) in a GSO packet:
+/// the tag must go inside each segment's frame, which only the kernel's segmentation could do.
+pub const VLAN_GSO: u32 = 24;
+
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 24;
+pub const COUNT: u32 = 25;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -88,4 +92,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "keepalive_rate",
     "multicast_scope",
     "multicast_rate",
+    "vlan_gso",
 ];

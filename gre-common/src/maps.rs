@@ -75,6 +75,9 @@ pub mod programs {
     pub const REPLICATE: &str = "gre_replicate";
     /// TC: an empty program, the floor of the benchmarks (never attached).
     pub const TC_PASS: &str = "gre_tc_pass";
+    /// TC, tests only: puts VLAN tag 100 beside each frame, as a VLAN device or a VLAN-aware
+    /// bridge does (for hosts whose kernel has neither).
+    pub const TEST_VLAN_TAG: &str = "gre_test_vlan_tag";
     /// XDP, benchmarks only: the frame generator (run with live frames).
     pub const BENCH_GEN: &str = "gre_bench_gen";
     /// XDP, benchmarks only: decapsulation's parsing alone (the parse-only baseline).

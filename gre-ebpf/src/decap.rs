@@ -546,11 +546,14 @@ fn inject_frame(ctx: &XdpContext, o: &Outer, inner: usize, id: u32, mtu: u32) ->
     if inner + ETH_HLEN > o.end {
         return Err(drop::TRUNCATED);
     }
-    if o.end - inner > mtu as usize + ETH_HLEN {
+    let frame_type = be16(ctx, inner + 12).ok_or(drop::TRUNCATED)?;
+    // A tagged frame may be as large as the netdev takes: MTU, Ethernet header and one tag.
+    let tag = if frame_type == ETH_P_8021Q || frame_type == ETH_P_8021AD { VLAN_HLEN } else { 0 };
+    if o.end - inner > mtu as usize + ETH_HLEN + tag {
         return Err(drop::TOO_BIG);
     }
     let l3 = inner + ETH_HLEN;
-    match be16(ctx, inner + 12).ok_or(drop::TRUNCATED)? {
+    match frame_type {
         ETH_P_IPV4 => {
             let tos = read::<2, _>(ctx, l3).ok_or(drop::TRUNCATED)?[1];
             if ecn_decap(o.ecn, tos & ECN_MASK)? {

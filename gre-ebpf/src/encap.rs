@@ -10,12 +10,12 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_GRE, BPF_F_ADJ_ROOM_FIXED_GSO,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_store_bytes},
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_store_bytes, bpf_skb_vlan_pop},
     programs::TcContext,
 };
 use gre_common::{
     addr, drop,
-    gre::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, FLAG_C, IPPROTO_GRE, IPV4_HLEN, IPV6_HLEN, PROTO_TEB},
+    gre::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, FLAG_C, IPPROTO_GRE, IPV4_HLEN, IPV6_HLEN, PROTO_TEB, VLAN_HLEN},
     maps::{MAX_MULTICAST_PEERS, Tunnel, tunnel_flags},
 };
 
@@ -40,6 +40,10 @@ pub fn try_encap(ctx: &TcContext) -> Result<i32, u32> {
 #[inline(always)]
 fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     let teb = t.flags & tunnel_flags::TEB != 0;
+    // SAFETY: reading a field of the context.
+    if teb && unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        tag_inside(ctx)?;
+    }
     // A gretap carries the whole frame: its Ethernet header becomes part of the payload.
     let (inner, protocol, l2) = if teb {
         let frame_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| drop::TRUNCATED)?);
@@ -149,6 +153,33 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     // SAFETY: no parameters: the kernel looks the next hop up itself.
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
     Ok(unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// A VLAN tag beside the frame (a VLAN device on a gretap puts it there, for hardware to insert)
+/// belongs inside the frame the tunnel carries, as the kernel's gretap puts it: left beside, it
+/// would end up on the outer frame. The frame then goes as a non-IP frame (its type is the tag's).
+#[inline(always)]
+fn tag_inside(ctx: &TcContext) -> Result<(), u32> {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading fields of the context.
+    let (gso, tci, proto) = unsafe { ((*skb).gso_size != 0, (*skb).vlan_tci, (*skb).vlan_proto) };
+    if gso {
+        return Err(drop::VLAN_GSO);
+    }
+    let macs: [u8; 12] = ctx.load(0).map_err(|_| drop::TRUNCATED)?;
+    // SAFETY: the helpers act on this program's skb; offsets are re-checked by the stores.
+    if unsafe { bpf_skb_vlan_pop(skb) } != 0 || unsafe { bpf_skb_change_head(skb, VLAN_HLEN as u32, 0) } != 0 {
+        return Err(drop::ENCAP_FAILED);
+    }
+    let mut head = [0u8; 16];
+    head[..12].copy_from_slice(&macs);
+    // vlan_proto is kept in network order; the TCI in host order.
+    #[expect(clippy::cast_possible_truncation, reason = "16-bit fields in 32-bit slots")]
+    {
+        head[12..14].copy_from_slice(&(proto as u16).to_ne_bytes());
+        head[14..16].copy_from_slice(&(tci as u16).to_be_bytes());
+    }
+    ctx.store(0, &head, 0).map_err(|_| drop::ENCAP_FAILED)
 }
 
 /// Writes the headers right after the outer Ethernet header.

@@ -83,6 +83,16 @@ pub fn gre_tc_pass(_ctx: TcContext) -> i32 {
     aya_ebpf::bindings::TC_ACT_OK
 }
 
+/// TC, tests only (never attached by `gre`): tags each frame with VLAN 100 beside it, as a VLAN
+/// device or a VLAN-aware bridge hands frames to a gretap, where the kernel has neither.
+#[classifier]
+pub fn gre_test_vlan_tag(ctx: TcContext) -> i32 {
+    // SAFETY: the helper acts on this program's skb.
+    unsafe { aya_ebpf::helpers::bpf_skb_vlan_push(ctx.skb.skb, gre_common::gre::ETH_P_8021Q.to_be(), 100) };
+    // TCX_NEXT: on to the encapsulation behind it.
+    aya_ebpf::bindings::TC_ACT_UNSPEC
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -319,6 +319,30 @@ fn tunnels_between_the_same_endpoints_are_told_apart_by_key() {
     assert_eq!(out[34..42], [0x20, 0x00, 0x08, 0x00, 0, 0, 0, 51], "sent with okey 51");
 }
 
+/// A gretap netdev takes a frame of its MTU plus the Ethernet header, and four bytes more when
+/// the frame carries a VLAN tag (as a veth, and the kernel's gretap, do); beyond that, too big.
+#[test]
+fn gretap_takes_full_size_tagged_frames() {
+    let Some(mut f) = setup("gretap_takes_full_size_tagged_frames") else { return };
+    let (id, _) = f.add(Tunnel { ikey: 9, okey: 9, mtu: 1400, ..tunnel("198.51.100.1", "198.51.100.8", tf::IKEY | tf::OKEY | tf::TEB) });
+    let frame = |tagged: bool, ip_len: usize| {
+        let tag = if tagged { "/Dot1Q(vlan=5)" } else { "" };
+        scapy(&format!("Ether(dst='02:11:11:11:11:11', src='02:22:22:22:22:22'){tag}/IP(src='203.0.113.2', dst='203.0.113.1')/Raw(b'x' * {})", ip_len - 20))
+    };
+    let wire = |payload: &[u8]| {
+        scapy(&format!("Ether()/IP(src='198.51.100.8', dst='198.51.100.1')/GRE(key_present=1, key=9, proto=0x6558)/Raw({})", hex_bytes(payload)))
+    };
+    for (tagged, ip_len, taken) in [(false, 1400, true), (false, 1401, false), (true, 1400, true), (true, 1401, false)] {
+        let (action, out) = f.decap(&wire(&frame(tagged, ip_len)));
+        if taken {
+            assert_eq!((action, out[..6].to_vec()), (XDP_REDIRECT, vec![0x02, 0x11, 0x11, 0x11, 0x11, 0x11]), "tagged {tagged}, {ip_len}");
+        } else {
+            assert_eq!(action, XDP_DROP, "tagged {tagged}, {ip_len}");
+        }
+    }
+    assert_eq!((f.stats(id).rx_packets, f.stats(id).drops[drop::TOO_BIG as usize]), (2, 2));
+}
+
 #[test]
 fn gretap_frames_both_ways() {
     let Some(mut f) = setup("gretap_frames_both_ways") else { return };

@@ -17,9 +17,14 @@ fn tunnel(v: &Value) -> &Value {
 /// Captures `count` GRE packets on the router's interface toward a while `traffic` runs, and
 /// returns what tshark decodes of them (the listed fields, as JSON layers).
 fn capture(sites: &TwoSites, filter: &str, count: usize, fields: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
-    let pcap = std::env::temp_dir().join(format!("gre-variant-{}-{}.pcap", std::process::id(), sites.a));
+    capture_on(&sites.wan, filter, count, fields, traffic)
+}
+
+/// [`capture`] on the router's port toward a in namespace `wan`.
+fn capture_on(wan: &str, filter: &str, count: usize, fields: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
+    let pcap = std::env::temp_dir().join(format!("gre-variant-{}-{wan}.pcap", std::process::id()));
     let mut dump = Command::new("ip")
-        .args(["netns", "exec", &sites.wan, "timeout", "30", "tcpdump", "-i", "a0", "-n", "-U", "-w"])
+        .args(["netns", "exec", wan, "timeout", "30", "tcpdump", "-i", "a0", "-n", "-U", "-w"])
         .arg(&pcap)
         .args(["-c", &count.to_string(), filter])
         .stderr(std::process::Stdio::null())
@@ -178,6 +183,49 @@ fn gretap_carries_arp_ping_and_tcp() {
     sites.lab.gre_down(&a, &ia).expect("down");
     let after = ns_sh(&a, &["ip", "neigh", "show", "dev", "eth0"]).unwrap();
     assert!(!after.contains("managed"), "gre down removes the managed neighbour it made: {after}");
+}
+
+/// A VLAN device or a VLAN-aware bridge hands a gretap its frames with the tag beside them, for
+/// hardware to insert: the tag belongs inside the carried frame, as with the kernel's gretap,
+/// never on the outer one. (This host's kernel has neither VLAN devices nor VLAN filtering: a
+/// test program in front of the encapsulation tags the frames the same way.)
+#[test]
+fn vlan_tags_beside_gretap_frames_go_inside() {
+    if !privilege::require_root("vlan_tags_beside_gretap_frames_go_inside") {
+        return;
+    }
+    let mut sites = TwoSites::new("gvl").expect("topology");
+    let (a, b) = (sites.a.clone(), sites.b.clone());
+    for ns in [&a, &b] {
+        ns_sh(ns, &["sysctl", "-q", "-w", "net.ipv4.conf.eth0.forwarding=1"]).unwrap();
+    }
+    let (ia, _) = sites.tunnel_with(A_UNDERLAY, B_UNDERLAY, "mode = \"gretap\"\nkey = 6\n").expect("gre up");
+    // b cannot answer ARP on VLAN 100 (no VLAN device): its MAC is given.
+    let b_mac = ns_sh(&b, &["cat", "/sys/class/net/gre0/address"]).unwrap();
+    ns_sh(&a, &["ip", "neigh", "replace", B_OVERLAY4, "lladdr", b_mac.trim(), "dev", "gre0", "nud", "permanent"]).unwrap();
+    let (a_ns, wan) = (a.clone(), sites.wan.clone());
+    let packets = traffic::in_netns(&a, move || {
+        let mut ebpf = aya::EbpfLoader::new().load(gre_user::EBPF_OBJECT)?;
+        let tag: &mut aya::programs::SchedClassifier = ebpf.program_mut(gre_common::maps::programs::TEST_VLAN_TAG).expect("program").try_into()?;
+        tag.load()?;
+        tag.attach_with_options("gre0", aya::programs::TcAttachType::Egress, aya::programs::tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::first()))?;
+        let from_a = format!("(ip proto 47 and src {A_UNDERLAY}) or (vlan and ip proto 47 and src {A_UNDERLAY})");
+        let packets = capture_on(&wan, &from_a, 4, &["frame.protocols", "vlan.id"], || {
+            let _ = traffic::ping(&a_ns, B_OVERLAY4, 4);
+        });
+        drop(ebpf);
+        Ok(packets)
+    })
+    .expect("the tagging program");
+    assert_eq!(packets.len(), 4);
+    for p in &packets {
+        let protocols = field(p, "frame.protocols").unwrap_or_default();
+        assert!(protocols.starts_with("eth:ethertype:ip:gre:eth:ethertype:vlan:ethertype:"), "the tag inside, none outside: {protocols}");
+        assert_eq!(field(p, "vlan.id").as_deref(), Some("100"), "{p}");
+    }
+    let v = gre::show(&a, &ia).unwrap();
+    let dropped: u64 = tunnel(&v)["drops"].as_object().unwrap().values().map(|d| d.as_u64().unwrap()).sum();
+    assert_eq!(dropped, 0, "{v}");
 }
 
 #[test]
