@@ -46,6 +46,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     if unsafe { libc::setsockopt(receiver6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, (&raw const on).cast(), 4) } != 0 {
         return Err(std::io::Error::last_os_error()).context("IPV6_RECVTCLASS");
     }
+    let mut path_mtu = crate::pmtu::PathMtu::new(&receiver, &receiver6)?;
     // SAFETY: the sockets are moved in and owned by the AsyncFds for as long as they are registered.
     let receiver = unsafe { AsyncFd::register(receiver) }.map_err(|e| e.into_parts().1).context("registering the raw GRE socket")?;
     // SAFETY: as above.
@@ -67,7 +68,11 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
             _ = tick.tick() => {
                 let now = unix_now();
                 nhrp.drain(&mut maps, &sender, now);
+                // ICMP errors about our GRE wait on the sockets' error queues.
+                path_mtu.drain(&mut maps, receiver.get_ref()).await;
+                path_mtu.drain(&mut maps, receiver6.get_ref()).await;
                 if now != last_second {
+                    path_mtu.expire(&mut maps).await;
                     last_second = now;
                     keepalives.tick(&mut maps, &sender)?;
                     nhrp.tick(&mut maps, &sender, now)?;
@@ -216,6 +221,12 @@ fn send_keepalive(sender: &Socket, t: &Tunnel) -> Result<()> {
     Ok(())
 }
 
+/// An ICMP error about a packet we sent, reported by a receive (its details wait on the error
+/// queue, which the path MTU reads).
+fn icmp_error(e: &std::io::Error) -> bool {
+    e.raw_os_error().is_some_and(|c| [libc::EMSGSIZE, libc::EHOSTUNREACH, libc::ENETUNREACH, libc::ECONNREFUSED, libc::EPROTO].contains(&c))
+}
+
 /// Reads every reassembled GRE packet waiting on the raw socket.
 fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 65536];
@@ -229,6 +240,8 @@ fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            // An ICMP error about a packet we sent (its details wait on the error queue).
+            Err(e) if icmp_error(&e) => {}
             Err(e) => {
                 warn!("reading the raw GRE socket: {e}");
                 return;
@@ -261,6 +274,9 @@ fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
         let n = unsafe { libc::recvmsg(receiver.as_raw_fd(), &raw mut msg, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
+            if icmp_error(&e) {
+                continue;
+            }
             if e.kind() != ErrorKind::WouldBlock {
                 warn!("reading the raw GRE/IPv6 socket: {e}");
             }

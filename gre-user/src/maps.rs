@@ -480,6 +480,16 @@ impl Maps {
         self.tunnels.get(&id, 0).ok().filter(|t| t.in_use != 0)
     }
 
+    /// Sets the MTU the datapath holds for tunnel `id` (what the fast paths may carry, what the
+    /// tunnel netdev takes). Only that field changes, so a reader never sees another one move.
+    ///
+    /// # Errors
+    /// The slot holds no tunnel or the map refuses the write.
+    pub fn set_tunnel_mtu(&mut self, id: u32, mtu: u32) -> Result<()> {
+        let t = self.tunnel(id).with_context(|| format!("tunnel slot {id} is empty"))?;
+        self.tunnels.set(id, Tunnel { mtu, ..t }, 0).with_context(|| format!("writing tunnel {id}"))
+    }
+
     /// The peer `overlay` of tunnel `id` (one lookup, not a walk of the table).
     #[must_use]
     pub fn peer(&self, id: u32, overlay: std::net::IpAddr) -> Option<Peer> {

@@ -358,6 +358,14 @@ pub async fn up(handle: &Handle, index: u32) -> Result<()> {
     handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.with_context(|| format!("bringing up link {index}"))
 }
 
+/// Sets a link's MTU.
+///
+/// # Errors
+/// Netlink fails.
+pub async fn set_mtu(handle: &Handle, index: u32, mtu: u32) -> Result<()> {
+    handle.link().set(LinkUnspec::new_with_index(index).mtu(mtu).build()).execute().await.with_context(|| format!("setting MTU {mtu} on link {index}"))
+}
+
 /// Deletes a link (a veth pair goes with either end). A link that is gone already is fine.
 ///
 /// # Errors

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path, process::Command, thread, time::Duration}
 
 use gre_tests::{
     gre, privilege,
-    topology::{A_OVERLAY4, A_OVERLAY6, A_UNDERLAY, B_OVERLAY4, B_OVERLAY6, B_UNDERLAY, TwoSites, ns_sh, sh},
+    topology::{A_OVERLAY4, A_OVERLAY6, A_UNDERLAY, A_UNDERLAY6, B_OVERLAY4, B_OVERLAY6, B_UNDERLAY, B_UNDERLAY6, TwoSites, ns_sh, sh},
     traffic,
 };
 use serde_json::Value;
@@ -276,4 +276,34 @@ fn an_ipsec_policy_for_the_tunnel_refuses_gre_up() {
     )
     .expect("xfrm policy");
     sites.lab.gre_up(&a, "a", &config).expect("gre up without a policy for GRE");
+}
+
+/// A hop with a smaller MTU in the underlay: its ICMP "fragmentation needed" (IPv4) or "packet
+/// too big" (IPv6) about our GRE lowers the tunnel's MTU (with `gre daemon` running, as ip_gre
+/// lowers its path MTU), so TCP through the tunnel learns the smaller size and completes instead
+/// of black-holing. Over IPv4 and IPv6 underlays.
+#[test]
+fn a_smaller_underlay_hop_lowers_the_tunnel_mtu() {
+    if !privilege::require_root("a_smaller_underlay_hop_lowers_the_tunnel_mtu") {
+        return;
+    }
+    // IPv4 outer 20 + GRE with key 8; IPv6 outer 40 + 8.
+    for (tag, local, remote, overhead) in [("gpm", A_UNDERLAY, B_UNDERLAY, 28), ("gpm6", A_UNDERLAY6, B_UNDERLAY6, 48)] {
+        let mut sites = TwoSites::new(tag).expect("topology");
+        let (a, b) = (sites.a.clone(), sites.b.clone());
+        ns_sh(&sites.wan, &["ip", "link", "set", "b0", "mtu", "1400"]).unwrap();
+        let (ia, _) = sites.tunnel_with(local, remote, &format!("key = {KEY}\nttl = 64\n")).expect("gre up");
+        let mtu = |ns: &str| ns_sh(ns, &["cat", "/sys/class/net/gre0/mtu"]).unwrap().trim().parse::<u32>().unwrap();
+        assert_eq!(mtu(&a), 1500 - overhead, "{tag}");
+        let _daemon = gre::Daemon::start(&a, &ia);
+        thread::sleep(Duration::from_millis(500));
+        let server: SocketAddr = format!("{B_OVERLAY4}:5010").parse().unwrap();
+        let started = std::time::Instant::now();
+        let (sent, received) = traffic::tcp_transfer(&b, server, &a, 2 << 20).expect("TCP across the smaller hop");
+        assert_eq!(sent, received, "{tag}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{tag}: took {:?}", started.elapsed());
+        assert_eq!(mtu(&a), 1400 - overhead, "{tag}: the tunnel MTU follows the path");
+        let t = gre::show(&a, &ia).unwrap()["tunnels"][0].clone();
+        assert_eq!(t["drops"].as_object().unwrap().values().filter_map(Value::as_u64).sum::<u64>(), 0, "{tag}: {t}");
+    }
 }
