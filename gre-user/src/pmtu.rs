@@ -26,7 +26,7 @@ use socket2::Socket;
 use crate::{maps::Maps, netdev};
 
 /// How long a learned path MTU holds (the kernel's net.ipv4.route.mtu_expires default).
-const EXPIRES: Duration = Duration::from_secs(600);
+const EXPIRES: Duration = Duration::from_mins(10);
 /// The smallest path MTU taken from ICMP (the kernel's net.ipv4.route.min_pmtu; IPv6's minimum
 /// link MTU).
 const MIN_PMTU_V4: u32 = 552;
