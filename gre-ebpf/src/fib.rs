@@ -254,10 +254,14 @@ pub fn forward(ctx: *mut c_void, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_o
     if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || PORTS.get(p.ifindex).is_none() {
         return None;
     }
-    // What fits is the largest size asked so far (a hit for a larger packet asks the FIB again).
-    // Looked up again rather than kept from above: this program's stack has no room to spare
-    // across the FIB call, and this is the miss path.
-    let fits = u32::from(tot_len).max(cached(&s.key).map_or(0, |e| e.fits));
+    // What fits is the largest size asked while the answer holds (a hit for a larger packet asks
+    // the FIB again). A stale entry's size is not carried over: the egress MTU may have come
+    // down since. Looked up again rather than kept from above: this program's stack has no room
+    // to spare across the FIB call, and this is the miss path.
+    let fits = match cached(&s.key) {
+        Some(e) if fresh(e.stamp, now()) => u32::from(tot_len).max(e.fits),
+        _ => u32::from(tot_len),
+    };
     remember(s, p.ifindex, fits, p.smac, p.dmac, now());
     Some(Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
 }

@@ -87,6 +87,30 @@ fn decap_straight_to_a_lan_port() {
     assert_eq!(f.stats(0).rx_packets, 13);
 }
 
+/// The fast path's cache of FIB answers never lets through what the kernel would no longer
+/// forward: after the egress port's MTU comes down, a large packet goes the kernel path (which
+/// sends ICMP), even once smaller packets have refreshed the cached answer.
+#[test]
+fn cached_answers_follow_a_smaller_egress_mtu() {
+    let Some(mut f) = setup("cached_answers_follow_a_smaller_egress_mtu") else { return };
+    lan_port(&mut f);
+    let wire =
+        |inner: &[u8]| scapy(&format!("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x0800)/Raw({})", hex_bytes(inner)));
+    let (big, small) = (wire(&inner("203.0.113.66", 9, 1300)), wire(&inner("203.0.113.66", 9, 100)));
+    let to_lan = |f: &mut Fixture, frame: &[u8]| {
+        let (action, out) = f.decap(frame);
+        assert_eq!(action, XDP_REDIRECT);
+        out[..6] == mac(HOST_MAC)
+    };
+    assert!(to_lan(&mut f, &big), "fits the LAN port's 1500");
+    net(&["ip link set lan0 mtu 1280"]);
+    // Past the cache's lifetime, a small packet asks the FIB again.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert!(to_lan(&mut f, &small));
+    assert!(!to_lan(&mut f, &big), "too big for the port now: the kernel path");
+    assert_eq!(f.stats(0).fast_rx, 2);
+}
+
 /// A packet from the LAN host to a destination behind the tunnel.
 fn from_host(dst: &str, ttl: u8, len: usize) -> Vec<u8> {
     scapy(&format!("IP(src='203.0.113.66', dst='{dst}', ttl={ttl})/UDP(sport=7, dport=9)/Raw(b'y'*{len})"))
