@@ -8,7 +8,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_GRE, BPF_F_ADJ_ROOM_FIXED_GSO,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        TC_ACT_OK, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_store_bytes, bpf_skb_vlan_pop},
     programs::TcContext,
@@ -68,6 +68,12 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     let inner_len = ctx.len() - ETH_HLEN as u32 + l2 as u32;
     // SAFETY: reading fields of the context.
     let gso = unsafe { (*ctx.skb.skb).gso_segs > 1 || (*ctx.skb.skb).gso_size != 0 };
+    if gso && t.flags & (tunnel_flags::OCSUM | tunnel_flags::OSEQ) != 0 && ifindex_of(ctx) == t.netdev_ifindex {
+        // Each segment needs its own checksum or number: on through the tunnel netdev, whose
+        // GSO is off (gso_max_segs 1), so the kernel segments it; the segments come back to
+        // this program at the ingress of the netdev's datapath end, one by one.
+        return Ok(TC_ACT_OK);
+    }
     let flags = headers::tx_flags(t, gso)?;
     let v6 = t.flags & tunnel_flags::OUTER_V6 != 0;
     let outer_type = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
@@ -180,6 +186,13 @@ fn tag_inside(ctx: &TcContext) -> Result<(), u32> {
         head[14..16].copy_from_slice(&(tci as u16).to_be_bytes());
     }
     ctx.store(0, &head, 0).map_err(|_| drop::ENCAP_FAILED)
+}
+
+/// The interface the program runs on: the tunnel netdev's egress, or its datapath end's ingress.
+#[inline(always)]
+fn ifindex_of(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context.
+    unsafe { (*ctx.skb.skb).ifindex }
 }
 
 /// Writes the headers right after the outer Ethernet header.

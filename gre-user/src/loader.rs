@@ -188,6 +188,10 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
         for (t, _, _) in &netdevs {
             let id = encap.attach(&t.name, TcAttachType::Egress).with_context(|| format!("attaching TC egress to {}", t.name))?;
             pin_link(FdLink::try_from(encap.take_link(id)?)?, &links.join(format!("encap@{}", t.name)))?;
+            if t.ocsum || t.oseq {
+                let id = encap.attach(&t.inject_name(), TcAttachType::Ingress).with_context(|| format!("attaching TC ingress to {}", t.inject_name()))?;
+                pin_link(FdLink::try_from(encap.take_link(id)?)?, &links.join(format!("segments@{}", t.name)))?;
+            }
         }
         encap.pin(progs.join(programs::ENCAP)).context("pinning the encapsulation program")?;
         let replicate: &mut SchedClassifier = program(&mut ebpf, programs::REPLICATE)?;
@@ -470,7 +474,7 @@ pub async fn add_tunnels(instance: &str, path: &Path) -> Result<Vec<String>> {
         let result = attach_tunnel(&handle, &mut undo, &mut maps, &dir, id, t).await;
         if let Err(e) = result {
             let _ = maps.uninstall_tunnel(id);
-            for tag in ["napi", "encap"] {
+            for tag in ["napi", "encap", "segments"] {
                 let _ = fs::remove_file(dir.join("links").join(format!("{tag}@{}", t.name)));
             }
             undo.run().await;
@@ -497,6 +501,11 @@ async fn attach_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, dir: &
     let mut encap = SchedClassifier::from_pin(progs.join(programs::ENCAP)).context("opening the encapsulation program")?;
     let link = encap.attach(&t.name, TcAttachType::Egress).with_context(|| format!("attaching TC egress to {}", t.name))?;
     pin_link(FdLink::try_from(encap.take_link(link)?)?, &links.join(format!("encap@{}", t.name)))?;
+    if t.ocsum || t.oseq {
+        // Segments of GSO packets come back here, each to get its own checksum or number.
+        let link = encap.attach(&t.inject_name(), TcAttachType::Ingress).with_context(|| format!("attaching TC ingress to {}", t.inject_name()))?;
+        pin_link(FdLink::try_from(encap.take_link(link)?)?, &links.join(format!("segments@{}", t.name)))?;
+    }
     netdev::up(handle, inject).await?;
     netdev::up(handle, kernel).await?;
     Ok(())

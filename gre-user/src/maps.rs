@@ -131,6 +131,7 @@ impl Maps {
     pub fn uninstall_tunnel(&mut self, id: u32) -> Result<()> {
         let t = self.tunnels.get(&id, 0).ok().filter(|t| t.in_use != 0).with_context(|| format!("tunnel slot {id} is empty"))?;
         let _ = self.tx_by_ifindex.remove(&t.netdev_ifindex);
+        let _ = self.tx_by_ifindex.remove(&t.inject_ifindex);
         let _ = self.rx_match.remove(&rx_key(&t));
         let _ = self.inject_ports.remove(id);
         self.tunnels.set(id, Tunnel::default(), 0).with_context(|| format!("clearing tunnel {id}"))?;
@@ -159,6 +160,9 @@ impl Maps {
         self.rx_match.insert(rx, id, 0).with_context(|| full("RX_MATCH", id))?;
         self.count_endpoints(&t).with_context(|| full("ENDPOINTS", id))?;
         self.tx_by_ifindex.insert(t.netdev_ifindex, id, 0).with_context(|| full("TX_BY_IFINDEX", id))?;
+        if segments(&t) {
+            self.tx_by_ifindex.insert(t.inject_ifindex, id, 0).with_context(|| full("TX_BY_IFINDEX", id))?;
+        }
         Ok(())
     }
 
@@ -581,4 +585,12 @@ pub fn store_addr(ip: std::net::IpAddr) -> addr::Addr {
 /// Whether a peer belongs in its tunnel's multicast list.
 fn in_multicast(p: &Peer) -> bool {
     p.flags & peer_flags::MULTICAST != 0 && p.kind != peer_kind::INCOMPLETE
+}
+
+/// Whether tunnel `t` encapsulates GSO packets segment by segment (each needs its own checksum
+/// or sequence number): the kernel segments them on the tunnel netdev, and the encapsulation
+/// runs again at the ingress of its datapath end.
+#[must_use]
+pub const fn segments(t: &Tunnel) -> bool {
+    t.flags & (gre_common::maps::tunnel_flags::OCSUM | gre_common::maps::tunnel_flags::OSEQ) != 0
 }

@@ -25,7 +25,7 @@ fn program_of(tag: &str) -> Option<&'static str> {
         "decap" => Some(programs::DECAP),
         "lan" => Some(programs::LAN),
         "napi" => Some(programs::NAPI_PASS),
-        "encap" => Some(programs::ENCAP),
+        "encap" | "segments" => Some(programs::ENCAP),
         _ => None,
     }
 }

@@ -53,3 +53,47 @@ fn lan_to_lan_takes_the_fast_paths_and_pmtu_works() {
     let drops: u64 = gre::show(&b, &ib).unwrap()["drops"].as_object().unwrap().values().map(|d| d.as_u64().unwrap()).sum();
     assert_eq!(drops, 0);
 }
+
+/// Forwarded TCP that GRO merged on the way in reaches the tunnel netdev as GSO packets. On a
+/// tunnel with checksums and sequence numbers each segment needs its own: the kernel segments
+/// them on the tunnel netdev and the datapath encapsulates each (it dropped them as
+/// `checksum_gso`, and numbered every segment of a packet alike).
+#[test]
+fn forwarded_gro_traffic_is_segmented_for_csum_and_seq() {
+    if !privilege::require_root("forwarded_gro_traffic_is_segmented_for_csum_and_seq") {
+        return;
+    }
+    let mut lab = SitesWithLans::new("gg").expect("topology");
+    let (a, b, ha, hb) = (lab.sites.a.clone(), lab.sites.b.clone(), lab.host_a.clone(), lab.host_b.clone());
+    // No LAN fast path here: the kernel routes, and GRO on the LAN ports merges what arrives.
+    let conf = |local: &str, remote: &str, o4: &str, lan: &str| {
+        format!(
+            "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nremote = \"{remote}\"\n\
+             key = 8\ncsum = true\nseq = true\naddress = [\"{o4}/30\"]\n\n[[route]]\nprefix = \"{lan}\"\ntunnel = \"gre0\"\n"
+        )
+    };
+    let ia = lab
+        .sites
+        .lab
+        .gre_up(&a, "a", &conf(gre_tests::topology::A_UNDERLAY, gre_tests::topology::B_UNDERLAY, "203.0.113.1", "203.0.113.128/26"))
+        .expect("gre up a");
+    let ib = lab
+        .sites
+        .lab
+        .gre_up(&b, "b", &conf(gre_tests::topology::B_UNDERLAY, gre_tests::topology::A_UNDERLAY, "203.0.113.2", "203.0.113.64/26"))
+        .expect("gre up b");
+    for ns in [&a, &b] {
+        ns_sh(ns, &["ethtool", "-K", "lan0", "gro", "on"]).unwrap();
+    }
+    traffic::ping(&ha, HOST_B, 2).expect("warm-up ping");
+    let server: SocketAddr = format!("{HOST_B}:5006").parse().unwrap();
+    let started = std::time::Instant::now();
+    let (sent, received) = traffic::tcp_transfer(&hb, server, &ha, 10 << 20).expect("tcp host to host over csum and seq");
+    assert_eq!(sent, received);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+    for (ns, instance) in [(&a, &ia), (&b, &ib)] {
+        let v = gre::show(ns, instance).unwrap();
+        let drops = &v["tunnels"][0]["drops"];
+        assert!(drops.as_object().unwrap().values().all(|d| d == 0), "{ns}: {drops}");
+    }
+}
