@@ -36,6 +36,54 @@ pub fn show(netns: &str, instance: &str) -> Result<serde_json::Value> {
     serde_json::from_str(&out).with_context(|| format!("gre show -j printed {out:?}"))
 }
 
+/// The counters of a report of `gre show -j`, read the one way every test reads them.
+pub mod counters {
+    use anyhow::{Context as _, Result};
+    use serde_json::Value;
+
+    /// Counter `field` of the report's first tunnel.
+    ///
+    /// # Errors
+    /// The report has no such counter.
+    pub fn tunnel(v: &Value, field: &str) -> Result<u64> {
+        v["tunnels"][0][field].as_u64().with_context(|| format!("{field} of the first tunnel in {v}"))
+    }
+
+    /// (rx_packets, tx_packets) of the report's first tunnel.
+    ///
+    /// # Errors
+    /// As [`tunnel`].
+    pub fn packets(v: &Value) -> Result<(u64, u64)> {
+        Ok((tunnel(v, "rx_packets")?, tunnel(v, "tx_packets")?))
+    }
+
+    /// The instance's drops, every reason together.
+    #[must_use]
+    pub fn drops(v: &Value) -> u64 {
+        sum(&v["drops"])
+    }
+
+    /// The first tunnel's drops, every reason together.
+    #[must_use]
+    pub fn tunnel_drops(v: &Value) -> u64 {
+        sum(&v["tunnels"][0]["drops"])
+    }
+
+    fn sum(drops: &Value) -> u64 {
+        drops.as_object().map_or(0, |d| d.values().filter_map(Value::as_u64).sum())
+    }
+}
+
+/// Counter `field` of the first tunnel of `instance` in `ns`, from `gre show -j`.
+///
+/// # Panics
+/// `gre show` fails or has no such counter.
+#[must_use]
+pub fn counter(ns: &str, instance: &str, field: &str) -> u64 {
+    let v = show(ns, instance).unwrap_or_else(|e| panic!("gre show: {e:#}"));
+    counters::tunnel(&v, field).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// `gre daemon` for an instance, as a child process stopped (SIGTERM) when dropped.
 pub struct Daemon(Option<std::process::Child>);
 

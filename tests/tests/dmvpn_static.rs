@@ -27,8 +27,7 @@ fn spokes_join_the_group(t: &mut HubAndSpokes, hub: &str, spokes: &[String]) -> 
 }
 
 fn counters(ns: &str, instance: &str) -> (u64, u64) {
-    let v = gre::show(ns, instance).expect("show");
-    (v["tunnels"][0]["rx_packets"].as_u64().unwrap(), v["tunnels"][0]["tx_packets"].as_u64().unwrap())
+    gre::counters::packets(&gre::show(ns, instance).expect("show")).expect("counters")
 }
 
 #[test]

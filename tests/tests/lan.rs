@@ -10,11 +10,6 @@ use gre_tests::{
     traffic,
 };
 
-fn counter(ns: &str, instance: &str, field: &str) -> u64 {
-    let v = gre::show(ns, instance).expect("gre show");
-    v["tunnels"][0][field].as_u64().unwrap_or_else(|| panic!("{field} in {v}"))
-}
-
 #[test]
 fn lan_to_lan_takes_the_fast_paths_and_pmtu_works() {
     if !privilege::require_root("lan_to_lan_takes_the_fast_paths_and_pmtu_works") {
@@ -28,9 +23,9 @@ fn lan_to_lan_takes_the_fast_paths_and_pmtu_works() {
 
     // The first packets resolve neighbours through the kernel; then everything is known.
     traffic::ping(&ha, HOST_B, 2).expect("warm-up ping");
-    let before = [counter(&a, &ia, "fast_tx"), counter(&b, &ib, "fast_rx"), counter(&b, &ib, "fast_tx"), counter(&a, &ia, "fast_rx")];
+    let before = [gre::counter(&a, &ia, "fast_tx"), gre::counter(&b, &ib, "fast_rx"), gre::counter(&b, &ib, "fast_tx"), gre::counter(&a, &ia, "fast_rx")];
     traffic::ping(&ha, HOST_B, 5).expect("ping host a -> host b");
-    let after = [counter(&a, &ia, "fast_tx"), counter(&b, &ib, "fast_rx"), counter(&b, &ib, "fast_tx"), counter(&a, &ia, "fast_rx")];
+    let after = [gre::counter(&a, &ia, "fast_tx"), gre::counter(&b, &ib, "fast_rx"), gre::counter(&b, &ib, "fast_tx"), gre::counter(&a, &ia, "fast_rx")];
     let delta: Vec<u64> = after.iter().zip(before).map(|(x, y)| x - y).collect();
     assert_eq!(delta, vec![5, 5, 5, 5], "requests and replies all took both fast paths (a tx, b rx, b tx, a rx)");
 
@@ -44,13 +39,13 @@ fn lan_to_lan_takes_the_fast_paths_and_pmtu_works() {
     traffic::ping_sized(&hb, HOST_A, 2000, false).expect("fragmented ping");
 
     // TCP from host to host: MSS and path MTU adapt, data intact, mostly on the fast paths.
-    let fast_before = counter(&a, &ia, "fast_tx");
+    let fast_before = gre::counter(&a, &ia, "fast_tx");
     let server: SocketAddr = format!("{HOST_B}:5005").parse().unwrap();
     let (sent, received) = traffic::tcp_transfer(&hb, server, &ha, 10 << 20).expect("tcp host to host");
     assert_eq!(sent, received);
-    let fast = counter(&a, &ia, "fast_tx") - fast_before;
+    let fast = gre::counter(&a, &ia, "fast_tx") - fast_before;
     assert!(fast > 7000, "{fast} of the data packets took the encap fast path");
-    let drops: u64 = gre::show(&b, &ib).unwrap()["drops"].as_object().unwrap().values().map(|d| d.as_u64().unwrap()).sum();
+    let drops = gre::counters::drops(&gre::show(&b, &ib).unwrap());
     assert_eq!(drops, 0);
 }
 
@@ -93,7 +88,6 @@ fn forwarded_gro_traffic_is_segmented_for_csum_and_seq() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
     for (ns, instance) in [(&a, &ia), (&b, &ib)] {
         let v = gre::show(ns, instance).unwrap();
-        let drops = &v["tunnels"][0]["drops"];
-        assert!(drops.as_object().unwrap().values().all(|d| d == 0), "{ns}: {drops}");
+        assert_eq!(gre::counters::tunnel_drops(&v), 0, "{ns}: {}", v["tunnels"][0]["drops"]);
     }
 }

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 use anyhow::{Context as _, Result, ensure};
 use gre_tests::{
     capture::{Capture, field},
-    gre,
+    gre::{self, counters},
     peers::{GUEST, GUEST6, LinuxPeer, OURS, OURS6},
     privilege, traffic,
     vm::Kernel,
@@ -55,15 +55,6 @@ const CASES: &[Case] = &[
     Case { name: "ip6gretap", linux: "ip6gretap local LOCAL remote REMOTE", ours: "mode = \"gretap\"", outer6: true, multipoint: false },
     Case { name: "nbma spoke", linux: "gre local LOCAL key 77", ours: "key = 77", outer6: false, multipoint: true },
 ];
-
-fn tunnel_counters(v: &serde_json::Value) -> Result<(u64, u64)> {
-    let t = &v["tunnels"][0];
-    Ok((t["rx_packets"].as_u64().context("rx_packets")?, t["tx_packets"].as_u64().context("tx_packets")?))
-}
-
-fn drops(v: &serde_json::Value) -> u64 {
-    v["drops"].as_object().map_or(0, |d| d.values().filter_map(serde_json::Value::as_u64).sum())
-}
 
 /// GRE frames in a capture whose outer source is `src`.
 fn gre_from(cap: &[serde_json::Value], src: &str) -> u64 {
@@ -121,8 +112,8 @@ fn exchange(p: &mut LinuxPeer, instance: &str, c: &Case) -> Result<()> {
     let after = gre::show(&ours, instance)?;
     let wire = cap.decode("gre", &["ip.src", "ipv6.src", "icmp.type", "icmpv6.type", "gre.sequence_number"]);
     let mut our_seqs = sequence_numbers(&wire, local);
-    let (rx, tx) = tunnel_counters(&after)?;
-    let (rx0, tx0) = tunnel_counters(&before)?;
+    let (rx, tx) = counters::packets(&after)?;
+    let (rx0, tx0) = counters::packets(&before)?;
     let (wire_rx, wire_tx) = (gre_from(&wire, remote), gre_from(&wire, local));
     ensure!((rx - rx0, tx - tx0) == (wire_rx, wire_tx), "counters rx {} tx {} but the wire carried {wire_rx} in, {wire_tx} out", rx - rx0, tx - tx0);
     ensure!(wire_rx >= u64::from(4 * PINGS) && wire_tx >= u64::from(4 * PINGS), "{wire_rx} in, {wire_tx} out: fewer than the pings");
@@ -150,7 +141,7 @@ fn exchange(p: &mut LinuxPeer, instance: &str, c: &Case) -> Result<()> {
         ensure!(good == tcp.len(), "{good} of {} GRE checksums verified good", tcp.len());
     }
     let end = gre::show(&ours, instance)?;
-    ensure!(drops(&end) == 0, "our drops: {}", end["drops"]);
+    ensure!(counters::drops(&end) == 0, "our drops: {}", end["drops"]);
     let mut quiet = vec!["rx_dropped", "rx_crc_errors", "rx_frame_errors"];
     if c.ours.contains("seq") {
         our_seqs.extend(sequence_numbers(&cap.decode("gre", &["ip.src", "ipv6.src", "gre.sequence_number"]), local));

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use gre_tests::{
     capture::{Capture, field},
-    gre,
+    gre::{self, counters},
     ovs::{self, HOST_OVERLAY, HOST_OVERLAY6, OUR_OVERLAY, OUR_OVERLAY6, OURS, OVS, OvsPeer},
     privilege, topology, traffic,
 };
@@ -43,15 +43,6 @@ const CASES: &[Case] = &[
     Case { name: "ipv6 inner", ovs: &["key=1001"], ours: "key = 1001", ethernet: false, tcp6: true },
     Case { name: "gretap", ovs: &["key=1001"], ours: "mode = \"gretap\"\nkey = 1001", ethernet: true, tcp6: true },
 ];
-
-fn tunnel_counters(v: &serde_json::Value) -> Result<(u64, u64)> {
-    let t = &v["tunnels"][0];
-    Ok((t["rx_packets"].as_u64().context("rx_packets")?, t["tx_packets"].as_u64().context("tx_packets")?))
-}
-
-fn drops(v: &serde_json::Value) -> u64 {
-    v["drops"].as_object().map_or(0, |d| d.values().filter_map(serde_json::Value::as_u64).sum())
-}
 
 /// What crossed the underlay, read by tshark.
 #[derive(Debug, Default)]
@@ -165,7 +156,7 @@ fn exchange(p: &OvsPeer, instance: &str, c: &Case) -> Result<()> {
     let after = gre::show(ours, instance)?;
     let wire = Wire::read(&mut cap);
     ensure!(wire.other.is_empty(), "the underlay carried more than GRE and ARP: {:?}", wire.other);
-    let ((rx0, tx0), (rx, tx)) = (tunnel_counters(&before)?, tunnel_counters(&after)?);
+    let ((rx0, tx0), (rx, tx)) = (counters::packets(&before)?, counters::packets(&after)?);
     ensure!(
         (rx - rx0, tx - tx0) == (wire.from_ovs, wire.from_us),
         "counters rx {} tx {} but the wire carried {} in, {} out",
@@ -207,7 +198,7 @@ fn exchange(p: &OvsPeer, instance: &str, c: &Case) -> Result<()> {
     let wire = Wire::read(&mut cap);
     ensure!(wire.other.is_empty(), "the underlay carried more than GRE and ARP: {:?}", &wire.other[..wire.other.len().min(5)]);
     ensure!(wire.tcp > 1000 * tcp.len() as u64, "only {} GRE frames with TCP", wire.tcp);
-    let ((rx0, tx0), (rx, tx)) = (tunnel_counters(&before)?, tunnel_counters(&after)?);
+    let ((rx0, tx0), (rx, tx)) = (counters::packets(&before)?, counters::packets(&after)?);
     ensure!(rx - rx0 == wire.from_ovs, "counted rx {} but the wire carried {} in", rx - rx0, wire.from_ovs);
     // A GSO packet counts once, as the kernel's GRE devices count it, and leaves as several
     // segments; with checksums every segment is a packet of its own.
@@ -217,7 +208,7 @@ fn exchange(p: &OvsPeer, instance: &str, c: &Case) -> Result<()> {
     } else {
         ensure!(tx - tx0 <= wire.from_us, "counted tx {} but the wire carried only {} out", tx - tx0, wire.from_us);
     }
-    ensure!(drops(&after) == 0, "our drops: {}", after["drops"]);
+    ensure!(counters::drops(&after) == 0, "our drops: {}", after["drops"]);
     let ovs_after = p.ovs.drops()?;
     ensure!(ovs_after == ovs_drops, "OVS dropped: before {ovs_drops:?}, after {ovs_after:?}");
     Ok(())

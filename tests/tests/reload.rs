@@ -13,10 +13,6 @@ fn xdp_prog_id(ns: &str, dev: &str) -> String {
     out[at + 12..].split_whitespace().next().unwrap().to_string()
 }
 
-fn counter(ns: &str, instance: &str, field: &str) -> u64 {
-    gre::show(ns, instance).unwrap()["tunnels"][0][field].as_u64().unwrap()
-}
-
 /// 100 000 numbered datagrams cross the tunnel while both sites reload their programs three
 /// times each: every datagram arrives, the counters count every one, and the programs on the
 /// hooks are new ones.
@@ -29,7 +25,7 @@ fn reload_loses_nothing() {
     let (a, b) = (sites.a.clone(), sites.b.clone());
     let (ia, ib) = sites.tunnel(Some(9)).expect("tunnel");
     traffic::ping(&a, B_OVERLAY4, 1).expect("the tunnel works");
-    let (tx0, rx0) = (counter(&a, &ia, "tx_packets"), counter(&b, &ib, "rx_packets"));
+    let (tx0, rx0) = (gre::counter(&a, &ia, "tx_packets"), gre::counter(&b, &ib, "rx_packets"));
     let ids0 = (xdp_prog_id(&a, "eth0"), xdp_prog_id(&b, "eth0"));
 
     const COUNT: u32 = 100_000;
@@ -47,8 +43,8 @@ fn reload_loses_nothing() {
     }
     let missing = stream.join().unwrap().expect("stream");
     assert!(missing.is_empty(), "{} of {COUNT} datagrams lost, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    assert_eq!(counter(&a, &ia, "tx_packets") - tx0, u64::from(COUNT), "a counted every datagram it sent");
-    assert_eq!(counter(&b, &ib, "rx_packets") - rx0, u64::from(COUNT), "b counted every datagram it received");
+    assert_eq!(gre::counter(&a, &ia, "tx_packets") - tx0, u64::from(COUNT), "a counted every datagram it sent");
+    assert_eq!(gre::counter(&b, &ib, "rx_packets") - rx0, u64::from(COUNT), "b counted every datagram it received");
     for w in ids.windows(2) {
         assert!(w[0].0 != w[1].0 && w[0].1 != w[1].1, "every reload put new programs on the hooks: {ids:?}");
     }

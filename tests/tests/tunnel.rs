@@ -13,15 +13,12 @@ use serde_json::Value;
 const KEY: u32 = 0x0102_0304;
 
 fn counters(ns: &str, instance: &str) -> (u64, u64, u64, u64) {
-    let v = gre::show(ns, instance).expect("gre show -j");
-    let t = &v["tunnels"][0];
-    let n = |f: &str| t[f].as_u64().unwrap_or_else(|| panic!("{f} missing in {v}"));
+    let n = |f: &str| gre::counter(ns, instance, f);
     (n("rx_packets"), n("rx_bytes"), n("tx_packets"), n("tx_bytes"))
 }
 
 fn drops(ns: &str, instance: &str) -> u64 {
-    let v = gre::show(ns, instance).expect("gre show -j");
-    v["drops"].as_object().expect("drops object").values().map(|d| d.as_u64().expect("count")).sum()
+    gre::counters::drops(&gre::show(ns, instance).expect("gre show -j"))
 }
 
 #[test]
@@ -303,7 +300,7 @@ fn a_smaller_underlay_hop_lowers_the_tunnel_mtu() {
         assert_eq!(sent, received, "{tag}");
         assert!(started.elapsed() < Duration::from_secs(20), "{tag}: took {:?}", started.elapsed());
         assert_eq!(mtu(&a), 1400 - overhead, "{tag}: the tunnel MTU follows the path");
-        let t = gre::show(&a, &ia).unwrap()["tunnels"][0].clone();
-        assert_eq!(t["drops"].as_object().unwrap().values().filter_map(Value::as_u64).sum::<u64>(), 0, "{tag}: {t}");
+        let v = gre::show(&a, &ia).unwrap();
+        assert_eq!(gre::counters::tunnel_drops(&v), 0, "{tag}: {}", v["tunnels"][0]);
     }
 }

@@ -65,9 +65,7 @@ fn main() -> anyhow::Result<()> {
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all)?;
         println!("\n== TCP goodput");
         report.insert("goodput".into(), goodput::run(if quick { 1 } else { 5 })?);
-        println!(
-            "(the kernel's own GRE device is the other alternative; where the kernel has no ip_gre module, as on the development machine, it cannot be measured)"
-        );
+        println!("(the kernel's own GRE device is the other alternative; it cannot be measured where the kernel has no ip_gre module)");
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
