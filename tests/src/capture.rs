@@ -33,16 +33,36 @@ impl Capture {
     /// # Panics
     /// As [`Capture::start`].
     pub fn start_snap(ns: &str, iface: &str, filter: &str, snaplen: u32) -> Self {
+        Self::spawn(ns, iface, filter, snaplen, None)
+    }
+
+    /// The first `count` packets matching `filter` on `iface` in `ns` while `traffic` runs,
+    /// decoded by tshark with `fields` (and the malformed and expert markers).
+    ///
+    /// # Panics
+    /// tcpdump cannot start, or fewer than `count` packets come within 30 s.
+    pub fn first(ns: &str, iface: &str, filter: &str, count: usize, fields: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
+        let mut cap = Self::spawn(ns, iface, filter, 512, Some(count));
+        traffic();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while cap.child.try_wait().ok().flatten().is_none() {
+            assert!(std::time::Instant::now() < deadline, "fewer than {count} packets matched {filter:?} on {iface} within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let fields: Vec<&str> = fields.iter().copied().chain(["_ws.malformed", "_ws.expert"]).collect();
+        cap.decode("frame", &fields)
+    }
+
+    fn spawn(ns: &str, iface: &str, filter: &str, snaplen: u32, count: Option<usize>) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("gre-capture-{}-{n}.pcap", std::process::id()));
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", &snaplen.to_string(), "-B", "16384", "-w"])
-            .arg(&path)
-            .arg(filter)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", &snaplen.to_string(), "-B", "16384", "-w"]).arg(&path);
+        if let Some(count) = count {
+            cmd.args(["-c", &count.to_string()]);
+        }
+        let mut child = cmd.arg(filter).stderr(Stdio::piped()).spawn().expect("tcpdump");
         let stderr = child.stderr.take().expect("tcpdump stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -122,6 +142,12 @@ impl Drop for Capture {
         self.stop();
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The first (outermost) value of field `name` in one packet of [`Capture::decode`].
+#[must_use]
+pub fn first_of(packet: &Value, name: &str) -> Option<String> {
+    field(packet, name).into_iter().next()
 }
 
 /// The values of field `name` in one packet of [`Capture::decode`] (empty if absent).

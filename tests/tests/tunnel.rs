@@ -1,9 +1,10 @@
 //! A point-to-point GRE tunnel between two site namespaces across an underlay router: real ping
 //! and TCP across the overlay, what tshark sees on the wire, the counters, and `gre down`.
 
-use std::{net::SocketAddr, path::Path, process::Command, thread, time::Duration};
+use std::{net::SocketAddr, path::Path, thread, time::Duration};
 
 use gre_tests::{
+    capture::{self, Capture},
     gre, privilege,
     topology::{A_OVERLAY4, A_OVERLAY6, A_UNDERLAY, A_UNDERLAY6, B_OVERLAY4, B_OVERLAY6, B_UNDERLAY, B_UNDERLAY6, TwoSites, ns_sh, sh},
     traffic,
@@ -118,49 +119,15 @@ fn tshark_decodes_the_tunnel_traffic() {
     let mut sites = TwoSites::new("gs").expect("topology");
     sites.tunnel(Some(KEY)).expect("gre up");
     let (a, wan) = (sites.a.clone(), sites.wan.clone());
-    let pcap = std::env::temp_dir().join(format!("gre-test-{}.pcap", std::process::id()));
     // Capture where the router receives from a: XDP on a's own eth0 would hide received GRE.
-    let mut dump = Command::new("ip")
-        .args(["netns", "exec", &wan, "timeout", "30", "tcpdump", "-i", "a0", "-n", "-U", "-w"])
-        .arg(&pcap)
-        .args(["-c", "16", "ip proto 47"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    thread::sleep(Duration::from_millis(1500));
-    traffic::ping(&a, B_OVERLAY4, 4).expect("ping");
-    traffic::ping(&a, B_OVERLAY6, 4).expect("ping6");
-    let status = dump.wait().expect("tcpdump wait");
-    assert!(status.success(), "tcpdump: {status}");
-    let out = sh(&[
-        "tshark",
-        "-r",
-        &pcap.to_string_lossy(),
-        "-T",
-        "json",
-        "-e",
-        "ip.src",
-        "-e",
-        "ip.dst",
-        "-e",
-        "ip.proto",
-        "-e",
-        "gre.flags_and_version",
-        "-e",
-        "gre.key",
-        "-e",
-        "gre.proto",
-        "-e",
-        "_ws.malformed",
-        "-e",
-        "ip.flags.df",
-    ])
-    .expect("tshark");
-    let _ = std::fs::remove_file(&pcap);
-    let packets: Vec<Value> = serde_json::from_str(&out).expect("tshark json");
+    let fields = ["ip.src", "ip.dst", "ip.proto", "gre.flags_and_version", "gre.key", "gre.proto", "ip.flags.df"];
+    let packets = Capture::first(&wan, "a0", "ip proto 47", 16, &fields, || {
+        traffic::ping(&a, B_OVERLAY4, 4).expect("ping");
+        traffic::ping(&a, B_OVERLAY6, 4).expect("ping6");
+    });
     // 4 echo requests and 4 replies, IPv4 and IPv6 inner.
-    assert_eq!(packets.len(), 16, "{out}");
-    let field = |p: &Value, f: &str| p["_source"]["layers"][f].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>());
+    assert_eq!(packets.len(), 16, "{packets:?}");
+    let field = |p: &Value, f: &str| Some(capture::field(p, f)).filter(|v| !v.is_empty());
     let mut protos = Vec::new();
     for p in &packets {
         assert_eq!(field(p, "_ws.malformed"), None, "malformed flag on {p}");

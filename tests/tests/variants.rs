@@ -1,11 +1,12 @@
 //! Tunnel variants across real namespaces: GRE over an IPv6 underlay with checksums, sequence
 //! numbers and inherited TOS; what tshark decodes of each variant on the wire.
 
-use std::{net::SocketAddr, path::Path, process::Command, thread, time::Duration};
+use std::{net::SocketAddr, path::Path, thread, time::Duration};
 
 use gre_tests::{
+    capture::{Capture, first_of},
     gre, privilege,
-    topology::{A_OVERLAY4, A_OVERLAY6, A_UNDERLAY, A_UNDERLAY6, B_OVERLAY4, B_OVERLAY6, B_UNDERLAY, B_UNDERLAY6, TwoSites, ns_sh, sh},
+    topology::{A_OVERLAY4, A_OVERLAY6, A_UNDERLAY, A_UNDERLAY6, B_OVERLAY4, B_OVERLAY6, B_UNDERLAY, B_UNDERLAY6, TwoSites, ns_sh},
     traffic,
 };
 use serde_json::Value;
@@ -14,39 +15,10 @@ fn tunnel(v: &Value) -> &Value {
     &v["tunnels"][0]
 }
 
-/// Captures `count` GRE packets on the router's interface toward a while `traffic` runs, and
-/// returns what tshark decodes of them (the listed fields, as JSON layers).
+/// The first `count` packets of `filter` on the router's interface toward a while `traffic`
+/// runs (XDP on a's own port would hide what it receives).
 fn capture(sites: &TwoSites, filter: &str, count: usize, fields: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
-    capture_on(&sites.wan, filter, count, fields, traffic)
-}
-
-/// [`capture`] on the router's port toward a in namespace `wan`.
-fn capture_on(wan: &str, filter: &str, count: usize, fields: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
-    let pcap = std::env::temp_dir().join(format!("gre-variant-{}-{wan}.pcap", std::process::id()));
-    let mut dump = Command::new("ip")
-        .args(["netns", "exec", wan, "timeout", "30", "tcpdump", "-i", "a0", "-n", "-U", "-w"])
-        .arg(&pcap)
-        .args(["-c", &count.to_string(), filter])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    thread::sleep(Duration::from_millis(1500));
-    traffic();
-    let status = dump.wait().expect("tcpdump");
-    assert!(status.success(), "tcpdump: {status}");
-    let mut args = vec!["tshark".to_string(), "-r".into(), pcap.to_string_lossy().into_owned(), "-T".into(), "json".into()];
-    for f in fields.iter().chain(&["_ws.malformed", "_ws.expert"]) {
-        args.push("-e".into());
-        args.push((*f).to_string());
-    }
-    let out = sh(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect("tshark");
-    let _ = std::fs::remove_file(&pcap);
-    serde_json::from_str(&out).expect("tshark json")
-}
-
-/// The first (outermost) value of a field.
-fn field(p: &Value, f: &str) -> Option<String> {
-    p["_source"]["layers"][f].as_array().map(|a| a[0].as_str().unwrap().to_string())
+    Capture::first(&sites.wan, "a0", filter, count, fields, traffic)
 }
 
 #[test]
@@ -77,16 +49,16 @@ fn ip6gre_with_checksums_sequence_and_inherited_tos() {
     assert_eq!(packets.len(), 8);
     let mut a_seqs = Vec::new();
     for p in &packets {
-        assert_eq!(field(p, "_ws.malformed"), None, "{p}");
-        let src = field(p, "ipv6.src").unwrap();
+        assert_eq!(first_of(p, "_ws.malformed"), None, "{p}");
+        let src = first_of(p, "ipv6.src").unwrap();
         assert!([A_UNDERLAY6, B_UNDERLAY6].contains(&src.as_str()), "{src}");
-        assert_eq!(field(p, "gre.flags_and_version").as_deref(), Some("0xb000"), "C, K and S");
-        assert_eq!(field(p, "gre.key").as_deref(), Some("0x00000007"));
-        assert_eq!(field(p, "gre.checksum.status").as_deref(), Some("1"), "tshark verified our checksum: {p}");
-        assert_eq!(field(p, "ipv6.tclass").as_deref(), Some("0x000000b8"), "inherited TOS");
-        assert_eq!(field(p, "ipv6.flow").as_deref(), Some("0x012345"));
+        assert_eq!(first_of(p, "gre.flags_and_version").as_deref(), Some("0xb000"), "C, K and S");
+        assert_eq!(first_of(p, "gre.key").as_deref(), Some("0x00000007"));
+        assert_eq!(first_of(p, "gre.checksum.status").as_deref(), Some("1"), "tshark verified our checksum: {p}");
+        assert_eq!(first_of(p, "ipv6.tclass").as_deref(), Some("0x000000b8"), "inherited TOS");
+        assert_eq!(first_of(p, "ipv6.flow").as_deref(), Some("0x012345"));
         if src == A_UNDERLAY6 {
-            a_seqs.push(field(p, "gre.sequence_number").unwrap().parse::<u32>().unwrap());
+            a_seqs.push(first_of(p, "gre.sequence_number").unwrap().parse::<u32>().unwrap());
         }
     }
     assert_eq!(a_seqs.len(), 4);
@@ -129,11 +101,11 @@ fn tshark_decodes_ipv4_variants() {
         });
         assert_eq!(packets.len(), 4, "{options}");
         for p in &packets {
-            assert_eq!(field(p, "_ws.malformed"), None, "{p}");
-            assert_eq!(field(p, "gre.flags_and_version").as_deref(), Some(flags), "{options}: {p}");
-            assert_eq!(field(p, "gre.proto").as_deref(), Some("0x0800"));
+            assert_eq!(first_of(p, "_ws.malformed"), None, "{p}");
+            assert_eq!(first_of(p, "gre.flags_and_version").as_deref(), Some(flags), "{options}: {p}");
+            assert_eq!(first_of(p, "gre.proto").as_deref(), Some("0x0800"));
             if flags == "0x8000" {
-                assert_eq!(field(p, "gre.checksum.status").as_deref(), Some("1"), "{p}");
+                assert_eq!(first_of(p, "gre.checksum.status").as_deref(), Some("1"), "{p}");
             }
         }
         drop(sites);
@@ -164,11 +136,11 @@ fn gretap_carries_arp_ping_and_tcp() {
     });
     assert!(packets.len() == 4);
     for p in &packets {
-        assert_eq!(field(p, "_ws.malformed"), None, "{p}");
-        assert_eq!(field(p, "gre.proto").as_deref(), Some("0x6558"));
-        assert_eq!(field(p, "gre.key").as_deref(), Some("0x00000005"));
+        assert_eq!(first_of(p, "_ws.malformed"), None, "{p}");
+        assert_eq!(first_of(p, "gre.proto").as_deref(), Some("0x6558"));
+        assert_eq!(first_of(p, "gre.key").as_deref(), Some("0x00000005"));
     }
-    assert!(packets.iter().any(|p| field(p, "arp.opcode").is_some()), "ARP crossed the tunnel");
+    assert!(packets.iter().any(|p| first_of(p, "arp.opcode").is_some()), "ARP crossed the tunnel");
     traffic::ping(&b, A_OVERLAY4, 3).expect("ping b -> a");
     traffic::ping(&a, B_OVERLAY6, 3).expect("ping6 over gretap");
     let server: SocketAddr = format!("{B_OVERLAY4}:5004").parse().unwrap();
@@ -210,7 +182,7 @@ fn vlan_tags_beside_gretap_frames_go_inside() {
         tag.load()?;
         tag.attach_with_options("gre0", aya::programs::TcAttachType::Egress, aya::programs::tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::first()))?;
         let from_a = format!("(ip proto 47 and src {A_UNDERLAY}) or (vlan and ip proto 47 and src {A_UNDERLAY})");
-        let packets = capture_on(&wan, &from_a, 4, &["frame.protocols", "vlan.id"], || {
+        let packets = Capture::first(&wan, "a0", &from_a, 4, &["frame.protocols", "vlan.id"], || {
             let _ = traffic::ping(&a_ns, B_OVERLAY4, 4);
         });
         drop(ebpf);
@@ -219,9 +191,9 @@ fn vlan_tags_beside_gretap_frames_go_inside() {
     .expect("the tagging program");
     assert_eq!(packets.len(), 4);
     for p in &packets {
-        let protocols = field(p, "frame.protocols").unwrap_or_default();
+        let protocols = first_of(p, "frame.protocols").unwrap_or_default();
         assert!(protocols.starts_with("eth:ethertype:ip:gre:eth:ethertype:vlan:ethertype:"), "the tag inside, none outside: {protocols}");
-        assert_eq!(field(p, "vlan.id").as_deref(), Some("100"), "{p}");
+        assert_eq!(first_of(p, "vlan.id").as_deref(), Some("100"), "{p}");
     }
     let v = gre::show(&a, &ia).unwrap();
     let dropped = gre::counters::tunnel_drops(&v);
