@@ -1,5 +1,5 @@
-//! XDP decapsulation: Ethernet (one optional VLAN tag) / IPv4 or IPv6 / GRE → the tunnel's
-//! injection port.
+//! XDP decapsulation: Ethernet / IPv4 or IPv6 / GRE → the tunnel's injection port. (One VLAN
+//! tag is parsed, so that what is not the port's own traffic is told apart and passed on.)
 //!
 //! Only GRE addressed to one of our tunnel endpoints is ours. Anything else — other protocols,
 //! other addresses, fragments (the kernel reassembles them) — passes untouched. Ours but broken or
@@ -77,8 +77,9 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     let Some(tunnel) = TUNNELS.get(id) else {
         return Err(drop::NO_TUNNEL);
     };
-    if !for_us(ctx, tunnel) {
-        // The kernel drops another host's frame; a bridge or packet socket may want it.
+    if !for_us(ctx, tunnel, outer.l3) {
+        // The kernel drops another host's frame, and gives a tagged one to the VLAN's device, not
+        // to this port's tunnels; a bridge or packet socket may want either.
         return Ok(xdp_action::XDP_PASS);
     }
     // A multipoint tunnel's peers are those with counters (userspace makes them with the peer).
@@ -93,12 +94,17 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
     matched(ctx, &outer, &gre, id, tunnel, known).map_err(|reason| stats::tunnel_drop(id, reason))
 }
 
-/// Whether the frame is addressed to the underlay port (its MAC, broadcast or multicast), as
-/// eth_type_trans would classify it for the kernel to take.
+/// Whether the frame is the underlay port's own traffic: untagged (a VLAN-tagged frame belongs
+/// to that VLAN's device), and addressed to the port (its MAC, broadcast or multicast), as
+/// eth_type_trans would classify it for the kernel to take. A tunnel whose underlay is not
+/// known (all-zero MAC) takes any.
 #[inline(always)]
-fn for_us(ctx: &XdpContext, t: &Tunnel) -> bool {
+fn for_us(ctx: &XdpContext, t: &Tunnel, l3: usize) -> bool {
+    if t.underlay_mac == [0; 6] {
+        return true;
+    }
     let Some(dst) = read::<6, _>(ctx, 0) else { return false };
-    dst[0] & 1 != 0 || dst == t.underlay_mac || t.underlay_mac == [0; 6]
+    l3 == ETH_HLEN && (dst[0] & 1 != 0 || dst == t.underlay_mac)
 }
 
 /// The outer headers, as far as they are read before any lookup: `Err` carries the final

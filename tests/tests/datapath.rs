@@ -235,12 +235,13 @@ fn encap_drops_what_it_cannot_carry() {
     assert_eq!(f.stats(0), want, "the ARP frame counts against the tunnel; the orphan device's packet cannot");
 }
 
-/// GRE in a frame for another host's MAC (a port in promiscuous mode, a bridge member) is not
-/// ours: the kernel would drop it as PACKET_OTHERHOST, so the datapath passes it untouched and
-/// counts nothing. Our MAC, broadcast and multicast frames are taken, as eth_type_trans does.
+/// GRE in a frame for another host's MAC (a port in promiscuous mode, a bridge member) or on a
+/// VLAN is not the port's: the kernel would drop the first as PACKET_OTHERHOST and give the
+/// second to the VLAN's device, so the datapath passes both untouched and counts nothing. Our
+/// MAC, broadcast and multicast frames are taken, as eth_type_trans does.
 #[test]
-fn frames_for_another_mac_are_not_decapsulated() {
-    let Some(mut f) = setup("frames_for_another_mac_are_not_decapsulated") else { return };
+fn frames_for_another_mac_or_vlan_are_not_decapsulated() {
+    let Some(mut f) = setup("frames_for_another_mac_or_vlan_are_not_decapsulated") else { return };
     let (id, dev) = f.add(gre_common::maps::Tunnel {
         local: gre_user::maps::store_addr(LOCAL.into()),
         remote: gre_user::maps::store_addr([198, 51, 100, 9].into()),
@@ -258,6 +259,13 @@ fn frames_for_another_mac_are_not_decapsulated() {
             assert_eq!((action, &out), (XDP_PASS, &frame), "to {}", mac_str(dst));
         }
     }
+    assert_eq!(f.stats(id).rx_packets, 3);
+    // Tagged, even for our MAC: VLAN 7's traffic, which the kernel hands to that VLAN's device
+    // (to carry a tunnel over a VLAN, give the VLAN device as its interface).
+    let mut tagged = cat(&[&eth(WIRE_DST, WIRE_SRC, EtherType::VLAN_TAGGED_FRAME), &[0x00, 0x07, 0x08, 0x00]]);
+    tagged.extend_from_slice(&frame[14..]);
+    let (action, out) = f.decap(&tagged);
+    assert_eq!((action, &out), (XDP_PASS, &tagged));
     assert_eq!(f.stats(id).rx_packets, 3);
     assert!(f.drops().iter().all(|d| *d == 0));
 }
