@@ -88,6 +88,47 @@ fn decap_straight_to_a_lan_port() {
     assert_eq!(f.stats(0).rx_packets, 14);
 }
 
+/// IPv6 inside: a plain forward goes straight to the LAN port (hop limit decremented); what
+/// ip6_forward refuses or answers itself — link-local, loopback, unspecified or multicast
+/// addresses, a payload length other than what was carried — goes the kernel path.
+#[test]
+fn decap_of_ipv6_straight_to_a_lan_port_and_what_stays_with_the_kernel() {
+    let Some(mut f) = setup("decap_of_ipv6_straight_to_a_lan_port_and_what_stays_with_the_kernel") else { return };
+    let lan = lan_port(&mut f);
+    net(&[
+        "sysctl -q -w net.ipv6.conf.all.forwarding=1",
+        "ip addr add 2001:db8:100::65/64 dev lan0 nodad",
+        &format!("ip neigh replace 2001:db8:100::66 lladdr {HOST_MAC} dev lan0 nud permanent"),
+    ]);
+    let wire =
+        |inner: &[u8]| scapy(&format!("Ether()/IP(src='198.51.100.2', dst='198.51.100.1')/GRE(key_present=1, key=42, proto=0x86dd)/Raw({})", hex_bytes(inner)));
+    let six = |src: &str, dst: &str, hlim: u8| scapy(&format!("IPv6(src='{src}', dst='{dst}', hlim={hlim})/UDP(sport=7, dport=9)/Raw(b'v'*100)"));
+    let (action, out) = f.decap(&wire(&six("2001:db8:200::2", "2001:db8:100::66", 9)));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, [eth(mac(HOST_MAC), lan.mac, EtherType::IPV6), six("2001:db8:200::2", "2001:db8:100::66", 8)].concat());
+    for (what, packet) in [
+        ("link-local source", six("fe80::2", "2001:db8:100::66", 9)),
+        ("link-local destination", six("2001:db8:200::2", "fe80::66", 9)),
+        ("loopback source", six("::1", "2001:db8:100::66", 9)),
+        ("unspecified source", six("::", "2001:db8:100::66", 9)),
+        ("multicast source", six("ff02::1", "2001:db8:100::66", 9)),
+        ("multicast destination", six("2001:db8:200::2", "ff0e::1", 9)),
+        ("hop limit about to expire", six("2001:db8:200::2", "2001:db8:100::66", 1)),
+        (
+            "payload length beyond the bytes carried",
+            patched(six("2001:db8:200::2", "2001:db8:100::66", 9), |p| {
+                let l = u16::from_be_bytes([p[4], p[5]]) + 8;
+                p[4..6].copy_from_slice(&l.to_be_bytes());
+            }),
+        ),
+    ] {
+        let (action, out) = f.decap(&wire(&packet));
+        assert_eq!(action, XDP_REDIRECT, "{what}");
+        assert_eq!(out, [eth(f.keyed.mac, f.keyed.inject_mac, EtherType::IPV6), packet].concat(), "{what}: the kernel path");
+    }
+    assert_eq!(f.stats(0).fast_rx, 1);
+}
+
 /// The fast path's cache of FIB answers never lets through what the kernel would no longer
 /// forward: after the egress port's MTU comes down, a large packet goes the kernel path (which
 /// sends ICMP), even once smaller packets have refreshed the cached answer.
