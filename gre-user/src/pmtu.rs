@@ -1,12 +1,12 @@
 //! The underlay's path MTU. A router with a smaller MTU on the way to a remote answers our
 //! DF-marked GRE with ICMP "fragmentation needed" (IPv4) or "packet too big" (IPv6). The kernel's
 //! GRE module would lower the path MTU toward that remote and make inner senders learn it; here
-//! the ICMP reaches the daemon through the error queue of its raw GRE sockets, and a
-//! point-to-point tunnel's netdev MTU (and the datapath's copy) comes down to what the path
-//! carries. The kernel then does what it does at any smaller link: ICMP to the senders of
-//! forwarded DF packets, smaller segments for its own TCP, fragments for the rest. As the
-//! kernel's path MTU exceptions do, the lowering expires after ten minutes; a smaller hop still
-//! there sends its ICMP again.
+//! the ICMP reaches the daemon through the error queue of its raw GRE sockets, and the tunnel's
+//! netdev MTU (and the datapath's copy) comes down to what the path carries — on a multipoint
+//! tunnel, the smallest path among its peers. The kernel then does what it does at any smaller
+//! link: ICMP to the senders of forwarded DF packets, smaller segments for its own TCP,
+//! fragments for the rest. As the kernel's path MTU exceptions do, the lowering expires after
+//! ten minutes; a smaller hop still there sends its ICMP again.
 
 use std::{
     collections::HashMap,
@@ -89,11 +89,13 @@ impl PathMtu {
     async fn learn(&mut self, maps: &mut Maps, remote: IpAddr, path_mtu: u32) -> Result<()> {
         let min = if remote.is_ipv4() { MIN_PMTU_V4 } else { MIN_PMTU_V6 };
         let path_mtu = path_mtu.max(min);
+        let shown = remote;
         let remote = crate::maps::store_addr(remote);
         for (id, t) in maps.tunnels()? {
-            // Multipoint tunnels share one netdev among peers of different paths: not lowered
-            // for one of them.
-            if t.flags & tunnel_flags::MULTIPOINT != 0 || t.remote != remote {
+            // A multipoint tunnel's peers share its netdev: the smallest path among them is
+            // its MTU for all (per-peer path MTUs are not kept), so none is black-holed.
+            let ours = if t.flags & tunnel_flags::MULTIPOINT != 0 { maps.is_peer(id, &remote) } else { t.remote == remote };
+            if !ours {
                 continue;
             }
             let Some(mtu) = u32::try_from(overhead(&t)).ok().and_then(|o| path_mtu.checked_sub(o)) else { continue };
@@ -107,7 +109,7 @@ impl PathMtu {
             }
             self.set(maps, id, &t, mtu).await?;
             self.lowered.insert(id, Lowered { base, until: Instant::now() + EXPIRES });
-            info!("tunnel {id}: the path toward {} carries {path_mtu} bytes: MTU {mtu} (was {})", crate::maps::show_addr(&t.remote), t.mtu);
+            info!("tunnel {id}: the path toward {shown} carries {path_mtu} bytes: MTU {mtu} (was {})", t.mtu);
         }
         Ok(())
     }

@@ -132,3 +132,35 @@ fn multicast_reaches_a_hundred_and_more_peers() {
     assert_eq!(counters(&hub, &ih).1 - before.1, 2 * 128);
     assert_eq!(gre::show(&hub, &ih).unwrap()["tunnels"][0]["drops"]["no_neighbour"], 0);
 }
+
+/// A smaller hop on the way to one spoke: the router's ICMP about the hub's GRE lowers the
+/// multipoint tunnel's MTU to what that path carries (the smallest among the peers: one netdev
+/// for all), so TCP from the hub to that spoke completes instead of black-holing.
+#[test]
+fn a_smaller_path_to_one_spoke_lowers_the_multipoint_mtu() {
+    if !privilege::require_root("a_smaller_path_to_one_spoke_lowers_the_multipoint_mtu") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gmm", 2).expect("topology");
+    let (hub, spokes) = (t.hub.clone(), t.spokes.clone());
+    // The router's port toward spoke 1 only: spoke 1 still offers the MSS of a 1500-byte path.
+    ns_sh(&t.wan, &["ip", "link", "set", "s1", "mtu", "1400"]).unwrap();
+    let peers: Vec<(String, String)> = (1..=2u8).map(|i| (HubAndSpokes::spoke_overlay(i), HubAndSpokes::spoke_nbma(i))).collect();
+    let peer_refs: Vec<(&str, &str)> = peers.iter().map(|(o, n)| (o.as_str(), n.as_str())).collect();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB, "ttl = 64\n", &peer_refs)).unwrap();
+    for (i, ns) in (1..=2u8).zip(&spokes) {
+        let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), "ttl = 64\n", &[(HUB, HUB_NBMA)]);
+        t.lab.gre_up(ns, &format!("s{i}"), &c).unwrap();
+    }
+    let mtu = |ns: &str| ns_sh(ns, &["cat", "/sys/class/net/gre0/mtu"]).unwrap().trim().parse::<u32>().unwrap();
+    assert_eq!(mtu(&hub), 1472);
+    let _daemon = gre::Daemon::start(&hub, &ih);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let server: std::net::SocketAddr = format!("{}:5020", HubAndSpokes::spoke_overlay(1)).parse().unwrap();
+    let started = std::time::Instant::now();
+    let (sent, received) = traffic::tcp_transfer(&spokes[0], server, &hub, 2 << 20).expect("TCP from the hub to spoke 1");
+    assert_eq!(sent, received);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(mtu(&hub), 1400 - 28, "the multipoint tunnel's MTU follows its smallest path");
+    traffic::ping(&hub, &HubAndSpokes::spoke_overlay(2), 2).expect("the other spoke still answers");
+}
