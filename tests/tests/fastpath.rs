@@ -129,6 +129,35 @@ fn decap_of_ipv6_straight_to_a_lan_port_and_what_stays_with_the_kernel() {
     assert_eq!(f.stats(0).fast_rx, 1);
 }
 
+/// Over an IPv6 underlay (ip6gre), an inner packet from our own tunnel endpoint is martian to
+/// ip6_forward: the kernel path, while one from elsewhere goes straight to the LAN port.
+#[test]
+fn decap_over_ipv6_leaves_our_own_endpoint_as_source_to_the_kernel() {
+    let Some(mut f) = setup("decap_over_ipv6_leaves_our_own_endpoint_as_source_to_the_kernel") else { return };
+    lan_port(&mut f);
+    let (id, dev) = f.add(gre_common::maps::Tunnel {
+        local: gre_user::maps::store_addr("2001:db8::1".parse().unwrap()),
+        remote: gre_user::maps::store_addr("2001:db8::2".parse().unwrap()),
+        flags: gre_common::maps::tunnel_flags::OUTER_V6,
+        ..gre_common::maps::Tunnel::default()
+    });
+    net(&[
+        "sysctl -q -w net.ipv6.conf.all.forwarding=1",
+        &format!("ip link set t{id} up"),
+        &format!("ip link set t{id}-dp up"),
+        "ip addr add 2001:db8:100::65/64 dev lan0 nodad",
+        &format!("ip neigh replace 2001:db8:100::66 lladdr {HOST_MAC} dev lan0 nud permanent"),
+    ]);
+    let wire = |inner: &[u8]| scapy(&format!("Ether()/IPv6(src='2001:db8::2', dst='2001:db8::1', nh=47)/GRE(proto=0x86dd)/Raw({})", hex_bytes(inner)));
+    let six = |src: &str| scapy(&format!("IPv6(src='{src}', dst='2001:db8:100::66', hlim=9)/UDP(sport=7, dport=9)/Raw(b'w'*100)"));
+    let (action, out) = f.decap(&wire(&six("2001:db8:200::2")));
+    assert_eq!((action, out[..6].to_vec()), (XDP_REDIRECT, mac(HOST_MAC).to_vec()), "straight to the LAN host");
+    let own = six("2001:db8::1");
+    let (action, out) = f.decap(&wire(&own));
+    assert_eq!((action, out), (XDP_REDIRECT, [eth(dev.mac, dev.inject_mac, EtherType::IPV6), own].concat()), "the kernel path");
+    assert_eq!(f.stats(id).fast_rx, 1);
+}
+
 /// The fast path's cache of FIB answers never lets through what the kernel would no longer
 /// forward: after the egress port's MTU comes down, a large packet goes the kernel path (which
 /// sends ICMP), even once smaller packets have refreshed the cached answer.
