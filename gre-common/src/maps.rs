@@ -34,6 +34,7 @@ pub mod names {
     pub const MULTICAST: &str = "MULTICAST";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
     pub const DROPS: &str = "DROPS";
+    pub const FIB_CHANGED: &str = "FIB_CHANGED";
 
     /// Every map that outlives a program: pinned at `gre up`, kept by `gre reload`. (The others
     /// are per-CPU scratch space and rate limits, new with each program.)
@@ -58,6 +59,7 @@ pub mod names {
         MULTICAST,
         TAIL_CALLS,
         DROPS,
+        FIB_CHANGED,
     ];
 }
 

@@ -2,9 +2,11 @@
 //!
 //! A FIB lookup with its neighbour lookup is the largest single cost of a fast-path packet
 //! (about a third of the decapsulation program). Answers are kept for `CACHE_NS` per (port,
-//! TOS or flow label, source, destination), so a route or neighbour change reaches the fast
-//! paths within that time, and what the FIB would not answer (no route, unresolved neighbour,
-//! too big) is never cached: the kernel path keeps handling it at once.
+//! TOS or flow label, source, destination), and what the FIB would not answer (no route,
+//! unresolved neighbour, too big) is never cached: the kernel path keeps handling it at once.
+//! While `gre daemon` runs, every route, neighbour, address or link change it hears of from
+//! netlink marks all answers from before it stale (`FIB_CHANGED`), so a change reaches the fast
+//! paths at once; without it, within `CACHE_NS`.
 
 use core::ffi::c_void;
 
@@ -12,7 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use gre_common::maps::{Peer, Tunnel, tunnel_flags};
 
@@ -78,6 +80,11 @@ fn cached(key: &CacheKey) -> Option<&'static CacheEntry> {
     unsafe { FIB_CACHE.get(key) }
 }
 
+/// When the daemon last heard of a change the FIB's answers depend on (CLOCK_MONOTONIC_COARSE,
+/// the clock of the stamps): answers stamped before are stale.
+#[map]
+pub static FIB_CHANGED: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Now, on the clock the caches' stamps use.
 #[inline(always)]
 fn now() -> u64 {
@@ -85,10 +92,11 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Whether an answer stamped `stamp` may still be used at `now`.
+/// Whether an answer stamped `stamp` may still be used at `now`: young enough, and given after
+/// the last change the daemon heard of.
 #[inline(always)]
-const fn fresh(stamp: u64, now: u64) -> bool {
-    now.wrapping_sub(stamp) < CACHE_NS
+fn fresh(stamp: u64, now: u64) -> bool {
+    now.wrapping_sub(stamp) < CACHE_NS && FIB_CHANGED.get(0).is_none_or(|changed| stamp > *changed)
 }
 
 #[inline(always)]

@@ -48,6 +48,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     }
     let mut path_mtu = crate::pmtu::PathMtu::new(&receiver, &receiver6)?;
     // SAFETY: the sockets are moved in and owned by the AsyncFds for as long as they are registered.
+    let fib_watch = unsafe { AsyncFd::register(crate::fib_watch::FibWatch::new()?) }.map_err(|e| e.into_parts().1).context("registering the netlink socket")?;
     let receiver = unsafe { AsyncFd::register(receiver) }.map_err(|e| e.into_parts().1).context("registering the raw GRE socket")?;
     // SAFETY: as above.
     let receiver6 = unsafe { AsyncFd::register(receiver6) }.map_err(|e| e.into_parts().1).context("registering the raw GRE/IPv6 socket")?;
@@ -83,6 +84,11 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
             ready = receiver.readable() => {
                 let mut guard = ready?;
                 drain(&mut maps, guard.get_inner(), &injector);
+                guard.clear_ready();
+            }
+            ready = fib_watch.readable() => {
+                let mut guard = ready?;
+                guard.get_inner().drain(&mut maps);
                 guard.clear_ready();
             }
             ready = receiver6.readable() => {

@@ -21,6 +21,7 @@ pub mod stats;
 
 /// The eBPF object built from gre-ebpf, embedded so the `gre` binary is all an operator installs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gre"));
+pub mod fib_watch;
 pub mod pmtu;
 pub mod reassembled;
 pub mod xfrm;

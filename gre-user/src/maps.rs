@@ -31,6 +31,7 @@ pub struct Maps {
     tail_calls: ProgramArray<MapData>,
     ports: DevMapHash<MapData>,
     port_macs: HashMap<MapData, u32, [u8; 6]>,
+    fib_changed: Array<MapData, u64>,
     state: Array<MapData, TunnelState>,
     events: RingBuf<MapData>,
     nhrp_punt: RingBuf<MapData>,
@@ -107,6 +108,7 @@ impl Maps {
             tail_calls: typed(names::TAIL_CALLS, get(names::TAIL_CALLS)?)?,
             ports: typed(names::PORTS, get(names::PORTS)?)?,
             port_macs: typed(names::PORT_MACS, get(names::PORT_MACS)?)?,
+            fib_changed: typed(names::FIB_CHANGED, get(names::FIB_CHANGED)?)?,
             state: typed(names::TUNNEL_STATE, get(names::TUNNEL_STATE)?)?,
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
             nhrp_punt: typed(names::NHRP_PUNT, get(names::NHRP_PUNT)?)?,
@@ -522,6 +524,17 @@ impl Maps {
     /// There is no such entry.
     pub fn remove_inject_port(&mut self, id: u32) -> Result<()> {
         self.inject_ports.remove(id).with_context(|| format!("removing the injection port of tunnel {id}"))
+    }
+
+    /// Marks every FIB answer the datapath holds as stale: the kernel's routes, neighbours,
+    /// addresses or links changed (the datapath stamps its answers on the same clock).
+    ///
+    /// # Errors
+    /// The map refuses the write.
+    pub fn mark_fib_changed(&mut self) -> Result<()> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).context("reading the monotonic clock")?;
+        let ns = u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec()).unwrap_or(0);
+        self.fib_changed.set(0, ns, 0).context("writing FIB_CHANGED")
     }
 
     /// Lets the fast paths redirect to interface `ifindex`.

@@ -91,3 +91,31 @@ fn forwarded_gro_traffic_is_segmented_for_csum_and_seq() {
         assert_eq!(gre::counters::tunnel_drops(&v), 0, "{ns}: {}", v["tunnels"][0]["drops"]);
     }
 }
+
+/// With `gre daemon` running, a change in the kernel reaches the fast paths at once: the host
+/// behind site b takes a new MAC address, and the very next packet decapsulated straight to it
+/// goes to the new one (a cached answer used to hold the old one for up to 100 ms).
+#[test]
+fn a_neighbour_change_reaches_the_fast_path_at_once() {
+    if !privilege::require_root("a_neighbour_change_reaches_the_fast_path_at_once") {
+        return;
+    }
+    let mut lab = SitesWithLans::new("gn").expect("topology");
+    let (_, ib) = lab.tunnel(78).expect("gre up");
+    let (b, ha, hb) = (lab.sites.b.clone(), lab.host_a.clone(), lab.host_b.clone());
+    let _daemon = gre::Daemon::start(&b, &ib);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    traffic::ping(&ha, HOST_B, 2).expect("warm-up ping");
+    let fast = gre::counter(&b, &ib, "fast_rx");
+    for round in 0..3u8 {
+        let mac = format!("02:00:00:00:b0:0{round}");
+        // A fresh answer in the cache, then the change, then a packet well within 100 ms.
+        traffic::ping(&ha, HOST_B, 1).expect("ping before the change");
+        ns_sh(&hb, &["ip", "link", "set", "eth0", "address", &mac]).unwrap();
+        ns_sh(&b, &["ip", "neigh", "replace", HOST_B, "lladdr", &mac, "dev", "lan0", "nud", "permanent"]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        ns_sh(&ha, &["ping", "-c", "1", "-W", "1", HOST_B])
+            .unwrap_or_else(|e| panic!("round {round}: the first packet after the change went to the old MAC: {e:#}"));
+    }
+    assert!(gre::counter(&b, &ib, "fast_rx") > fast, "the packets took the fast path");
+}
