@@ -142,6 +142,12 @@ fn gretap_carries_arp_ping_and_tcp() {
     }
     assert!(packets.iter().any(|p| first_of(p, "arp.opcode").is_some()), "ARP crossed the tunnel");
     traffic::ping(&b, A_OVERLAY4, 3).expect("ping b -> a");
+    // A gretap is an Ethernet link: its IPv6 addresses go through DAD first.
+    for ns in [&a, &b] {
+        traffic::wait_for("DAD on the gretap's addresses", 10, || {
+            ns_sh(ns, &["ip", "-6", "addr", "show", "dev", "gre0"]).is_ok_and(|o| !o.contains("tentative"))
+        });
+    }
     traffic::ping(&a, B_OVERLAY6, 3).expect("ping6 over gretap");
     let server: SocketAddr = format!("{B_OVERLAY4}:5004").parse().unwrap();
     let (sent, received) = traffic::tcp_transfer(&b, server, &a, 10 << 20).expect("tcp over gretap");
