@@ -2,14 +2,11 @@
 //! GRE past xfrm, so a tunnel that a policy would protect (or block) must not come up as if it
 //! were protected. No crate of the field reads xfrm policies; this is one dump and one struct.
 
-use std::{
-    net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _},
-};
+use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, bail};
+use rtnetlink::sys;
 
-const NETLINK_XFRM: i32 = 6;
 const XFRM_MSG_NEWPOLICY: u16 = 19;
 const XFRM_MSG_GETPOLICY: u16 = 21;
 const NLMSG_ERROR: u16 = 2;
@@ -50,18 +47,12 @@ impl Policy {
 /// # Errors
 /// The netlink socket cannot be used.
 pub fn policies() -> Result<Vec<Policy>> {
-    // SAFETY: plain socket creation; the descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_XFRM) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
+    let socket = match sys::Socket::new(sys::protocols::NETLINK_XFRM) {
+        Ok(s) => s,
         // A kernel without xfrm has no policies to bypass.
-        if matches!(e.raw_os_error(), Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) {
-            return Ok(Vec::new());
-        }
-        return Err(e).context("opening a NETLINK_XFRM socket");
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => return Ok(Vec::new()),
+        Err(e) => return Err(e).context("opening a NETLINK_XFRM socket"),
+    };
     // A dump request: header and a 4-byte family (AF_UNSPEC), as `ip xfrm policy` sends.
     let mut req = Vec::with_capacity(20);
     req.extend_from_slice(&20u32.to_ne_bytes());
@@ -71,16 +62,11 @@ pub fn policies() -> Result<Vec<Policy>> {
     req.extend_from_slice(&1u32.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
     req.extend_from_slice(&[0; 4]);
-    // SAFETY: sending our buffer on our socket (the kernel is the default destination).
-    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error()).context("asking the kernel for its xfrm policies");
-    }
+    socket.send(&req, 0).context("asking the kernel for its xfrm policies")?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
     loop {
-        // SAFETY: receiving into our buffer of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error()).context("reading xfrm policies")?;
+        let (buf, _) = socket.recv_from_full().context("reading xfrm policies")?;
+        let n = buf.len();
         let mut at = 0;
         while at + 16 <= n {
             let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
