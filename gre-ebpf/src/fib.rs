@@ -197,15 +197,22 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 /// Whether the kernel would forward an IP packet arriving on `in_ifindex` into the tunnel
 /// netdev `netdev_ifindex`: a unicast route through it (not a more specific one elsewhere, not
 /// one of our own addresses, not a broadcast), forwarding on, the packet within its MTU. Asked
-/// of the FIB for every packet, without the neighbour (the tunnel netdev has none).
+/// of the FIB without the neighbour (the tunnel netdev has none), and cached as the forwarding
+/// answers are.
 #[inline(always)]
 pub fn routes_into(ctx: *mut c_void, inner: &crate::headers::Inner, tot_len: u16, in_ifindex: u32, netdev_ifindex: u32) -> bool {
+    let v6 = inner.ethertype == gre_common::gre::ETH_P_IPV6;
+    let tos_or_flow = if v6 { u32::from(inner.tos) << 20 | inner.flowlabel } else { u32::from(inner.tos) };
+    let Some(s) = scratch(in_ifindex, tos_or_flow, &inner.src, &inner.dst) else { return false };
+    if let Some(e) = cached(&s.key).filter(|e| fresh(e.stamp, now()) && u32::from(tot_len) <= e.fits) {
+        return e.ifindex == netdev_ifindex;
+    }
     let Some(p) = request() else { return false };
     p.ifindex = in_ifindex;
     p.__bindgen_anon_1.tot_len = tot_len;
-    if inner.ethertype == gre_common::gre::ETH_P_IPV6 {
+    if v6 {
         p.family = AF_INET6;
-        p.__bindgen_anon_2.flowinfo = (u32::from(inner.tos) << 20 | inner.flowlabel).to_be();
+        p.__bindgen_anon_2.flowinfo = tos_or_flow.to_be();
         p.__bindgen_anon_3.ipv6_src = words(&inner.src);
         p.__bindgen_anon_4.ipv6_dst = words(&inner.dst);
     } else {
@@ -217,7 +224,12 @@ pub fn routes_into(ctx: *mut c_void, inner: &crate::headers::Inner, tot_len: u16
     #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "a small struct")]
     // SAFETY: `p` is a valid request of the size given; `ctx` is the program's context.
     let r = unsafe { fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_SKIP_NEIGH) };
-    r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && p.ifindex == netdev_ifindex
+    if r != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || p.ifindex != netdev_ifindex {
+        return false;
+    }
+    // Only the egress matters here (no MACs: the tunnel netdev has no neighbours).
+    remember(s, netdev_ifindex, u32::from(tot_len), [0; 6], [0; 6], now());
+    true
 }
 
 /// Where the kernel would forward a packet: egress port and MACs.

@@ -238,6 +238,8 @@ fn encap_straight_from_a_lan_port() {
     }
     // Forwarding off on the LAN port: the kernel would not forward, nor may the fast path.
     net(&["sysctl -q -w net.ipv4.conf.lan0.forwarding=0"]);
+    // What gre daemon does when the kernel announces the change (no daemon in a fixture).
+    f.maps.mark_fib_changed().expect("mark");
     let input = frame(&from_host("203.0.113.130", 9, 100));
     assert_eq!(f.lan(&input, lan.index), (XDP_PASS, input), "forwarding off");
     net(&["sysctl -q -w net.ipv4.conf.lan0.forwarding=1"]);
