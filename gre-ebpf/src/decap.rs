@@ -282,7 +282,7 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel, known: boo
             if ecn_decap(o.ecn, ih[1] & ECN_MASK)? {
                 ip::set_ce_ipv4(ctx, inner).ok_or(drop::TRUNCATED)?;
             }
-            if ih[8] > 1 && forwardable_v4(&ih, o.end - inner, &o.local) {
+            if ih[8] > 1 && forwardable_v4(&ih, o.end - inner) {
                 let (src, dst) = (addr::from_v4([ih[12], ih[13], ih[14], ih[15]]), addr::from_v4([ih[16], ih[17], ih[18], ih[19]]));
                 if let Some(verdict) = fast_decap(ctx, t, id, inner, o.end, false, &src, &dst, u32::from(ih[1])) {
                     return verdict;
@@ -324,14 +324,11 @@ fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel, known: boo
 /// Whether ip_rcv and ip_forward would take this inner IPv4 header as it is: no options (the
 /// kernel handles those), the total length exactly what the tunnel carried, a good header
 /// checksum, and neither address what the kernel's input route calls martian (0/8, 127/8,
-/// multicast, class E and broadcast; our own endpoint `local` as the source). Anything else
-/// goes the kernel path, which decides.
+/// multicast, class E and broadcast; our own endpoint as the source is refused in `fast_decap`).
+/// Anything else goes the kernel path, which decides.
 #[inline(always)]
-fn forwardable_v4(ih: &[u8; IPV4_HLEN], len: usize, local: &Addr) -> bool {
+fn forwardable_v4(ih: &[u8; IPV4_HLEN], len: usize) -> bool {
     if ih[0] != 0x45 || usize::from(u16::from_be_bytes([ih[2], ih[3]])) != len {
-        return false;
-    }
-    if u32::from_ne_bytes([ih[12], ih[13], ih[14], ih[15]]) == u32::from_ne_bytes([local[12], local[13], local[14], local[15]]) {
         return false;
     }
     let mut sum = 0u64;
@@ -347,8 +344,8 @@ fn forwardable_v4(ih: &[u8; IPV4_HLEN], len: usize, local: &Addr) -> bool {
 
 /// Whether ip6_forward would forward this inner IPv6 header: the payload length exactly what the
 /// tunnel carried, and neither address unspecified, loopback, link-local or multicast (the
-/// kernel refuses to forward link-local scope and answers the rest itself). (Our own endpoint
-/// as the source is refused in `fast_decap`: this function's caller has no stack to spare.)
+/// kernel refuses to forward link-local scope and answers the rest itself; our own endpoint as
+/// the source is refused in `fast_decap`).
 #[inline(always)]
 fn forwardable_v6(ih: &[u8; IPV6_HLEN], len: usize) -> bool {
     if usize::from(u16::from_be_bytes([ih[4], ih[5]])) + IPV6_HLEN != len {
@@ -371,12 +368,12 @@ fn forwardable_v6(ih: &[u8; IPV6_HLEN], len: usize) -> bool {
 #[expect(clippy::too_many_arguments, reason = "the parsed facts of one packet")]
 #[inline(always)]
 fn fast_decap(ctx: &XdpContext, t: &Tunnel, id: u32, inner: usize, end: usize, v6: bool, src: &[u8; 16], dst: &[u8; 16], tos_or_flow: u32) -> Option<Verdict> {
-    // Our own endpoint as the source is martian to ip6_forward: the kernel path.
-    if v6 {
-        let word = |x: &[u8; 16], i: usize| u64::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3], x[i + 4], x[i + 5], x[i + 6], x[i + 7]]);
-        if word(src, 8) == word(&t.local, 8) && word(src, 0) == word(&t.local, 0) {
-            return None;
-        }
+    // Our own endpoint as the source is martian to ip_forward: the kernel path. Compared as
+    // words against the tunnel's record: `==` on arrays would call memcmp, and the decapsulation's
+    // stack has no room for a copy.
+    let word = |x: &[u8; 16], i: usize| u64::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3], x[i + 4], x[i + 5], x[i + 6], x[i + 7]]);
+    if word(src, 8) == word(&t.local, 8) && word(src, 0) == word(&t.local, 0) {
+        return None;
     }
     #[expect(clippy::cast_possible_truncation, reason = "bounded by the outer length")]
     let len = (end - inner) as u16;
