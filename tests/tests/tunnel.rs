@@ -184,61 +184,26 @@ fn an_ipsec_policy_for_the_tunnel_refuses_gre_up() {
     let mut sites = TwoSites::new("gx").expect("topology");
     let a = sites.a.clone();
     let config = TwoSites::site_config(A_UNDERLAY, B_UNDERLAY, Some(KEY), A_OVERLAY4, A_OVERLAY6);
+    // `ip xfrm policy VERB` for PROTO from SRC to DST in direction DIR, transport-mode ESP.
+    let policy = |verb: &str, src: &str, dst: &str, proto: &str, dir: &str| {
+        let (src, dst) = (format!("{src}/32"), format!("{dst}/32"));
+        let mut cmd = vec!["ip", "xfrm", "policy", verb, "src", &src, "dst", &dst, "proto", proto, "dir", dir];
+        if verb == "add" {
+            cmd.extend(["tmpl", "proto", "esp", "mode", "transport"]);
+        }
+        ns_sh(&a, &cmd).map(|_| ())
+    };
     for dir in ["out", "in"] {
         let (src, dst) = if dir == "out" { (A_UNDERLAY, B_UNDERLAY) } else { (B_UNDERLAY, A_UNDERLAY) };
-        ns_sh(
-            &a,
-            &[
-                "ip",
-                "xfrm",
-                "policy",
-                "add",
-                "src",
-                &format!("{src}/32"),
-                "dst",
-                &format!("{dst}/32"),
-                "proto",
-                "gre",
-                "dir",
-                dir,
-                "tmpl",
-                "proto",
-                "esp",
-                "mode",
-                "transport",
-            ],
-        )
-        .expect("xfrm policy");
+        policy("add", src, dst, "gre", dir).expect("xfrm policy");
         let e = sites.lab.gre_up(&a, "a", &config).expect_err("gre up must refuse a tunnel an IPsec policy protects");
         let msg = format!("{e:#}");
         assert!(msg.contains(&format!("the xfrm policy `src {src}/32 dst {dst}/32 proto 47 dir {dir}` would protect its GRE")), "{msg}");
         assert!(ns_sh(&a, &["ip", "link", "show", "gre0"]).is_err(), "nothing was made");
-        ns_sh(&a, &["ip", "xfrm", "policy", "delete", "src", &format!("{src}/32"), "dst", &format!("{dst}/32"), "proto", "gre", "dir", dir]).expect("delete");
+        policy("delete", src, dst, "gre", dir).expect("delete");
     }
     // A policy for other traffic (ESP's own, say UDP) does not stand in the way.
-    ns_sh(
-        &a,
-        &[
-            "ip",
-            "xfrm",
-            "policy",
-            "add",
-            "src",
-            &format!("{A_UNDERLAY}/32"),
-            "dst",
-            &format!("{B_UNDERLAY}/32"),
-            "proto",
-            "udp",
-            "dir",
-            "out",
-            "tmpl",
-            "proto",
-            "esp",
-            "mode",
-            "transport",
-        ],
-    )
-    .expect("xfrm policy");
+    policy("add", A_UNDERLAY, B_UNDERLAY, "udp", "out").expect("xfrm policy");
     sites.lab.gre_up(&a, "a", &config).expect("gre up without a policy for GRE");
 }
 
