@@ -346,6 +346,11 @@ impl Maps {
         self.routes_where(|r| r.flags & route_flags::SHORTCUT == 0)
     }
 
+    /// The routes NHRP installed (phase 3 shortcuts).
+    pub fn shortcut_routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
+        self.routes_where(|r| r.flags & route_flags::SHORTCUT != 0)
+    }
+
     fn routes_where(&self, keep: impl Fn(&Route) -> bool) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
         self.routes
             .iter()

@@ -120,22 +120,35 @@ pub mod error_code {
     }
 }
 
-/// Flags of the mandatory part (Resolution, Registration, Purge), RFC 2332 and Cisco.
+/// Flags of the mandatory part, one set per message type (RFC 2332 §5.2; Cisco's NAT bit).
 pub mod flags {
-    /// Resolution Request/Reply: Q (the requester is a router).
-    pub const Q: u16 = 0x8000;
-    /// Resolution: A (authoritative); Registration and Purge: U (uniqueness) — same bit.
-    pub const A_OR_U: u16 = 0x4000;
-    /// Resolution Reply: D (stable association).
-    pub const D: u16 = 0x2000;
-    /// Resolution Reply: U (uniqueness).
-    pub const U: u16 = 0x1000;
-    /// Resolution Reply: S (stable binding).
-    pub const S: u16 = 0x0800;
-    /// Purge Request: N (no reply expected).
-    pub const N: u16 = 0x8000;
-    /// Cisco: NAT-aware client.
-    pub const CISCO_NAT: u16 = 0x0002;
+    /// Resolution Request and Reply (§5.2.1, §5.2.2).
+    pub mod resolution {
+        /// Q: the requester is a router.
+        pub const Q: u16 = 0x8000;
+        /// A: the reply comes from the NHS that serves the target (authoritative).
+        pub const A: u16 = 0x4000;
+        /// D: the association between the target and its NBMA address is stable.
+        pub const D: u16 = 0x2000;
+        /// U: the target's binding is unique.
+        pub const U: u16 = 0x1000;
+        /// S: the association between the source and its NBMA address is stable.
+        pub const S: u16 = 0x0800;
+        /// Cisco: the requester understands the NAT extension.
+        pub const NAT: u16 = 0x0002;
+    }
+    /// Registration Request and Reply (§5.2.3, §5.2.4).
+    pub mod registration {
+        /// U: the binding is unique: no other NBMA address may claim the protocol address.
+        pub const U: u16 = 0x8000;
+        /// Cisco: the registrant understands the NAT extension.
+        pub const NAT: u16 = 0x0002;
+    }
+    /// Purge Request and Reply (§5.2.5, §5.2.6).
+    pub mod purge {
+        /// N: no reply is expected.
+        pub const N: u16 = 0x8000;
+    }
 }
 
 /// A type/length octet (ar$shtl and the like) and the address it announces.
@@ -660,7 +673,7 @@ mod tests {
             kind: kind::REGISTRATION_REQUEST,
             src_nbma: Address::nsap(&[198, 51, 100, 1]),
             src_nbma_sub: Address::default(),
-            flags: flags::A_OR_U | flags::CISCO_NAT,
+            flags: flags::registration::U | flags::registration::NAT,
             request_id: 7,
             src_proto: vec![203, 0, 113, 1],
             dst_proto: vec![203, 0, 113, 254],

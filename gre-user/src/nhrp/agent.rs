@@ -16,7 +16,7 @@ use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{
-    engine::{Action, Engine, Settings, Tables},
+    engine::{Action, Engine, Limits, Nhs, Settings, Tables},
     wire::Packet,
 };
 use crate::{
@@ -58,10 +58,11 @@ impl Agent {
             if t.nhrp_role == nhrp_role::NONE {
                 continue;
             }
-            let Some(overlay) = netdev::first_ipv4(&handle, t.netdev_ifindex).await? else {
+            let Some(subnet) = netdev::addresses(&handle, t.netdev_ifindex).await?.into_iter().find(|n| n.addr().is_ipv4()) else {
                 warn!("tunnel {id}: no IPv4 address on the tunnel netdev; NHRP not started");
                 continue;
             };
+            let overlay = subnet.addr();
             let nbma = show_addr(&t.local);
             let nhs = (t.nhs != [0; 16]).then(|| {
                 let nhs_overlay = show_addr(&t.nhs);
@@ -69,7 +70,7 @@ impl Agent {
                 (nhs_overlay, nbma)
             });
             let nhs = match nhs {
-                Some((IpAddr::V4(o), Some(n))) if n.is_ipv4() == nbma.is_ipv4() => Some((o, n)),
+                Some((o @ IpAddr::V4(_), Some(n))) if n.is_ipv4() == nbma.is_ipv4() => Some(Nhs { overlay: o, nbma: n, priority: 0 }),
                 Some((o, _)) => {
                     warn!("tunnel {id}: NHS {o} has no static peer entry with an NBMA address of the tunnel's family");
                     None
@@ -80,14 +81,17 @@ impl Agent {
             let settings = Settings {
                 server: t.nhrp_role == nhrp_role::NHS,
                 overlay,
+                subnet: subnet.trunc(),
                 nbma,
-                nhs,
+                nhs: nhs.into_iter().collect(),
                 holdtime: t.nhrp_holdtime,
                 auth: (!auth.is_empty()).then_some(auth),
                 mtu: u16::try_from(t.mtu).unwrap_or(u16::MAX),
+                limits: Limits::default(),
+                first_id: random_id(),
             };
-            let role = match (settings.server, settings.nhs) {
-                (true, Some((o, _))) => format!("server, registered with {o}"),
+            let role = match (settings.server, settings.nhs.first()) {
+                (true, Some(n)) => format!("server, registered with {}", n.overlay),
                 (true, None) => "server".to_string(),
                 (false, _) => "client".to_string(),
             };
@@ -127,9 +131,9 @@ impl Agent {
             let Some(t) = tunnels.get(id) else { continue };
             let actions = engine.tick(now);
             apply(maps, sender, *id, t, actions, now, &mut applied);
-            if engine.settings.nhs.is_some() {
+            if !engine.settings.nhs.is_empty() {
                 let mut s = maps.state(*id)?;
-                let wanted = if engine.nhs_up(now) { tunnel_state::UP } else { tunnel_state::DOWN };
+                let wanted = if engine.nhs_up() { tunnel_state::UP } else { tunnel_state::DOWN };
                 if s.state != wanted {
                     info!("tunnel {id}: NHS {}", tunnel_state::NAMES[wanted as usize]);
                     s.state = wanted;
@@ -210,8 +214,10 @@ impl Agent {
             }
             let peer = |overlay: IpAddr| maps.peer(id, overlay).filter(|p| p.kind != peer_kind::INCOMPLETE).map(|p| show_addr(&p.nbma));
             let route = |target: IpAddr| maps.route_via(id, target);
+            let routes = maps.routes();
+            let route_len = |target: IpAddr| routes.iter().filter(|(net, rid, _)| *rid == id && net.contains(&target)).map(|(net, _, _)| net.prefix_len()).max();
             let local = |target: IpAddr| exit_for(&self.kernel_routes, t.netdev_ifindex, target);
-            let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, local: &local });
+            let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, route_len: &route_len, local: &local });
             self.apply(maps, sender, id, &t, actions, now);
         }
         while let Some(event) = maps.next_event() {
@@ -225,7 +231,7 @@ impl Agent {
         let actions = match (e.kind, engine.settings.server) {
             (event_kind::RESOLUTION_WANTED, false) => {
                 debug!("tunnel {}: resolving {target}", e.tunnel);
-                engine.resolve(target)
+                engine.resolve(IpAddr::V4(target), now)
             }
             (event_kind::TRAFFIC_INDICATION, true) => {
                 // The source is a peer, or a host behind one (a route's `via`).
@@ -233,7 +239,7 @@ impl Agent {
                 let nbma = [Some(IpAddr::V4(source)), via].into_iter().flatten().find_map(|hop| maps.peer(e.tunnel, hop).map(|p| show_addr(&p.nbma)));
                 let Some(nbma) = nbma else { return };
                 debug!("tunnel {}: relayed {source} -> {target}: Traffic Indication to {nbma}", e.tunnel);
-                engine.indicate(source, nbma, target)
+                engine.indicate(IpAddr::V4(source), nbma, IpAddr::V4(target))
             }
             _ => return,
         };
@@ -249,7 +255,7 @@ impl Agent {
         let Ok(tunnels) = maps.tunnels() else { return };
         for (id, t) in tunnels {
             if let Some(engine) = self.engines.get_mut(&id) {
-                let actions = engine.shutdown();
+                let actions = engine.withdraw();
                 self.apply(maps, sender, id, &t, actions, now);
             }
         }
@@ -320,6 +326,20 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                     maps.remove_peer(id, overlay);
                 }
             }
+            Action::Withdraw { prefix } => {
+                for (pid, overlay, p) in maps.peers() {
+                    if pid == id && p.kind != peer_kind::STATIC && prefix.contains(&overlay) {
+                        info!("tunnel {id}: peer {overlay} purged by the NHS ({prefix})");
+                        maps.remove_peer(id, overlay);
+                    }
+                }
+                for (net, rid, _) in maps.shortcut_routes() {
+                    if rid == id && prefix.contains(&net.addr()) && net.prefix_len() >= prefix.prefix_len() {
+                        info!("tunnel {id}: shortcut {net} purged by the NHS");
+                        maps.remove_route(net);
+                    }
+                }
+            }
             Action::Warn(what) => warn!("tunnel {id}: {what}"),
             Action::Shortcut { target, prefix, via } => {
                 // A configured route of the same prefix stays; the shortcut narrows to the host.
@@ -380,6 +400,15 @@ fn send6(t: &Tunnel, dst: Ipv6Addr, g: &gre::Header, nhrp: &[u8]) -> Result<()> 
     p[at..].copy_from_slice(nhrp);
     s.send_to(&p, &SocketAddr::new(dst.into(), 0).into()).context("sendto")?;
     Ok(())
+}
+
+/// A random first request ID, so that an off-path sender cannot guess the IDs in flight.
+fn random_id() -> u32 {
+    let mut b = [0u8; 4];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {
+        warn!("no random request IDs: {e}");
+    }
+    u32::from_ne_bytes(b)
 }
 
 /// The counter slot of NHRP packet type `kind`, if it is one we count.

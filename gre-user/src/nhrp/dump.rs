@@ -206,11 +206,14 @@ fn find_nhrp(link: DataLink, frame: &[u8]) -> Option<(IpAddr, IpAddr, Option<u32
 
 /// The flag letters set in a packet, as RFC 2332 names them for its type.
 fn flag_words(p: &Packet) -> String {
-    use wire::{flags as f, kind as k};
+    use wire::{
+        flags::{purge, registration as reg, resolution as res},
+        kind as k,
+    };
     let table: &[(u16, &str)] = match p.kind {
-        k::RESOLUTION_REQUEST | k::RESOLUTION_REPLY => &[(f::Q, "Q"), (f::A_OR_U, "A"), (f::D, "D"), (f::U, "U"), (f::S, "S"), (f::CISCO_NAT, "NAT")],
-        k::REGISTRATION_REQUEST | k::REGISTRATION_REPLY => &[(f::A_OR_U, "U"), (f::CISCO_NAT, "NAT")],
-        k::PURGE_REQUEST | k::PURGE_REPLY => &[(f::N, "N"), (f::CISCO_NAT, "NAT")],
+        k::RESOLUTION_REQUEST | k::RESOLUTION_REPLY => &[(res::Q, "Q"), (res::A, "A"), (res::D, "D"), (res::U, "U"), (res::S, "S"), (res::NAT, "NAT")],
+        k::REGISTRATION_REQUEST | k::REGISTRATION_REPLY => &[(reg::U, "U"), (reg::NAT, "NAT")],
+        k::PURGE_REQUEST | k::PURGE_REPLY => &[(purge::N, "N")],
         _ => &[],
     };
     table.iter().filter(|(bit, _)| p.flags & bit != 0).map(|(_, w)| *w).collect::<Vec<_>>().join(",")
