@@ -461,8 +461,9 @@ fn frr_hub_phase3(w: &mut World) -> Result<()> {
 }
 
 /// Our hub with an FRR spoke and one of ours: FRR registers; its packets to our spoke cross our
-/// hub, which sends it a Traffic Indication; FRR (`ip nhrp shortcut`) resolves through our hub
-/// and installs a shortcut route, and our spoke, told likewise for its replies, one of its own.
+/// hub, which sends it a Traffic Indication; FRR (`ip nhrp shortcut`) resolves through our hub,
+/// which passes the request to our spoke; our spoke answers FRR, which installs a shortcut
+/// route, and our spoke, told likewise for its replies, one of its own.
 fn our_hub_frr_spoke(w: &mut World) -> Result<()> {
     let a = w.a();
     let b = w.b.clone();
@@ -489,8 +490,11 @@ fn our_hub_frr_spoke(w: &mut World) -> Result<()> {
     let seen = nhrp_messages(&mut at_frr)?;
     find(&seen, "8", (A_NBMA, FRR_NBMA), (HUB, SPOKE1)).context("our Traffic Indication to FRR")?;
     find(&seen, "1", (FRR_NBMA, A_NBMA), (SPOKE1, SPOKE2)).context("FRR's resolution")?;
-    let reply = find(&seen, "2", (A_NBMA, FRR_NBMA), (SPOKE1, SPOKE2)).context("our hub's answer")?;
-    // The answer's first CIE (then those of its extensions: responder, transit records).
+    // Our hub passes it on to our spoke (as FRR's and Cisco's phase 3 hubs do), which answers
+    // FRR itself: the answer's first CIE (then those of its extensions: responder, transit
+    // records) is our spoke's binding.
+    ensure!(nhrp_count(&a, &hub, "nhrp_sent", "resolution_request")? >= 1, "our hub passed on no resolution");
+    let reply = find(&seen, "2", (B_NBMA, FRR_NBMA), (SPOKE1, SPOKE2)).context("our spoke's answer to FRR")?;
     ensure!(reply.client_nbma.first().map(String::as_str) == Some(B_NBMA), "{reply:?}");
     // FRR's kernel now routes our spoke straight to it.
     let route = w.p.guest.ok(&format!("ip route show {SPOKE2}; ip neigh show {SPOKE2} dev gre1"))?;

@@ -142,6 +142,10 @@ impl Engine {
                 {
                     list.push(Cie { prefix_len: self.host_len(), nbma: nsap(requester_nbma), proto: octets(r), ..Cie::default() });
                 }
+                // The target answers the requester itself, or back through us (FRR routes
+                // its answer by its own table): then we lead it on.
+                let cap = self.settings.limits.relays;
+                self.relays.add(&p.src_proto, p.request_id, from, b.nbma, now, cap);
                 return vec![Self::send(b.nbma, &fwd)];
             }
             let remaining = u16::try_from(b.expires.saturating_sub(now)).unwrap_or(u16::MAX);

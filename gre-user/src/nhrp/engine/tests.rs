@@ -324,6 +324,11 @@ fn the_hub_forwards_a_resolution_to_the_registered_target_which_answers_directly
     assert_eq!((to, reply.kind, reply.flags & flags::resolution::A), (ip("198.51.100.17"), kind::RESOLUTION_REPLY, flags::resolution::A));
     assert_eq!(responder(&reply), vec![vec![203, 0, 113, 2]]);
     assert_eq!(peers(&s1.receive(ip("198.51.100.33"), &reply, 1, &Tables::NONE)), vec![(ip("203.0.113.2"), ip("198.51.100.33"))]);
+    // Had spoke 2 answered through the hub (FRR routes its answer by its own table), the hub
+    // leads it on; from anyone else, not.
+    assert!(h.receive(ip("198.51.100.66"), &reply, 1, &Tables::NONE).is_empty());
+    let (to, back) = sent(&h.receive(ip("198.51.100.33"), &reply, 1, &Tables::NONE));
+    assert_eq!((to, back.kind, back.request_id), (ip("198.51.100.17"), kind::RESOLUTION_REPLY, reply.request_id));
     // Answered: a second copy of the reply is not taken.
     assert!(s1.receive(ip("198.51.100.33"), &reply, 1, &Tables::NONE).is_empty());
     assert_eq!(s1.refused.unsolicited_reply, 1);
