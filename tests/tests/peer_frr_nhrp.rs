@@ -3,7 +3,8 @@
 //! resolution to its target, which answers the requester directly) and phase 3 (FRR's redirect:
 //! a Traffic Indication, our resolution, our shortcut) — our hub with an FRR spoke (our Traffic
 //! Indication, FRR's shortcut to our other spoke), registrations expiring when either side stops,
-//! and a registration without our password refused. Each case pings over the overlay with exact
+//! a registration without our password refused, and uniqueness both ways (FRR's claim of an
+//! address our spoke holds refused with code 14; FRR's unique binding kept against our spoke's). Each case pings over the overlay with exact
 //! counts, reads what crossed the bridge with tshark (no fault, every NHRP checksum good) and
 //! FRR's log (nothing of ours refused); once spokes have resolved each other, every ping crosses
 //! between their NBMA addresses and none reaches the hub. One guest serves every case.
@@ -594,6 +595,55 @@ fn wrong_password(w: &mut World) -> Result<()> {
     w.unanswered(Pinger::Guest, HUB)
 }
 
+/// The code of each Registration Reply to `to` in a capture (tshark's reading: the first CIE's;
+/// those of the Responder Address and NAT extensions follow).
+fn registration_codes(cap: &mut Capture, to: &str) -> Vec<String> {
+    cap.decode(&format!("nhrp.hdr.op.type == 4 && ip.dst == {to}"), &["nhrp.code"]).iter().filter_map(|p| field(p, "nhrp.code").first().cloned()).collect()
+}
+
+/// Uniqueness, as our hub holds it against FRR: our spoke (in b) registers 203.0.113.1 first,
+/// uniquely; FRR, configured with the same address, claims it from its own NBMA address and is
+/// refused with code 14 (Unique Internet Address Already Registered); the binding stays ours.
+fn uniqueness_frr_claim_refused(w: &mut World) -> Result<()> {
+    let (a, b) = (w.a(), w.b.clone());
+    let hub = w.our_hub("")?;
+    let i2 = w.our_spoke(&b, B_NBMA, SPOKE1, A_NBMA, false, "")?;
+    wait("our spoke's registration", 10, || Ok(peer_nbma(&a, &hub, SPOKE1)?.as_deref() == Some(B_NBMA)))?;
+    let sw = w.p.sw.clone();
+    let mut at_frr = Capture::start(&sw, "vmtap0", "ip proto 47");
+    w.frr_spoke()?;
+    wait("our hub to answer FRR's claim", 15, || Ok(nhrp_count(&a, &hub, "nhrp_sent", "registration_reply")? >= 2))?;
+    thread::sleep(Duration::from_secs(3));
+    let codes = registration_codes(&mut at_frr, FRR_NBMA);
+    ensure!(!codes.is_empty() && codes.iter().all(|c| c == "14"), "our replies to FRR: codes {codes:?}");
+    ensure!(peer_nbma(&a, &hub, SPOKE1)?.as_deref() == Some(B_NBMA), "FRR's claim moved the binding");
+    let nhs = w.frr_table("show ip nhrp nhs")?;
+    ensure!(nhs.iter().all(|r| r["protocol"] == "(unspec)"), "FRR thinks it registered: {nhs:?}");
+    // Our spoke still reaches the hub through the binding it holds.
+    w.ping(Pinger::Ours(&b), HUB, 3)?;
+    ensure!(gre::show(&b, &i2)?["tunnels"][0]["state"] == "up", "our spoke lost its NHS");
+    Ok(())
+}
+
+/// The other way round: FRR registers first, with its U flag (0x8000), which our hub reads as
+/// unique: our spoke's later claim of the same address is refused, and FRR keeps its binding.
+fn uniqueness_frr_binding_kept(w: &mut World) -> Result<()> {
+    let (a, b) = (w.a(), w.b.clone());
+    let hub = w.our_hub("")?;
+    w.frr_spoke()?;
+    wait("FRR's registration on our hub", 15, || Ok(peer_nbma(&a, &hub, SPOKE1)?.as_deref() == Some(FRR_NBMA)))?;
+    let sw = w.p.sw.clone();
+    let mut at_b = Capture::start(&sw, "up-b", "ip proto 47");
+    let i2 = w.our_spoke(&b, B_NBMA, SPOKE1, A_NBMA, false, "")?;
+    wait("our spoke to be answered", 10, || Ok(nhrp_count(&b, &i2, "nhrp_received", "registration_reply")? >= 1))?;
+    thread::sleep(Duration::from_secs(1));
+    let codes = registration_codes(&mut at_b, B_NBMA);
+    ensure!(!codes.is_empty() && codes.iter().all(|c| c == "14"), "our hub's replies to our spoke: codes {codes:?}");
+    ensure!(peer_nbma(&a, &hub, SPOKE1)?.as_deref() == Some(FRR_NBMA), "our spoke's claim moved FRR's binding");
+    ensure!(gre::show(&b, &i2)?["tunnels"][0]["state"] == "down", "our refused spoke counts its NHS up");
+    w.ping(Pinger::Guest, HUB, 3)
+}
+
 type Case = (&'static str, fn(&mut World) -> Result<()>);
 
 const CASES: &[Case] = &[
@@ -604,6 +654,8 @@ const CASES: &[Case] = &[
     ("expiry, frr spoke stops", expiry_frr_spoke_stops),
     ("expiry, frr hub stops", expiry_frr_hub_stops),
     ("wrong password", wrong_password),
+    ("uniqueness, frr claims", uniqueness_frr_claim_refused),
+    ("uniqueness, frr holds", uniqueness_frr_binding_kept),
 ];
 
 #[test]
