@@ -38,6 +38,9 @@ use serde_json::Value;
 const A_NBMA: &str = OURS;
 const B_NBMA: &str = "198.51.100.3";
 const FRR_NBMA: &str = GUEST;
+/// The NAT device's address on the underlay, and that of the spoke behind it.
+const NAT_PUBLIC: &str = "198.51.100.4";
+const NAT_INSIDE: &str = "198.51.100.130";
 const HUB: &str = "203.0.113.254";
 const SPOKE1: &str = "203.0.113.1";
 const SPOKE2: &str = "203.0.113.2";
@@ -110,16 +113,19 @@ struct World {
     p: LinuxPeer,
     /// Our second node.
     b: String,
+    /// Our node behind the NAT device.
+    c: String,
 }
 
 impl World {
     fn new(kernel: &Kernel) -> Result<Self> {
         let mut p = LinuxPeer::new("fn", kernel)?;
         let (b, _) = p.add_ours("b", B_NBMA)?;
+        let c = behind_nat(&mut p)?;
         // Our hub (in a) routes spoke to spoke back into the tunnel, without ICMP redirects.
         ns_sh(&p.ours, &["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"])?;
         p.guest.ok(&guest_prep())?;
-        Ok(Self { daemons: Vec::new(), instances: Vec::new(), p, b })
+        Ok(Self { daemons: Vec::new(), instances: Vec::new(), p, b, c })
     }
 
     fn a(&self) -> String {
@@ -153,7 +159,13 @@ impl World {
         if phase3 {
             write!(config, "\n[[route]]\nprefix = \"203.0.113.0/24\"\ntunnel = \"gre0\"\nvia = \"{HUB}\"\n")?;
         }
-        let short = if ns == self.b { "s2" } else { "s1" };
+        let short = if ns == self.b {
+            "s2"
+        } else if ns == self.c {
+            "s3"
+        } else {
+            "s1"
+        };
         self.ours(ns, short, &config)
     }
 
@@ -328,6 +340,31 @@ impl World {
         self.p.guest.ok_timeout(FRR_STOP, Duration::from_mins(1))?;
         result
     }
+}
+
+/// A NAT device on the underlay (namespace n at [`NAT_PUBLIC`], nftables masquerade) with our
+/// node c behind it at [`NAT_INSIDE`]. GRE has no ports: the device hands arriving GRE to its one
+/// inside host, as a home router's DMZ does.
+fn behind_nat(p: &mut LinuxPeer) -> Result<String> {
+    let (n, _) = p.add_ours("n", NAT_PUBLIC)?;
+    let c = p.lab.add_ns("c")?;
+    ns_sh(&n, &["ip", "link", "add", "in0", "type", "veth", "peer", "name", "eth0", "netns", &c])?;
+    ns_sh(&n, &["ip", "addr", "add", "198.51.100.129/25", "dev", "in0"])?;
+    ns_sh(&n, &["ip", "link", "set", "in0", "up"])?;
+    ns_sh(&n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    ns_sh(&c, &["ip", "addr", "add", &format!("{NAT_INSIDE}/25"), "dev", "eth0"])?;
+    ns_sh(&c, &["ip", "link", "set", "eth0", "up"])?;
+    ns_sh(&c, &["ip", "route", "add", "default", "via", "198.51.100.129"])?;
+    for (ns, port) in [(&n, "in0"), (&c, "eth0")] {
+        ns_sh(ns, &["ethtool", "-K", port, "tx", "off"])?;
+    }
+    ns_sh(&n, &["nft", "add", "table", "ip", "nat"])?;
+    ns_sh(&n, &["nft", "add chain ip nat out { type nat hook postrouting priority srcnat; }"])?;
+    ns_sh(&n, &["nft", "add rule ip nat out oifname eth0 masquerade"])?;
+    ns_sh(&n, &["nft", "add chain ip nat in { type nat hook prerouting priority dstnat; }"])?;
+    ns_sh(&n, &["nft", &format!("add rule ip nat in iifname eth0 ip protocol gre dnat to {NAT_INSIDE}")])?;
+    ns_sh(&c, &["ping", "-c", "1", "-W", "5", GUEST])?;
+    Ok(c)
 }
 
 fn text(v: &Value) -> String {
@@ -644,6 +681,46 @@ fn uniqueness_frr_binding_kept(w: &mut World) -> Result<()> {
     w.ping(Pinger::Guest, HUB, 3)
 }
 
+/// NAT on the underlay: our spoke (in c) behind the NAT device registers with our hub, which
+/// sees it at the NAT's address and says so (the NAT extension); FRR (`ip nhrp shortcut`)
+/// resolves it through our hub, our spoke answers FRR itself from behind the NAT — its binding
+/// the address it has, the NAT extension the one FRR must use — and the shortcuts run between
+/// FRR and the NAT's address.
+fn nat_our_hub_frr_spoke(w: &mut World) -> Result<()> {
+    let (a, c) = (w.a(), w.c.clone());
+    let hub = w.our_hub("")?;
+    let sw = w.p.sw.clone();
+    let mut at_nat = Capture::start(&sw, "up-n", "ip proto 47");
+    let ic = w.our_spoke(&c, NAT_INSIDE, SPOKE2, A_NBMA, true, "")?;
+    wait("our spoke's registration, from the NAT's address", 10, || Ok(peer_nbma(&a, &hub, SPOKE2)?.as_deref() == Some(NAT_PUBLIC)))?;
+    wait("our NATed spoke to see its NHS up", 10, || Ok(gre::show(&c, &ic)?["tunnels"][0]["state"] == "up"))?;
+    thread::sleep(Duration::from_millis(500));
+    // The hub's reply: the spoke's claimed address in the request, and in the NAT extension
+    // what the hub saw.
+    let replies = at_nat.decode(&format!("nhrp.hdr.op.type == 4 && ip.dst == {NAT_PUBLIC}"), &["nhrp.client.nbma.addr", "nhrp.src.nbma.addr"]);
+    ensure!(
+        replies.iter().any(|p| field(p, "nhrp.client.nbma.addr").contains(&NAT_PUBLIC.to_string()) && field(p, "nhrp.src.nbma.addr") == [NAT_INSIDE]),
+        "no Registration Reply naming the NAT's address: {replies:?}"
+    );
+    w.frr_spoke()?;
+    wait("FRR's registration on our hub", 15, || Ok(peer_nbma(&a, &hub, SPOKE1)?.as_deref() == Some(FRR_NBMA)))?;
+    let mut at_frr = Capture::start(&sw, "vmtap0", "ip proto 47");
+    w.ping(Pinger::Guest, SPOKE2, 3)?;
+    wait("FRR's shortcut to our NATed spoke", 15, || {
+        let rows = w.frr_table("show ip nhrp shortcut")?;
+        Ok(rows.iter().any(|r| r["prefix"] == "203.0.113.2/32" && r["via"] == SPOKE2) && w.frr_entry(SPOKE2)?.is_some_and(|(_, nbma)| nbma == NAT_PUBLIC))
+    })?;
+    // FRR knows the address our spoke claims as well as the one it is reached at.
+    let row = w.frr_table("show ip nhrp cache")?.into_iter().find(|r| r["protocol"] == SPOKE2).context("FRR's entry for our spoke")?;
+    ensure!(row["claimed_nbma"] == NAT_INSIDE, "FRR's entry for our NATed spoke: {row}");
+    wait("our NATed spoke's shortcut to FRR", 10, || has_route(&c, &ic, "203.0.113.1/32", SPOKE1))?;
+    let seen = nhrp_messages(&mut at_frr)?;
+    let answer = find(&seen, "2", (NAT_PUBLIC, FRR_NBMA), (SPOKE1, SPOKE2)).context("our NATed spoke's answer to FRR")?;
+    ensure!(answer.client_nbma.first().map(String::as_str) == Some(NAT_INSIDE), "{answer:?}");
+    ensure!(answer.client_nbma.iter().any(|n| n == NAT_PUBLIC), "no NAT extension naming {NAT_PUBLIC}: {answer:?}");
+    w.direct(Pinger::Guest, SPOKE2, (FRR_NBMA, NAT_PUBLIC), "vmtap0", "up0")
+}
+
 type Case = (&'static str, fn(&mut World) -> Result<()>);
 
 const CASES: &[Case] = &[
@@ -656,6 +733,7 @@ const CASES: &[Case] = &[
     ("wrong password", wrong_password),
     ("uniqueness, frr claims", uniqueness_frr_claim_refused),
     ("uniqueness, frr holds", uniqueness_frr_binding_kept),
+    ("nat, our hub, frr spoke", nat_our_hub_frr_spoke),
 ];
 
 #[test]
