@@ -721,6 +721,32 @@ fn nat_our_hub_frr_spoke(w: &mut World) -> Result<()> {
     w.direct(Pinger::Guest, SPOKE2, (FRR_NBMA, NAT_PUBLIC), "vmtap0", "up0")
 }
 
+/// NAT with FRR as the hub: FRR sees our spoke c at the NAT's address and puts it in the NAT
+/// extension of its reply; our spoke a resolves c through FRR, which forwards the request to the
+/// NAT's address; c answers a itself, and a takes the address the answer came from.
+fn nat_frr_hub(w: &mut World) -> Result<()> {
+    let (a, c) = (w.a(), w.c.clone());
+    w.frr_hub(false)?;
+    let sw = w.p.sw.clone();
+    let mut at_nat = Capture::start(&sw, "up-n", "ip proto 47");
+    let i1 = w.our_spoke(&a, A_NBMA, SPOKE1, FRR_NBMA, false, "")?;
+    let ic = w.our_spoke(&c, NAT_INSIDE, SPOKE2, FRR_NBMA, false, "")?;
+    w.registered_at_frr(&[(SPOKE1, A_NBMA), (SPOKE2, NAT_PUBLIC)])?;
+    let row = w.frr_table("show ip nhrp cache")?.into_iter().find(|r| r["protocol"] == SPOKE2).context("FRR's entry for our spoke")?;
+    ensure!(row["claimed_nbma"] == NAT_INSIDE, "FRR's entry for our NATed spoke: {row}");
+    wait("our NATed spoke to see FRR's hub up", 10, || Ok(gre::show(&c, &ic)?["tunnels"][0]["state"] == "up"))?;
+    let mut at_s1 = Capture::start(&sw, "up0", "ip proto 47");
+    w.ping(Pinger::Ours(&a), SPOKE2, 3)?;
+    wait("spoke 1 to learn the NATed spoke at the NAT's address", 10, || Ok(peer_nbma(&a, &i1, SPOKE2)?.as_deref() == Some(NAT_PUBLIC)))?;
+    wait("the NATed spoke to learn spoke 1", 10, || Ok(peer_nbma(&c, &ic, SPOKE1)?.as_deref() == Some(A_NBMA)))?;
+    let at_n = nhrp_messages(&mut at_nat)?;
+    find(&at_n, "1", (FRR_NBMA, NAT_PUBLIC), (SPOKE1, SPOKE2)).context("FRR forwards the request to the NAT's address")?;
+    let s1 = nhrp_messages(&mut at_s1)?;
+    let answer = find(&s1, "2", (NAT_PUBLIC, A_NBMA), (SPOKE1, SPOKE2)).context("the NATed spoke answers spoke 1 directly")?;
+    ensure!(answer.client_nbma.iter().any(|n| n == NAT_PUBLIC), "no NAT extension naming {NAT_PUBLIC}: {answer:?}");
+    w.direct(Pinger::Ours(&a), SPOKE2, (A_NBMA, NAT_PUBLIC), "up0", "vmtap0")
+}
+
 type Case = (&'static str, fn(&mut World) -> Result<()>);
 
 const CASES: &[Case] = &[
@@ -734,6 +760,7 @@ const CASES: &[Case] = &[
     ("uniqueness, frr claims", uniqueness_frr_claim_refused),
     ("uniqueness, frr holds", uniqueness_frr_binding_kept),
     ("nat, our hub, frr spoke", nat_our_hub_frr_spoke),
+    ("nat, frr hub", nat_frr_hub),
 ];
 
 #[test]
