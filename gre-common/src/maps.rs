@@ -203,8 +203,8 @@ pub struct Tunnel {
     pub underlay_ifindex: u32,
     /// MTU of the tunnel netdev: what the fast path may encapsulate without the kernel's help.
     pub mtu: u32,
-    /// Multipoint: overlay address of the NHS, where traffic goes while a peer is unresolved
-    /// (all zero: none).
+    /// Multipoint: overlay address of the NHS where traffic goes while a peer is unresolved —
+    /// the preferred one that answers, set by `gre daemon` (all zero: none).
     pub nhs: Addr,
     /// NHRP role of a multipoint tunnel ([`nhrp_role`]); its holding time, network id and
     /// authentication (Cisco style: a password of up to 8 bytes, zero-padded).
@@ -233,10 +233,16 @@ pub struct Tunnel {
     /// form (IPv4 lengths plus 96); a length of 0 marks an unused slot.
     pub multicast_groups: [Addr; MAX_MULTICAST_GROUPS],
     pub multicast_group_lens: [u8; MAX_MULTICAST_GROUPS],
+    /// Multipoint: every NHS a client registers with, by overlay address (all zero: unused
+    /// slot), and its priority (lower is preferred).
+    pub nhs_list: [Addr; MAX_NHS],
+    pub nhs_priority: [u8; MAX_NHS],
 }
 
 /// How many multicast group prefixes one multipoint tunnel replicates.
 pub const MAX_MULTICAST_GROUPS: usize = 4;
+/// How many NHSs one multipoint tunnel registers with.
+pub const MAX_NHS: usize = 4;
 
 /// A fixed one-second window of a rate limit: when it began (bpf_ktime_get_ns) and what it has
 /// let through.
@@ -345,7 +351,8 @@ pub struct Peer {
     /// [`peer_flags`].
     pub flags: u8,
     pub pad0: [u8; 6],
-    /// When the entry expires, seconds since the Unix epoch (0: never). Userspace removes
+    /// When the entry expires, in seconds of the monotonic clock (`bpf_ktime_get_ns`; 0:
+    /// never), so that a step of the wall clock neither expires nor keeps it. Userspace removes
     /// expired entries.
     pub expires: u64,
     /// Last time the datapath sent to it (bpf_ktime_get_ns, refreshed at most once a second).
@@ -509,6 +516,9 @@ pub struct TunnelState {
     pub reassembled_bytes: u64,
     /// Reassembled packets the daemon dropped, by reason (`drop`), as the datapath would have.
     pub reassembled_drops: [u64; crate::drop::COUNT as usize],
+    /// Bit i set: `Tunnel::nhs_list[i]` answers our registrations.
+    pub nhs_up: u32,
+    pub pad0: u32,
 }
 
 /// NHRP packet types counted in [`TunnelState`].
@@ -559,13 +569,13 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<RxKey>(), 40);
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
-        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16 + 8 + 4 + 17 * MAX_MULTICAST_GROUPS);
+        assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16 + 8 + 4 + 17 * MAX_MULTICAST_GROUPS + 17 * MAX_NHS);
         assert_eq!(core::mem::size_of::<PeerKey>(), 24);
         assert_eq!(core::mem::size_of::<Peer>(), 64);
         assert_eq!(core::mem::size_of::<Route>(), 24);
         assert_eq!(core::mem::size_of::<Event>(), 56);
         assert_eq!(core::mem::size_of::<NhrpPunt>(), 48 + NHRP_PUNT_MAX);
-        assert_eq!(core::mem::size_of::<TunnelState>(), 32 + 16 * NHRP_TYPES + 16 + 8 * crate::drop::COUNT as usize);
+        assert_eq!(core::mem::size_of::<TunnelState>(), 32 + 16 * NHRP_TYPES + 16 + 8 * crate::drop::COUNT as usize + 8);
         assert_eq!(core::mem::size_of::<MulticastPeers>(), 8 + 16 * MAX_MULTICAST_PEERS);
         assert_eq!(core::mem::size_of::<TunnelStats>(), 72 + 8 * crate::drop::COUNT as usize);
         assert_eq!(core::mem::size_of::<Sequence>(), 16);

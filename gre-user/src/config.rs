@@ -11,7 +11,7 @@ use std::{
 
 use gre_common::{
     gre,
-    maps::{MAX_PEERS, MAX_ROUTES, MAX_TUNNELS},
+    maps::{MAX_NHS, MAX_PEERS, MAX_ROUTES, MAX_TUNNELS},
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -158,8 +158,9 @@ pub struct TunnelSpec {
     /// Absent: a multipoint tunnel (mGRE), whose remotes are its peers.
     pub remote: Option<Spanned<IpAddr>>,
     /// Multipoint: the overlay address of the NHS (hub), where traffic goes while a peer is not
-    /// resolved. Its NBMA address comes from a `[[peer]]` entry.
-    pub nhs: Option<Spanned<IpAddr>>,
+    /// resolved, or a list of NHSs (addresses, or `{ address, priority }`: lower is preferred).
+    /// Their NBMA addresses come from `[[peer]]` entries.
+    pub nhs: Option<Spanned<NhsSpec>>,
     /// Multipoint: accept GRE only from the NBMA addresses of known peers (NHRP still reaches
     /// the daemon, so new spokes can register). The default on tunnels that run NHRP.
     pub strict: Option<Spanned<bool>>,
@@ -248,6 +249,52 @@ const fn default_multicast_rate() -> u32 {
 }
 
 /// NHRP settings of a multipoint tunnel (Cisco `ip nhrp …`, FRR `ip nhrp …`).
+/// `nhs = …`: one address, or a list of addresses and `{ address, priority }` tables.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum NhsSpec {
+    One(IpAddr),
+    Many(Vec<NhsEntry>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum NhsEntry {
+    Address(IpAddr),
+    Table(NhsTable),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NhsTable {
+    pub address: IpAddr,
+    /// Lower is preferred (as Cisco's and FRR's `nhs … priority`); 0 by default.
+    #[serde(default)]
+    pub priority: u8,
+}
+
+/// The NHSs of a tunnel: at most [`MAX_NHS`], each once.
+fn nhs_list(name: &str, spec: &NhsSpec) -> Result<Vec<(IpAddr, u8)>, String> {
+    let list: Vec<(IpAddr, u8)> = match spec {
+        NhsSpec::One(a) => vec![(*a, 0)],
+        NhsSpec::Many(l) => l
+            .iter()
+            .map(|e| match e {
+                NhsEntry::Address(a) => (*a, 0),
+                NhsEntry::Table(t) => (t.address, t.priority),
+            })
+            .collect(),
+    };
+    if list.is_empty() || list.len() > MAX_NHS {
+        return Err(format!("tunnel {name:?}: nhs lists 1 to {MAX_NHS} servers"));
+    }
+    let mut seen = HashSet::new();
+    if let Some((dup, _)) = list.iter().find(|(a, _)| !seen.insert(*a)) {
+        return Err(format!("tunnel {name:?}: nhs {dup} is listed twice"));
+    }
+    Ok(list)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nhrp {
@@ -379,7 +426,8 @@ pub struct Tunnel {
     /// The unspecified address for a multipoint tunnel.
     pub remote: IpAddr,
     pub multipoint: bool,
-    pub nhs: Option<IpAddr>,
+    /// The NHSs and their priorities, in the configured order.
+    pub nhs: Vec<(IpAddr, u8)>,
     pub strict: bool,
     /// Multipoint tunnels' multicast replication.
     pub multicast: Multicast,
@@ -605,6 +653,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 _ => {}
             }
         }
+        let nhs = match &t.nhs {
+            None => vec![],
+            Some(n) => nhs_list(name, n.get_ref()).map_err(|message| at(n.span(), message))?,
+        };
         let multicast = match &t.multicast {
             None => Multicast::default(),
             Some(m) => multicast(name, m).map_err(|(span, message)| at(span, message))?,
@@ -618,9 +670,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 Some("holdtime must be at least 3 seconds".to_string())
             } else if n.get_ref().auth.as_ref().is_some_and(|a| a.len() > 8) {
                 Some("auth is at most 8 bytes, as Cisco's".to_string())
-            } else if t.nhs.as_ref().is_some_and(|h| !h.get_ref().is_ipv4()) {
+            } else if nhs.iter().any(|(h, _)| !h.is_ipv4()) {
                 Some("NHRP resolves IPv4 overlay addresses (over IPv4 or IPv6 NBMA): `nhs` is an IPv4 address".to_string())
-            } else if n.get_ref().role == NhrpRole::Nhc && t.nhs.is_none() {
+            } else if n.get_ref().role == NhrpRole::Nhc && nhs.is_empty() {
                 Some("a spoke (nhc) needs `nhs`, the hub's overlay address".to_string())
             } else {
                 None
@@ -700,7 +752,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             local,
             remote,
             multipoint,
-            nhs: t.nhs.as_ref().map(|n| *n.get_ref()),
+            nhs,
             // A hub admits a spoke's GRE once NHRP has registered it.
             strict: t.strict.as_ref().map_or(t.nhrp.is_some(), |s| *s.get_ref()),
             multicast,
@@ -988,6 +1040,16 @@ nhrp = { role = "nhc", holdtime = 60 }
 "#;
         let c = parse(Path::new("t.toml"), text).unwrap();
         assert_eq!(c.tunnels[0].nhrp.as_ref().map(|n| (n.network_id, n.holdtime)), Some((1, 60)));
+        assert_eq!(c.tunnels[0].nhs, [("203.0.113.254".parse().unwrap(), 0)]);
+        // Several NHSs, with priorities or without; at most four, each once, no other keys.
+        let two = text.replace("nhs = \"203.0.113.254\"", "nhs = [{ address = \"203.0.113.254\", priority = 2 }, \"203.0.113.253\"]");
+        let c2 = parse(Path::new("t.toml"), &two).unwrap();
+        assert_eq!(c2.tunnels[0].nhs, [("203.0.113.254".parse().unwrap(), 2), ("203.0.113.253".parse().unwrap(), 0)]);
+        let five = text.replace("nhs = \"203.0.113.254\"", "nhs = [\"203.0.113.1\", \"203.0.113.2\", \"203.0.113.3\", \"203.0.113.4\", \"203.0.113.5\"]");
+        let e = err(&five);
+        assert!(e.message.contains("1 to 4 servers") && e.line == 10, "{e:?}");
+        assert!(err(&text.replace("nhs = \"203.0.113.254\"", "nhs = [\"203.0.113.1\", \"203.0.113.1\"]")).message.contains("listed twice"));
+        assert!(parse(Path::new("t.toml"), &text.replace("nhs = \"203.0.113.254\"", "nhs = [{ address = \"203.0.113.1\", prio = 1 }]")).is_err());
         // With NHRP a tunnel is strict unless told otherwise; one iseq for all peers is refused.
         assert!(c.tunnels[0].strict);
         let open = parse(Path::new("t.toml"), &text.replace("key = 100", "key = 100\nstrict = false")).unwrap();

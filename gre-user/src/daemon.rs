@@ -11,7 +11,7 @@ use std::{
     mem::MaybeUninit,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -67,7 +67,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let now = unix_now();
+                let now = crate::clock::monotonic_secs();
                 nhrp.drain(&mut maps, &sender, now);
                 // ICMP errors about our GRE wait on the sockets' error queues.
                 path_mtu.drain(&mut maps, receiver.get_ref()).await;
@@ -103,7 +103,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     if let Some(task) = metrics {
         task.abort();
     }
-    nhrp.shutdown(&mut maps, &sender, unix_now());
+    nhrp.shutdown(&mut maps, &sender, crate::clock::monotonic_secs());
     // Nobody watches the tunnels any more.
     for (id, _) in maps.tunnels()? {
         let mut s = maps.state(id)?;
@@ -126,7 +126,7 @@ fn raw_gre_socket(domain: Domain) -> Result<Socket> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    crate::clock::unix_secs()
 }
 
 /// Keepalive bookkeeping of one tunnel.

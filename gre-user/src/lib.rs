@@ -2,6 +2,7 @@
 //! reading the live maps.
 
 pub mod change;
+pub mod clock;
 pub mod config;
 pub mod converge;
 pub mod daemon;

@@ -291,7 +291,10 @@ fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Li
     Tunnel {
         local: store_addr(t.local),
         remote: if t.multipoint { [0; 16] } else { store_addr(t.remote) },
-        nhs: t.nhs.map_or([0; 16], store_addr),
+        // The preferred NHS until `gre daemon` hears which answer.
+        nhs: t.nhs.iter().min_by_key(|(_, p)| *p).map_or([0; 16], |(a, _)| store_addr(*a)),
+        nhs_list: std::array::from_fn(|i| t.nhs.get(i).map_or([0; 16], |(a, _)| store_addr(*a))),
+        nhs_priority: std::array::from_fn(|i| t.nhs.get(i).map_or(0, |(_, p)| *p)),
         ikey: t.ikey.unwrap_or(0),
         okey: t.okey.unwrap_or(0),
         flags: t.datapath_flags(),

@@ -501,6 +501,15 @@ impl Maps {
         self.tunnels.set(id, Tunnel { mtu, ..t }, 0).with_context(|| format!("writing tunnel {id}"))
     }
 
+    /// Sets the NHS the datapath sends unresolved traffic to in tunnel `id` (only that field).
+    ///
+    /// # Errors
+    /// The slot holds no tunnel or the map refuses the write.
+    pub fn set_tunnel_nhs(&mut self, id: u32, nhs: std::net::IpAddr) -> Result<()> {
+        let t = self.tunnel(id).with_context(|| format!("tunnel slot {id} is empty"))?;
+        self.tunnels.set(id, Tunnel { nhs: store_addr(nhs), ..t }, 0).with_context(|| format!("writing tunnel {id}"))
+    }
+
     /// The peer `overlay` of tunnel `id` (one lookup, not a walk of the table).
     #[must_use]
     pub fn peer(&self, id: u32, overlay: std::net::IpAddr) -> Option<Peer> {

@@ -132,6 +132,10 @@ pub struct NhsReport {
     pub overlay: String,
     /// From the NHS's peer entry; `null` if it has none (nothing can reach it).
     pub nbma: Option<String>,
+    /// Lower is preferred.
+    pub priority: u8,
+    /// The one unresolved traffic goes to now.
+    pub current: bool,
     /// "up" once it accepted our registration, "down" when it stopped answering, "unknown"
     /// while `gre daemon` is not running or has not heard back yet.
     pub state: &'static str,
@@ -313,10 +317,9 @@ pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
             tunnel: tunnels.iter().find(|t| t.id == id).map_or_else(|| format!("#{id}"), |t| t.name.clone()),
         })
         .collect();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    // The datapath's clock (bpf_ktime_get_ns).
-    let monotonic_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0));
+    // The datapath's clock (bpf_ktime_get_ns), which peer expiry counts in too.
+    let monotonic_ns = crate::clock::monotonic_ns();
+    let now = monotonic_ns / 1_000_000_000;
     let mut peers: Vec<PeerReport> = if wants(Part::Peers) { maps.peers() } else { Vec::new() }
         .into_iter()
         .map(|(id, overlay, p)| (maps.peer_stats(id, &p.nbma), id, overlay, p))
@@ -336,21 +339,32 @@ pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
         .collect();
     let addr = |s: &str| s.parse::<std::net::IpAddr>().ok();
     peers.sort_by(|a, b| (&a.tunnel, addr(&a.overlay)).cmp(&(&b.tunnel, addr(&b.overlay))));
-    let nhs = maps
-        .tunnels()?
-        .into_iter()
-        .filter(|(_, t)| t.flags & tunnel_flags::MULTIPOINT != 0 && t.nhs != [0; 16])
-        .map(|(id, t)| {
-            let name = tunnels.iter().find(|r| r.id == id).map_or_else(|| format!("#{id}"), |r| r.name.clone());
-            let overlay = show_addr(&t.nhs).to_string();
-            NhsReport {
-                nbma: maps.peer(id, show_addr(&t.nhs)).map(|p| show_addr(&p.nbma).to_string()),
-                state: tunnels.iter().find(|r| r.id == id).map_or("unknown", |r| r.state),
-                tunnel: name,
-                overlay,
-            }
-        })
-        .collect();
+    let mut nhs = Vec::new();
+    for (id, t) in maps.tunnels()? {
+        if t.flags & tunnel_flags::MULTIPOINT == 0 {
+            continue;
+        }
+        let report = tunnels.iter().find(|r| r.id == id);
+        let name = report.map_or_else(|| format!("#{id}"), |r| r.name.clone());
+        let nhs_up = maps.state(id).map_or(0, |s| s.nhs_up);
+        for (i, (a, priority)) in t.nhs_list.iter().zip(t.nhs_priority).enumerate().filter(|(_, (a, _))| **a != [0; 16]) {
+            let overlay = show_addr(a);
+            // The tunnel's state says whether the daemon has heard; each NHS's bit, which answer.
+            let state = match report.map_or("unknown", |r| r.state) {
+                "unknown" => "unknown",
+                _ if nhs_up & (1 << i) != 0 => "up",
+                _ => "down",
+            };
+            nhs.push(NhsReport {
+                tunnel: name.clone(),
+                overlay: overlay.to_string(),
+                nbma: maps.peer(id, overlay).map(|p| show_addr(&p.nbma).to_string()),
+                priority,
+                current: t.nhs == *a,
+                state,
+            });
+        }
+    }
     Ok(Report { instance: instance.to_string(), tunnels, routes, peers, nhs, drops })
 }
 
@@ -558,8 +572,17 @@ pub fn peers_table(peers: &[PeerReport]) -> String {
 /// `gre show nhs`: each tunnel's next-hop server and whether it has our registration.
 #[must_use]
 pub fn nhs_table(nhs: &[NhsReport]) -> String {
-    let mut rows = vec![["tunnel", "nhs", "nbma", "state"].map(String::from)];
-    rows.extend(nhs.iter().map(|n| [n.tunnel.clone(), n.overlay.clone(), n.nbma.clone().unwrap_or_else(|| "-".to_string()), n.state.to_string()]));
+    let mut rows = vec![["tunnel", "nhs", "nbma", "priority", "state", "current"].map(String::from)];
+    rows.extend(nhs.iter().map(|n| {
+        [
+            n.tunnel.clone(),
+            n.overlay.clone(),
+            n.nbma.clone().unwrap_or_else(|| "-".to_string()),
+            n.priority.to_string(),
+            n.state.to_string(),
+            if n.current { "yes" } else { "-" }.to_string(),
+        ]
+    }));
     columns(&rows)
 }
 

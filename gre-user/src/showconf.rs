@@ -124,8 +124,22 @@ fn tunnel(t: &Tunnel) -> Table {
     s.insert("interface".into(), ifname(t.underlay_ifindex).into());
     s.insert("local".into(), show_addr(&t.local).to_string().into());
     if f(tunnel_flags::MULTIPOINT) {
-        if t.nhs != [0; 16] {
-            s.insert("nhs".into(), show_addr(&t.nhs).to_string().into());
+        // One NHS of priority 0 as an address; several (or a priority) as a list of tables.
+        let list: Vec<(std::net::IpAddr, u8)> = t.nhs_list.iter().zip(t.nhs_priority).filter(|(a, _)| **a != [0; 16]).map(|(a, p)| (show_addr(a), p)).collect();
+        match list.as_slice() {
+            [] => {}
+            [(a, 0)] => {
+                s.insert("nhs".into(), a.to_string().into());
+            }
+            _ => {
+                let entries = list.iter().map(|(a, p)| {
+                    let mut e = toml::map::Map::new();
+                    e.insert("address".into(), a.to_string().into());
+                    e.insert("priority".into(), i64::from(*p).into());
+                    toml::Value::Table(e)
+                });
+                s.insert("nhs".into(), toml::Value::Array(entries.collect()));
+            }
         }
         // Strict is the default with NHRP.
         if f(tunnel_flags::STRICT) != (t.nhrp_role != nhrp_role::NONE) {

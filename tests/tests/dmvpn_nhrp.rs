@@ -73,9 +73,9 @@ fn spokes_register_resolve_and_go_direct() {
     for (ns, inst) in &spokes {
         traffic::wait_for("the NHS up on every spoke", 10, || gre::show(ns, inst).unwrap()["tunnels"][0]["state"] == "up");
         let nhs: Value = serde_json::from_str(&gre::run(ns, inst, &["show", "nhs", "-j"]).unwrap()).unwrap();
-        assert_eq!(nhs, serde_json::json!([{ "tunnel": "gre0", "overlay": HUB_OVERLAY, "nbma": HUB_NBMA, "state": "up" }]));
+        assert_eq!(nhs, serde_json::json!([{ "tunnel": "gre0", "overlay": HUB_OVERLAY, "nbma": HUB_NBMA, "priority": 0, "current": true, "state": "up" }]));
         let table = gre::run(ns, inst, &["show", "nhs"]).unwrap();
-        assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().eq(["gre0", HUB_OVERLAY, HUB_NBMA, "up"])), "{table}");
+        assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().eq(["gre0", HUB_OVERLAY, HUB_NBMA, "0", "up", "yes"])), "{table}");
     }
     // Nothing has crossed spoke 3's tunnel yet (NHRP goes its own way): the hub is unused there.
     assert_eq!(peer(&peers(&spokes[2].0, &spokes[2].1), HUB_OVERLAY).unwrap()["used_ago"], Value::Null);
@@ -493,4 +493,96 @@ fn phase_3_shortcuts_cover_the_lans_behind_spokes() {
     for (ns, inst) in &spokes {
         assert!(nhrp(ns, inst, "nhrp_sent", "resolution_reply") >= 1, "{ns} answered for its LAN");
     }
+}
+
+/// Two hubs, three spokes that register with both (hub 1 preferred): the spokes resolve through
+/// hub 1; hub 1 dies (its link goes down); spokes that resolved each other go on talking
+/// directly, each spoke sees hub 1 down and sends through hub 2 within the registration timeout,
+/// and a new resolution goes through hub 2.
+#[test]
+fn a_spoke_with_two_hubs_survives_one() {
+    if !privilege::require_root("a_spoke_with_two_hubs_survives_one") {
+        return;
+    }
+    const HOLD: u64 = 45;
+    let t = HubAndSpokes::new("gt", 4).expect("topology");
+    let (hub1, hub2) = (t.hub.clone(), t.spokes[3].clone());
+    let hub2_nbma = HubAndSpokes::spoke_nbma(4);
+    let hub2_overlay = "203.0.113.253";
+    for key in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"] {
+        ns_sh(&hub2, &["sysctl", "-q", "-w", key]).unwrap();
+    }
+    let mut t = t;
+    let hub_nhrp = format!("nhrp = {{ role = \"nhs\", holdtime = {HOLD} }}\n");
+    let ih1 = t.lab.gre_up(&hub1, "h1", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, &hub_nhrp, &[])).unwrap();
+    let ih2 = t.lab.gre_up(&hub2, "h2", &HubAndSpokes::config(&hub2_nbma, hub2_overlay, &hub_nhrp, &[])).unwrap();
+    let spoke_nhrp = format!(
+        "nhs = [{{ address = \"{HUB_OVERLAY}\", priority = 1 }}, {{ address = \"{hub2_overlay}\", priority = 2 }}]\nnhrp = {{ role = \"nhc\", holdtime = {HOLD} }}\n"
+    );
+    let mut spokes = Vec::new();
+    for i in 1..=3u8 {
+        let ns = t.spokes[usize::from(i - 1)].clone();
+        let conf = HubAndSpokes::config(
+            &HubAndSpokes::spoke_nbma(i),
+            &HubAndSpokes::spoke_overlay(i),
+            &spoke_nhrp,
+            &[(HUB_OVERLAY, HUB_NBMA), (hub2_overlay, &hub2_nbma)],
+        );
+        let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
+        spokes.push((ns, inst));
+    }
+    let mut hub1_daemon = Some(gre::Daemon::start(&hub1, &ih1));
+    let _others: Vec<gre::Daemon> = [(&hub2, &ih2)].into_iter().chain(spokes.iter().map(|(n, i)| (n, i))).map(|(n, i)| gre::Daemon::start(n, i)).collect();
+    let nhs = |ns: &str, i: &str| -> Vec<(String, String, bool)> {
+        let v: Value = serde_json::from_str(&gre::run(ns, i, &["show", "nhs", "-j"]).unwrap()).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["overlay"].as_str().unwrap().to_string(), n["state"].as_str().unwrap().to_string(), n["current"] == true))
+            .collect()
+    };
+    let both_up = vec![(HUB_OVERLAY.to_string(), "up".to_string(), true), (hub2_overlay.to_string(), "up".to_string(), false)];
+    for (ns, i) in &spokes {
+        traffic::wait_for("a spoke registered with both hubs", 10, || nhs(ns, i) == both_up);
+    }
+    for (h, ih) in [(&hub1, &ih1), (&hub2, &ih2)] {
+        traffic::wait_for("three registrations on each hub", 5, || peers(h, ih).len() == 3);
+    }
+    // Spoke 1 and spoke 2 resolve each other through hub 1, the preferred one.
+    let (s1, i1) = spokes[0].clone();
+    let (s2, i2) = spokes[1].clone();
+    let (s3, i3) = spokes[2].clone();
+    traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2");
+    traffic::wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some_and(|p| p["nbma"] == "198.51.100.33"));
+    let sent = |ns: &str, i: &str, kind: &str| gre::show(ns, i).unwrap()["tunnels"][0]["nhrp_sent"][kind].as_u64().unwrap();
+    assert!(sent(&hub1, &ih1, "resolution_request") >= 1, "hub 1 passed the resolution on");
+    assert_eq!(sent(&hub2, &ih2, "resolution_request"), 0, "hub 2 was not asked");
+
+    // Hub 1 dies.
+    drop(hub1_daemon.take());
+    ns_sh(&hub1, &["ip", "link", "set", "eth0", "down"]).unwrap();
+    let died = std::time::Instant::now();
+    // Spoke 1 and spoke 2 go on directly meanwhile.
+    traffic::ping(&s1, "203.0.113.2", 10).expect("spoke 1 to spoke 2 while hub 1 is dead");
+    // Every spoke sees hub 1 down and hub 2 take over, within the registration timeout: the
+    // next registration (a third of the holding time) and its three unanswered attempts (7 s).
+    let failed_over = vec![(HUB_OVERLAY.to_string(), "down".to_string(), false), (hub2_overlay.to_string(), "up".to_string(), true)];
+    for (ns, i) in &spokes {
+        traffic::wait_for("hub 2 to take over", HOLD / 3 + 10, || nhs(ns, i) == failed_over);
+    }
+    let took = died.elapsed().as_secs();
+    assert!(took <= HOLD / 3 + 9, "failover took {took} s");
+    // A new resolution (spoke 3 had not resolved spoke 1) goes through hub 2, and then direct.
+    traffic::ping(&s3, "203.0.113.1", 3).expect("spoke 3 to spoke 1 through hub 2");
+    traffic::wait_for("spoke 3 to learn spoke 1", 5, || peer(&peers(&s3, &i3), "203.0.113.1").is_some_and(|p| p["nbma"] == "198.51.100.17"));
+    assert!(sent(&hub2, &ih2, "resolution_request") >= 1, "hub 2 passed spoke 3's resolution on");
+    let rx = || gre::show(&hub2, &ih2).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let before = rx();
+    traffic::ping(&s3, "203.0.113.1", 5).expect("spoke 3 to spoke 1, direct");
+    assert_eq!(rx() - before, 0, "the direct pings crossed hub 2");
+    // The binding between spokes 1 and 2 outlived its holding time: renewed through hub 2.
+    thread::sleep(Duration::from_secs((HOLD + 2).saturating_sub(died.elapsed().as_secs())));
+    traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2 after a holding time");
+    assert!(peer(&peers(&s1, &i1), "203.0.113.2").is_some_and(|p| p["nbma"] == "198.51.100.33"));
+    assert!(peer(&peers(&s2, &i2), "203.0.113.1").is_some());
 }

@@ -175,7 +175,7 @@ impl World {
         let i1 = self.our_spoke(&a, A_NBMA, SPOKE1, FRR_NBMA, phase3, "")?;
         let i2 = self.our_spoke(&b, B_NBMA, SPOKE2, FRR_NBMA, phase3, "")?;
         self.registered_at_frr(&[(SPOKE1, A_NBMA), (SPOKE2, B_NBMA)])?;
-        let up = serde_json::json!([{ "tunnel": "gre0", "overlay": HUB, "nbma": FRR_NBMA, "state": "up" }]);
+        let up = serde_json::json!([{ "tunnel": "gre0", "overlay": HUB, "nbma": FRR_NBMA, "priority": 0, "current": true, "state": "up" }]);
         for (ns, i) in [(&a, &i1), (&b, &i2)] {
             wait("our spoke to see FRR's hub up", 10, || Ok(serde_json::from_str::<Value>(&gre::run(ns, i, &["show", "nhs", "-j"])?)? == up))?;
         }

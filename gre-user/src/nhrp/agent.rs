@@ -64,26 +64,30 @@ impl Agent {
             };
             let overlay = subnet.addr();
             let nbma = show_addr(&t.local);
-            let nhs = (t.nhs != [0; 16]).then(|| {
-                let nhs_overlay = show_addr(&t.nhs);
-                let nbma = peers.iter().find(|(pid, o, _)| *pid == id && *o == nhs_overlay).map(|(_, _, p)| show_addr(&p.nbma));
-                (nhs_overlay, nbma)
-            });
-            let nhs = match nhs {
-                Some((o @ IpAddr::V4(_), Some(n))) if n.is_ipv4() == nbma.is_ipv4() => Some(Nhs { overlay: o, nbma: n, priority: 0 }),
-                Some((o, _)) => {
-                    warn!("tunnel {id}: NHS {o} has no static peer entry with an NBMA address of the tunnel's family");
-                    None
-                }
-                None => None,
-            };
+            let nhs: Vec<Nhs> = t
+                .nhs_list
+                .iter()
+                .zip(t.nhs_priority)
+                .filter(|(a, _)| **a != [0; 16])
+                .filter_map(|(a, priority)| {
+                    let overlay = show_addr(a);
+                    let at = peers.iter().find(|(pid, o, _)| *pid == id && *o == overlay).map(|(_, _, p)| show_addr(&p.nbma));
+                    match at {
+                        Some(n) if overlay.is_ipv4() && n.is_ipv4() == nbma.is_ipv4() => Some(Nhs { overlay, nbma: n, priority }),
+                        _ => {
+                            warn!("tunnel {id}: NHS {overlay} has no static peer entry with an NBMA address of the tunnel's family");
+                            None
+                        }
+                    }
+                })
+                .collect();
             let auth = t.nhrp_auth.iter().position(|b| *b == 0).map_or(t.nhrp_auth.to_vec(), |n| t.nhrp_auth[..n].to_vec());
             let settings = Settings {
                 server: t.nhrp_role == nhrp_role::NHS,
                 overlay,
                 subnet: subnet.trunc(),
                 nbma,
-                nhs: nhs.into_iter().collect(),
+                nhs,
                 holdtime: t.nhrp_holdtime,
                 auth: (!auth.is_empty()).then_some(auth),
                 mtu: u16::try_from(t.mtu).unwrap_or(u16::MAX),
@@ -127,19 +131,49 @@ impl Agent {
         });
         let tunnels: HashMap<u32, Tunnel> = maps.tunnels()?.into_iter().collect();
         let mut applied = Applied::default();
+        let used_since = crate::clock::monotonic_ns();
         for (id, engine) in &mut self.engines {
             let Some(t) = tunnels.get(id) else { continue };
-            let actions = engine.tick(now);
+            let mut actions = engine.tick(now);
+            // A binding still in use is resolved again in the last third of its holding time
+            // (as FRR renews used shortcuts), so that a shortcut does not lapse back to the hub.
+            if !engine.settings.server {
+                let hold = u64::from(engine.settings.holdtime);
+                for (pid, overlay, p) in &peers {
+                    let used = p.used_ns != 0 && used_since.saturating_sub(p.used_ns) < hold * 1_000_000_000;
+                    let renew = p.kind == peer_kind::DYNAMIC && p.expires != 0 && p.expires.saturating_sub(now) <= (hold / 3).max(2);
+                    if pid == id && used && renew {
+                        actions.extend(engine.resolve(*overlay, now));
+                    }
+                }
+            }
             apply(maps, sender, *id, t, actions, now, &mut applied);
             if !engine.settings.nhs.is_empty() {
                 let mut s = maps.state(*id)?;
                 let wanted = if engine.nhs_up() { tunnel_state::UP } else { tunnel_state::DOWN };
-                if s.state != wanted {
-                    info!("tunnel {id}: NHS {}", tunnel_state::NAMES[wanted as usize]);
+                // Which NHSs answer, by their slot in the tunnel's list.
+                let up = engine
+                    .nhs_links()
+                    .iter()
+                    .filter(|l| l.up)
+                    .filter_map(|l| t.nhs_list.iter().position(|a| show_addr(a) == l.nhs.overlay))
+                    .fold(0u32, |m, i| m | 1 << i);
+                if s.state != wanted || s.nhs_up != up {
+                    if s.state != wanted {
+                        info!("tunnel {id}: NHS {}", tunnel_state::NAMES[wanted as usize]);
+                        s.transitions += 1;
+                        s.since = crate::clock::unix_secs();
+                    }
                     s.state = wanted;
-                    s.transitions += 1;
-                    s.since = now;
+                    s.nhs_up = up;
                     maps.set_state(*id, &s)?;
+                }
+                // Unresolved traffic goes to the preferred NHS that answers.
+                if let Some(best) = engine.preferred_nhs()
+                    && show_addr(&t.nhs) != best.overlay
+                {
+                    info!("tunnel {id}: traffic to unresolved destinations goes to NHS {} now", best.overlay);
+                    maps.set_tunnel_nhs(*id, best.overlay)?;
                 }
             }
         }
@@ -215,7 +249,8 @@ impl Agent {
             let peer = |overlay: IpAddr| maps.peer(id, overlay).filter(|p| p.kind != peer_kind::INCOMPLETE).map(|p| show_addr(&p.nbma));
             let route = |target: IpAddr| maps.route_via(id, target);
             let routes = maps.routes();
-            let route_len = |target: IpAddr| routes.iter().filter(|(net, rid, _)| *rid == id && net.contains(&target)).map(|(net, _, _)| net.prefix_len()).max();
+            let route_len =
+                |target: IpAddr| routes.iter().filter(|(net, rid, _)| *rid == id && net.contains(&target)).map(|(net, _, _)| net.prefix_len()).max();
             let local = |target: IpAddr| exit_for(&self.kernel_routes, t.netdev_ifindex, target);
             let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, route_len: &route_len, local: &local });
             self.apply(maps, sender, id, &t, actions, now);

@@ -53,8 +53,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(nhs: &[Nhs]) -> Self {
-        let links =
-            nhs.iter().map(|n| NhsLink { nhs: *n, pending: None, last_request: None, last_reply: None, timeouts: 0, up: false, since: 0, next_at: 0 }).collect();
+        let links = nhs
+            .iter()
+            .map(|n| NhsLink { nhs: *n, pending: None, last_request: None, last_reply: None, timeouts: 0, up: false, since: 0, next_at: 0 })
+            .collect();
         Self { links, nat_nbma: None }
     }
 
@@ -79,7 +81,8 @@ impl Engine {
             let nhs = link.nhs;
             let cie = Cie { prefix_len: UNIQUE_PREFIX, mtu: self.settings.mtu, holding_time: self.settings.holdtime, ..Cie::default() };
             // Cisco's NAT detection: the NHS as we address it; it answers with what it saw of us.
-            let nat = Cie { prefix_len: self.host_len(), mtu: self.settings.mtu, nbma: super::nsap(nhs.nbma), proto: super::octets(nhs.overlay), ..Cie::default() };
+            let nat =
+                Cie { prefix_len: self.host_len(), mtu: self.settings.mtu, nbma: super::nsap(nhs.nbma), proto: super::octets(nhs.overlay), ..Cie::default() };
             let p = self.request(kind::REGISTRATION_REQUEST, flags::registration::U | flags::registration::NAT, id, nhs.overlay, vec![cie], Some(vec![nat]));
             let a = Self::send(nhs.nbma, &p);
             if let Action::Send { packet, .. } = &a {
@@ -97,12 +100,20 @@ impl Engine {
     pub(super) fn registration_timed_out(&mut self, nhs: usize, now: u64) -> Vec<Action> {
         let Some(l) = self.client.links.get_mut(nhs) else { return vec![] };
         l.timeouts += 1;
-        if l.up && l.timeouts >= DOWN_AFTER {
-            l.up = false;
-            l.since = now;
-            return vec![Action::Warn(format!("NHS {} ({}) does not answer: down", l.nhs.overlay, l.nhs.nbma))];
+        if !l.up || l.timeouts < DOWN_AFTER {
+            return vec![];
         }
-        vec![]
+        l.up = false;
+        l.since = now;
+        let dead = l.nhs;
+        let mut actions = vec![Action::Warn(format!("NHS {} ({}) does not answer: down", dead.overlay, dead.nbma))];
+        // What waits on it goes to the NHS that takes over.
+        if let Some(next) = self.client.best().filter(|b| b.nbma != dead.nbma) {
+            for (kind, packet) in self.pending.reroute(dead.nbma, next.nbma, now) {
+                actions.push(Action::Send { to: next.nbma, kind, packet });
+            }
+        }
+        actions
     }
 
     /// A Registration Reply: from the NHS we asked, for the registration in flight.

@@ -378,6 +378,12 @@ impl Engine {
         &self.client.links
     }
 
+    /// The NHS to send through: the preferred one that answers (else the preferred one).
+    #[must_use]
+    pub fn preferred_nhs(&self) -> Option<Nhs> {
+        self.client.best()
+    }
+
     /// True while at least one NHS answers our registrations.
     #[must_use]
     pub fn nhs_up(&self) -> bool {

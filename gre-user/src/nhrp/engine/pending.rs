@@ -72,6 +72,21 @@ impl Pending {
         self.by_id.iter_mut().find(|(_, r)| f(&r.purpose)).map(|(id, r)| (*id, r))
     }
 
+    /// Resolutions that went to `dead` go to `to` instead, now: the same request (ID and bytes;
+    /// its destination is the target, not the NHS), its wait started over.
+    pub fn reroute(&mut self, dead: IpAddr, to: IpAddr, now: u64) -> Vec<(u8, Vec<u8>)> {
+        self.by_id
+            .values_mut()
+            .filter(|r| r.to == dead && matches!(r.purpose, Purpose::Resolution { .. }))
+            .map(|r| {
+                r.to = to;
+                r.wait = FIRST_WAIT;
+                r.retry_at = now + FIRST_WAIT;
+                (r.kind, r.packet.clone())
+            })
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

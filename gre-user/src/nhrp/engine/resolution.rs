@@ -38,7 +38,15 @@ impl Engine {
         let p = self.request(kind::RESOLUTION_REQUEST, f::Q | f::NAT, id, target, vec![cie], Some(self.own_nat()));
         let a = Self::send(nhs.nbma, &p);
         let Action::Send { packet, .. } = &a else { return vec![] };
-        if !self.pending.add(id, Purpose::Resolution { target, shortcut }, nhs.nbma, kind::RESOLUTION_REQUEST, packet.clone(), now, self.settings.limits.pending) {
+        if !self.pending.add(
+            id,
+            Purpose::Resolution { target, shortcut },
+            nhs.nbma,
+            kind::RESOLUTION_REQUEST,
+            packet.clone(),
+            now,
+            self.settings.limits.pending,
+        ) {
             return self.full("the table of pending resolutions", now).into_iter().collect();
         }
         vec![a]
@@ -80,11 +88,7 @@ impl Engine {
             self.refused.untrusted_request += 1;
             return vec![];
         }
-        let requester_nbma = if via_nhs {
-            requester.and_then(|r| nat_nbma_of(p, r)).or_else(|| proto_addr(&p.src_nbma.bytes)).unwrap_or(from)
-        } else {
-            from
-        };
+        let requester_nbma = if via_nhs { requester.and_then(|r| nat_nbma_of(p, r)).or_else(|| proto_addr(&p.src_nbma.bytes)).unwrap_or(from) } else { from };
         let mut actions = Vec::new();
         // (A server knows its clients from their registrations.)
         if let Some(requester) = requester

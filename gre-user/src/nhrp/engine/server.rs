@@ -103,8 +103,7 @@ impl Engine {
             }
             list
         });
-        let mut reply =
-            self.reply(p, kind::REGISTRATION_REPLY, p.flags & (flags::registration::U | flags::registration::NAT), answered, nat);
+        let mut reply = self.reply(p, kind::REGISTRATION_REPLY, p.flags & (flags::registration::U | flags::registration::NAT), answered, nat);
         // The reply names us as its destination: a client that registers with a "dynamic" NHS
         // (FRR's `nhs dynamic nbma …`) learns our address from it.
         reply.dst_proto = octets(self.settings.overlay);
@@ -113,7 +112,17 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn register_one(&mut self, overlay: Option<IpAddr>, c: &Cie, unique: bool, from: IpAddr, claimed: IpAddr, hold: u16, now: u64, actions: &mut Vec<Action>) -> u8 {
+    fn register_one(
+        &mut self,
+        overlay: Option<IpAddr>,
+        c: &Cie,
+        unique: bool,
+        from: IpAddr,
+        claimed: IpAddr,
+        hold: u16,
+        now: u64,
+        actions: &mut Vec<Action>,
+    ) -> u8 {
         let host = self.host_len();
         let Some(overlay) = overlay.filter(|o| self.settings.subnet.contains(o) && *o != self.settings.overlay) else {
             self.refused.not_registrable += 1;

@@ -268,7 +268,8 @@ fn unanswered_requests_go_again_with_the_same_id_and_a_doubling_wait() {
     assert!(s.nhs_up());
     // Resolutions are given up after the 64 s wait.
     let (_, request) = sent(&s.resolve(ip("203.0.113.2"), 100));
-    let resent: Vec<u64> = (101..300).filter(|t| sent_kind(&s.tick(*t), kind::RESOLUTION_REQUEST).iter().any(|(_, p)| p.request_id == request.request_id)).collect();
+    let resent: Vec<u64> =
+        (101..300).filter(|t| sent_kind(&s.tick(*t), kind::RESOLUTION_REQUEST).iter().any(|(_, p)| p.request_id == request.request_id)).collect();
     assert_eq!(resent, vec![101, 103, 107, 115, 131, 163]);
     assert_eq!(s.pending(), 0, "given up");
 }
@@ -277,10 +278,8 @@ fn unanswered_requests_go_again_with_the_same_id_and_a_doubling_wait() {
 fn a_spoke_registers_with_every_nhs_and_resolves_through_the_best_that_answers() {
     let hub2 = ip("198.51.100.20");
     let mut s = spoke(1, 17);
-    s.settings.nhs = vec![
-        Nhs { overlay: ip("203.0.113.253"), nbma: hub2, priority: 2 },
-        Nhs { overlay: ip("203.0.113.254"), nbma: HUB_NBMA.into(), priority: 1 },
-    ];
+    s.settings.nhs =
+        vec![Nhs { overlay: ip("203.0.113.253"), nbma: hub2, priority: 2 }, Nhs { overlay: ip("203.0.113.254"), nbma: HUB_NBMA.into(), priority: 1 }];
     let mut s = Engine::new(s.settings);
     let mut h1 = hub();
     let mut h2 = Engine::new(Settings { overlay: ip("203.0.113.253"), nbma: hub2, ..hub().settings });
@@ -293,16 +292,20 @@ fn a_spoke_registers_with_every_nhs_and_resolves_through_the_best_that_answers()
     }
     assert!(s.nhs_links().iter().all(|l| l.up));
     // Priority 1 first.
-    assert_eq!(sent(&s.resolve(ip("203.0.113.2"), 1)).0, IpAddr::from(HUB_NBMA));
-    // Hub 1 dies: its renewal goes unanswered, and resolutions go to hub 2.
+    let (to, unanswered) = sent(&s.resolve(ip("203.0.113.2"), 1));
+    assert_eq!(to, IpAddr::from(HUB_NBMA));
+    // Hub 1 dies: its renewal goes unanswered, and resolutions go to hub 2 — the one waiting
+    // on hub 1 too, with its ID.
     let renewals = all_sent(&s.tick(20));
     let (_, to2) = renewals.iter().find(|(to, _)| *to == hub2).unwrap();
     let (_, reply) = sent(&h2.receive(ip("198.51.100.17"), to2, 20, &Tables::NONE));
     s.receive(hub2, &reply, 20, &Tables::NONE);
+    let mut moved = Vec::new();
     for t in 21..28 {
-        s.tick(t);
+        moved.extend(sent_kind(&s.tick(t), kind::RESOLUTION_REQUEST).into_iter().filter(|(to, _)| *to == hub2).map(|(_, p)| p.request_id));
     }
     assert_eq!(s.nhs_links().iter().map(|l| l.up).collect::<Vec<_>>(), vec![true, false]);
+    assert_eq!(moved, vec![unanswered.request_id]);
     assert!(s.nhs_up());
     assert_eq!(sent(&s.resolve(ip("203.0.113.3"), 28)).0, hub2);
 }
