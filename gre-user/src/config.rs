@@ -672,6 +672,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 Some("auth is at most 8 bytes, as Cisco's".to_string())
             } else if nhs.iter().any(|(h, _)| !h.is_ipv4()) {
                 Some("NHRP resolves IPv4 overlay addresses (over IPv4 or IPv6 NBMA): `nhs` is an IPv4 address".to_string())
+            } else if t.oseq {
+                Some("NHRP does not run with oseq: the datapath numbers the tunnel's packets, and NHRP's would break its sequence".to_string())
             } else if n.get_ref().role == NhrpRole::Nhc && nhs.is_empty() {
                 Some("a spoke (nhc) needs `nhs`, the hub's overlay address".to_string())
             } else {
@@ -1056,6 +1058,8 @@ nhrp = { role = "nhc", holdtime = 60 }
         assert!(!open.tunnels[0].strict);
         assert!(err(&text.replace("key = 100", "key = 100\niseq = true")).message.contains("iseq/seq is for point-to-point tunnels"));
         assert!(err(&text.replace("key = 100", "key = 100\nseq = true")).message.contains("iseq/seq is for point-to-point tunnels"));
+        assert!(err(&text.replace("key = 100", "key = 100\noseq = true")).message.contains("NHRP does not run with oseq"));
+        assert!(parse(Path::new("t.toml"), &text.replace("key = 100", "key = 100\ncsum = true")).is_ok(), "NHRP carries checksums");
         // Multicast: link-local scopes by default; other groups by name, multicast ones only.
         assert_eq!(c.tunnels[0].multicast, Multicast::default());
         assert_eq!(Multicast::default().groups.iter().map(ToString::to_string).collect::<Vec<_>>(), ["224.0.0.0/24", "ff02::/16"]);

@@ -586,3 +586,39 @@ fn a_spoke_with_two_hubs_survives_one() {
     assert!(peer(&peers(&s1, &i1), "203.0.113.2").is_some_and(|p| p["nbma"] == "198.51.100.33"));
     assert!(peer(&peers(&s2, &i2), "203.0.113.1").is_some());
 }
+
+/// NHRP on a tunnel with GRE checksums (`csum`: both ends send and require them): NHRP carries
+/// the checksum as the data does, so spokes register and resolve; tshark finds every GRE
+/// checksum good.
+#[test]
+fn nhrp_carries_the_tunnels_checksums() {
+    if !privilege::require_root("nhrp_carries_the_tunnels_checksums") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gc", 2).expect("topology");
+    let hub = t.hub.clone();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "csum = true\nnhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
+    let mut capture = Capture::start_snap(&t.wan, "any", "ip proto 47", 2048);
+    let extra = format!("csum = true\nnhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let spokes: Vec<(String, String)> = (1..=2u8)
+        .map(|i| {
+            let ns = t.spokes[usize::from(i - 1)].clone();
+            let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]);
+            let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
+            (ns, inst)
+        })
+        .collect();
+    let _daemons: Vec<gre::Daemon> = [(&hub, &ih)].into_iter().chain(spokes.iter().map(|(n, i)| (n, i))).map(|(n, i)| gre::Daemon::start(n, i)).collect();
+    traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+    traffic::ping(&spokes[0].0, "203.0.113.2", 3).expect("spoke 1 to spoke 2");
+    traffic::wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&spokes[0].0, &spokes[0].1), "203.0.113.2").is_some());
+    let nhrp = capture.decode("gre.proto == 0x2001", &["gre.checksum.status", "nhrp.hdr.op.type"]);
+    let types: std::collections::BTreeSet<String> = nhrp.iter().flat_map(|p| field(p, "nhrp.hdr.op.type")).collect();
+    assert!(["1", "2", "3", "4"].iter().all(|k| types.contains(*k)), "NHRP types seen: {types:?}");
+    assert!(nhrp.iter().all(|p| field(p, "gre.checksum.status") == ["1"]), "a GRE checksum missing or bad: {nhrp:?}");
+    assert!(capture.faults().is_empty());
+    for (ns, i) in [(&hub, &ih), (&spokes[0].0, &spokes[0].1)] {
+        let drops = gre::show(ns, i).unwrap()["tunnels"][0]["drops"].clone();
+        assert_eq!((&drops["checksum_policy"], &drops["bad_checksum"]), (&Value::from(0), &Value::from(0)), "{ns}: {drops}");
+    }
+}

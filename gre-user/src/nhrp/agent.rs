@@ -396,16 +396,17 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
     }
 }
 
-/// NHRP over the tunnel's GRE: outer IP from our NBMA address, GRE with the output key and
-/// protocol type 0x2001, sent through a raw socket (the kernel routes it to the underlay).
+/// NHRP over the tunnel's GRE: outer IP from our NBMA address, GRE with the tunnel's output
+/// key and checksum and protocol type 0x2001, sent through a raw socket (the kernel routes it
+/// to the underlay).
 fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
-    let g = gre::Header { protocol: super::wire::GRE_PROTOCOL, key: (t.flags & tunnel_flags::OKEY != 0).then_some(t.okey), ..gre::Header::default() };
+    let gre = gre_payload(t, nhrp)?;
     let dst = match to {
         IpAddr::V4(dst) => dst,
-        IpAddr::V6(dst) => return send6(t, dst, &g, nhrp),
+        IpAddr::V6(dst) => return send6(t, dst, &gre),
     };
     let src = addr::to_v4(&t.local).context("an IPv6 tunnel sends to IPv6 NBMA addresses only")?;
-    let total = gre::IPV4_HLEN + g.len() + nhrp.len();
+    let total = gre::IPV4_HLEN + gre.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&u16::try_from(total).unwrap_or(u16::MAX).to_be_bytes());
@@ -416,24 +417,41 @@ fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
     p[16..20].copy_from_slice(&dst.octets());
     let c = gre::internet_checksum(&p[..gre::IPV4_HLEN]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
-    let at = gre::IPV4_HLEN + g.encode(&mut p[gre::IPV4_HLEN..]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    p[at..].copy_from_slice(nhrp);
+    p[gre::IPV4_HLEN..].copy_from_slice(&gre);
     sender.send_to(&p, &SocketAddr::new(to, 0).into()).context("sendto")?;
     Ok(())
+}
+
+/// The GRE header and NHRP: the output key, and the checksum over both when the tunnel sends
+/// checksums (as its data does: a peer with `icsum` refuses GRE without one). The tunnel's
+/// output sequence numbers belong to the datapath, so NHRP does not run with `oseq`.
+fn gre_payload(t: &Tunnel, nhrp: &[u8]) -> Result<Vec<u8>> {
+    let csum = t.flags & tunnel_flags::OCSUM != 0;
+    let g = gre::Header {
+        protocol: super::wire::GRE_PROTOCOL,
+        key: (t.flags & tunnel_flags::OKEY != 0).then_some(t.okey),
+        checksum: csum.then_some(0),
+        ..gre::Header::default()
+    };
+    let mut p = vec![0u8; g.len() + nhrp.len()];
+    let at = g.encode(&mut p).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    p[at..].copy_from_slice(nhrp);
+    if csum {
+        let c = gre::internet_checksum(&p);
+        p[gre::BASE_LEN..gre::BASE_LEN + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    Ok(p)
 }
 
 /// Over IPv6 the kernel writes the outer header (raw IPv6 sockets take no header): a socket of
 /// protocol GRE bound to our NBMA address, with the tunnel's hop limit, per packet — NHRP is a
 /// few packets a second at most.
-fn send6(t: &Tunnel, dst: Ipv6Addr, g: &gre::Header, nhrp: &[u8]) -> Result<()> {
+fn send6(t: &Tunnel, dst: Ipv6Addr, gre: &[u8]) -> Result<()> {
     let IpAddr::V6(src) = show_addr(&t.local) else { anyhow::bail!("an IPv4 tunnel sends to IPv4 NBMA addresses only") };
     let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(i32::from(gre::IPPROTO_GRE)))).context("opening a raw GRE/IPv6 socket")?;
     s.bind(&SocketAddr::new(src.into(), 0).into()).with_context(|| format!("binding to {src}"))?;
     s.set_unicast_hops_v6(if t.ttl == 0 { 255 } else { u32::from(t.ttl) })?;
-    let mut p = vec![0u8; g.len() + nhrp.len()];
-    let at = g.encode(&mut p).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    p[at..].copy_from_slice(nhrp);
-    s.send_to(&p, &SocketAddr::new(dst.into(), 0).into()).context("sendto")?;
+    s.send_to(gre, &SocketAddr::new(dst.into(), 0).into()).context("sendto")?;
     Ok(())
 }
 
