@@ -340,6 +340,10 @@ pub mod peer_kind {
 pub mod peer_flags {
     /// Multicast (routing-protocol hellos) is replicated to this peer.
     pub const MULTICAST: u8 = 1;
+    /// An NHS holds this entry for a registration (so a restarted daemon takes it up again).
+    pub const REGISTERED: u8 = 2;
+    /// Registered with the uniqueness flag: no other NBMA address may claim it.
+    pub const UNIQUE: u8 = 4;
 }
 
 #[repr(C)]
@@ -363,6 +367,9 @@ pub struct Peer {
     pub hop_macs: [u8; 12],
     pub pad1: u32,
     pub hop_ns: u64,
+    /// The NBMA address the peer says it has, where NAT makes it differ from `nbma` (all zero:
+    /// the same, or not known).
+    pub claimed: Addr,
 }
 
 /// An NBMA address of a multipoint tunnel's peers (strict mode: who may send to us).
@@ -571,7 +578,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<EndpointKey>(), 32);
         assert_eq!(core::mem::size_of::<Tunnel>(), 32 + 16 + 4 + 20 + 12 + 16 + 16 + 8 + 4 + 17 * MAX_MULTICAST_GROUPS + 17 * MAX_NHS);
         assert_eq!(core::mem::size_of::<PeerKey>(), 24);
-        assert_eq!(core::mem::size_of::<Peer>(), 64);
+        assert_eq!(core::mem::size_of::<Peer>(), 80);
         assert_eq!(core::mem::size_of::<Route>(), 24);
         assert_eq!(core::mem::size_of::<Event>(), 56);
         assert_eq!(core::mem::size_of::<NhrpPunt>(), 48 + NHRP_PUNT_MAX);

@@ -25,11 +25,13 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{loader, maps::Maps, reassembled};
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs until SIGINT or SIGTERM; with `purge_on_exit` NHRP clients withdraw their
+/// registrations then (the node leaves for good), else everything stays for the next daemon.
 ///
 /// # Errors
-/// The instance is not up, or a socket cannot be opened.
-pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Result<()> {
+/// The instance is not up, another daemon runs for it, or a socket cannot be opened.
+pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on_exit: bool) -> Result<()> {
+    let _lock = crate::runtime::lock(instance)?;
     let dir = loader::running_dir(instance)?;
     let mut maps = Maps::open_pinned(&dir.join("maps"))?;
     let sender = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).context("opening a raw IPv4 socket for keepalives")?;
@@ -54,7 +56,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     let receiver6 = unsafe { AsyncFd::register(receiver6) }.map_err(|e| e.into_parts().1).context("registering the raw GRE/IPv6 socket")?;
     let injector = packet_socket()?;
     let mut keepalives = Keepalives::default();
-    let mut nhrp = crate::nhrp::agent::Agent::new(&maps).await?;
+    let mut nhrp = crate::nhrp::agent::Agent::new(&mut maps, crate::runtime::path(instance, "nhrp")).await?;
     let log_socket = crate::logs::serve(instance)?;
     let metrics = match metrics {
         Some(listen) => Some(crate::metrics::serve(instance, listen).await?),
@@ -103,7 +105,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>) -> Resul
     if let Some(task) = metrics {
         task.abort();
     }
-    nhrp.shutdown(&mut maps, &sender, crate::clock::monotonic_secs());
+    nhrp.shutdown(&mut maps, &sender, crate::clock::monotonic_secs(), purge_on_exit);
     // Nobody watches the tunnels any more.
     for (id, _) in maps.tunnels()? {
         let mut s = maps.state(id)?;

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod nhrp;
 pub mod preflight;
 pub mod reload;
+pub mod runtime;
 pub mod show;
 pub mod showconf;
 pub mod stats;

@@ -54,7 +54,7 @@ pub fn init(verbose: u8) {
 /// Where an instance's daemon serves its log.
 #[must_use]
 pub fn socket_path(instance: &str) -> PathBuf {
-    PathBuf::from("/run/gre").join(format!("{instance}.log"))
+    crate::runtime::path(instance, "log")
 }
 
 /// Serves the daemon's log lines on the instance's socket until the task is dropped.

@@ -106,6 +106,10 @@ enum Command {
         /// Serve Prometheus metrics here (`GET /metrics`), instead of the config's `[metrics]`.
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
+        /// On exit, withdraw this node's NHRP registrations (it leaves for good). Without it a
+        /// stop is a restart: registrations, bindings and shortcuts stay for the next daemon.
+        #[arg(long)]
+        purge_on_exit: bool,
     },
     /// NHRP tools.
     #[command(subcommand)]
@@ -271,7 +275,7 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         Command::Log { count } => gre_user::datapath_log::follow(&cli.instance, count).await?,
-        Command::Daemon { config, metrics } => {
+        Command::Daemon { config, metrics, purge_on_exit } => {
             let mut listen = metrics;
             if let Some(path) = config {
                 let cfg = config::load(&path)?;
@@ -283,7 +287,7 @@ async fn run(cli: Cli) -> Result<()> {
                     log::info!("instance {} is up", cli.instance);
                 }
             }
-            daemon::run(&cli.instance, listen).await?;
+            daemon::run(&cli.instance, listen, purge_on_exit).await?;
         }
         Command::Nhrp(NhrpCommand::Dump { file, iface, count, json }) => {
             let print = |m: &nhrp::dump::Message| -> Result<()> {

@@ -54,7 +54,9 @@ fn spokes_register_resolve_and_go_direct() {
         spokes.push((ns, inst));
     }
     let _hub_daemon = gre::Daemon::start(&hub, &ih);
-    let mut spoke_daemons: Vec<Option<gre::Daemon>> = spokes.iter().map(|(ns, i)| Some(gre::Daemon::start(ns, i))).collect();
+    // Spoke 2 leaves for good when it stops, below.
+    let mut spoke_daemons: Vec<Option<gre::Daemon>> =
+        spokes.iter().enumerate().map(|(n, (ns, i))| Some(gre::Daemon::start_args(ns, i, if n == 1 { &["--purge-on-exit"] } else { &[] }))).collect();
 
     // Registrations appear on the hub, with the spokes' NBMA addresses; the spokes see the NHS up.
     traffic::wait_for("three registrations on the hub", 10, || peers(&hub, &ih).len() == 3);
@@ -215,8 +217,8 @@ fn spokes_register_resolve_and_go_direct() {
     let used = peer(&peers(&s1, &i1), "203.0.113.2").unwrap()["used_ago"].as_u64();
     assert!(used.is_some_and(|s| s <= 2), "spoke 1 just sent to spoke 2: used {used:?}");
 
-    // A spoke that stops says so: spoke 2 withdraws its registration, and the hub purges it
-    // from spoke 1, which had resolved it. Both well before the holding time.
+    // A spoke that leaves for good says so: spoke 2 withdraws its registration, and the hub
+    // purges it from spoke 1, which had resolved it. Both well before the holding time.
     let mut purges = Capture::start(&t.wan, "any", "ip proto 47 and ip[22:2] = 0x2001");
     drop(spoke_daemons[1].take());
     traffic::wait_for("the hub to forget spoke 2", 3, || peer(&peers(&hub, &ih), "203.0.113.2").is_none());
@@ -621,4 +623,60 @@ fn nhrp_carries_the_tunnels_checksums() {
         let drops = gre::show(ns, i).unwrap()["tunnels"][0]["drops"].clone();
         assert_eq!((&drops["checksum_policy"], &drops["bad_checksum"]), (&Value::from(0), &Value::from(0)), "{ns}: {drops}");
     }
+}
+
+/// A restart is not an outage: a stopped daemon withdraws nothing; the next one takes up the
+/// registrations, bindings, shortcuts and who-was-told it finds, and one daemon per instance.
+#[test]
+fn a_restart_is_not_an_outage() {
+    if !privilege::require_root("a_restart_is_not_an_outage") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gr", 2).expect("topology");
+    let hub = t.hub.clone();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 60 }\n", &[])).unwrap();
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 60 }}\n");
+    let via_hub = format!("\n[[route]]\nprefix = \"203.0.113.0/24\"\ntunnel = \"gre0\"\nvia = \"{HUB_OVERLAY}\"\n");
+    let spokes: Vec<(String, String)> = (1..=2u8)
+        .map(|i| {
+            let ns = t.spokes[usize::from(i - 1)].clone();
+            let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]) + &via_hub;
+            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap())
+        })
+        .collect();
+    let (s1, i1) = spokes[0].clone();
+    let (s2, i2) = spokes[1].clone();
+    let mut hub_daemon = Some(gre::Daemon::start(&hub, &ih));
+    let mut d1 = Some(gre::Daemon::start(&s1, &i1));
+    let mut d2 = Some(gre::Daemon::start_args(&s2, &i2, &["--purge-on-exit"]));
+    traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+    // Phase 3: a shortcut each way.
+    traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2");
+    let routes = |ns: &str, i: &str| gre::show(ns, i).unwrap()["routes"].as_array().cloned().unwrap_or_default();
+    traffic::wait_for("a shortcut on spoke 1", 5, || routes(&s1, &i1).iter().any(|r| r["prefix"] == "203.0.113.2/32"));
+
+    // One daemon per instance.
+    let second = Command::new(gre::bin()).args(["-n", &hub, "-I", &ih, "daemon"]).output().unwrap();
+    assert!(!second.status.success() && String::from_utf8_lossy(&second.stderr).contains("runs for instance"), "{second:?}");
+
+    // The hub restarts: its registrations stay in place meanwhile, and the new daemon takes
+    // them up (with who was told: below).
+    drop(hub_daemon.take());
+    assert_eq!(peers(&hub, &ih).len(), 2, "a stop purged the registrations");
+    hub_daemon = Some(gre::Daemon::start(&hub, &ih));
+    // Spoke 1 restarts: its binding of spoke 2 and its shortcut stay, and so does the direct path.
+    drop(d1.take());
+    d1 = Some(gre::Daemon::start(&s1, &i1));
+    assert!(routes(&s1, &i1).iter().any(|r| r["prefix"] == "203.0.113.2/32"), "the shortcut went with the daemon");
+    let hub_rx = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let before = hub_rx();
+    traffic::ping(&s1, "203.0.113.2", 5).expect("spoke 1 to spoke 2 after the restarts");
+    assert_eq!(hub_rx() - before, 0, "the direct path broke");
+    // Spoke 2 leaves for good: the restarted hub takes its withdrawal (it knows the
+    // registration) and purges spoke 1, which it told before its restart.
+    thread::sleep(Duration::from_secs(1));
+    drop(d2.take());
+    traffic::wait_for("the hub to forget spoke 2", 3, || peer(&peers(&hub, &ih), "203.0.113.2").is_none());
+    traffic::wait_for("spoke 1 to be purged of spoke 2", 3, || peer(&peers(&s1, &i1), "203.0.113.2").is_none());
+    drop((hub_daemon, d1));
 }

@@ -115,6 +115,8 @@ struct World {
     b: String,
     /// Our node behind the NAT device.
     c: String,
+    /// Arguments our daemons get (the running case's).
+    daemon_args: Vec<&'static str>,
 }
 
 impl World {
@@ -125,7 +127,7 @@ impl World {
         // Our hub (in a) routes spoke to spoke back into the tunnel, without ICMP redirects.
         ns_sh(&p.ours, &["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0"])?;
         p.guest.ok(&guest_prep())?;
-        Ok(Self { daemons: Vec::new(), instances: Vec::new(), p, b, c })
+        Ok(Self { daemons: Vec::new(), instances: Vec::new(), p, b, c, daemon_args: Vec::new() })
     }
 
     fn a(&self) -> String {
@@ -141,7 +143,7 @@ impl World {
     fn ours(&mut self, ns: &str, short: &str, config: &str) -> Result<String> {
         let instance = self.p.lab.gre_up(ns, short, config)?;
         self.instances.push((ns.to_string(), instance.clone()));
-        self.daemons.push(gre::Daemon::start(ns, &instance));
+        self.daemons.push(gre::Daemon::start_args(ns, &instance, &self.daemon_args));
         Ok(instance)
     }
 
@@ -331,6 +333,7 @@ impl World {
     /// instances, FRR's daemons and gre1.
     fn reset(&mut self) -> Result<()> {
         self.daemons.clear();
+        self.daemon_args.clear();
         let mut result = Ok(());
         for (ns, i) in std::mem::take(&mut self.instances) {
             if let Err(e) = self.p.lab.gre_down(&ns, &i) {
@@ -554,11 +557,12 @@ fn expiry(what: &str, mut gone: impl FnMut() -> Result<bool>) -> Result<()> {
     Ok(())
 }
 
-/// Our spoke stops on an FRR hub: its daemon withdraws the registration with a Purge Request,
-/// which FRR 8.4 ignores, so FRR drops the entry when its holding time runs out; then the hub
-/// cannot reach the spoke.
+/// Our spoke leaves for good on an FRR hub (`gre daemon --purge-on-exit`): its daemon withdraws
+/// the registration with a Purge Request, which FRR 8.4 ignores, so FRR drops the entry when its
+/// holding time runs out; then the hub cannot reach the spoke.
 fn expiry_our_spoke_stops(w: &mut World) -> Result<()> {
     w.frr_hub(false)?;
+    w.daemon_args = vec!["--purge-on-exit"];
     let a = w.a();
     let i1 = w.our_spoke(&a, A_NBMA, SPOKE1, FRR_NBMA, false, "")?;
     w.registered_at_frr(&[(SPOKE1, A_NBMA)])?;

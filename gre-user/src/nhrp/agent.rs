@@ -16,7 +16,7 @@ use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{
-    engine::{Action, Engine, Limits, Nhs, Settings, Tables},
+    engine::{Action, Binding, Engine, Limits, Nhs, Settings, Tables},
     wire::Packet,
 };
 use crate::{
@@ -35,6 +35,17 @@ pub struct Agent {
     /// Underlay neighbours kept resolved (ours, or there before us): (ifindex, address).
     kept: HashSet<(u32, IpAddr)>,
     handle: rtnetlink::Handle,
+    /// Where who-was-told is kept across a restart.
+    state_file: std::path::PathBuf,
+}
+
+/// One station told of a registration, as saved across a restart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Told {
+    tunnel: u32,
+    target: IpAddr,
+    requester: IpAddr,
+    nbma: IpAddr,
 }
 
 /// What carrying out actions left to do later.
@@ -50,7 +61,7 @@ impl Agent {
     ///
     /// # Errors
     /// The maps or netlink cannot be read.
-    pub async fn new(maps: &Maps) -> Result<Self> {
+    pub async fn new(maps: &mut Maps, state_file: std::path::PathBuf) -> Result<Self> {
         let handle = netdev::connect()?;
         let peers = maps.peers();
         let mut engines = HashMap::new();
@@ -100,11 +111,46 @@ impl Agent {
                 (false, _) => "client".to_string(),
             };
             info!("tunnel {id}: NHRP network {} {role} as {overlay} ({nbma})", t.nhrp_network_id);
-            engines.insert(id, Engine::new(settings));
+            let mut engine = Engine::new(settings);
+            // A restart is not an outage: the registrations the previous daemon held are in the
+            // peer table, with what is left of their holding time.
+            let now = crate::clock::monotonic_secs();
+            let mut restored = 0;
+            for (_, o, p) in peers.iter().filter(|(pid, _, p)| *pid == id && p.kind == peer_kind::DYNAMIC && p.flags & peer_flags::REGISTERED != 0) {
+                let nbma = show_addr(&p.nbma);
+                let claimed = if p.claimed == [0; 16] { nbma } else { show_addr(&p.claimed) };
+                engine.restore_registration(*o, Binding { nbma, claimed, unique: p.flags & peer_flags::UNIQUE != 0, expires: p.expires, since: now, mtu: 0 });
+                restored += 1;
+            }
+            if restored > 0 {
+                info!("tunnel {id}: {restored} registrations taken up from the peer table");
+            }
+            engines.insert(id, engine);
+        }
+        // Who was told of them, as the previous daemon saved it.
+        if let Ok(saved) = std::fs::read(&state_file) {
+            let told: Vec<Told> = serde_json::from_slice(&saved).unwrap_or_default();
+            for t in told {
+                if let Some(e) = engines.get_mut(&t.tunnel) {
+                    e.restore_told(t.target, t.requester, t.nbma);
+                }
+            }
+            let _ = std::fs::remove_file(&state_file);
+        }
+        // Shortcuts stay with their peers; those whose peer has gone are stale.
+        let mut shortcuts = Vec::new();
+        for (net, id, via) in maps.shortcut_routes() {
+            match via {
+                Some(v) if maps.peer(id, v).is_some() => shortcuts.push((id, net, v)),
+                _ => {
+                    info!("tunnel {id}: stale shortcut {net} removed");
+                    maps.remove_route(net);
+                }
+            }
         }
         let kept = maps.neighbours().into_iter().collect();
         let kernel_routes = netdev::ipv4_routes(&handle).await?;
-        Ok(Self { engines, shortcuts: Vec::new(), kernel_routes, wanted_hops: Vec::new(), kept, handle })
+        Ok(Self { engines, shortcuts, kernel_routes, wanted_hops: Vec::new(), kept, handle, state_file })
     }
 
     /// Every second: registrations, expiries, the state of each spoke's NHS.
@@ -147,7 +193,7 @@ impl Agent {
                     }
                 }
             }
-            apply(maps, sender, *id, t, actions, now, &mut applied);
+            apply(maps, sender, *id, t, actions, now, &mut applied, engine.registrations());
             if !engine.settings.nhs.is_empty() {
                 let mut s = maps.state(*id)?;
                 let wanted = if engine.nhs_up() { tunnel_state::UP } else { tunnel_state::DOWN };
@@ -285,20 +331,29 @@ impl Agent {
 }
 
 impl Agent {
-    /// The daemon stops: clients withdraw their registrations.
-    pub fn shutdown(&mut self, maps: &mut Maps, sender: &Socket, now: u64) {
+    /// The daemon stops. For a restart nothing is withdrawn: registrations, bindings and
+    /// shortcuts stay in the pinned maps for the next daemon, and who was told of which
+    /// registration is saved beside them. With `purge` (the node leaves for good), clients
+    /// withdraw their registrations.
+    pub fn shutdown(&mut self, maps: &mut Maps, sender: &Socket, now: u64, purge: bool) {
         let Ok(tunnels) = maps.tunnels() else { return };
         for (id, t) in tunnels {
-            if let Some(engine) = self.engines.get_mut(&id) {
+            if purge && let Some(engine) = self.engines.get_mut(&id) {
                 let actions = engine.withdraw();
                 self.apply(maps, sender, id, &t, actions, now);
             }
+        }
+        let told: Vec<Told> = self.engines.iter().flat_map(|(id, e)| e.told().into_iter().map(|(target, requester, nbma)| Told { tunnel: *id, target, requester, nbma })).collect();
+        if let Err(e) = std::fs::write(&self.state_file, serde_json::to_vec(&told).unwrap_or_default()) {
+            warn!("saving NHRP state to {}: {e}", self.state_file.display());
         }
     }
 
     fn apply(&mut self, maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
         let mut applied = Applied::default();
-        apply(maps, sender, id, t, actions, now, &mut applied);
+        let none = HashMap::new();
+        let regs = self.engines.get(&id).map_or(&none, Engine::registrations);
+        apply(maps, sender, id, t, actions, now, &mut applied, regs);
         for sc in applied.shortcuts {
             if !self.shortcuts.contains(&sc) {
                 self.shortcuts.push(sc);
@@ -316,8 +371,10 @@ fn exit_for(routes: &[(ipnet::IpNet, u32)], tunnel_ifindex: u32, target: IpAddr)
     (*oif != tunnel_ifindex && net.prefix_len() > 0).then_some(net.prefix_len())
 }
 
-/// Carries out an engine's actions, noting what is left for later in `applied`.
-fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64, applied: &mut Applied) {
+/// Carries out an engine's actions, noting what is left for later in `applied`; a peer that is
+/// a registration (in `regs`) is marked so, with its uniqueness and claimed NBMA address.
+#[allow(clippy::too_many_arguments)]
+fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64, applied: &mut Applied, regs: &HashMap<IpAddr, Binding>) {
     for a in actions {
         match a {
             Action::Send { to, kind, packet } => match send(sender, t, to, &packet) {
@@ -334,11 +391,17 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                 }
             },
             Action::Peer { overlay, nbma, holdtime, multicast } => {
+                let reg = regs.get(&overlay).filter(|b| b.nbma == nbma);
+                let mut flags = if multicast { peer_flags::MULTICAST } else { 0 };
+                if let Some(b) = reg {
+                    flags |= peer_flags::REGISTERED | if b.unique { peer_flags::UNIQUE } else { 0 };
+                }
                 let peer = Peer {
                     nbma: store_addr(nbma),
                     kind: peer_kind::DYNAMIC,
-                    flags: if multicast { peer_flags::MULTICAST } else { 0 },
+                    flags,
                     expires: now + u64::from(holdtime),
+                    claimed: reg.filter(|b| b.claimed != b.nbma).map_or([0; 16], |b| store_addr(b.claimed)),
                     ..Peer::default()
                 };
                 let existing = maps.peer(id, overlay);

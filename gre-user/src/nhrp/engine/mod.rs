@@ -20,7 +20,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
 
-pub use self::client::NhsLink;
+pub use self::{client::NhsLink, server::Binding};
 use self::{client::Client, pending::Pending, relay::Relays, server::Server};
 use super::wire::{self, Address, Cie, ExtBody, Extension, Packet, Payload, error_code, ext, kind};
 

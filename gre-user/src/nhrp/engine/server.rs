@@ -73,6 +73,24 @@ impl Server {
 }
 
 impl Engine {
+    /// Takes up a registration a previous daemon held (from the peer table), as if it had just
+    /// been renewed with what is left of its holding time.
+    pub fn restore_registration(&mut self, overlay: IpAddr, b: Binding) {
+        self.server.insert(overlay, b);
+    }
+
+    /// Who was told of which registration: (target, requester, requester's NBMA address).
+    #[must_use]
+    pub fn told(&self) -> Vec<(IpAddr, IpAddr, IpAddr)> {
+        self.server.told.iter().flat_map(|(t, holders)| holders.iter().map(|(o, n)| (*t, *o, *n))).collect()
+    }
+
+    /// Takes up what a previous daemon told (see [`Engine::told`]).
+    pub fn restore_told(&mut self, target: IpAddr, requester: IpAddr, nbma: IpAddr) {
+        let cap = self.settings.limits.holders;
+        self.server.told(target, requester, nbma, cap);
+    }
+
     /// The registrations held, by overlay address.
     #[must_use]
     pub const fn registrations(&self) -> &HashMap<IpAddr, Binding> {
