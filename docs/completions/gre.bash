@@ -268,7 +268,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__daemon)
-            opts="-c -n -I -v -h --config --metrics --netns --instance --verbose --help"
+            opts="-c -n -I -v -h --config --metrics --purge-on-exit --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -142,6 +142,7 @@ complete -c gre -n "__fish_gre_using_subcommand daemon" -s c -l config -d 'Bring
 complete -c gre -n "__fish_gre_using_subcommand daemon" -l metrics -d 'Serve Prometheus metrics here (`GET /metrics`), instead of the config\'s `[metrics]`' -r
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand daemon" -l purge-on-exit -d 'On exit, withdraw this node\'s NHRP registrations (it leaves for good). Without it a stop is a restart: registrations, bindings and shortcuts stay for the next daemon'
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r

@@ -1,13 +1,19 @@
 //! What ships beside the binary: man pages and completions generated from the command line, the
 //! example configurations, the systemd unit.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use gre_tests::{
     gre, privilege,
     topology::{HubAndSpokes, TwoSites},
     traffic,
 };
+
+/// The capabilities the unit grants (setpriv's names).
+const UNIT_CAPS: [&str; 4] = ["bpf", "perfmon", "net_admin", "net_raw"];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -62,7 +68,7 @@ fn the_unit_and_the_examples_are_accepted() {
     assert!(!out.status.success() && err.contains("/nonexistent/unit-test.toml") && !err.contains("Usage"), "{err}");
     for caps in ["CapabilityBoundingSet=", "AmbientCapabilities="] {
         let line = unit.lines().find(|l| l.starts_with(caps)).unwrap();
-        assert_eq!(line[caps.len()..].split_whitespace().collect::<Vec<_>>(), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"]);
+        assert_eq!(line[caps.len()..].split_whitespace().collect::<Vec<_>>(), UNIT_CAPS.map(|c| format!("CAP_{}", c.to_uppercase())));
     }
     for example in ["site-a", "site-b", "hub", "spoke"] {
         let path = repo().join(format!("examples/{example}.toml"));
@@ -162,4 +168,89 @@ fn xdp_modes_on_a_driver_without_native_xdp() {
     assert!(out.status.success() && err.contains("br0: native XDP refused") && err.contains("falling back to generic (skb) mode"), "{err}");
     assert!(gre_tests::topology::ns_sh(&ns, &["ip", "link", "show", "br0"]).unwrap().contains("xdpgeneric"));
     assert!(gre::run(&ns, &instance, &["showconf"]).unwrap().contains("xdp_mode = \"skb\""));
+}
+
+/// The unit as systemd reads it: `systemd-analyze verify` accepts it, and `systemd-analyze
+/// security` rates its exposure low (under 5 of 10).
+#[test]
+fn systemd_accepts_the_unit() {
+    let dir = tempdir("gre-unit");
+    let unit = std::fs::read_to_string(repo().join("packaging/gre@.service")).unwrap();
+    let path = dir.join("gre@unit-test.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/gre", gre::bin().to_str().unwrap())).unwrap();
+    let verify = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze (cargo xtask setup)");
+    assert!(verify.status.success() && verify.stderr.is_empty(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let security = std::process::Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let level: f64 = text.lines().find_map(|l| l.split("Overall exposure level for gre@unit-test.service: ").nth(1)).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    assert!(level < 5.0, "exposure {level}:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The unit's command line under the unit's restrictions, as far as this machine allows without
+/// systemd: only the unit's capabilities (none other in the bounding set, none gained later),
+/// the file system read-only but for the pins (/sys/fs/bpf) and the runtime directory
+/// (/run/gre), a private /tmp. The example hub and spoke come up that way and register.
+#[test]
+fn the_unit_s_command_runs_under_its_restrictions() {
+    if !privilege::require_root("the_unit_s_command_runs_under_its_restrictions") {
+        return;
+    }
+    let mut net = HubAndSpokes::new("gu", 1).expect("topology");
+    let (hub, spoke) = (net.hub.clone(), net.spokes[0].clone());
+    let ih = net.lab.adopt(&hub, "hub");
+    let is = net.lab.adopt(&spoke, "spoke");
+    let caps = UNIT_CAPS.map(|c| format!("+{c}")).join(",");
+    let confined = |ns: &str, instance: &str, example: &str| {
+        let script = format!(
+            "set -e; mkdir -p /run/gre; mount --bind /run/gre /run/gre; mount -t tmpfs tmpfs /tmp; \
+             mount -o remount,bind,ro /; if mountpoint -q /run; then mount -o remount,bind,ro /run; fi; \
+             if touch /etc/gre-confinement-test 2> /dev/null; then echo 'the file system is writable' >&2; exit 1; fi; \
+             exec setpriv --no-new-privs --inh-caps=-all,{caps} --ambient-caps=-all,{caps} --bounding-set=-all,{caps} \
+             {} -I {instance} daemon -c {}",
+            gre::bin().display(),
+            repo().join(format!("examples/{example}.toml")).display()
+        );
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nsenter")
+    };
+    let hub_daemon = Running(Some(confined(&hub, &ih, "hub")));
+    let spoke_daemon = Running(Some(confined(&spoke, &is, "spoke")));
+    traffic::wait_for("the spoke to register, both confined", 15, || {
+        gre::show(&hub, &ih).is_ok_and(|v| v["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["overlay"] == "203.0.113.1")))
+    });
+    traffic::ping(&spoke, "203.0.113.254", 2).expect("spoke to hub");
+    // What they could not do: write outside their directories, or gain a capability.
+    for d in [&hub_daemon, &spoke_daemon] {
+        let pid = d.0.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
+        // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_PERFMON 38, CAP_BPF 39.
+        let unit = (1u64 << 12) | (1 << 13) | (1 << 38) | (1 << 39);
+        assert_eq!((field("CapEff:"), field("CapBnd:"), field("NoNewPrivs:")), (unit, unit, 1), "{status}");
+    }
+    drop((hub_daemon, spoke_daemon));
+}
+
+/// A confined daemon, stopped with SIGTERM (as systemd stops it) when dropped.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(i32::try_from(c.id()).unwrap(), libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
 }

@@ -39,6 +39,9 @@ const PACKAGES: &[&str] = &[
     "frr",
     "iptables",
     "nftables",
+    // The unit's checks (systemd-analyze) and the time steps of the NHRP clock test.
+    "systemd",
+    "faketime",
 ];
 
 pub fn run() -> Result<()> {
