@@ -107,6 +107,13 @@ impl Daemon {
         Self(Some(cmd.spawn().expect("gre daemon")))
     }
 
+    /// Starts `gre -n NS -I INSTANCE daemon` with these environment variables.
+    pub fn start_env(ns: &str, instance: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.args(["-n", ns, "-I", instance, "daemon"]).envs(env.iter().copied()).stderr(std::process::Stdio::null());
+        Self(Some(cmd.spawn().expect("gre daemon")))
+    }
+
     /// Kills it without letting it say goodbye (SIGKILL): as a crash or a power cut would.
     pub fn kill(mut self) {
         if let Some(mut c) = self.0.take() {

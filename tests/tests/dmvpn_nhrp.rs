@@ -680,3 +680,52 @@ fn a_restart_is_not_an_outage() {
     traffic::wait_for("spoke 1 to be purged of spoke 2", 3, || peer(&peers(&s1, &i1), "203.0.113.2").is_none());
     drop((hub_daemon, d1));
 }
+
+/// libfaketime (Debian's faketime package), which moves the wall clock a process sees.
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib").ok().and_then(|dirs| {
+        dirs.filter_map(Result::ok).map(|d| d.path().join("faketime/libfaketime.so.1")).find(|p| p.exists())
+    });
+    found.expect("libfaketime (cargo xtask setup installs faketime)").display().to_string()
+}
+
+/// NHRP's timers run on the monotonic clock: stepping the wall clock the daemons see an hour
+/// forward, then an hour back, neither expires the hub's table nor stops the spoke's
+/// re-registration (holding time 6 s: a registration every 2 s).
+#[test]
+fn a_wall_clock_step_changes_nothing() {
+    if !privilege::require_root("a_wall_clock_step_changes_nothing") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gw", 1).expect("topology");
+    let (hub, spoke) = (t.hub.clone(), t.spokes[0].clone());
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 6 }\n", &[])).unwrap();
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 6 }}\n");
+    let is = t.lab.gre_up(&spoke, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(1), "203.0.113.1", &extra, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let offset = std::env::temp_dir().join(format!("gre-clock-{}", std::process::id()));
+    std::fs::write(&offset, "+0\n").unwrap();
+    let lib = libfaketime();
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let _daemons = [gre::Daemon::start_env(&hub, &ih, &env), gre::Daemon::start_env(&spoke, &is, &env)];
+    traffic::wait_for("the registration", 10, || peer(&peers(&hub, &ih), "203.0.113.1").is_some());
+    let registrations = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["nhrp_received"]["registration_request"].as_u64().unwrap();
+    for step in ["+3600", "-3600"] {
+        std::fs::write(&offset, format!("{step}\n")).unwrap();
+        let before = registrations();
+        // Longer than the holding time: a table on the wall clock would have expired, or a
+        // spoke waited an hour to register again.
+        for _ in 0..8 {
+            thread::sleep(Duration::from_secs(1));
+            assert!(peer(&peers(&hub, &ih), "203.0.113.1").is_some(), "the hub forgot the spoke after a step of {step} s");
+        }
+        let after = registrations();
+        assert!(after >= before + 3, "{} registrations in 8 s after a step of {step} s", after - before);
+        assert_eq!(gre::show(&spoke, &is).unwrap()["tunnels"][0]["state"], "up");
+    }
+    let _ = std::fs::remove_file(&offset);
+}
