@@ -106,6 +106,9 @@ _gre() {
             gre__subcmd__help,up)
                 cmd="gre__subcmd__help__subcmd__up"
                 ;;
+            gre__subcmd__help__subcmd__nhrp,clear)
+                cmd="gre__subcmd__help__subcmd__nhrp__subcmd__clear"
+                ;;
             gre__subcmd__help__subcmd__nhrp,dump)
                 cmd="gre__subcmd__help__subcmd__nhrp__subcmd__dump"
                 ;;
@@ -127,11 +130,17 @@ _gre() {
             gre__subcmd__help__subcmd__tunnel,del)
                 cmd="gre__subcmd__help__subcmd__tunnel__subcmd__del"
                 ;;
+            gre__subcmd__nhrp,clear)
+                cmd="gre__subcmd__nhrp__subcmd__clear"
+                ;;
             gre__subcmd__nhrp,dump)
                 cmd="gre__subcmd__nhrp__subcmd__dump"
                 ;;
             gre__subcmd__nhrp,help)
                 cmd="gre__subcmd__nhrp__subcmd__help"
+                ;;
+            gre__subcmd__nhrp__subcmd__help,clear)
+                cmd="gre__subcmd__nhrp__subcmd__help__subcmd__clear"
                 ;;
             gre__subcmd__nhrp__subcmd__help,dump)
                 cmd="gre__subcmd__nhrp__subcmd__help__subcmd__dump"
@@ -472,8 +481,22 @@ _gre() {
             return 0
             ;;
         gre__subcmd__help__subcmd__nhrp)
-            opts="dump"
+            opts="dump clear"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__help__subcmd__nhrp__subcmd__clear)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -696,7 +719,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__log)
-            opts="-c -n -I -v -h --count --netns --instance --verbose --help"
+            opts="-c -n -I -v -h --count --level --netns --instance --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -707,6 +730,10 @@ _gre() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --level)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -734,8 +761,38 @@ _gre() {
             return 0
             ;;
         gre__subcmd__nhrp)
-            opts="-n -I -v -h --netns --instance --verbose --help dump help"
+            opts="-n -I -v -h --netns --instance --verbose --help dump clear help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -I)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__nhrp__subcmd__clear)
+            opts="-n -I -v -h --netns --instance --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -810,8 +867,22 @@ _gre() {
             return 0
             ;;
         gre__subcmd__nhrp__subcmd__help)
-            opts="dump help"
+            opts="dump clear help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gre__subcmd__nhrp__subcmd__help__subcmd__clear)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1178,7 +1249,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__show)
-            opts="-j -p -n -I -v -h --json --pretty --netns --instance --verbose --help tunnels peers routes nhs stats drops"
+            opts="-j -p -n -I -v -h --json --pretty --netns --instance --verbose --help tunnels peers routes nhs stats drops dmvpn peer"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -134,6 +134,7 @@ complete -c gre -n "__fish_gre_using_subcommand stats" -s j -l json -d 'JSON, on
 complete -c gre -n "__fish_gre_using_subcommand stats" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand log" -s c -l count -d 'Stop after this many lines' -r
+complete -c gre -n "__fish_gre_using_subcommand log" -l level -d 'Set the daemon\'s log level instead (an env-filter directive: `debug`, `info`, `info,gre_user::nhrp=trace` …)' -r
 complete -c gre -n "__fish_gre_using_subcommand log" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
 complete -c gre -n "__fish_gre_using_subcommand log" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
 complete -c gre -n "__fish_gre_using_subcommand log" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
@@ -145,12 +146,13 @@ complete -c gre -n "__fish_gre_using_subcommand daemon" -s I -l instance -d 'Whi
 complete -c gre -n "__fish_gre_using_subcommand daemon" -l purge-on-exit -d 'On exit, withdraw this node\'s NHRP registrations (it leaves for good). Without it a stop is a restart: registrations, bindings and shortcuts stay for the next daemon'
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand daemon" -s h -l help -d 'Print help'
-complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
-complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
-complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
-complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -s h -l help -d 'Print help'
-complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -f -a "dump" -d 'Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one line each'
-complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump clear help" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump clear help" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump clear help" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump clear help" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump clear help" -f -a "dump" -d 'Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one line each'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump clear help" -f -a "clear" -d 'Forget dynamic NHRP state in the running daemon: `cache` (every dynamic peer, registration and shortcut), `shortcuts`, or one peer\'s overlay ADDRESS'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and not __fish_seen_subcommand_from dump clear help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s i -l interface -d 'Capture live on this interface (both directions) until interrupted' -r
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s c -l count -d 'Stop after this many NHRP messages' -r
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
@@ -158,7 +160,12 @@ complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s j -l json -d 'JSON on one line per message, with every field'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from dump" -s h -l help -d 'Print help'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from clear" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from clear" -s I -l instance -d 'Which datapath instance: its pins live in /sys/fs/bpf/gre/<instance>' -r
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from clear" -s v -l verbose -d 'More log detail: -v debug, -vv trace (RUST_LOG, if set, decides instead)'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from clear" -s h -l help -d 'Print help'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from help" -f -a "dump" -d 'Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one line each'
+complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from help" -f -a "clear" -d 'Forget dynamic NHRP state in the running daemon: `cache` (every dynamic peer, registration and shortcut), `shortcuts`, or one peer\'s overlay ADDRESS'
 complete -c gre -n "__fish_gre_using_subcommand nhrp; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gre -n "__fish_gre_using_subcommand gen-docs" -l out -d 'Directory to write `man/` and `completions/` into' -r -F
 complete -c gre -n "__fish_gre_using_subcommand gen-docs" -s n -l netns -d 'Run in this network namespace (as `ip -n`)' -r
@@ -192,3 +199,4 @@ complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand
 complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "add" -d 'Route PREFIX into TUNNEL (in the kernel and in the datapath)'
 complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "del" -d 'Remove a route'
 complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from nhrp" -f -a "dump" -d 'Decode the NHRP messages of a capture (pcap or pcapng), or live on an interface, one line each'
+complete -c gre -n "__fish_gre_using_subcommand help; and __fish_seen_subcommand_from nhrp" -f -a "clear" -d 'Forget dynamic NHRP state in the running daemon: `cache` (every dynamic peer, registration and shortcut), `shortcuts`, or one peer\'s overlay ADDRESS'

@@ -58,6 +58,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     let mut keepalives = Keepalives::default();
     let mut nhrp = crate::nhrp::agent::Agent::new(&mut maps, crate::runtime::path(instance, "nhrp")).await?;
     let log_socket = crate::logs::serve(instance)?;
+    let (control_socket, mut asked) = crate::control::serve(instance)?;
     let metrics = match metrics {
         Some(listen) => Some(crate::metrics::serve(instance, listen).await?),
         None => None,
@@ -98,6 +99,19 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
                 drain6(&mut maps, guard.get_inner(), &injector);
                 guard.clear_ready();
             }
+            Some(a) = asked.recv() => {
+                let answer = match &a.request {
+                    crate::control::Request::LogLevel { level } => match crate::logs::set_level(level) {
+                        Ok(()) => {
+                            info!("log level now {level}");
+                            serde_json::json!({ "level": level })
+                        }
+                        Err(e) => serde_json::json!({ "error": e }),
+                    },
+                    request => nhrp.answer(&mut maps, &sender, request, crate::clock::monotonic_secs()),
+                };
+                let _ = a.answer.send(answer);
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
@@ -117,7 +131,9 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     }
     info!("daemon for instance {instance} stopped");
     log_socket.abort();
+    control_socket.abort();
     let _ = std::fs::remove_file(crate::logs::socket_path(instance));
+    let _ = std::fs::remove_file(crate::control::socket_path(instance));
     Ok(())
 }
 

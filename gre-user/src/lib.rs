@@ -4,6 +4,7 @@
 pub mod change;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod converge;
 pub mod daemon;
 pub mod datapath_log;

@@ -41,14 +41,36 @@ impl<S: tracing::Subscriber> Layer<S> for Broadcast {
     }
 }
 
+/// Changes the filter of both outputs (standard error and the log socket) at run time.
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
+
 /// Sets up logging: `verbose` 0, 1, 2 for info, debug, trace unless RUST_LOG says otherwise.
 pub fn init(verbose: u8) {
     let level = ["info", "debug", "trace"][usize::from(verbose.min(2))];
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (to_stderr, stderr_level) = tracing_subscriber::reload::Layer::new(filter());
+    let (to_socket, socket_level) = tracing_subscriber::reload::Layer::new(filter());
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr).with_filter(filter()))
-        .with(Broadcast.with_filter(filter()))
+        .with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr).with_filter(to_stderr))
+        .with(Broadcast.with_filter(to_socket))
         .init();
+    let _ = SET_LEVEL.set(Box::new(move |directive| {
+        let parse = || EnvFilter::try_new(directive).map_err(|e| format!("{directive:?}: {e}"));
+        stderr_level.reload(parse()?).map_err(|e| e.to_string())?;
+        socket_level.reload(parse()?).map_err(|e| e.to_string())?;
+        // `log` records are filtered by the env filter from now on, not by the level at start.
+        log::set_max_level(log::LevelFilter::Trace);
+        Ok(())
+    }));
+}
+
+/// Sets the log level (an env-filter directive: `debug`, `info,gre_user::nhrp=trace` …).
+///
+/// # Errors
+/// The directive does not parse, or logging was not set up.
+pub fn set_level(directive: &str) -> Result<(), String> {
+    SET_LEVEL.get().ok_or("logging is not set up")?(directive)
 }
 
 /// Where an instance's daemon serves its log.

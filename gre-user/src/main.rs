@@ -55,6 +55,9 @@ enum Command {
         /// Only this part.
         #[arg(value_enum)]
         part: Option<show::Part>,
+        /// With `peer`: its overlay or NBMA address.
+        #[arg(required_if_eq("part", "peer"))]
+        address: Option<std::net::IpAddr>,
         /// JSON on one line.
         #[arg(short = 'j', long)]
         json: bool,
@@ -94,6 +97,10 @@ enum Command {
         /// Stop after this many lines.
         #[arg(short = 'c', long, value_name = "N")]
         count: Option<usize>,
+        /// Set the daemon's log level instead (an env-filter directive: `debug`, `info`,
+        /// `info,gre_user::nhrp=trace` …).
+        #[arg(long, value_name = "LEVEL")]
+        level: Option<String>,
     },
     /// Run what needs a process: NHRP, keepalives and tunnel state, GRE that arrived in
     /// fragments. Stays in the foreground until SIGINT or SIGTERM; the datapath does not depend
@@ -189,6 +196,12 @@ enum NhrpCommand {
         #[arg(short = 'j', long)]
         json: bool,
     },
+    /// Forget dynamic NHRP state in the running daemon: `cache` (every dynamic peer,
+    /// registration and shortcut), `shortcuts`, or one peer's overlay ADDRESS.
+    Clear {
+        #[arg(default_value = "cache")]
+        what: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -209,6 +222,8 @@ async fn run(cli: Cli) -> Result<()> {
             preflight::check(Needs::Change)?;
         }
         Command::Daemon { .. } => preflight::check(Needs::Daemon)?,
+        // What the daemon answers on its control socket needs no capability of the caller's.
+        Command::Show { part: Some(show::Part::Dmvpn | show::Part::Peer), .. } | Command::Log { level: Some(_), .. } => {}
         Command::Show { .. } | Command::Showconf | Command::Stats { .. } | Command::Log { .. } => preflight::check(Needs::Read)?,
         Command::Nhrp(_) | Command::Check { .. } | Command::GenDocs { .. } => {}
     }
@@ -237,7 +252,21 @@ async fn run(cli: Cli) -> Result<()> {
             loader::down(&cli.instance).await?;
             log::info!("instance {} is down", cli.instance);
         }
-        Command::Show { part, json, pretty } => {
+        Command::Show { part: Some(part @ (show::Part::Dmvpn | show::Part::Peer)), address, json, pretty } => {
+            let request = match (part, address) {
+                (show::Part::Peer, Some(address)) => gre_user::control::Request::Peer { address },
+                _ => gre_user::control::Request::Dmvpn,
+            };
+            let v = gre_user::control::ask(&cli.instance, &request).await?;
+            if pretty || (part == show::Part::Peer && !json) {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if json {
+                println!("{v}");
+            } else {
+                print!("{}", show::dmvpn_table(&v));
+            }
+        }
+        Command::Show { part, json, pretty, .. } => {
             let r = show::report_of(&cli.instance, part)?;
             if pretty {
                 println!("{}", serde_json::to_string_pretty(&show::json(&r, part)?)?);
@@ -274,7 +303,11 @@ async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })?;
         }
-        Command::Log { count } => gre_user::datapath_log::follow(&cli.instance, count).await?,
+        Command::Log { level: Some(level), .. } => {
+            gre_user::control::ask(&cli.instance, &gre_user::control::Request::LogLevel { level: level.clone() }).await?;
+            println!("instance {}: log level {level}", cli.instance);
+        }
+        Command::Log { count, .. } => gre_user::datapath_log::follow(&cli.instance, count).await?,
         Command::Daemon { config, metrics, purge_on_exit } => {
             let mut listen = metrics;
             if let Some(path) = config {
@@ -288,6 +321,16 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             daemon::run(&cli.instance, listen, purge_on_exit).await?;
+        }
+        Command::Nhrp(NhrpCommand::Clear { what }) => {
+            use gre_user::control::{Clear, Request};
+            let what = match what.as_str() {
+                "cache" => Clear::Cache,
+                "shortcuts" => Clear::Shortcuts,
+                a => Clear::Address(a.parse().map_err(|_| anyhow::anyhow!("clear what? cache, shortcuts or an overlay address, not {a:?}"))?),
+            };
+            let v = gre_user::control::ask(&cli.instance, &Request::Clear { what }).await?;
+            println!("instance {}: {} entries cleared", cli.instance, v["cleared"]);
         }
         Command::Nhrp(NhrpCommand::Dump { file, iface, count, json }) => {
             let print = |m: &nhrp::dump::Message| -> Result<()> {

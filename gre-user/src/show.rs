@@ -32,6 +32,11 @@ pub enum Part {
     Stats,
     /// Drops by reason, in all and per tunnel.
     Drops,
+    /// The NHRP peers as DMVPN operators read them (peer and claimed NBMA, tunnel address,
+    /// state, up time, attributes) and each NHS's registration, from the running daemon.
+    Dmvpn,
+    /// Everything about one peer (`gre show peer ADDRESS`), from the running daemon.
+    Peer,
 }
 
 /// Counters of one tunnel (`gre show stats`).
@@ -95,6 +100,8 @@ pub fn json(r: &Report, part: Option<Part>) -> serde_json::Result<serde_json::Va
                 r.tunnels.iter().map(|t| (t.name.clone(), serde_json::Value::Object(t.drops.clone()))).collect();
             Ok(serde_json::json!({ "all": r.drops, "by_tunnel": by_tunnel }))
         }
+        // The daemon answers these (`control::ask`), not the maps.
+        Some(Part::Dmvpn | Part::Peer) => Ok(serde_json::Value::Null),
     }
 }
 
@@ -109,6 +116,7 @@ pub fn text(r: &Report, part: Option<Part>) -> String {
         Some(Part::Nhs) => nhs_table(&r.nhs),
         Some(Part::Stats) => stats_table(r),
         Some(Part::Drops) => drops_table(r),
+        Some(Part::Dmvpn | Part::Peer) => String::new(),
     }
 }
 
@@ -625,6 +633,53 @@ fn columns<const N: usize>(rows: &[[String; N]]) -> String {
         }
         out += line.trim_end();
         out.push('\n');
+    }
+    out
+}
+
+/// `gre show dmvpn` as a table: one line per peer, then the NHSs.
+#[must_use]
+pub fn dmvpn_table(v: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let ago = |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".to_string(), |s| format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60));
+    let mut rows = vec![["tunnel", "peer nbma", "claimed nbma", "overlay", "state", "up", "expires", "attributes"].map(String::from)];
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let attrs: Vec<String> = p["attributes"].as_array().into_iter().flatten().map(text).collect();
+        rows.push([
+            text(&p["tunnel"]),
+            text(&p["nbma"]),
+            text(&p["claimed_nbma"]),
+            text(&p["overlay"]),
+            text(&p["state"]),
+            ago(&p["up_for"]),
+            p["expires_in"].as_u64().map_or_else(|| "never".to_string(), |s| format!("{s}s")),
+            attrs.join(","),
+        ]);
+    }
+    let mut out = columns(&rows);
+    let nhs: Vec<&serde_json::Value> = v["nhs"].as_array().into_iter().flatten().collect();
+    if !nhs.is_empty() {
+        let mut rows = vec![["tunnel", "nhs", "nbma", "priority", "state", "for", "last reply", "pending", "unanswered", "nat nbma"].map(String::from)];
+        for n in nhs {
+            rows.push([
+                text(&n["tunnel"]),
+                text(&n["overlay"]),
+                text(&n["nbma"]),
+                text(&n["priority"]),
+                text(&n["state"]),
+                ago(&n["for"]),
+                n["last_reply_ago"].as_u64().map_or_else(|| "never".to_string(), |s| format!("{s}s ago")),
+                if n["registration_pending"] == true { "yes" } else { "-" }.to_string(),
+                text(&n["unanswered"]),
+                text(&n["nat_nbma"]),
+            ]);
+        }
+        out.push('\n');
+        out += &columns(&rows);
     }
     out
 }

@@ -729,3 +729,85 @@ fn a_wall_clock_step_changes_nothing() {
     }
     let _ = std::fs::remove_file(&offset);
 }
+
+/// The control socket: `gre show dmvpn` and `gre show peer` ask the daemon (the DMVPN table with
+/// NBMA and claimed addresses, up times and attributes; the NHSs' registrations; one peer in
+/// full, with who was told of it), `gre nhrp clear` forgets dynamic state through it, `gre log
+/// --level` changes the daemon's level; root only.
+#[test]
+fn the_daemon_answers_on_its_control_socket() {
+    if !privilege::require_root("the_daemon_answers_on_its_control_socket") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gk", 2).expect("topology");
+    let hub = t.hub.clone();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let spokes: Vec<(String, String)> = (1..=2u8)
+        .map(|i| {
+            let ns = t.spokes[usize::from(i - 1)].clone();
+            let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]);
+            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap())
+        })
+        .collect();
+    let (s1, i1) = spokes[0].clone();
+    let ask = |ns: &str, i: &str, args: &[&str]| -> Value { serde_json::from_str(&gre::run(ns, i, args).unwrap()).unwrap() };
+    // No daemon: said so.
+    let none = Command::new(gre::bin()).args(["-n", &hub, "-I", &ih, "show", "dmvpn"]).output().unwrap();
+    assert!(!none.status.success() && String::from_utf8_lossy(&none.stderr).contains("no gre daemon answers"), "{none:?}");
+    let _daemons: Vec<gre::Daemon> = [(&hub, &ih)].into_iter().chain(spokes.iter().map(|(n, i)| (n, i))).map(|(n, i)| gre::Daemon::start(n, i)).collect();
+    traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
+    traffic::ping(&s1, "203.0.113.2", 3).expect("spoke 1 to spoke 2");
+    traffic::wait_for("spoke 1 to learn spoke 2", 5, || peer(&peers(&s1, &i1), "203.0.113.2").is_some());
+
+    let d = ask(&hub, &ih, &["show", "dmvpn", "-j"]);
+    let rows = d["peers"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{d}");
+    for (r, (overlay, nbma)) in rows.iter().zip([("203.0.113.1", "198.51.100.17"), ("203.0.113.2", "198.51.100.33")]) {
+        assert_eq!((r["tunnel"].as_str(), r["overlay"].as_str(), r["nbma"].as_str(), r["state"].as_str()), (Some("gre0"), Some(overlay), Some(nbma), Some("up")), "{r}");
+        assert_eq!(r["attributes"], serde_json::json!(["dynamic", "registered", "unique", "multicast"]), "{r}");
+        assert_eq!(r["claimed_nbma"], Value::Null, "not NATed: {r}");
+        assert!(r["up_for"].as_u64().is_some_and(|s| s < 60) && r["expires_in"].as_u64().is_some_and(|s| s <= 30), "{r}");
+    }
+    let table = gre::run(&hub, &ih, &["show", "dmvpn"]).unwrap();
+    assert!(table.lines().next().is_some_and(|l| l.starts_with("tunnel") && l.contains("claimed nbma") && l.contains("attributes")), "{table}");
+    assert!(table.lines().any(|l| l.split_whitespace().take(4).eq(["gre0", "198.51.100.33", "-", "203.0.113.2"])), "{table}");
+    // A spoke: its hub (static) and spoke 2 (learned), and its registration with the hub.
+    let d = ask(&s1, &i1, &["show", "dmvpn", "-j"]);
+    let attrs = |overlay: &str| d["peers"].as_array().unwrap().iter().find(|r| r["overlay"] == overlay).map(|r| r["attributes"].clone());
+    assert_eq!(attrs(HUB_OVERLAY), Some(serde_json::json!(["static"])), "{d}");
+    // (The hub relayed the first pings and said so: a shortcut too.)
+    assert_eq!(attrs("203.0.113.2"), Some(serde_json::json!(["dynamic", "shortcut"])), "{d}");
+    let nhs = &d["nhs"][0];
+    assert_eq!((nhs["overlay"].as_str(), nhs["state"].as_str(), nhs["priority"].as_u64(), nhs["unanswered"].as_u64()), (Some(HUB_OVERLAY), Some("up"), Some(0), Some(0)), "{d}");
+    assert!(nhs["last_reply_ago"].as_u64().is_some_and(|s| s <= 10), "{d}");
+    // One peer in full: the hub told spoke 1 where spoke 2 is.
+    let p = ask(&hub, &ih, &["show", "peer", "203.0.113.2", "-j"]);
+    let p = &p["peers"][0];
+    assert_eq!(p["told"], serde_json::json!([{ "overlay": "203.0.113.1", "nbma": "198.51.100.17" }]), "{p}");
+    assert_eq!(p["registration"]["unique"], true, "{p}");
+    assert!(p["rx_packets"].as_u64().is_some_and(|n| n >= 1), "{p}");
+    assert!(Command::new(gre::bin()).args(["-n", &hub, "-I", &ih, "show", "peer", "203.0.113.9"]).output().unwrap().status.code() != Some(0));
+    // Clearing: one peer on spoke 1, then the hub's whole cache (the spokes register again).
+    let out = gre::run(&s1, &i1, &["nhrp", "clear", "203.0.113.2"]).unwrap();
+    assert!(out.contains("2 entries cleared"), "the peer and its shortcut: {out}");
+    assert!(peer(&peers(&s1, &i1), "203.0.113.2").is_none());
+    assert!(!gre::show(&s1, &i1).unwrap()["routes"].as_array().unwrap().iter().any(|r| r["prefix"] == "203.0.113.2/32"));
+    assert!(peer(&peers(&s1, &i1), HUB_OVERLAY).is_some(), "static entries stay");
+    let out = gre::run(&hub, &ih, &["nhrp", "clear"]).unwrap();
+    assert!(out.contains("2 entries cleared"), "{out}");
+    assert!(peers(&hub, &ih).is_empty());
+    traffic::wait_for("the spokes to register again", 15, || peers(&hub, &ih).len() == 2);
+    // The log level at run time; a bad one refused.
+    assert!(gre::run(&hub, &ih, &["log", "--level", "debug"]).unwrap().contains("log level debug"));
+    assert!(Command::new(gre::bin()).args(["-n", &hub, "-I", &ih, "log", "--level", "[nonsense"]).output().unwrap().status.code() != Some(0));
+    // Root only: the socket's mode keeps others out, and so do the credentials if the mode
+    // were loosened.
+    let socket = format!("/run/gre/{ih}.ctl");
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let nobody = Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(gre::bin()).args(["-I", &ih, "show", "dmvpn"]).output().unwrap();
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert!(!nobody.status.success() && String::from_utf8_lossy(&nobody.stderr).contains("root only"), "{nobody:?}");
+}

@@ -25,9 +25,11 @@ use crate::{
 };
 
 pub struct Agent {
-    engines: HashMap<u32, Engine>,
+    pub(super) engines: HashMap<u32, Engine>,
     /// Phase 3 shortcuts installed: (tunnel, prefix, peer). They go with their peer.
-    shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
+    pub(super) shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
+    /// When each dynamic peer was learned (monotonic seconds), for its up time.
+    pub(super) learned: HashMap<(u32, IpAddr), u64>,
     /// The kernel's IPv4 routes (prefix, link), refreshed every second: what we are the exit for.
     kernel_routes: Vec<(ipnet::IpNet, u32)>,
     /// NBMA addresses of new multicast peers whose underlay next hop is to be kept resolved.
@@ -53,6 +55,8 @@ struct Told {
 struct Applied {
     shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
     multicast_nbmas: Vec<IpAddr>,
+    /// Peers new in the table.
+    new_peers: Vec<(u32, IpAddr)>,
 }
 
 impl Agent {
@@ -150,7 +154,7 @@ impl Agent {
         }
         let kept = maps.neighbours().into_iter().collect();
         let kernel_routes = netdev::ipv4_routes(&handle).await?;
-        Ok(Self { engines, shortcuts, kernel_routes, wanted_hops: Vec::new(), kept, handle, state_file })
+        Ok(Self { engines, shortcuts, learned: HashMap::new(), kernel_routes, wanted_hops: Vec::new(), kept, handle, state_file })
     }
 
     /// Every second: registrations, expiries, the state of each spoke's NHS.
@@ -175,6 +179,8 @@ impl Agent {
             }
             alive
         });
+        let present: HashSet<(u32, IpAddr)> = peers.iter().map(|(id, o, _)| (*id, *o)).collect();
+        self.learned.retain(|k, _| present.contains(k));
         let tunnels: HashMap<u32, Tunnel> = maps.tunnels()?.into_iter().collect();
         let mut applied = Applied::default();
         let used_since = crate::clock::monotonic_ns();
@@ -223,12 +229,7 @@ impl Agent {
                 }
             }
         }
-        for sc in applied.shortcuts {
-            if !self.shortcuts.contains(&sc) {
-                self.shortcuts.push(sc);
-            }
-        }
-        self.wanted_hops.extend(applied.multicast_nbmas);
+        self.merge(applied, now);
         Ok(())
     }
 
@@ -354,12 +355,27 @@ impl Agent {
         let none = HashMap::new();
         let regs = self.engines.get(&id).map_or(&none, Engine::registrations);
         apply(maps, sender, id, t, actions, now, &mut applied, regs);
+        self.merge(applied, now);
+    }
+
+    /// Takes in what carrying out actions left to do.
+    fn merge(&mut self, applied: Applied, now: u64) {
         for sc in applied.shortcuts {
             if !self.shortcuts.contains(&sc) {
                 self.shortcuts.push(sc);
             }
         }
         self.wanted_hops.extend(applied.multicast_nbmas);
+        for p in applied.new_peers {
+            self.learned.insert(p, now);
+        }
+    }
+
+    /// Carries out actions of tunnel `id`'s engine (for the control socket's changes).
+    pub(super) fn carry_out(&mut self, maps: &mut Maps, sender: &Socket, id: u32, actions: Vec<Action>, now: u64) {
+        if let Some(t) = maps.tunnel(id) {
+            self.apply(maps, sender, id, &t, actions, now);
+        }
     }
 }
 
@@ -408,8 +424,9 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                 if existing.is_some_and(|p| p.kind == peer_kind::STATIC) {
                     continue;
                 }
-                if existing.is_none() {
+                if existing.is_none_or(|p| show_addr(&p.nbma) != nbma) {
                     info!("tunnel {id}: peer {overlay} is at {nbma} for {holdtime}s");
+                    applied.new_peers.push((id, overlay));
                 }
                 if multicast && existing.is_none_or(|p| show_addr(&p.nbma) != nbma) {
                     applied.multicast_nbmas.push(nbma);

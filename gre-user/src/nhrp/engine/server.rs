@@ -91,6 +91,27 @@ impl Engine {
         self.server.told(target, requester, nbma, cap);
     }
 
+    /// The operator clears a registration (`gre nhrp clear ADDRESS`): it goes, and those told
+    /// of it are purged; the client registers again at its next renewal.
+    pub fn clear(&mut self, overlay: IpAddr, now: u64) -> Vec<Action> {
+        if self.server.remove(overlay).is_none() {
+            return vec![];
+        }
+        self.purge_holders(overlay, now)
+    }
+
+    /// Clears every registration (`gre nhrp clear cache`).
+    pub fn clear_all(&mut self, now: u64) -> Vec<Action> {
+        let all: Vec<IpAddr> = self.server.registrations.keys().copied().collect();
+        all.into_iter().flat_map(|o| self.clear(o, now)).collect()
+    }
+
+    /// How many stations were told of `target`'s registration.
+    #[must_use]
+    pub fn told_of(&self, target: IpAddr) -> Vec<(IpAddr, IpAddr)> {
+        self.server.told.get(&target).cloned().unwrap_or_default()
+    }
+
     /// The registrations held, by overlay address.
     #[must_use]
     pub const fn registrations(&self) -> &HashMap<IpAddr, Binding> {
