@@ -670,8 +670,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 Some("holdtime must be at least 3 seconds".to_string())
             } else if n.get_ref().auth.as_ref().is_some_and(|a| a.len() > 8) {
                 Some("auth is at most 8 bytes, as Cisco's".to_string())
-            } else if nhs.iter().any(|(h, _)| !h.is_ipv4()) {
-                Some("NHRP resolves IPv4 overlay addresses (over IPv4 or IPv6 NBMA): `nhs` is an IPv4 address".to_string())
             } else if t.oseq {
                 Some("NHRP does not run with oseq: the datapath numbers the tunnel's packets, and NHRP's would break its sequence".to_string())
             } else if n.get_ref().role == NhrpRole::Nhc && nhs.is_empty() {
@@ -1085,7 +1083,11 @@ nhrp = { role = "nhc", holdtime = 60 }
         assert!(err(&text.replace("nhs = \"203.0.113.254\"\n", "")).message.contains("needs `nhs`"));
         // Over IPv6 NBMA (the overlay stays IPv4).
         assert!(parse(Path::new("t.toml"), &text.replace("198.51.100.17", "2001:db8:1::17")).is_ok());
-        assert!(err(&text.replace("203.0.113.254", "2001:db8:100::1")).message.contains("`nhs` is an IPv4 address"));
+        // An IPv6 NHS: IPv6 NHRP (protocol type 0x86DD) beside IPv4's.
+        assert_eq!(
+            parse(Path::new("t.toml"), &text.replace("203.0.113.254", "2001:db8:100::1")).unwrap().tunnels[0].nhs,
+            [("2001:db8:100::1".parse().unwrap(), 0)]
+        );
         // A hub may register with a hub of its own (hierarchical DMVPN).
         assert!(parse(Path::new("t.toml"), &text.replace("role = \"nhc\"", "role = \"nhs\"")).is_ok());
     }

@@ -1,11 +1,7 @@
 //! The daemon's files under `/run/gre` (the systemd unit's `RuntimeDirectory`): its sockets,
 //! its lock, and the NHRP state it leaves for the next daemon.
 
-use std::{
-    fs::File,
-    os::fd::AsRawFd as _,
-    path::PathBuf,
-};
+use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 

@@ -683,9 +683,9 @@ fn a_restart_is_not_an_outage() {
 
 /// libfaketime (Debian's faketime package), which moves the wall clock a process sees.
 fn libfaketime() -> String {
-    let found = std::fs::read_dir("/usr/lib").ok().and_then(|dirs| {
-        dirs.filter_map(Result::ok).map(|d| d.path().join("faketime/libfaketime.so.1")).find(|p| p.exists())
-    });
+    let found = std::fs::read_dir("/usr/lib")
+        .ok()
+        .and_then(|dirs| dirs.filter_map(Result::ok).map(|d| d.path().join("faketime/libfaketime.so.1")).find(|p| p.exists()));
     found.expect("libfaketime (cargo xtask setup installs faketime)").display().to_string()
 }
 
@@ -764,7 +764,11 @@ fn the_daemon_answers_on_its_control_socket() {
     let rows = d["peers"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{d}");
     for (r, (overlay, nbma)) in rows.iter().zip([("203.0.113.1", "198.51.100.17"), ("203.0.113.2", "198.51.100.33")]) {
-        assert_eq!((r["tunnel"].as_str(), r["overlay"].as_str(), r["nbma"].as_str(), r["state"].as_str()), (Some("gre0"), Some(overlay), Some(nbma), Some("up")), "{r}");
+        assert_eq!(
+            (r["tunnel"].as_str(), r["overlay"].as_str(), r["nbma"].as_str(), r["state"].as_str()),
+            (Some("gre0"), Some(overlay), Some(nbma), Some("up")),
+            "{r}"
+        );
         assert_eq!(r["attributes"], serde_json::json!(["dynamic", "registered", "unique", "multicast"]), "{r}");
         assert_eq!(r["claimed_nbma"], Value::Null, "not NATed: {r}");
         assert!(r["up_for"].as_u64().is_some_and(|s| s < 60) && r["expires_in"].as_u64().is_some_and(|s| s <= 30), "{r}");
@@ -779,7 +783,11 @@ fn the_daemon_answers_on_its_control_socket() {
     // (The hub relayed the first pings and said so: a shortcut too.)
     assert_eq!(attrs("203.0.113.2"), Some(serde_json::json!(["dynamic", "shortcut"])), "{d}");
     let nhs = &d["nhs"][0];
-    assert_eq!((nhs["overlay"].as_str(), nhs["state"].as_str(), nhs["priority"].as_u64(), nhs["unanswered"].as_u64()), (Some(HUB_OVERLAY), Some("up"), Some(0), Some(0)), "{d}");
+    assert_eq!(
+        (nhs["overlay"].as_str(), nhs["state"].as_str(), nhs["priority"].as_u64(), nhs["unanswered"].as_u64()),
+        (Some(HUB_OVERLAY), Some("up"), Some(0), Some(0)),
+        "{d}"
+    );
     assert!(nhs["last_reply_ago"].as_u64().is_some_and(|s| s <= 10), "{d}");
     // One peer in full: the hub told spoke 1 where spoke 2 is.
     let p = ask(&hub, &ih, &["show", "peer", "203.0.113.2", "-j"]);
@@ -807,7 +815,63 @@ fn the_daemon_answers_on_its_control_socket() {
     let mode = std::fs::metadata(&socket).unwrap().permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    let nobody = Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(gre::bin()).args(["-I", &ih, "show", "dmvpn"]).output().unwrap();
+    let nobody =
+        Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(gre::bin()).args(["-I", &ih, "show", "dmvpn"]).output().unwrap();
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     assert!(!nobody.status.success() && String::from_utf8_lossy(&nobody.stderr).contains("root only"), "{nobody:?}");
+}
+
+/// An IPv6 overlay beside the IPv4 one: IPv6 NHRP (protocol type 0x86DD, /128 bindings)
+/// registers each spoke's IPv6 address with the hub's, and an IPv6 ping between spokes is
+/// resolved through the hub and then goes direct. tshark reads every NHRP message as sent.
+#[test]
+fn an_ipv6_overlay_resolves_too() {
+    if !privilege::require_root("an_ipv6_overlay_resolves_too") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("g6", 2).expect("topology");
+    let hub = t.hub.clone();
+    // The hub relays IPv6 between spokes until they resolve each other.
+    ns_sh(&hub, &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]).unwrap();
+    let tunnel = |local: &str, nhrp: &str, v4: &str, v6: &str| {
+        format!(
+            "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nkey = 100\n{nhrp}address = [\"{v4}/24\", \"{v6}/64\"]\n"
+        )
+    };
+    let hub_conf = tunnel(HUB_NBMA, "nhrp = { role = \"nhs\", holdtime = 30 }\n", HUB_OVERLAY, "2001:db8:100::fe");
+    let ih = t.lab.gre_up(&hub, "hub", &hub_conf).unwrap();
+    let mut capture = Capture::start(&t.wan, "any", "ip proto 47 and ip[22:2] = 0x2001");
+    let spokes: Vec<(String, String)> = (1..=2u8)
+        .map(|i| {
+            let ns = t.spokes[usize::from(i - 1)].clone();
+            let nhrp = format!("nhs = [\"{HUB_OVERLAY}\", \"2001:db8:100::fe\"]\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+            let mut conf = tunnel(&HubAndSpokes::spoke_nbma(i), &nhrp, &HubAndSpokes::spoke_overlay(i), &format!("2001:db8:100::{i}"));
+            for overlay in [HUB_OVERLAY, "2001:db8:100::fe"] {
+                conf += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{overlay}\"\nnbma = \"{HUB_NBMA}\"\n");
+            }
+            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap())
+        })
+        .collect();
+    let _daemons: Vec<gre::Daemon> = [(&hub, &ih)].into_iter().chain(spokes.iter().map(|(n, i)| (n, i))).map(|(n, i)| gre::Daemon::start(n, i)).collect();
+    // Each spoke registers both its addresses.
+    traffic::wait_for("four registrations on the hub", 10, || peers(&hub, &ih).len() == 4);
+    for i in 1..=2u8 {
+        let list = peers(&hub, &ih);
+        let p = peer(&list, &format!("2001:db8:100::{i}")).expect("the IPv6 registration");
+        assert_eq!(p["nbma"].as_str(), Some(HubAndSpokes::spoke_nbma(i).as_str()));
+    }
+    let (s1, i1) = spokes[0].clone();
+    traffic::ping(&s1, "2001:db8:100::2", 3).expect("spoke 1 to spoke 2 over IPv6");
+    traffic::wait_for("spoke 1 to learn spoke 2's IPv6 address", 5, || peer(&peers(&s1, &i1), "2001:db8:100::2").is_some_and(|p| p["nbma"] == "198.51.100.33"));
+    let hub_rx = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["rx_packets"].as_u64().unwrap();
+    let before = hub_rx();
+    traffic::ping(&s1, "2001:db8:100::2", 5).expect("spoke 1 to spoke 2 over IPv6, direct");
+    assert_eq!(hub_rx() - before, 0, "the direct IPv6 pings crossed the hub");
+    let v6 = capture.decode("nhrp.hdr.pro.type == 0x86dd", &["nhrp.hdr.op.type", "nhrp.prefix", "_ws.malformed", "_ws.expert"]);
+    assert!(v6.iter().all(|p| field(p, "_ws.malformed").is_empty() && field(p, "_ws.expert").is_empty()), "tshark objects: {v6:?}");
+    let kinds: std::collections::BTreeSet<String> = v6.iter().flat_map(|p| field(p, "nhrp.hdr.op.type")).collect();
+    assert!(["1", "2", "3", "4"].iter().all(|k| kinds.contains(*k)), "IPv6 NHRP types seen: {kinds:?}");
+    // (tshark shows IPv6 protocol addresses only as bytes: the binding's prefix says enough.)
+    let replies: Vec<&Value> = v6.iter().filter(|p| field(p, "nhrp.hdr.op.type") == ["2"]).collect();
+    assert!(!replies.is_empty() && replies.iter().all(|p| field(p, "nhrp.prefix").first().map(String::as_str) == Some("128")), "{replies:?}");
 }

@@ -182,7 +182,12 @@ fn systemd_accepts_the_unit() {
     assert!(verify.status.success() && verify.stderr.is_empty(), "{}", String::from_utf8_lossy(&verify.stderr));
     let security = std::process::Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&path).output().unwrap();
     let text = String::from_utf8_lossy(&security.stdout);
-    let level: f64 = text.lines().find_map(|l| l.split("Overall exposure level for gre@unit-test.service: ").nth(1)).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for gre@unit-test.service: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(level < 5.0, "exposure {level}:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

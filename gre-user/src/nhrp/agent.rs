@@ -25,7 +25,9 @@ use crate::{
 };
 
 pub struct Agent {
-    pub(super) engines: HashMap<u32, Engine>,
+    /// One engine per tunnel and overlay family (IPv4 NHRP and IPv6 NHRP run side by side, as
+    /// FRR's `ip nhrp` and `ipv6 nhrp`): keyed by (tunnel, IPv6 overlay).
+    pub(super) engines: HashMap<(u32, bool), Engine>,
     /// Phase 3 shortcuts installed: (tunnel, prefix, peer). They go with their peer.
     pub(super) shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
     /// When each dynamic peer was learned (monotonic seconds), for its up time.
@@ -39,6 +41,14 @@ pub struct Agent {
     handle: rtnetlink::Handle,
     /// Where who-was-told is kept across a restart.
     state_file: std::path::PathBuf,
+}
+
+/// A tunnel's registrations with its NHSs, over its engines.
+#[derive(Default)]
+struct ClientState {
+    up: bool,
+    answering: u32,
+    preferred: Option<IpAddr>,
 }
 
 /// One station told of a registration, as saved across a restart.
@@ -73,69 +83,23 @@ impl Agent {
             if t.nhrp_role == nhrp_role::NONE {
                 continue;
             }
-            let Some(subnet) = netdev::addresses(&handle, t.netdev_ifindex).await?.into_iter().find(|n| n.addr().is_ipv4()) else {
-                warn!("tunnel {id}: no IPv4 address on the tunnel netdev; NHRP not started");
-                continue;
-            };
-            let overlay = subnet.addr();
-            let nbma = show_addr(&t.local);
-            let nhs: Vec<Nhs> = t
-                .nhs_list
-                .iter()
-                .zip(t.nhs_priority)
-                .filter(|(a, _)| **a != [0; 16])
-                .filter_map(|(a, priority)| {
-                    let overlay = show_addr(a);
-                    let at = peers.iter().find(|(pid, o, _)| *pid == id && *o == overlay).map(|(_, _, p)| show_addr(&p.nbma));
-                    match at {
-                        Some(n) if overlay.is_ipv4() && n.is_ipv4() == nbma.is_ipv4() => Some(Nhs { overlay, nbma: n, priority }),
-                        _ => {
-                            warn!("tunnel {id}: NHS {overlay} has no static peer entry with an NBMA address of the tunnel's family");
-                            None
-                        }
-                    }
-                })
-                .collect();
-            let auth = t.nhrp_auth.iter().position(|b| *b == 0).map_or(t.nhrp_auth.to_vec(), |n| t.nhrp_auth[..n].to_vec());
-            let settings = Settings {
-                server: t.nhrp_role == nhrp_role::NHS,
-                overlay,
-                subnet: subnet.trunc(),
-                nbma,
-                nhs,
-                holdtime: t.nhrp_holdtime,
-                auth: (!auth.is_empty()).then_some(auth),
-                mtu: u16::try_from(t.mtu).unwrap_or(u16::MAX),
-                limits: Limits::default(),
-                first_id: random_id(),
-            };
-            let role = match (settings.server, settings.nhs.first()) {
-                (true, Some(n)) => format!("server, registered with {}", n.overlay),
-                (true, None) => "server".to_string(),
-                (false, _) => "client".to_string(),
-            };
-            info!("tunnel {id}: NHRP network {} {role} as {overlay} ({nbma})", t.nhrp_network_id);
-            let mut engine = Engine::new(settings);
-            // A restart is not an outage: the registrations the previous daemon held are in the
-            // peer table, with what is left of their holding time.
-            let now = crate::clock::monotonic_secs();
-            let mut restored = 0;
-            for (_, o, p) in peers.iter().filter(|(pid, _, p)| *pid == id && p.kind == peer_kind::DYNAMIC && p.flags & peer_flags::REGISTERED != 0) {
-                let nbma = show_addr(&p.nbma);
-                let claimed = if p.claimed == [0; 16] { nbma } else { show_addr(&p.claimed) };
-                engine.restore_registration(*o, Binding { nbma, claimed, unique: p.flags & peer_flags::UNIQUE != 0, expires: p.expires, since: now, mtu: 0 });
-                restored += 1;
+            let addresses = netdev::addresses(&handle, t.netdev_ifindex).await?;
+            // The first address of each family on the tunnel netdev (IPv6: not link-local).
+            let subnets: Vec<ipnet::IpNet> =
+                [false, true].into_iter().filter_map(|v6| addresses.iter().find(|n| n.addr().is_ipv6() == v6 && !is_link_local(n.addr())).copied()).collect();
+            if subnets.is_empty() {
+                warn!("tunnel {id}: no address on the tunnel netdev; NHRP not started");
             }
-            if restored > 0 {
-                info!("tunnel {id}: {restored} registrations taken up from the peer table");
+            for subnet in subnets {
+                let engine = engine_for(id, &t, subnet, &peers);
+                engines.insert((id, subnet.addr().is_ipv6()), engine);
             }
-            engines.insert(id, engine);
         }
         // Who was told of them, as the previous daemon saved it.
         if let Ok(saved) = std::fs::read(&state_file) {
             let told: Vec<Told> = serde_json::from_slice(&saved).unwrap_or_default();
             for t in told {
-                if let Some(e) = engines.get_mut(&t.tunnel) {
+                if let Some(e) = engines.get_mut(&(t.tunnel, t.target.is_ipv6())) {
                     e.restore_told(t.target, t.requester, t.nbma);
                 }
             }
@@ -184,7 +148,8 @@ impl Agent {
         let tunnels: HashMap<u32, Tunnel> = maps.tunnels()?.into_iter().collect();
         let mut applied = Applied::default();
         let used_since = crate::clock::monotonic_ns();
-        for (id, engine) in &mut self.engines {
+        let mut clients: HashMap<u32, ClientState> = HashMap::new();
+        for ((id, _), engine) in &mut self.engines {
             let Some(t) = tunnels.get(id) else { continue };
             let mut actions = engine.tick(now);
             // A binding still in use is resolved again in the last third of its holding time
@@ -194,39 +159,48 @@ impl Agent {
                 for (pid, overlay, p) in &peers {
                     let used = p.used_ns != 0 && used_since.saturating_sub(p.used_ns) < hold * 1_000_000_000;
                     let renew = p.kind == peer_kind::DYNAMIC && p.expires != 0 && p.expires.saturating_sub(now) <= (hold / 3).max(2);
-                    if pid == id && used && renew {
+                    if pid == id && overlay.is_ipv6() == engine.settings.overlay.is_ipv6() && used && renew {
                         actions.extend(engine.resolve(*overlay, now));
                     }
                 }
             }
             apply(maps, sender, *id, t, actions, now, &mut applied, engine.registrations());
             if !engine.settings.nhs.is_empty() {
-                let mut s = maps.state(*id)?;
-                let wanted = if engine.nhs_up() { tunnel_state::UP } else { tunnel_state::DOWN };
+                let c = clients.entry(*id).or_default();
+                c.up |= engine.nhs_up();
                 // Which NHSs answer, by their slot in the tunnel's list.
-                let up = engine
+                c.answering |= engine
                     .nhs_links()
                     .iter()
                     .filter(|l| l.up)
                     .filter_map(|l| t.nhs_list.iter().position(|a| show_addr(a) == l.nhs.overlay))
                     .fold(0u32, |m, i| m | 1 << i);
-                if s.state != wanted || s.nhs_up != up {
-                    if s.state != wanted {
-                        info!("tunnel {id}: NHS {}", tunnel_state::NAMES[wanted as usize]);
-                        s.transitions += 1;
-                        s.since = crate::clock::unix_secs();
-                    }
-                    s.state = wanted;
-                    s.nhs_up = up;
-                    maps.set_state(*id, &s)?;
+                // The IPv4 engine's choice first: one NHS takes the unresolved traffic of both.
+                if c.preferred.is_none() || !engine.settings.overlay.is_ipv6() {
+                    c.preferred = engine.preferred_nhs().map(|n| n.overlay);
                 }
-                // Unresolved traffic goes to the preferred NHS that answers.
-                if let Some(best) = engine.preferred_nhs()
-                    && show_addr(&t.nhs) != best.overlay
-                {
-                    info!("tunnel {id}: traffic to unresolved destinations goes to NHS {} now", best.overlay);
-                    maps.set_tunnel_nhs(*id, best.overlay)?;
+            }
+        }
+        for (id, c) in clients {
+            let Some(t) = tunnels.get(&id) else { continue };
+            let mut s = maps.state(id)?;
+            let wanted = if c.up { tunnel_state::UP } else { tunnel_state::DOWN };
+            if s.state != wanted || s.nhs_up != c.answering {
+                if s.state != wanted {
+                    info!("tunnel {id}: NHS {}", tunnel_state::NAMES[wanted as usize]);
+                    s.transitions += 1;
+                    s.since = crate::clock::unix_secs();
                 }
+                s.state = wanted;
+                s.nhs_up = c.answering;
+                maps.set_state(id, &s)?;
+            }
+            // Unresolved traffic goes to the preferred NHS that answers.
+            if let Some(best) = c.preferred
+                && show_addr(&t.nhs) != best
+            {
+                info!("tunnel {id}: traffic to unresolved destinations goes to NHS {best} now");
+                maps.set_tunnel_nhs(id, best)?;
             }
         }
         self.merge(applied, now);
@@ -287,7 +261,9 @@ impl Agent {
                 Some(i) => s.nhrp_rx[i] += 1,
                 None => s.nhrp_errors += 1,
             });
-            let (Some(engine), Some(t)) = (self.engines.get_mut(&id), maps.tunnel(id)) else { continue };
+            // IPv4 or IPv6 NHRP: the engine of the packet's protocol type.
+            let v6 = packet.protocol_type == 0x86dd;
+            let (Some(engine), Some(t)) = (self.engines.get_mut(&(id, v6)), maps.tunnel(id)) else { continue };
             if !Packet::checksum_ok(&bytes) {
                 debug!("tunnel {id}: NHRP from {remote}: bad checksum");
                 count(maps, id, |s| s.nhrp_errors += 1);
@@ -300,7 +276,7 @@ impl Agent {
                 |target: IpAddr| routes.iter().filter(|(net, rid, _)| *rid == id && net.contains(&target)).map(|(net, _, _)| net.prefix_len()).max();
             let local = |target: IpAddr| exit_for(&self.kernel_routes, t.netdev_ifindex, target);
             let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, route_len: &route_len, local: &local });
-            self.apply(maps, sender, id, &t, actions, now);
+            self.apply(maps, sender, (id, v6), &t, actions, now);
         }
         while let Some(event) = maps.next_event() {
             self.event(maps, sender, &event, now);
@@ -308,25 +284,29 @@ impl Agent {
     }
 
     fn event(&mut self, maps: &mut Maps, sender: &Socket, e: &Event, now: u64) {
-        let Some(engine) = self.engines.get_mut(&e.tunnel) else { return };
-        let (IpAddr::V4(target), IpAddr::V4(source)) = (show_addr(&e.target), show_addr(&e.source)) else { return };
+        let (target, source) = (show_addr(&e.target), show_addr(&e.source));
+        if target.is_ipv6() != source.is_ipv6() {
+            return;
+        }
+        let key = (e.tunnel, target.is_ipv6());
+        let Some(engine) = self.engines.get_mut(&key) else { return };
         let actions = match (e.kind, engine.settings.server) {
             (event_kind::RESOLUTION_WANTED, false) => {
                 debug!("tunnel {}: resolving {target}", e.tunnel);
-                engine.resolve(IpAddr::V4(target), now)
+                engine.resolve(target, now)
             }
             (event_kind::TRAFFIC_INDICATION, true) => {
                 // The source is a peer, or a host behind one (a route's `via`).
-                let via = maps.route_via(e.tunnel, IpAddr::V4(source));
-                let nbma = [Some(IpAddr::V4(source)), via].into_iter().flatten().find_map(|hop| maps.peer(e.tunnel, hop).map(|p| show_addr(&p.nbma)));
+                let via = maps.route_via(e.tunnel, source);
+                let nbma = [Some(source), via].into_iter().flatten().find_map(|hop| maps.peer(e.tunnel, hop).map(|p| show_addr(&p.nbma)));
                 let Some(nbma) = nbma else { return };
                 debug!("tunnel {}: relayed {source} -> {target}: Traffic Indication to {nbma}", e.tunnel);
-                engine.indicate(IpAddr::V4(source), nbma, IpAddr::V4(target))
+                engine.indicate(source, nbma, target)
             }
             _ => return,
         };
         if let Some(t) = maps.tunnel(e.tunnel) {
-            self.apply(maps, sender, e.tunnel, &t, actions, now);
+            self.apply(maps, sender, key, &t, actions, now);
         }
     }
 }
@@ -339,22 +319,28 @@ impl Agent {
     pub fn shutdown(&mut self, maps: &mut Maps, sender: &Socket, now: u64, purge: bool) {
         let Ok(tunnels) = maps.tunnels() else { return };
         for (id, t) in tunnels {
-            if purge && let Some(engine) = self.engines.get_mut(&id) {
-                let actions = engine.withdraw();
-                self.apply(maps, sender, id, &t, actions, now);
+            for v6 in [false, true] {
+                if purge && let Some(engine) = self.engines.get_mut(&(id, v6)) {
+                    let actions = engine.withdraw();
+                    self.apply(maps, sender, (id, v6), &t, actions, now);
+                }
             }
         }
-        let told: Vec<Told> = self.engines.iter().flat_map(|(id, e)| e.told().into_iter().map(|(target, requester, nbma)| Told { tunnel: *id, target, requester, nbma })).collect();
+        let told: Vec<Told> = self
+            .engines
+            .iter()
+            .flat_map(|((id, _), e)| e.told().into_iter().map(|(target, requester, nbma)| Told { tunnel: *id, target, requester, nbma }))
+            .collect();
         if let Err(e) = std::fs::write(&self.state_file, serde_json::to_vec(&told).unwrap_or_default()) {
             warn!("saving NHRP state to {}: {e}", self.state_file.display());
         }
     }
 
-    fn apply(&mut self, maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Action>, now: u64) {
+    fn apply(&mut self, maps: &mut Maps, sender: &Socket, key: (u32, bool), t: &Tunnel, actions: Vec<Action>, now: u64) {
         let mut applied = Applied::default();
         let none = HashMap::new();
-        let regs = self.engines.get(&id).map_or(&none, Engine::registrations);
-        apply(maps, sender, id, t, actions, now, &mut applied, regs);
+        let regs = self.engines.get(&key).map_or(&none, Engine::registrations);
+        apply(maps, sender, key.0, t, actions, now, &mut applied, regs);
         self.merge(applied, now);
     }
 
@@ -372,11 +358,75 @@ impl Agent {
     }
 
     /// Carries out actions of tunnel `id`'s engine (for the control socket's changes).
-    pub(super) fn carry_out(&mut self, maps: &mut Maps, sender: &Socket, id: u32, actions: Vec<Action>, now: u64) {
-        if let Some(t) = maps.tunnel(id) {
-            self.apply(maps, sender, id, &t, actions, now);
+    pub(super) fn carry_out(&mut self, maps: &mut Maps, sender: &Socket, key: (u32, bool), actions: Vec<Action>, now: u64) {
+        if let Some(t) = maps.tunnel(key.0) {
+            self.apply(maps, sender, key, &t, actions, now);
         }
     }
+}
+
+/// The engine of tunnel `id` for the family of `subnet` (the tunnel netdev's address), with the
+/// NHSs of that family, and the registrations a previous daemon held taken up from the peer
+/// table (a restart is not an outage).
+fn engine_for(id: u32, t: &Tunnel, subnet: ipnet::IpNet, peers: &[(u32, IpAddr, Peer)]) -> Engine {
+    let overlay = subnet.addr();
+    let nbma = show_addr(&t.local);
+    let nhs: Vec<Nhs> = t
+        .nhs_list
+        .iter()
+        .zip(t.nhs_priority)
+        .filter(|(a, _)| **a != [0; 16] && show_addr(a).is_ipv6() == overlay.is_ipv6())
+        .filter_map(|(a, priority)| {
+            let overlay = show_addr(a);
+            let at = peers.iter().find(|(pid, o, _)| *pid == id && *o == overlay).map(|(_, _, p)| show_addr(&p.nbma));
+            match at {
+                Some(n) if n.is_ipv4() == nbma.is_ipv4() => Some(Nhs { overlay, nbma: n, priority }),
+                _ => {
+                    warn!("tunnel {id}: NHS {overlay} has no static peer entry with an NBMA address of the tunnel's family");
+                    None
+                }
+            }
+        })
+        .collect();
+    let auth = t.nhrp_auth.iter().position(|b| *b == 0).map_or(t.nhrp_auth.to_vec(), |n| t.nhrp_auth[..n].to_vec());
+    let settings = Settings {
+        server: t.nhrp_role == nhrp_role::NHS,
+        overlay,
+        subnet: subnet.trunc(),
+        nbma,
+        nhs,
+        holdtime: t.nhrp_holdtime,
+        auth: (!auth.is_empty()).then_some(auth),
+        mtu: u16::try_from(t.mtu).unwrap_or(u16::MAX),
+        limits: Limits::default(),
+        first_id: random_id(),
+    };
+    let role = match (settings.server, settings.nhs.first()) {
+        (true, Some(n)) => format!("server, registered with {}", n.overlay),
+        (true, None) => "server".to_string(),
+        (false, _) => "client".to_string(),
+    };
+    info!("tunnel {id}: NHRP network {} {role} as {overlay} ({nbma})", t.nhrp_network_id);
+    let mut engine = Engine::new(settings);
+    let now = crate::clock::monotonic_secs();
+    let mut restored = 0;
+    let registered = peers
+        .iter()
+        .filter(|(pid, o, p)| *pid == id && o.is_ipv6() == overlay.is_ipv6() && p.kind == peer_kind::DYNAMIC && p.flags & peer_flags::REGISTERED != 0);
+    for (_, o, p) in registered {
+        let nbma = show_addr(&p.nbma);
+        let claimed = if p.claimed == [0; 16] { nbma } else { show_addr(&p.claimed) };
+        engine.restore_registration(*o, Binding { nbma, claimed, unique: p.flags & peer_flags::UNIQUE != 0, expires: p.expires, since: now, mtu: 0 });
+        restored += 1;
+    }
+    if restored > 0 {
+        info!("tunnel {id}: {restored} registrations taken up from the peer table");
+    }
+    engine
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// The prefix length of the kernel route by which this node reaches `target` when that route

@@ -62,10 +62,10 @@ impl Agent {
         let mut rows: Vec<Row> = maps
             .peers()
             .into_iter()
-            .filter(|(id, _, _)| self.engines.contains_key(id))
+            .filter(|(id, o, _)| self.engines.contains_key(&(*id, o.is_ipv6())))
             .filter(|(_, o, p)| keep(o, &show_addr(&p.nbma)))
             .map(|(id, overlay, p)| {
-                let registration = self.engines.get(&id).and_then(|e| e.registrations().get(&overlay).copied());
+                let registration = self.engines.get(&(id, overlay.is_ipv6())).and_then(|e| e.registrations().get(&overlay).copied());
                 let claimed = (p.claimed != [0; 16]).then(|| show_addr(&p.claimed));
                 let mut attributes = vec![if p.kind == peer_kind::STATIC { "static" } else { "dynamic" }];
                 let flags = [
@@ -95,7 +95,7 @@ impl Agent {
 
     fn nhs_detail(&self, maps: &Maps, now: u64) -> Vec<Value> {
         let mut out = Vec::new();
-        for (id, e) in &self.engines {
+        for ((id, _), e) in &self.engines {
             for l in e.nhs_links() {
                 out.push(json!({
                     "tunnel": tunnel_name(maps, *id),
@@ -125,11 +125,16 @@ impl Agent {
             .map(|r| {
                 let id = maps.tunnels().unwrap_or_default().into_iter().find(|(id, _)| tunnel_name(maps, *id) == r.tunnel).map(|(id, _)| id);
                 let stats = id.map(|id| maps.peer_stats(id, &crate::maps::store_addr(r.nbma))).unwrap_or_default();
-                let engine = id.and_then(|id| self.engines.get(&id));
+                let engine = id.and_then(|id| self.engines.get(&(id, r.overlay.is_ipv6())));
                 let registration = engine.and_then(|e| e.registrations().get(&r.overlay).copied());
-                let told: Vec<Value> = engine.map(|e| e.told_of(r.overlay)).unwrap_or_default().iter().map(|(o, n)| json!({ "overlay": o, "nbma": n })).collect();
-                let shortcuts: Vec<String> =
-                    maps.shortcut_routes().into_iter().filter(|(_, rid, via)| Some(*rid) == id && *via == Some(r.overlay)).map(|(net, _, _)| net.to_string()).collect();
+                let told: Vec<Value> =
+                    engine.map(|e| e.told_of(r.overlay)).unwrap_or_default().iter().map(|(o, n)| json!({ "overlay": o, "nbma": n })).collect();
+                let shortcuts: Vec<String> = maps
+                    .shortcut_routes()
+                    .into_iter()
+                    .filter(|(_, rid, via)| Some(*rid) == id && *via == Some(r.overlay))
+                    .map(|(net, _, _)| net.to_string())
+                    .collect();
                 let p = id.and_then(|id| maps.peer(id, r.overlay));
                 json!({
                     "peer": r,
@@ -149,19 +154,25 @@ impl Agent {
     fn clear(&mut self, maps: &mut Maps, sender: &Socket, what: &Clear, now: u64) -> usize {
         let mut cleared = 0;
         let shortcuts = maps.shortcut_routes();
-        let ids: Vec<u32> = self.engines.keys().copied().collect();
-        for id in ids {
+        let keys: Vec<(u32, bool)> = self.engines.keys().copied().collect();
+        for key in keys {
+            let (id, v6) = key;
             let mut actions = Vec::new();
-            let dynamic: Vec<IpAddr> = maps.peers().into_iter().filter(|(pid, _, p)| *pid == id && p.kind != peer_kind::STATIC).map(|(_, o, _)| o).collect();
+            let dynamic: Vec<IpAddr> =
+                maps.peers().into_iter().filter(|(pid, o, p)| *pid == id && o.is_ipv6() == v6 && p.kind != peer_kind::STATIC).map(|(_, o, _)| o).collect();
             let (peers, routes): (Vec<IpAddr>, Vec<ipnet::IpNet>) = match what {
                 Clear::Cache => (dynamic, shortcuts.iter().filter(|(_, rid, _)| *rid == id).map(|(n, _, _)| *n).collect()),
                 Clear::Shortcuts => (vec![], shortcuts.iter().filter(|(_, rid, _)| *rid == id).map(|(n, _, _)| *n).collect()),
                 Clear::Address(a) => (
                     dynamic.into_iter().filter(|o| o == a).collect(),
-                    shortcuts.iter().filter(|(n, rid, via)| *rid == id && (*via == Some(*a) || n.contains(a) && n.prefix_len() == if a.is_ipv4() { 32 } else { 128 })).map(|(n, _, _)| *n).collect(),
+                    shortcuts
+                        .iter()
+                        .filter(|(n, rid, via)| *rid == id && (*via == Some(*a) || n.contains(a) && n.prefix_len() == if a.is_ipv4() { 32 } else { 128 }))
+                        .map(|(n, _, _)| *n)
+                        .collect(),
                 ),
             };
-            if let Some(e) = self.engines.get_mut(&id) {
+            if let Some(e) = self.engines.get_mut(&key) {
                 match what {
                     Clear::Cache => actions.extend(e.clear_all(now)),
                     Clear::Address(a) => actions.extend(e.clear(*a, now)),
@@ -180,7 +191,7 @@ impl Agent {
                     cleared += 1;
                 }
             }
-            self.carry_out(maps, sender, id, actions, now);
+            self.carry_out(maps, sender, key, actions, now);
         }
         let left = maps.shortcut_routes();
         self.shortcuts.retain(|(sid, net, _)| left.iter().any(|(n, rid, _)| n == net && rid == sid));

@@ -20,8 +20,8 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
 
-pub use self::{client::NhsLink, server::Binding};
 use self::{client::Client, pending::Pending, relay::Relays, server::Server};
+pub use self::{client::NhsLink, server::Binding};
 use super::wire::{self, Address, Cie, ExtBody, Extension, Packet, Payload, error_code, ext, kind};
 
 /// RFC 2332 §5.2.0.1 CIE codes used here.
