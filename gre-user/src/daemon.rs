@@ -21,7 +21,10 @@ use gre_common::{
 };
 use log::{info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::SignalKind,
+};
 
 use crate::{loader, maps::Maps, reassembled};
 
@@ -51,9 +54,12 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     let mut path_mtu = crate::pmtu::PathMtu::new(&receiver, &receiver6)?;
     // SAFETY: the sockets are moved in and owned by the AsyncFds for as long as they are registered.
     let fib_watch = unsafe { AsyncFd::register(crate::fib_watch::FibWatch::new()?) }.map_err(|e| e.into_parts().1).context("registering the netlink socket")?;
-    let receiver = unsafe { AsyncFd::register(receiver) }.map_err(|e| e.into_parts().1).context("registering the raw GRE socket")?;
+    // Readable: GRE that arrived in fragments; error: ICMP about our GRE (path MTU).
+    let errors = Interest::READABLE | Interest::ERROR;
+    let receiver = unsafe { AsyncFd::register_with_interest(receiver, errors) }.map_err(|e| e.into_parts().1).context("registering the raw GRE socket")?;
     // SAFETY: as above.
-    let receiver6 = unsafe { AsyncFd::register(receiver6) }.map_err(|e| e.into_parts().1).context("registering the raw GRE/IPv6 socket")?;
+    let receiver6 =
+        unsafe { AsyncFd::register_with_interest(receiver6, errors) }.map_err(|e| e.into_parts().1).context("registering the raw GRE/IPv6 socket")?;
     let injector = packet_socket()?;
     let mut keepalives = Keepalives::default();
     let mut nhrp = crate::nhrp::agent::Agent::new(&mut maps, crate::runtime::path(instance, "nhrp")).await?;
@@ -63,8 +69,18 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
         Some(listen) => Some(crate::metrics::serve(instance, listen).await?),
         None => None,
     };
-    let mut last_second = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    // The datapath's ring buffers (NHRP it punted, resolutions and indications it asks for)
+    // wake the loop when they have something; the clock once a second, for the timers.
+    let [events_fd, punt_fd] = maps.ring_fds();
+    // SAFETY: the descriptors belong to `maps`, which outlives these registrations (both end
+    // with this function, the registrations first: declared after it).
+    let events_ring = unsafe { AsyncFd::register_with_interest(Ring(events_fd), Interest::READABLE) }.map_err(|e| e.into_parts().1).context("watching the event ring")?;
+    // SAFETY: as above.
+    let punt_ring = unsafe { AsyncFd::register_with_interest(Ring(punt_fd), Interest::READABLE) }.map_err(|e| e.into_parts().1).context("watching the NHRP ring")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The kernel's routes are read again when netlink says they changed, not on a timer.
+    let mut routes_changed = false;
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     info!("daemon for instance {instance} running");
     loop {
@@ -72,17 +88,30 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
             _ = tick.tick() => {
                 let now = crate::clock::monotonic_secs();
                 nhrp.drain(&mut maps, &sender, now);
-                // ICMP errors about our GRE wait on the sockets' error queues.
-                path_mtu.drain(&mut maps, receiver.get_ref()).await;
-                path_mtu.drain(&mut maps, receiver6.get_ref()).await;
-                if now != last_second {
-                    path_mtu.expire(&mut maps).await;
-                    last_second = now;
-                    keepalives.tick(&mut maps, &sender)?;
-                    nhrp.tick(&mut maps, &sender, now)?;
+                path_mtu.expire(&mut maps).await;
+                keepalives.tick(&mut maps, &sender)?;
+                nhrp.tick(&mut maps, &sender, now)?;
+                if std::mem::take(&mut routes_changed) {
                     nhrp.refresh_kernel_routes().await;
                 }
                 nhrp.keep_neighbours(&mut maps).await;
+            }
+            ready = events_ring.readable() => {
+                // Cleared first: a record committed while draining wakes the loop again.
+                ready?.clear_ready();
+                nhrp.drain(&mut maps, &sender, crate::clock::monotonic_secs());
+            }
+            ready = punt_ring.readable() => {
+                ready?.clear_ready();
+                nhrp.drain(&mut maps, &sender, crate::clock::monotonic_secs());
+            }
+            ready = receiver.ready(Interest::ERROR) => {
+                ready?.clear_ready_matching(tokio::io::Ready::ERROR);
+                path_mtu.drain(&mut maps, receiver.get_ref()).await;
+            }
+            ready = receiver6.ready(Interest::ERROR) => {
+                ready?.clear_ready_matching(tokio::io::Ready::ERROR);
+                path_mtu.drain(&mut maps, receiver6.get_ref()).await;
             }
             ready = receiver.readable() => {
                 let mut guard = ready?;
@@ -91,7 +120,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
             }
             ready = fib_watch.readable() => {
                 let mut guard = ready?;
-                guard.get_inner().drain(&mut maps);
+                routes_changed |= guard.get_inner().drain(&mut maps);
                 guard.clear_ready();
             }
             ready = receiver6.readable() => {
@@ -135,6 +164,15 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     let _ = std::fs::remove_file(crate::logs::socket_path(instance));
     let _ = std::fs::remove_file(crate::control::socket_path(instance));
     Ok(())
+}
+
+/// A ring buffer's descriptor (owned by the map), to wait on.
+struct Ring(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for Ring {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
 }
 
 fn raw_gre_socket(domain: Domain) -> Result<Socket> {

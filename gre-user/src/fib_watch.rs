@@ -48,20 +48,49 @@ impl FibWatch {
     }
 
     /// Reads what the kernel announced; if anything, marks the datapath's answers stale. A
-    /// full socket buffer (ENOBUFS: changes were lost) counts as a change too.
-    pub fn drain(&self, maps: &mut Maps) {
+    /// full socket buffer (ENOBUFS: changes were lost) counts as a change too. Returns whether
+    /// routes may have changed (a route, address or link message, or lost messages): the NHRP
+    /// side rereads the kernel's routes then, not on a timer.
+    pub fn drain(&self, maps: &mut Maps) -> bool {
         let mut buf = Vec::with_capacity(16384);
         let mut changed = false;
+        let mut routes = false;
         loop {
             buf.clear();
             match self.0.recv(&mut buf, 0) {
-                Ok(_) => changed = true,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
+                Ok(_) => {
+                    changed = true;
+                    routes |= announces_routes(&buf);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    changed = true;
+                    routes = true;
+                }
                 Err(_) => break,
             }
         }
         if changed && let Err(e) = maps.mark_fib_changed() {
             log::warn!("{e:#}");
         }
+        routes
     }
+}
+
+/// Whether a datagram of netlink messages holds a route, address or link change.
+fn announces_routes(mut buf: &[u8]) -> bool {
+    const TYPES: [u16; 6] = [libc::RTM_NEWROUTE, libc::RTM_DELROUTE, libc::RTM_NEWADDR, libc::RTM_DELADDR, libc::RTM_NEWLINK, libc::RTM_DELLINK];
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        if TYPES.contains(&kind) {
+            return true;
+        }
+        // Messages are aligned to 4 bytes.
+        let next = (len + 3) & !3;
+        if len < 16 || next > buf.len() {
+            break;
+        }
+        buf = &buf[next..];
+    }
+    false
 }

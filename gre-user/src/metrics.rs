@@ -127,7 +127,9 @@ pub async fn serve(instance: &str, listen: SocketAddr) -> Result<tokio::task::Jo
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let registry = Arc::clone(&registry);
-                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
+                    // The scrape walks the maps: on a blocking thread, off the one that runs NHRP.
+                    let path = req.uri().path().to_string();
+                    async move { Ok::<_, std::convert::Infallible>(tokio::task::spawn_blocking(move || respond(&path, &registry)).await.unwrap_or_else(|e| failed(&e))) }
                 });
                 if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                     log::debug!("metrics connection: {e}");
@@ -137,14 +139,20 @@ pub async fn serve(instance: &str, listen: SocketAddr) -> Result<tokio::task::Jo
     }))
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+fn failed(e: &dyn std::fmt::Display) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{e}\n"))));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+fn respond(path: &str, registry: &Registry) -> Response<Full<Bytes>> {
     let reply = |status, kind: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
         r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(kind));
         r
     };
-    if req.uri().path() != "/metrics" {
+    if path != "/metrics" {
         return reply(StatusCode::NOT_FOUND, "text/plain", "metrics are at /metrics\n".to_string());
     }
     let mut body = String::new();

@@ -32,6 +32,10 @@ pub struct Agent {
     pub(super) shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
     /// When each dynamic peer was learned (monotonic seconds), for its up time.
     pub(super) learned: HashMap<(u32, IpAddr), u64>,
+    /// The dynamic peers by when they expire (monotonic seconds), and the other way round:
+    /// the clock's work each second is what is due, not a walk of the peer table.
+    expiry: std::collections::BTreeSet<(u64, u32, IpAddr)>,
+    expires: HashMap<(u32, IpAddr), u64>,
     /// The kernel's IPv4 routes (prefix, link), refreshed every second: what we are the exit for.
     kernel_routes: Vec<(ipnet::IpNet, u32)>,
     /// NBMA addresses of new multicast peers whose underlay next hop is to be kept resolved.
@@ -67,6 +71,8 @@ struct Applied {
     multicast_nbmas: Vec<IpAddr>,
     /// Peers new in the table.
     new_peers: Vec<(u32, IpAddr)>,
+    /// Dynamic peers set (with when they expire) or removed.
+    expiry: Vec<((u32, IpAddr), Option<u64>)>,
 }
 
 impl Agent {
@@ -118,7 +124,24 @@ impl Agent {
         }
         let kept = maps.neighbours().into_iter().collect();
         let kernel_routes = netdev::ipv4_routes(&handle).await?;
-        Ok(Self { engines, shortcuts, learned: HashMap::new(), kernel_routes, wanted_hops: Vec::new(), kept, handle, state_file })
+        let mut agent = Self {
+            engines,
+            shortcuts,
+            learned: HashMap::new(),
+            expiry: std::collections::BTreeSet::new(),
+            expires: HashMap::new(),
+            kernel_routes,
+            wanted_hops: Vec::new(),
+            kept,
+            handle,
+            state_file,
+        };
+        for (id, overlay, p) in maps.peers() {
+            if p.kind != peer_kind::STATIC && p.expires != 0 {
+                agent.schedule((id, overlay), Some(p.expires));
+            }
+        }
+        Ok(agent)
     }
 
     /// Every second: registrations, expiries, the state of each spoke's NHS.
@@ -126,25 +149,27 @@ impl Agent {
     /// # Errors
     /// The maps cannot be read or written.
     pub fn tick(&mut self, maps: &mut Maps, sender: &Socket, now: u64) -> Result<()> {
-        // Dynamic entries past their holding time go, on every tunnel.
-        for (id, overlay, p) in maps.peers() {
-            if p.kind != peer_kind::STATIC && p.expires != 0 && p.expires <= now {
+        // Dynamic entries past their holding time go (what is due, not a walk of the table).
+        while let Some(&(at, id, overlay)) = self.expiry.first()
+            && at <= now
+        {
+            self.expiry.pop_first();
+            self.expires.remove(&(id, overlay));
+            if let Some(p) = maps.peer(id, overlay).filter(|p| p.kind != peer_kind::STATIC && p.expires != 0 && p.expires <= now) {
                 info!("tunnel {id}: peer {overlay} ({}) expired", show_addr(&p.nbma));
                 maps.remove_peer(id, overlay);
+                self.learned.remove(&(id, overlay));
             }
         }
         // A shortcut whose peer is gone goes too: traffic returns to the NHS.
-        let peers = maps.peers();
         self.shortcuts.retain(|(id, prefix, via)| {
-            let alive = peers.iter().any(|(pid, o, _)| pid == id && o == via);
+            let alive = maps.peer(*id, *via).is_some();
             if !alive {
                 info!("tunnel {id}: shortcut {prefix} via {via} removed with its peer");
                 maps.remove_route(*prefix);
             }
             alive
         });
-        let present: HashSet<(u32, IpAddr)> = peers.iter().map(|(id, o, _)| (*id, *o)).collect();
-        self.learned.retain(|k, _| present.contains(k));
         let tunnels: HashMap<u32, Tunnel> = maps.tunnels()?.into_iter().collect();
         let mut applied = Applied::default();
         let used_since = crate::clock::monotonic_ns();
@@ -156,10 +181,11 @@ impl Agent {
             // (as FRR renews used shortcuts), so that a shortcut does not lapse back to the hub.
             if !engine.settings.server {
                 let hold = u64::from(engine.settings.holdtime);
-                for (pid, overlay, p) in &peers {
-                    let used = p.used_ns != 0 && used_since.saturating_sub(p.used_ns) < hold * 1_000_000_000;
-                    let renew = p.kind == peer_kind::DYNAMIC && p.expires != 0 && p.expires.saturating_sub(now) <= (hold / 3).max(2);
-                    if pid == id && overlay.is_ipv6() == engine.settings.overlay.is_ipv6() && used && renew {
+                let until = now + (hold / 3).max(2);
+                let due = self.expiry.range((now, *id, IpAddr::from([0u8; 4]))..=(until, *id, IpAddr::from([0xffu8; 16])));
+                for (_, pid, overlay) in due {
+                    let used = maps.peer(*pid, *overlay).is_some_and(|p| p.kind == peer_kind::DYNAMIC && p.used_ns != 0 && used_since.saturating_sub(p.used_ns) < hold * 1_000_000_000);
+                    if pid == id && overlay.is_ipv6() == engine.settings.overlay.is_ipv6() && used {
                         actions.extend(engine.resolve(*overlay, now));
                     }
                 }
@@ -355,6 +381,23 @@ impl Agent {
         for p in applied.new_peers {
             self.learned.insert(p, now);
         }
+        for (key, at) in applied.expiry {
+            self.schedule(key, at);
+            if at.is_none() {
+                self.learned.remove(&key);
+            }
+        }
+    }
+
+    /// Notes when a dynamic peer expires (None: it is gone).
+    pub(super) fn schedule(&mut self, key: (u32, IpAddr), at: Option<u64>) {
+        if let Some(old) = self.expires.remove(&key) {
+            self.expiry.remove(&(old, key.0, key.1));
+        }
+        if let Some(at) = at {
+            self.expires.insert(key, at);
+            self.expiry.insert((at, key.0, key.1));
+        }
     }
 
     /// Carries out actions of tunnel `id`'s engine (for the control socket's changes).
@@ -481,14 +524,16 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                 if multicast && existing.is_none_or(|p| show_addr(&p.nbma) != nbma) {
                     applied.multicast_nbmas.push(nbma);
                 }
-                if let Err(e) = maps.set_peer(id, overlay, &peer) {
-                    warn!("tunnel {id}: {e:#}");
+                match maps.set_peer(id, overlay, &peer) {
+                    Ok(()) => applied.expiry.push(((id, overlay), Some(peer.expires))),
+                    Err(e) => warn!("tunnel {id}: {e:#}"),
                 }
             }
             Action::Forget { overlay } => {
                 if maps.peer(id, overlay).is_some_and(|p| p.kind != peer_kind::STATIC) {
                     info!("tunnel {id}: peer {overlay} purged");
                     maps.remove_peer(id, overlay);
+                    applied.expiry.push(((id, overlay), None));
                 }
             }
             Action::Withdraw { prefix } => {
@@ -496,6 +541,7 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                     if pid == id && p.kind != peer_kind::STATIC && prefix.contains(&overlay) {
                         info!("tunnel {id}: peer {overlay} purged by the NHS ({prefix})");
                         maps.remove_peer(id, overlay);
+                        applied.expiry.push(((id, overlay), None));
                     }
                 }
                 for (net, rid, _) in maps.shortcut_routes() {

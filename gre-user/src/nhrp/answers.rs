@@ -188,6 +188,8 @@ impl Agent {
             for o in peers {
                 if maps.remove_peer(id, o) {
                     info!("tunnel {id}: peer {o} cleared");
+                    self.schedule((id, o), None);
+                    self.learned.remove(&(id, o));
                     cleared += 1;
                 }
             }
