@@ -421,6 +421,17 @@ fn punt_nhrp(ctx: &XdpContext, o: &Outer, g: &Gre, inner: usize, id: u32, known:
         // SAFETY: a per-CPU slot, used by one program run at a time.
         let scratch = unsafe { &mut *scratch };
         scratch.source = o.remote;
+        // An IPv6 sender holds a /64 at least: its addresses share one window, or a flood from
+        // random addresses of one prefix would pass as many strangers. (IPv4-mapped: per host.)
+        // (Compared and cleared as words: a slice comparison would be a memcmp call.)
+        let s = &mut scratch.source;
+        let head = u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+        let mapped = head == 0 && u32::from_be_bytes([s[8], s[9], s[10], s[11]]) == 0xffff;
+        if !mapped {
+            for b in &mut s[8..16] {
+                *b = 0;
+            }
+        }
         let allowed = match NHRP_SOURCES.get_ptr_mut(&scratch.source) {
             // SAFETY: an LRU entry; a racing CPU can only let a few more through.
             Some(w) => limit::allow(unsafe { &mut *w }, 1, NHRP_PER_SOURCE_PER_SECOND),

@@ -91,8 +91,9 @@ pub static NHRP_PUNT: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 #[map]
 pub static NHRP_BUDGET: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
 
-/// NHRP handed to the daemon per unknown source address in the current second: one sender
-/// cannot take the whole budget of strangers (a new spoke's registration still gets through).
+/// NHRP handed to the daemon per unknown source in the current second (an IPv4 address, an
+/// IPv6 /64): one sender cannot take the whole budget of strangers (a new spoke's registration
+/// still gets through).
 #[map]
 pub static NHRP_SOURCES: LruHashMap<[u8; 16], Window> = LruHashMap::with_max_entries(4096, 0);
 

@@ -74,9 +74,11 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     let [events_fd, punt_fd] = maps.ring_fds();
     // SAFETY: the descriptors belong to `maps`, which outlives these registrations (both end
     // with this function, the registrations first: declared after it).
-    let events_ring = unsafe { AsyncFd::register_with_interest(Ring(events_fd), Interest::READABLE) }.map_err(|e| e.into_parts().1).context("watching the event ring")?;
+    let events_ring =
+        unsafe { AsyncFd::register_with_interest(Ring(events_fd), Interest::READABLE) }.map_err(|e| e.into_parts().1).context("watching the event ring")?;
     // SAFETY: as above.
-    let punt_ring = unsafe { AsyncFd::register_with_interest(Ring(punt_fd), Interest::READABLE) }.map_err(|e| e.into_parts().1).context("watching the NHRP ring")?;
+    let punt_ring =
+        unsafe { AsyncFd::register_with_interest(Ring(punt_fd), Interest::READABLE) }.map_err(|e| e.into_parts().1).context("watching the NHRP ring")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The kernel's routes are read again when netlink says they changed, not on a timer.

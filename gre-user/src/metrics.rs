@@ -129,7 +129,9 @@ pub async fn serve(instance: &str, listen: SocketAddr) -> Result<tokio::task::Jo
                     let registry = Arc::clone(&registry);
                     // The scrape walks the maps: on a blocking thread, off the one that runs NHRP.
                     let path = req.uri().path().to_string();
-                    async move { Ok::<_, std::convert::Infallible>(tokio::task::spawn_blocking(move || respond(&path, &registry)).await.unwrap_or_else(|e| failed(&e))) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(tokio::task::spawn_blocking(move || respond(&path, &registry)).await.unwrap_or_else(|e| failed(&e)))
+                    }
                 });
                 if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                     log::debug!("metrics connection: {e}");

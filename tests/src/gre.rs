@@ -114,6 +114,12 @@ impl Daemon {
         Self(Some(cmd.spawn().expect("gre daemon")))
     }
 
+    /// Its process id.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(std::process::Child::id)
+    }
+
     /// Kills it without letting it say goodbye (SIGKILL): as a crash or a power cut would.
     pub fn kill(mut self) {
         if let Some(mut c) = self.0.take() {

@@ -184,7 +184,9 @@ impl Agent {
                 let until = now + (hold / 3).max(2);
                 let due = self.expiry.range((now, *id, IpAddr::from([0u8; 4]))..=(until, *id, IpAddr::from([0xffu8; 16])));
                 for (_, pid, overlay) in due {
-                    let used = maps.peer(*pid, *overlay).is_some_and(|p| p.kind == peer_kind::DYNAMIC && p.used_ns != 0 && used_since.saturating_sub(p.used_ns) < hold * 1_000_000_000);
+                    let used = maps
+                        .peer(*pid, *overlay)
+                        .is_some_and(|p| p.kind == peer_kind::DYNAMIC && p.used_ns != 0 && used_since.saturating_sub(p.used_ns) < hold * 1_000_000_000);
                     if pid == id && overlay.is_ipv6() == engine.settings.overlay.is_ipv6() && used {
                         actions.extend(engine.resolve(*overlay, now));
                     }

@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: the datapath's cost and throughput, each against a baseline measured in
 //! the same run. Prints tables and writes every figure with the machine's description to
-//! `target/bench.json`. `--only cost|pipeline|scale|goodput` runs one part; `--quick` is the smoke run of `cargo xtask test`: the same paths and
+//! `target/bench.json`. `--only cost|pipeline|scale|nhrp|goodput` runs one part; `--quick` is the smoke run of `cargo xtask test`: the same paths and
 //! checks with fewer frames; no figure fails anything.
 
 mod cost;
 mod goodput;
+mod nhrp;
 mod pipeline;
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +55,11 @@ fn main() -> anyhow::Result<()> {
             let (peers, routes): (&[u32], &[u32]) = if quick { (&[1, 1000], &[1, 1000]) } else { (&[1, 1000, 100_000, 1_000_000], &[1, 1000, 100_000]) };
             report.insert("scale".into(), pipeline::run_scale(&mut bench, &effort, peers, routes)?);
         }
+    }
+
+    if wanted("nhrp") {
+        println!("\n== NHRP: the hub's daemon idle with 10 000 spokes, and legitimate registrations under a flood");
+        report.insert("nhrp".into(), nhrp::run(quick)?);
     }
 
     if wanted("goodput") {

@@ -64,7 +64,7 @@ pub struct Bench {
 }
 
 /// An interface's index and MAC address, looked up in namespace `ns`.
-fn link(ns: &str, ifname: &str) -> Result<(u32, [u8; 6])> {
+pub fn link(ns: &str, ifname: &str) -> Result<(u32, [u8; 6])> {
     let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", ifname])?;
     let v: Value = serde_json::from_str(&out).context("ip -j link")?;
     let index = u32::try_from(v[0]["ifindex"].as_u64().context("ifindex")?)?;
@@ -81,7 +81,7 @@ fn mac_str(m: [u8; 6]) -> String {
 
 /// Moves this thread into namespace `ns` (attachments and map entries name interfaces of the
 /// namespace they are made in).
-fn enter(ns: &str) -> Result<()> {
+pub fn enter(ns: &str) -> Result<()> {
     let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
     nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
     Ok(())
