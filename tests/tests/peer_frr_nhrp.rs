@@ -233,6 +233,17 @@ impl World {
         self.frr_start(&gre1, &config)
     }
 
+    /// FRR as a spoke that knows only its hub's NBMA address (`ip nhrp nhs dynamic nbma …`): it
+    /// learns the hub's overlay address from the Registration Reply.
+    fn frr_spoke_dynamic(&mut self) -> Result<()> {
+        let gre1 = format!(
+            "ip link add gre1 type gre local {FRR_NBMA} key {KEY} ttl 64\nip addr add {SPOKE1}/32 dev gre1\nip link set gre1 up\n\
+             ip route add 203.0.113.0/24 dev gre1\n"
+        );
+        let config = format!("interface gre1\n ip nhrp network-id 1\n ip nhrp holdtime {HOLDTIME}\n ip nhrp nhs dynamic nbma {A_NBMA}\n ip nhrp shortcut\n");
+        self.frr_start(&gre1, &config)
+    }
+
     /// The rows of a `show … json` command of FRR's.
     fn frr_table(&mut self, command: &str) -> Result<Vec<Value>> {
         let out = self.p.guest.run_timeout(&format!("vtysh -c '{command} json'"), Duration::from_secs(30))?;
@@ -751,6 +762,20 @@ fn nat_frr_hub(w: &mut World) -> Result<()> {
     w.direct(Pinger::Ours(&a), SPOKE2, (A_NBMA, NAT_PUBLIC), "up0", "vmtap0")
 }
 
+/// FRR with `ip nhrp nhs dynamic nbma …` registers with our hub not knowing its overlay address
+/// (its request names FRR's own): our reply, addressed from the hub, teaches it, and FRR maps
+/// the hub as its NHS and reaches it.
+fn our_hub_frr_dynamic_nhs(w: &mut World) -> Result<()> {
+    let a = w.a();
+    let hub = w.our_hub("")?;
+    w.frr_spoke_dynamic()?;
+    wait("FRR's registration on our hub", 15, || Ok(peer_nbma(&a, &hub, SPOKE1)?.as_deref() == Some(FRR_NBMA)))?;
+    wait("FRR to learn the hub's address", 10, || Ok(w.frr_entry(HUB)? == Some(("nhs".to_string(), A_NBMA.to_string()))))?;
+    let nhs = w.frr_table("show ip nhrp nhs")?;
+    ensure!(nhs.iter().any(|r| r["protocol"] == HUB), "FRR's NHS table: {nhs:?}");
+    w.ping(Pinger::Guest, HUB, 3)
+}
+
 type Case = (&'static str, fn(&mut World) -> Result<()>);
 
 const CASES: &[Case] = &[
@@ -765,6 +790,7 @@ const CASES: &[Case] = &[
     ("uniqueness, frr holds", uniqueness_frr_binding_kept),
     ("nat, our hub, frr spoke", nat_our_hub_frr_spoke),
     ("nat, frr hub", nat_frr_hub),
+    ("our hub, frr dynamic nhs", our_hub_frr_dynamic_nhs),
 ];
 
 #[test]
