@@ -10,15 +10,15 @@ use ipnet::IpNet;
 use log::info;
 
 use crate::{
-    config, loader,
+    config, instance,
     maps::{Maps, show_addr, store_addr},
     netdev,
-    show::ifname,
+    netdev::ifname,
 };
 
 /// The pinned maps of a running instance.
 fn open(instance: &str) -> Result<Maps> {
-    let dir = loader::running_dir(instance)?;
+    let dir = instance::running_dir(instance)?;
     Maps::open_pinned(&dir.join("maps"))
 }
 

@@ -26,7 +26,7 @@ use tokio::{
     signal::unix::SignalKind,
 };
 
-use crate::{loader, maps::Maps, reassembled};
+use crate::{instance, maps::Maps, reassembled};
 
 /// Runs until SIGINT or SIGTERM; with `purge_on_exit` NHRP clients withdraw their
 /// registrations then (the node leaves for good), else everything stays for the next daemon.
@@ -35,7 +35,7 @@ use crate::{loader, maps::Maps, reassembled};
 /// The instance is not up, another daemon runs for it, or a socket cannot be opened.
 pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on_exit: bool) -> Result<()> {
     let _lock = crate::runtime::lock(instance)?;
-    let dir = loader::running_dir(instance)?;
+    let dir = instance::running_dir(instance)?;
     let mut maps = Maps::open_pinned(&dir.join("maps"))?;
     let sender = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).context("opening a raw IPv4 socket for keepalives")?;
     let receiver = raw_gre_socket(Domain::IPV4)?;

@@ -12,7 +12,7 @@ use aya_log::EbpfLogger;
 use gre_common::maps::programs;
 use tokio::io::{AsyncBufReadExt as _, unix::AsyncFd};
 
-use crate::loader;
+use crate::instance;
 
 /// Prints each record on a line of its own, with the time, and counts them.
 struct Print {
@@ -38,7 +38,7 @@ impl log::Log for Print {
 /// # Errors
 /// The instance is not up or its program cannot be read.
 pub async fn follow(instance: &str, count: Option<usize>) -> Result<()> {
-    let dir = loader::running_dir(instance)?;
+    let dir = instance::running_dir(instance)?;
     let path = dir.join("progs").join(programs::ENCAP);
     let id = ProgramInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.id();
     let print: &'static Print = Box::leak(Box::new(Print { seen: AtomicUsize::new(0) }));

@@ -8,6 +8,7 @@ pub mod control;
 pub mod converge;
 pub mod daemon;
 pub mod datapath_log;
+pub mod instance;
 pub mod loader;
 pub mod logs;
 pub mod maps;
@@ -21,6 +22,7 @@ pub mod runtime;
 pub mod show;
 pub mod showconf;
 pub mod stats;
+pub mod tunnels;
 
 /// The eBPF object built from gre-ebpf, embedded so the `gre` binary is all an operator installs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gre"));

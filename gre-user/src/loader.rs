@@ -1,5 +1,6 @@
 //! `gre up` and `gre down`: tunnel netdevs, programs, links and maps of one instance, pinned under
-//! `/sys/fs/bpf/gre/<instance>/` so the datapath outlives this process and `gre show` can read it.
+//! its folder (see `instance`) so the datapath outlives this process and `gre show` can read it;
+//! and the building blocks of a tunnel that `gre tunnel add` shares.
 
 use std::{
     fs,
@@ -8,89 +9,17 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink};
-use gre_common::maps::{MAX_MULTICAST_GROUPS, Peer, Tunnel, names, nhrp_role, peer_flags, peer_kind, programs};
+use gre_common::maps::{MAX_MULTICAST_GROUPS, Peer, Tunnel, nhrp_role, peer_flags, peer_kind, programs};
 use log::{info, warn};
 use rtnetlink::Handle;
 
 use crate::{
     EBPF_OBJECT,
     config::{self, Config},
+    instance::{ensure_bpffs, instance_dir, load, object_loader, program, remove_pins, running_dir},
     maps::{Maps, store_addr},
     netdev,
 };
-
-/// Where bpffs is mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
-/// Our folder in it; nothing outside it is ever touched.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/gre";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// A loader of the eBPF object whose peer and route tables have the capacities `limits` asks for.
-#[must_use]
-pub fn object_loader(limits: &config::Limits) -> aya::EbpfLoader<'static> {
-    let mut loader = aya::EbpfLoader::new();
-    for name in [names::PEERS, names::NBMA_PEERS, names::PEER_STATS] {
-        loader.map_max_entries(name, limits.peers);
-    }
-    loader.map_max_entries(names::ROUTES, limits.routes);
-    loader
-}
-
-/// The limits a running instance was brought up with, read from its pinned maps.
-///
-/// # Errors
-/// A map is not pinned there.
-pub fn pinned_limits(maps_dir: &Path) -> Result<config::Limits> {
-    let capacity = |name: &str| -> Result<u32> {
-        let path = maps_dir.join(name);
-        Ok(aya::maps::MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.max_entries())
-    };
-    Ok(config::Limits { peers: capacity(names::PEERS)?, routes: capacity(names::ROUTES)? })
-}
-
-/// The pin folder of an instance.
-///
-/// # Errors
-/// The name could escape the folder or is not a plain name.
-pub fn instance_dir(instance: &str) -> Result<PathBuf> {
-    let ok = !instance.is_empty()
-        && instance.len() <= 64
-        && instance != "."
-        && instance != ".."
-        && instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !ok {
-        bail!("instance name {instance:?} must be 1 to 64 letters, digits, '-', '_' or '.'");
-    }
-    Ok(Path::new(PIN_ROOT).join(instance))
-}
-
-/// Mounts bpffs at /sys/fs/bpf unless it is there already.
-///
-/// # Errors
-/// The mount fails (not root, or no bpffs in this kernel).
-pub fn ensure_bpffs() -> Result<()> {
-    let is_bpffs = nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
-    if !is_bpffs {
-        info!("mounting bpffs at {BPFFS}");
-        fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-        nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mounting bpffs at {BPFFS} (it needs CAP_SYS_ADMIN; or mount it beforehand: mount -t bpf bpf {BPFFS})"))?;
-    }
-    Ok(())
-}
-
-/// The pin folder of an instance that is up (bpffs mounted first if need be).
-///
-/// # Errors
-/// The instance is not up, or bpffs cannot be mounted.
-pub fn running_dir(instance: &str) -> Result<PathBuf> {
-    let dir = instance_dir(instance)?;
-    ensure_bpffs()?;
-    if !dir.exists() {
-        bail!("instance {instance} is not up (no {})", dir.display());
-    }
-    Ok(dir)
-}
 
 /// Brings an instance up: everything is created or nothing is (a failure undoes what was done).
 ///
@@ -131,15 +60,15 @@ pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
 }
 
 /// What to remove if `up` fails half way.
-struct Undo {
-    handle: Handle,
-    links: Vec<u32>,
-    neighbours: Vec<(u32, std::net::IpAddr)>,
-    dir: Option<PathBuf>,
+pub(crate) struct Undo {
+    pub(crate) handle: Handle,
+    pub(crate) links: Vec<u32>,
+    pub(crate) neighbours: Vec<(u32, std::net::IpAddr)>,
+    pub(crate) dir: Option<PathBuf>,
 }
 
 impl Undo {
-    async fn run(self) {
+    pub(crate) async fn run(self) {
         for (ifindex, addr) in self.neighbours {
             if let Err(e) = netdev::delete_neighbour(&self.handle, ifindex, addr).await {
                 warn!("cleaning up: {e:#}");
@@ -241,7 +170,7 @@ async fn build(cfg: &Config, dir: &Path, handle: &Handle, undo: &mut Undo) -> Re
 
 /// Creates tunnel `t`'s netdev pair and installs it in the maps as tunnel `id` (the netdevs are
 /// recorded in `undo`); returns the ifindexes of the kernel-facing netdev and its datapath end.
-async fn create_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, id: u32, t: &config::Tunnel) -> Result<(u32, u32)> {
+pub(crate) async fn create_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, id: u32, t: &config::Tunnel) -> Result<(u32, u32)> {
     let underlay = netdev::get(handle, &t.interface).await?;
     let overhead = u32::try_from(t.overhead()).unwrap_or(u32::MAX);
     // IPv6 needs 1280 on the tunnel netdev; IPv4 68.
@@ -274,7 +203,7 @@ async fn create_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, id: u3
 
 /// Has the kernel keep underlay neighbour `hop` resolved for the datapath, undone on failure and
 /// at `gre down`.
-async fn keep_resolved(handle: &Handle, undo: &mut Undo, maps: &mut Maps, ifindex: u32, hop: std::net::IpAddr) -> Result<()> {
+pub(crate) async fn keep_resolved(handle: &Handle, undo: &mut Undo, maps: &mut Maps, ifindex: u32, hop: std::net::IpAddr) -> Result<()> {
     if !undo.neighbours.contains(&(ifindex, hop)) && netdev::manage_neighbour(handle, ifindex, hop).await? {
         undo.neighbours.push((ifindex, hop));
         maps.record_neighbour(ifindex, hop)?;
@@ -283,7 +212,7 @@ async fn keep_resolved(handle: &Handle, undo: &mut Undo, maps: &mut Maps, ifinde
 }
 
 /// The datapath's record of a tunnel.
-fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Link, underlay: &netdev::Link) -> Tunnel {
+pub(crate) fn datapath_entry(t: &config::Tunnel, kernel: &netdev::Link, inject: &netdev::Link, underlay: &netdev::Link) -> Tunnel {
     let fixed = |s: config::Setting<u8>| match s {
         config::Setting::Fixed(v) => v,
         config::Setting::Inherit => 0,
@@ -345,30 +274,7 @@ fn multicast_groups(m: &config::Multicast) -> ([gre_common::addr::Addr; MAX_MULT
     groups
 }
 
-/// Loads a program, retrying when the verifier was interrupted (EAGAIN: a signal arrived while
-/// it worked through a large program), as libbpf does.
-///
-/// # Errors
-/// The load fails for another reason, or keeps being interrupted.
-pub fn load(mut f: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<(), aya::programs::ProgramError> {
-    let mut tries = 0;
-    loop {
-        match f() {
-            Err(aya::programs::ProgramError::LoadError { io_error, .. }) if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 => tries += 1,
-            other => return other,
-        }
-    }
-}
-
-pub(crate) fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
-    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
-}
-
-fn attach_xdp(prog: &mut Xdp, iface: &str, mode: config::XdpMode) -> Result<aya::programs::xdp::XdpLinkId> {
+pub(crate) fn attach_xdp(prog: &mut Xdp, iface: &str, mode: config::XdpMode) -> Result<aya::programs::xdp::XdpLinkId> {
     let try_mode = |prog: &mut Xdp, m| prog.attach(iface, m);
     match mode {
         config::XdpMode::Native => try_mode(prog, XdpMode::Driver).with_context(|| format!("attaching XDP to {iface} in native mode (try xdp_mode = \"skb\")")),
@@ -380,7 +286,7 @@ fn attach_xdp(prog: &mut Xdp, iface: &str, mode: config::XdpMode) -> Result<aya:
     }
 }
 
-fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+pub(crate) fn pin_link(link: FdLink, path: &Path) -> Result<()> {
     link.pin(path).with_context(|| format!("pinning link {}", path.display()))?;
     Ok(())
 }
@@ -417,132 +323,4 @@ pub async fn down(instance: &str) -> Result<()> {
     // A daemon that was killed leaves its log socket behind.
     let _ = fs::remove_file(crate::logs::socket_path(instance));
     first_error.map_or(Ok(()), Err)
-}
-
-/// Removes an instance's pin folder, and our root folder if it is left empty.
-fn remove_pins(dir: &Path) -> Result<()> {
-    for sub in ["links", "progs", "maps"] {
-        let sub = dir.join(sub);
-        if let Ok(entries) = fs::read_dir(&sub) {
-            for e in entries.flatten() {
-                fs::remove_file(e.path()).with_context(|| format!("unpinning {}", e.path().display()))?;
-            }
-            fs::remove_dir(&sub).with_context(|| format!("removing {}", sub.display()))?;
-        }
-    }
-    fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
-    // Another instance may hold it; only an empty root goes.
-    let _ = fs::remove_dir(PIN_ROOT);
-    Ok(())
-}
-
-/// `gre tunnel add`: the tunnels of `file` (and its routes and peers) added to a running
-/// instance, on interfaces it already has. Checked against the running configuration first;
-/// a tunnel that fails half-way is taken back whole.
-///
-/// # Errors
-/// The file is invalid alone or together with what runs, names an interface the instance does
-/// not have, or a step fails.
-pub async fn add_tunnels(instance: &str, path: &Path) -> Result<Vec<String>> {
-    let dir = running_dir(instance)?;
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let new = config::parse(path, &text)?;
-    let running_text = crate::showconf::showconf(instance).await?;
-    let running = config::parse(Path::new("running configuration"), &running_text).map_err(|e| anyhow!("{e}"))?;
-    for i in &new.interfaces {
-        if !running.interfaces.iter().any(|r| r.name.get_ref() == i.name.get_ref() && r.role == i.role) {
-            bail!("interface {} is not one of the instance's: interfaces change by `gre down` and `gre up`", i.name.get_ref());
-        }
-    }
-    // Together with what runs, the file must still be a valid configuration (names, matches,
-    // network ids…).
-    let mut merged: toml::Table = running_text.parse().context("reading the running configuration")?;
-    let file: toml::Table = text.parse().context("reading the file")?;
-    for key in ["tunnel", "route", "peer"] {
-        if let Some(toml::Value::Array(items)) = file.get(key) {
-            match merged.entry(key.to_string()).or_insert_with(|| toml::Value::Array(Vec::new())) {
-                toml::Value::Array(list) => list.extend(items.iter().cloned()),
-                _ => bail!("the running configuration's {key} is not a list"),
-            }
-        }
-    }
-    let all = config::parse(Path::new("the running configuration with the file"), &toml::to_string(&merged)?).map_err(|e| anyhow!("{}", e.message))?;
-
-    let handle = netdev::connect()?;
-    let mut maps = Maps::open_pinned(&dir.join("maps"))?;
-    let mut added = Vec::new();
-    for t in all.tunnels.iter().filter(|t| !running.tunnels.iter().any(|r| r.name == t.name)) {
-        let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), dir: None };
-        let id = maps.free_tunnel_id()?;
-        let result = attach_tunnel(&handle, &mut undo, &mut maps, &dir, id, t).await;
-        if let Err(e) = result {
-            let _ = maps.uninstall_tunnel(id);
-            for tag in ["napi", "encap", "segments"] {
-                let _ = fs::remove_file(dir.join("links").join(format!("{tag}@{}", t.name)));
-            }
-            undo.run().await;
-            return Err(e.context(format!("adding tunnel {}", t.name)));
-        }
-        added.push(t.name.clone());
-    }
-    for r in &new.routes {
-        crate::change::route_add(instance, r.prefix, &new.tunnels[r.tunnel].name, r.via).await?;
-    }
-    for p in &new.peers {
-        crate::change::peer_add(instance, &new.tunnels[p.tunnel].name, p.overlay, p.nbma, p.multicast).await?;
-    }
-    Ok(added)
-}
-
-/// Creates tunnel `t` as `id` and attaches the pinned programs to its netdev.
-async fn attach_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut Maps, dir: &Path, id: u32, t: &config::Tunnel) -> Result<()> {
-    let (kernel, inject) = create_tunnel(handle, undo, maps, id, t).await?;
-    let (progs, links) = (dir.join("progs"), dir.join("links"));
-    let mut napi = Xdp::from_pin(progs.join(programs::NAPI_PASS), aya_obj::programs::XdpAttachType::Interface).context("opening the NAPI program")?;
-    let link = napi.attach_to_if_index(kernel, XdpMode::Driver).with_context(|| format!("attaching XDP to {}", t.name))?;
-    pin_link(FdLink::try_from(napi.take_link(link)?)?, &links.join(format!("napi@{}", t.name)))?;
-    let mut encap = SchedClassifier::from_pin(progs.join(programs::ENCAP)).context("opening the encapsulation program")?;
-    let link = encap.attach(&t.name, TcAttachType::Egress).with_context(|| format!("attaching TC egress to {}", t.name))?;
-    pin_link(FdLink::try_from(encap.take_link(link)?)?, &links.join(format!("encap@{}", t.name)))?;
-    if t.ocsum || t.oseq {
-        // Segments of GSO packets come back here, each to get its own checksum or number.
-        let link = encap.attach(&t.inject_name(), TcAttachType::Ingress).with_context(|| format!("attaching TC ingress to {}", t.inject_name()))?;
-        pin_link(FdLink::try_from(encap.take_link(link)?)?, &links.join(format!("segments@{}", t.name)))?;
-    }
-    netdev::up(handle, inject).await?;
-    netdev::up(handle, kernel).await?;
-    Ok(())
-}
-
-/// `gre tunnel del`: removes tunnel `name` from a running instance — its routes and peers, its
-/// map entries, its links and its netdev; the other tunnels go on undisturbed.
-///
-/// # Errors
-/// There is no such tunnel, or a step fails.
-pub async fn del_tunnel(instance: &str, name: &str) -> Result<()> {
-    let dir = running_dir(instance)?;
-    let mut maps = Maps::open_pinned(&dir.join("maps"))?;
-    let (id, t) =
-        maps.tunnels()?.into_iter().find(|(_, t)| crate::show::ifname(t.netdev_ifindex) == name).with_context(|| format!("no tunnel named {name:?}"))?;
-    for (prefix, tid, _) in maps.routes() {
-        if tid == id {
-            maps.remove_route(prefix);
-        }
-    }
-    for (tid, overlay, _) in maps.peers() {
-        if tid == id {
-            maps.remove_peer(id, overlay);
-        }
-    }
-    maps.uninstall_tunnel(id)?;
-    for tag in ["napi", "encap"] {
-        let pin = dir.join("links").join(format!("{tag}@{name}"));
-        if pin.exists() {
-            fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
-        }
-    }
-    // The veth pair goes, and the kernel's routes through it with it.
-    netdev::delete(&netdev::connect()?, t.netdev_ifindex).await?;
-    info!("tunnel {name} removed");
-    Ok(())
 }

@@ -233,7 +233,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(iface) = iface {
                 cfg.override_interface(&iface);
             }
-            if loader::instance_dir(&cli.instance)?.exists() {
+            if gre_user::instance::instance_dir(&cli.instance)?.exists() {
                 let c = gre_user::converge::converge(&cfg, &cli.instance).await?;
                 println!(
                     "instance {} was up: routes +{} -{}, peers +{} -{}, {} links reloaded",
@@ -277,10 +277,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Tunnel(TunnelCommand::Add { config }) => {
-            let added = loader::add_tunnels(&cli.instance, &config).await?;
+            let added = gre_user::tunnels::add_tunnels(&cli.instance, &config).await?;
             println!("instance {}: added {}", cli.instance, added.join(", "));
         }
-        Command::Tunnel(TunnelCommand::Del { name }) => loader::del_tunnel(&cli.instance, &name).await?,
+        Command::Tunnel(TunnelCommand::Del { name }) => gre_user::tunnels::del_tunnel(&cli.instance, &name).await?,
         Command::Peer(PeerCommand::Add { tunnel, overlay, nbma, multicast }) => change::peer_add(&cli.instance, &tunnel, overlay, nbma, multicast).await?,
         Command::Peer(PeerCommand::Del { tunnel, overlay }) => change::peer_del(&cli.instance, &tunnel, overlay)?,
         Command::Route(RouteCommand::Add { prefix, tunnel, via }) => change::route_add(&cli.instance, prefix, &tunnel, via).await?,
@@ -313,7 +313,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(path) = config {
                 let cfg = config::load(&path)?;
                 listen = listen.or(cfg.metrics.map(|m| m.listen));
-                if loader::instance_dir(&cli.instance)?.exists() {
+                if gre_user::instance::instance_dir(&cli.instance)?.exists() {
                     log::info!("instance {} is up already; running for it as it is", cli.instance);
                 } else {
                     loader::up(&cfg, &cli.instance).await?;

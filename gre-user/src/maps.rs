@@ -49,7 +49,7 @@ impl Maps {
             .context("the eBPF object has no replication program")?
             .try_into()
             .context("the replication program has an unexpected type")?;
-        crate::loader::load(|| prog.load()).context("loading the replication program")?;
+        crate::instance::load(|| prog.load()).context("loading the replication program")?;
         let fd = prog.fd().context("replication program")?;
         self.tail_calls.set(gre_common::maps::TAIL_REPLICATE, fd, 0).context("installing the replication program")?;
         Ok(())

@@ -377,3 +377,16 @@ pub async fn delete(handle: &Handle, index: u32) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("deleting link {index}")),
     }
 }
+
+/// The name of a link in this namespace, or `if<index>` when it is gone.
+pub fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        format!("if{index}")
+    } else {
+        // SAFETY: on success the buffer holds a NUL-terminated name.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    }
+}

@@ -15,7 +15,7 @@ use log::info;
 
 use crate::{
     EBPF_OBJECT,
-    loader::{self, load, program},
+    instance::{self, load, program},
     maps::Maps,
 };
 
@@ -40,7 +40,7 @@ fn names_in(dir: &Path) -> Result<Vec<String>> {
 /// The maps of the new object must have the shape of the pinned ones (type, key and value
 /// sizes, capacity): the new programs will use those. Loaded once on its own to find out.
 fn check_shapes(instance_dir: &Path, pinned: &[String], limits: crate::config::Limits) -> Result<()> {
-    let mut fresh = loader::object_loader(&limits).load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let mut fresh = instance::object_loader(&limits).load(EBPF_OBJECT).context("loading the eBPF object")?;
     let scratch = instance_dir.join("reload-check");
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let result = (|| -> Result<()> {
@@ -66,15 +66,15 @@ fn check_shapes(instance_dir: &Path, pinned: &[String], limits: crate::config::L
 /// The instance is not up, its maps have another shape than this binary's, or a program does
 /// not load (nothing has changed then) or a link cannot be moved.
 pub fn reload(instance: &str) -> Result<usize> {
-    let dir = loader::running_dir(instance)?;
+    let dir = instance::running_dir(instance)?;
     let maps_dir = dir.join("maps");
     let pinned = names_in(&maps_dir)?;
     // The capacities the instance came up with (`[limits]`).
-    let limits = loader::pinned_limits(&maps_dir)?;
+    let limits = instance::pinned_limits(&maps_dir)?;
     check_shapes(&dir, &pinned, limits)?;
 
     let paths: Vec<_> = pinned.iter().map(|n| (n.as_str(), maps_dir.join(n))).collect();
-    let mut loader = loader::object_loader(&limits);
+    let mut loader = instance::object_loader(&limits);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

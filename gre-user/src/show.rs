@@ -1,7 +1,7 @@
 //! `gre show`: the live state of an instance, read from its pinned maps, as a table for people or
 //! JSON for scripts. Field names of the JSON are stable (documented in the README).
 
-use std::{ffi::CStr, fmt::Write as _};
+use std::fmt::Write as _;
 
 use anyhow::Result;
 use gre_common::{
@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     config::Setting,
-    loader,
+    instance,
     maps::{Maps, show_addr},
     nhrp::wire::kind,
 };
@@ -258,7 +258,7 @@ pub fn report(instance: &str) -> Result<Report> {
 #[expect(clippy::too_many_lines, reason = "one field of the report after the other")]
 pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
     let wants = |p: Part| part.is_none_or(|q| q == p);
-    let dir = loader::running_dir(instance)?;
+    let dir = instance::running_dir(instance)?;
     let maps = Maps::open_pinned(&dir.join("maps"))?;
     let mut tunnels = Vec::new();
     // Drops of reassembled packets, which the daemon counts per tunnel.
@@ -385,18 +385,7 @@ fn key(t: &Tunnel, flag: u32, value: u32) -> Option<u32> {
     (t.flags & flag != 0).then_some(value)
 }
 
-/// The name of a link in this namespace, or `if<index>` when it is gone.
-pub fn ifname(index: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        format!("if{index}")
-    } else {
-        // SAFETY: on success the buffer holds a NUL-terminated name.
-        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
-    }
-}
+pub use crate::netdev::ifname;
 
 /// The table `gre show` prints.
 #[must_use]

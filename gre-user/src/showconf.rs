@@ -10,10 +10,10 @@ use gre_common::maps::{Tunnel, nhrp_role, peer_flags, peer_kind, tunnel_flags};
 use toml::{Table, Value};
 
 use crate::{
-    loader,
+    instance,
     maps::{Maps, show_addr},
     netdev,
-    show::ifname,
+    netdev::ifname,
 };
 
 /// The running configuration of `instance`, as TOML.
@@ -21,7 +21,7 @@ use crate::{
 /// # Errors
 /// The instance is not up, or its maps or links cannot be read.
 pub async fn showconf(instance: &str) -> Result<String> {
-    let dir = loader::running_dir(instance)?;
+    let dir = instance::running_dir(instance)?;
     let maps = Maps::open_pinned(&dir.join("maps"))?;
     let handle = netdev::connect()?;
     let tunnels = maps.tunnels()?;
@@ -85,7 +85,7 @@ pub async fn showconf(instance: &str) -> Result<String> {
         .collect();
 
     let mut doc = Table::new();
-    let limits = loader::pinned_limits(&dir.join("maps"))?;
+    let limits = instance::pinned_limits(&dir.join("maps"))?;
     if limits != crate::config::Limits::default() {
         let mut l = Table::new();
         l.insert("peers".into(), i64::from(limits.peers).into());

@@ -111,11 +111,11 @@ impl Fixture {
             maps.install_tunnel(id, &t).expect("install tunnel");
         }
         let decap: &mut Xdp = ebpf.program_mut(programs::DECAP).unwrap().try_into().unwrap();
-        gre_user::loader::load(|| decap.load()).expect("verifier accepts decap");
+        gre_user::instance::load(|| decap.load()).expect("verifier accepts decap");
         let encap: &mut SchedClassifier = ebpf.program_mut(programs::ENCAP).unwrap().try_into().unwrap();
-        gre_user::loader::load(|| encap.load()).expect("verifier accepts encap");
+        gre_user::instance::load(|| encap.load()).expect("verifier accepts encap");
         let lan: &mut Xdp = ebpf.program_mut(programs::LAN).unwrap().try_into().unwrap();
-        gre_user::loader::load(|| lan.load()).expect("verifier accepts the LAN program");
+        gre_user::instance::load(|| lan.load()).expect("verifier accepts the LAN program");
         Self { _ns: ns, ebpf, maps, keyed, plain, extra: Vec::new() }
     }
 

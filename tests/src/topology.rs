@@ -128,10 +128,10 @@ impl Drop for Lab {
                 eprintln!("cleanup: {e:#}");
             }
             // If `gre down` could not run, still leave no pins behind.
-            let dir = std::path::Path::new(gre_user::loader::PIN_ROOT).join(&instance);
+            let dir = std::path::Path::new(gre_user::instance::PIN_ROOT).join(&instance);
             if dir.exists() {
                 let _ = std::fs::remove_dir_all(&dir);
-                let _ = std::fs::remove_dir(gre_user::loader::PIN_ROOT);
+                let _ = std::fs::remove_dir(gre_user::instance::PIN_ROOT);
             }
         }
         for ns in self.namespaces.drain(..).rev() {

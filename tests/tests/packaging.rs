@@ -158,7 +158,7 @@ fn xdp_modes_on_a_driver_without_native_xdp() {
     let out = std::process::Command::new(gre::bin()).args(["-n", &ns, "-I", &instance, "up", "-c"]).arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("native mode (try xdp_mode = \"skb\")"), "{err}");
-    assert!(!std::path::Path::new(gre_user::loader::PIN_ROOT).join(&instance).exists(), "nothing left behind");
+    assert!(!std::path::Path::new(gre_user::instance::PIN_ROOT).join(&instance).exists(), "nothing left behind");
     assert!(gre_tests::topology::ns_sh(&ns, &["ip", "link", "show", "gre0"]).is_err(), "nothing left behind");
     std::fs::write(&path, config("auto")).unwrap();
     let instance = lab.adopt(&ns, "auto");

@@ -50,7 +50,7 @@ fn reload_loses_nothing() {
     }
     // Still one instance, still working, still as configured.
     traffic::ping(&a, B_OVERLAY4, 2).expect("after the reloads");
-    let pins = std::fs::read_dir(std::path::Path::new(gre_user::loader::PIN_ROOT).join(&ia).join("progs")).unwrap().count();
+    let pins = std::fs::read_dir(std::path::Path::new(gre_user::instance::PIN_ROOT).join(&ia).join("progs")).unwrap().count();
     assert_eq!(pins, 5, "one pin per program");
 }
 

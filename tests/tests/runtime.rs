@@ -119,7 +119,7 @@ fn routes_added_and_removed_at_run_time() {
     assert!(!connected.is_empty());
 
     // Fill the route table behind gre's back, then ask for one more.
-    let dir = std::path::Path::new(gre_user::loader::PIN_ROOT).join(&i1).join("maps");
+    let dir = std::path::Path::new(gre_user::instance::PIN_ROOT).join(&i1).join("maps");
     let mut maps = gre_user::maps::Maps::open_pinned(&dir).unwrap();
     let mut n = 0u32;
     while maps.add_route(format!("2001:db8:f::{n:x}/128").parse().unwrap(), 0, None).is_ok() {

@@ -73,7 +73,7 @@ fn keyed_tunnel_carries_ping_and_tcp() {
     assert!(!wan_routes.contains("203.0.113"), "{wan_routes}");
 
     // Take b down: nothing of it remains.
-    let pins = Path::new(gre_user::loader::PIN_ROOT).join(&ib);
+    let pins = Path::new(gre_user::instance::PIN_ROOT).join(&ib);
     assert!(pins.exists());
     let prog_ids: Vec<u32> = std::fs::read_dir(pins.join("progs"))
         .expect("pinned programs")
@@ -98,7 +98,7 @@ fn keyed_tunnel_carries_ping_and_tcp() {
     assert!(!eth0.contains("xdp"), "XDP program still attached: {eth0}");
     assert!(gre::run(&b, &ib, &["show"]).is_err(), "show after down must fail");
     // The other instance is untouched.
-    assert!(Path::new(gre_user::loader::PIN_ROOT).join(&ia).exists());
+    assert!(Path::new(gre_user::instance::PIN_ROOT).join(&ia).exists());
     traffic::ping(&a, A_OVERLAY4, 1).expect("a's own tunnel address still answers");
 
     // Dropping the lab removes the namespaces and a's instance.
@@ -108,7 +108,7 @@ fn keyed_tunnel_carries_ping_and_tcp() {
     for ns in &names {
         assert!(!listed.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())), "{ns} remains");
     }
-    assert!(!Path::new(gre_user::loader::PIN_ROOT).join(&ia).exists(), "pins of {ia} remain");
+    assert!(!Path::new(gre_user::instance::PIN_ROOT).join(&ia).exists(), "pins of {ia} remain");
 }
 
 #[test]

@@ -93,7 +93,7 @@ fn tshark_decodes_ipv4_variants() {
     for (options, flags, tag) in [("csum = true\n", "0x8000", "gc"), ("seq = true\nkey = 99\n", "0x3000", "gq"), ("", "0x0000", "gp")] {
         let mut sites = TwoSites::new(tag).expect("topology");
         let (ia, _) = sites.tunnel_with(A_UNDERLAY, B_UNDERLAY, &format!("{options}ttl = 64\n")).expect("gre up");
-        let pins = Path::new(gre_user::loader::PIN_ROOT).join(&ia);
+        let pins = Path::new(gre_user::instance::PIN_ROOT).join(&ia);
         assert!(pins.exists(), "{} while the instance is up", pins.display());
         let a = sites.a.clone();
         let packets = capture(&sites, "ip proto 47", 4, &["ip.src", "ip.dst", "gre.flags_and_version", "gre.checksum.status", "gre.proto"], || {

@@ -80,7 +80,7 @@ fn gone(namespaces: &[String]) -> Result<()> {
         if listed.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str())) {
             bail!("namespace {ns} is still there");
         }
-        let pins = std::path::Path::new(gre_user::loader::PIN_ROOT).join(ns);
+        let pins = std::path::Path::new(gre_user::instance::PIN_ROOT).join(ns);
         if pins.exists() {
             bail!("{} is still there", pins.display());
         }

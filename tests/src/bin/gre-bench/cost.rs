@@ -117,11 +117,11 @@ fn tc_run(f: &mut Fixture, prog: &str, input: &[u8], ifindex: u32) -> (u32, Dura
 pub fn run() -> serde_json::Value {
     let mut f = Fixture::new();
     let floor: &mut Xdp = f.ebpf.program_mut(programs::NAPI_PASS).unwrap().try_into().unwrap();
-    gre_user::loader::load(|| floor.load()).expect("loading the empty XDP program");
+    gre_user::instance::load(|| floor.load()).expect("loading the empty XDP program");
     let parse: &mut Xdp = f.ebpf.program_mut(programs::BENCH_PARSE).unwrap().try_into().unwrap();
-    gre_user::loader::load(|| parse.load()).expect("loading the parse-only program");
+    gre_user::instance::load(|| parse.load()).expect("loading the parse-only program");
     let floor: &mut SchedClassifier = f.ebpf.program_mut(programs::TC_PASS).unwrap().try_into().unwrap();
-    gre_user::loader::load(|| floor.load()).expect("loading the empty TC program");
+    gre_user::instance::load(|| floor.load()).expect("loading the empty TC program");
     let inner = inner_v4(64);
     let keyed = outer(KEYED_REMOTE, LOCAL, &cat(&[&gre_keyed(0x0800, KEY), &inner]));
     let plain = outer(PLAIN_REMOTE, LOCAL, &cat(&[&gre_plain(0x0800), &inner]));

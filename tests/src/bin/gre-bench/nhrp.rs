@@ -197,7 +197,7 @@ impl Hub {
 
     /// `n` spokes registered, as a previous daemon left them in the peer table.
     fn seed(&self, prefix: u16, n: u32) -> Result<()> {
-        let dir = gre_user::loader::running_dir(&self.instance)?;
+        let dir = gre_user::instance::running_dir(&self.instance)?;
         let mut maps = gre_user::maps::Maps::open_pinned(&dir.join("maps"))?;
         let (id, _) = maps.tunnels()?.into_iter().next().context("the hub's tunnel")?;
         let expires = gre_user::clock::monotonic_secs() + 3600;

@@ -143,7 +143,7 @@ impl Bench {
         let mut ebpf = EbpfLoader::new().load(gre_user::EBPF_OBJECT).context("loading the eBPF object")?;
         for name in [programs::BENCH_GEN, programs::BENCH_HOP, programs::BENCH_SINK] {
             let p: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
-            gre_user::loader::load(|| p.load()).with_context(|| format!("loading {name}"))?;
+            gre_user::instance::load(|| p.load()).with_context(|| format!("loading {name}"))?;
         }
         let mut bench = Self { ebpf, _lab: lab, a, b, instances: (ia, ib), home };
         bench.attach(&bench.a.clone(), programs::BENCH_SINK, &["x1", "z1", "wan6s", "gen0"])?;
@@ -470,7 +470,7 @@ pub fn run_scale(bench: &mut Bench, effort: &Effort, peer_counts: &[u32], route_
     let (_, lan_mac) = link(&bench.a, "lan0")?;
     let (_, wan6_mac) = link(&bench.a, "wan6")?;
     let (_, far_end_mac) = link(&bench.a, "wan6s")?;
-    let dir = std::path::Path::new(gre_user::loader::PIN_ROOT).join(&bench.instances.0).join("maps");
+    let dir = std::path::Path::new(gre_user::instance::PIN_ROOT).join(&bench.instances.0).join("maps");
     let mut maps = gre_user::maps::Maps::open_pinned(&dir)?;
     let mp = maps.tunnels()?.into_iter().find(|(_, t)| t.flags & gre_common::maps::tunnel_flags::MULTIPOINT != 0).context("the multipoint tunnel")?.0;
     maps.add_route("2001:db8:1000::/36".parse()?, mp, None)?;
