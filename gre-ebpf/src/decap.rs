@@ -410,6 +410,65 @@ const NHRP_KNOWN_PER_SECOND: u64 = 1000;
 const NHRP_UNKNOWN_PER_SECOND: u64 = 200;
 const NHRP_PER_SOURCE_PER_SECOND: u64 = 10;
 
+/// Extensions looked at for the password, at most.
+const NHRP_EXTENSIONS_SEEN: usize = 8;
+/// NHRP's Authentication extension, and Cisco's cleartext form: a 4-byte SPI, then the password.
+const NHRP_EXT_AUTHENTICATION: u16 = 7;
+const NHRP_AUTH_SPI_LEN: usize = 4;
+
+/// `N` bytes at a variable offset, copied by the helper: walking extensions makes offsets the
+/// verifier cannot follow as packet pointers.
+#[inline(always)]
+fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    let off = u32::try_from(off).ok()?;
+    #[expect(clippy::cast_possible_truncation, reason = "a few bytes")]
+    // SAFETY: the helper checks the bounds against the packet and writes at most N bytes to b.
+    let r = unsafe { XdpContext::load_raw(ctx.raw(), off, b.as_mut_ptr(), N as u32) };
+    (r == 0).then_some(b)
+}
+
+/// Whether the NHRP packet at `at` carries tunnel `id`'s password (tunnels without one: never).
+/// The daemon checks it again; this only picks the budget.
+#[inline(always)]
+fn authenticated(ctx: &XdpContext, at: usize, end: usize, id: u32) -> bool {
+    let Some(t) = TUNNELS.get(id) else { return false };
+    if t.nhrp_auth[0] == 0 {
+        return false;
+    }
+    // The fixed header: packet size at 10, extension offset at 14.
+    let Some(h) = load::<6>(ctx, at + 10) else { return false };
+    let (size, extoff) = (usize::from(u16::from_be_bytes([h[0], h[1]])), usize::from(u16::from_be_bytes([h[4], h[5]])));
+    if extoff == 0 {
+        return false;
+    }
+    let limit = (at + size).min(end);
+    let mut pos = at + extoff;
+    for _ in 0..NHRP_EXTENSIONS_SEEN {
+        let Some(e) = load::<4>(ctx, pos) else { return false };
+        let len = usize::from(u16::from_be_bytes([e[2], e[3]]));
+        match u16::from_be_bytes([e[0], e[1]]) & 0x3fff {
+            0 => return false,
+            NHRP_EXT_AUTHENTICATION => {
+                let body = pos + 4 + NHRP_AUTH_SPI_LEN;
+                let mut n = 0;
+                while n < t.nhrp_auth.len() && t.nhrp_auth[n] != 0 {
+                    match load::<1>(ctx, body + n) {
+                        Some([b]) if b == t.nhrp_auth[n] => n += 1,
+                        _ => return false,
+                    }
+                }
+                return len == NHRP_AUTH_SPI_LEN + n && pos + 4 + len <= limit;
+            }
+            _ => pos += 4 + len,
+        }
+        if pos >= limit {
+            return false;
+        }
+    }
+    false
+}
+
 /// NHRP goes to the daemon, never to the overlay: with the outer addresses and key as they were
 /// on the wire (the true NBMA address of a spoke behind NAT).
 /// Its keys live in a per-CPU scratch map: the decapsulation's stack is nearly full.
@@ -445,7 +504,16 @@ fn punt_nhrp(ctx: &XdpContext, o: &Outer, g: &Gre, inner: usize, id: u32, known:
             return Err(drop::NHRP_RATE);
         }
     }
-    let budget = NHRP_BUDGET.get_ptr_mut(u32::from(!known)).ok_or(drop::NHRP_RATE)?;
+    // Strangers that carry the tunnel's password have a budget of their own: a flood without it,
+    // however many sources it comes from, cannot keep a new spoke from registering.
+    let slot = if known {
+        0
+    } else if authenticated(ctx, inner, o.end, id) {
+        2
+    } else {
+        1
+    };
+    let budget = NHRP_BUDGET.get_ptr_mut(slot).ok_or(drop::NHRP_RATE)?;
     let per_second = if known { NHRP_KNOWN_PER_SECOND } else { NHRP_UNKNOWN_PER_SECOND };
     // SAFETY: a per-CPU slot, used by one program run at a time.
     if !limit::allow(unsafe { &mut *budget }, 1, per_second) {

@@ -86,10 +86,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static NHRP_PUNT: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
 
-/// Per CPU: NHRP handed to the daemon in the current second, from known peers (0) and from
-/// anyone else (1), so that strangers cannot use up the budget of the peers.
+/// Per CPU: NHRP handed to the daemon in the current second, from known peers (0), from anyone
+/// else (1), and from anyone else with the tunnel's password (2), so that strangers cannot use up
+/// the budget of the peers, nor a flood without the password that of new spokes.
 #[map]
-pub static NHRP_BUDGET: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
+pub static NHRP_BUDGET: PerCpuArray<Window> = PerCpuArray::with_max_entries(3, 0);
 
 /// NHRP handed to the daemon per unknown source in the current second (an IPv4 address, an
 /// IPv6 /64): one sender cannot take the whole budget of strangers (a new spoke's registration

@@ -281,3 +281,40 @@ pub fn udp_stream(ns_from: &str, from: Ipv4Addr, ns_to: &str, to: SocketAddr, co
     let seen = collector.join().map_err(|_| anyhow!("the receiver panicked"))?;
     Ok((0..count).filter(|i| !seen[*i as usize]).collect())
 }
+
+/// A packet socket on `ifname` in namespace `ns` (made on a thread that enters it; it stays
+/// there), non-blocking, for every protocol: to send frames as they are and to read what passes.
+///
+/// # Errors
+/// The namespace or the interface is not there, or the socket cannot be made.
+pub fn packet_socket(ns: &str, ifname: &str) -> Result<std::os::fd::OwnedFd> {
+    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    std::thread::spawn(move || -> Result<std::os::fd::OwnedFd> {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+        nix::sched::setns(std::os::fd::AsFd::as_fd(&f), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
+        // SAFETY: plain socket creation; the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto) };
+        if fd < 0 {
+            anyhow::bail!("packet socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just made.
+        let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname.clone())?;
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = u16::try_from(libc::AF_PACKET)?;
+        sll.sll_protocol = u16::try_from(proto)?;
+        sll.sll_ifindex = i32::try_from(index)?;
+        // SAFETY: binding our socket to a filled sockaddr_ll of its size.
+        if unsafe { libc::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), (&raw const sll).cast(), u32::try_from(std::mem::size_of::<libc::sockaddr_ll>())?) } != 0 {
+            anyhow::bail!("binding to {ifname}: {}", std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the socket thread panicked"))?
+}
+

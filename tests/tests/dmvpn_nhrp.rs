@@ -875,3 +875,95 @@ fn an_ipv6_overlay_resolves_too() {
     let replies: Vec<&Value> = v6.iter().filter(|p| field(p, "nhrp.hdr.op.type") == ["2"]).collect();
     assert!(!replies.is_empty() && replies.iter().all(|p| field(p, "nhrp.prefix").first().map(String::as_str) == Some("128")), "{replies:?}");
 }
+
+/// A new spoke joins through a flood: Registration Requests without the password come from 95
+/// addresses (950 a second, beyond the 200 a second all strangers share) while spoke 1 starts;
+/// it carries the hub's password, which gives it a budget the flood cannot take, and registers
+/// at once. The flood is refused by rate (counted), and nothing of it is registered.
+#[test]
+fn a_spoke_joins_through_a_registration_flood() {
+    use std::{
+        os::fd::AsRawFd as _,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+    if !privilege::require_root("a_spoke_joins_through_a_registration_flood") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("gF", 1).expect("topology");
+    let hub = t.hub.clone();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30, auth = \"dmvpn\" }\n", &[])).unwrap();
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30, auth = \"dmvpn\" }}\n");
+    let spoke = t.spokes[0].clone();
+    let is = t.lab.gre_up(&spoke, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(1), "203.0.113.1", &extra, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let _hub_daemon = gre::Daemon::start(&hub, &ih);
+    // The flood's frames, as our client without the password would send them, from 198.51.100.160 on.
+    let mac = |ns: &str, dev: &str| -> [u8; 6] {
+        let v: Value = serde_json::from_str(&ns_sh(ns, &["ip", "-j", "link", "show", "dev", dev]).unwrap()).unwrap();
+        let mut m = [0u8; 6];
+        for (b, part) in m.iter_mut().zip(v[0]["address"].as_str().unwrap().split(':')) {
+            *b = u8::from_str_radix(part, 16).unwrap();
+        }
+        m
+    };
+    let (hub_mac, wan_mac) = (mac(&hub, "eth0"), mac(&t.wan, "h0"));
+    let frames: Vec<Vec<u8>> = (0..95u8)
+        .map(|i| {
+            let src = std::net::Ipv4Addr::new(198, 51, 100, 160 + i);
+            let mut e = gre_user::nhrp::engine::Engine::new(gre_user::nhrp::engine::Settings {
+                nhs: vec![gre_user::nhrp::engine::Nhs { overlay: HUB_OVERLAY.parse().unwrap(), nbma: HUB_NBMA.parse().unwrap(), priority: 0 }],
+                ..gre_user::nhrp::engine::Settings::new(false, std::net::Ipv4Addr::new(203, 0, 113, 100 + i).into(), "203.0.113.0/24".parse().unwrap(), src.into())
+            });
+            let nhrp = e
+                .tick(0)
+                .into_iter()
+                .find_map(|a| match a {
+                    gre_user::nhrp::engine::Action::Send { packet, .. } => Some(packet),
+                    _ => None,
+                })
+                .unwrap();
+            let total = 20 + 8 + nhrp.len();
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 47, 0, 0];
+            ip[2..4].copy_from_slice(&u16::try_from(total).unwrap().to_be_bytes());
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&HUB_NBMA.parse::<std::net::Ipv4Addr>().unwrap().octets());
+            let c = gre_common::gre::internet_checksum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            [&hub_mac[..], &wan_mac, &[0x08, 0x00], &ip, &[0x20, 0x00, 0x20, 0x01, 0, 0, 0, 100], &nhrp].concat()
+        })
+        .collect();
+    let tx = traffic::packet_socket(&t.wan, "h0").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // 950 a second: each source at its own limit (10), all of them far past the 200.
+                let due = start.elapsed().as_millis() * 95 / 100;
+                while u128::from(sent) < due {
+                    let f = &frames[usize::try_from(sent % 95).unwrap()];
+                    // SAFETY: sending our buffer on our socket.
+                    unsafe { libc::send(tx.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+                    sent += 1;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let rate_drops = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["drops"]["nhrp_rate"].as_u64().unwrap_or(0);
+    assert!(rate_drops() > 500, "the flood is refused by rate: {}", rate_drops());
+    let _spoke_daemon = gre::Daemon::start(&spoke, &is);
+    // Its first request, or the one a second later: not held back by the flood.
+    traffic::wait_for("spoke 1 to register through the flood", 3, || peer(&peers(&hub, &ih), "203.0.113.1").is_some());
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooding.join().unwrap();
+    assert!(sent > 1800, "{sent} flood frames");
+    assert_eq!(peers(&hub, &ih).len(), 1, "nothing of the flood registered");
+    traffic::ping(&spoke, HUB_OVERLAY, 2).expect("spoke 1 to the hub");
+}

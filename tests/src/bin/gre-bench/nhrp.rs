@@ -11,7 +11,7 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -83,37 +83,6 @@ fn frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: IpAddr, nhrp: &[u8]) -> Vec<u8
     f.extend_from_slice(&KEY.to_be_bytes());
     f.extend_from_slice(nhrp);
     f
-}
-
-/// A packet socket on `ifname` in namespace `ns` (made on a thread that enters it).
-fn packet_socket(ns: &str, ifname: &str) -> Result<OwnedFd> {
-    let (ns, ifname) = (ns.to_string(), ifname.to_string());
-    std::thread::spawn(move || -> Result<OwnedFd> {
-        super::pipeline::enter(&ns)?;
-        let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
-        // SAFETY: plain socket creation; the descriptor is owned below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto) };
-        if fd < 0 {
-            bail!("packet socket: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor we just made.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname.clone())?;
-        // SAFETY: a NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = u16::try_from(libc::AF_PACKET)?;
-        sll.sll_protocol = u16::try_from(proto)?;
-        sll.sll_ifindex = i32::try_from(index)?;
-        // SAFETY: binding our socket to a filled sockaddr_ll of its size.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), u32::try_from(std::mem::size_of::<libc::sockaddr_ll>())?) } != 0 {
-            bail!("binding to {ifname}: {}", std::io::Error::last_os_error());
-        }
-        Ok(fd)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the socket thread panicked"))?
 }
 
 fn send(fd: &OwnedFd, frame: &[u8]) {
@@ -191,7 +160,7 @@ impl Hub {
         let instance = net.lab.gre_up(&ns, "hub", &config)?;
         let (_, hub_mac) = super::pipeline::link(&ns, "eth0")?;
         let (_, wan_mac) = super::pipeline::link(&net.wan, "h0")?;
-        let tx = packet_socket(&net.wan, "h0")?;
+        let tx = gre_tests::traffic::packet_socket(&net.wan, "h0")?;
         Ok(Self { net, ns, instance, hub_mac, wan_mac, tx })
     }
 
@@ -285,7 +254,7 @@ fn flood_shape(quick: bool, rates: &[u32], shape: Shape, shape_name: &str) -> Re
         let joining: Vec<Vec<u8>> = (1..=JOINING).map(|i| frame_of(joiner(i), addr(0x100, 0x5 << 16 | i), Some(PASSWORD))).collect();
         // The flood: outsiders (no password) from ever new addresses; frames made beforehand.
         let pool: Vec<Vec<u8>> = (0..4096u32).map(|i| frame_of(flood_source(shape, i), addr(0x100, 0x3 << 16 | i), None)).collect();
-        let rx = packet_socket(&hub.net.wan, "h0")?;
+        let rx = gre_tests::traffic::packet_socket(&hub.net.wan, "h0")?;
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
             let stop = Arc::clone(&stop);
