@@ -318,3 +318,33 @@ pub fn packet_socket(ns: &str, ifname: &str) -> Result<std::os::fd::OwnedFd> {
     .map_err(|_| anyhow::anyhow!("the socket thread panicked"))?
 }
 
+/// An Ethernet frame carrying `payload` over GRE (with `key`, protocol `protocol`) in IPv4 or
+/// IPv6 from `src` to `dst`, as a sender on the link would put it there.
+///
+/// # Panics
+/// The addresses are of different families, or the payload does not fit one datagram.
+#[must_use]
+pub fn gre_frame(macs: ([u8; 6], [u8; 6]), (src, dst): (std::net::IpAddr, std::net::IpAddr), key: u32, protocol: u16, payload: &[u8]) -> Vec<u8> {
+    let gre = [&[0x20, 0x00][..], &protocol.to_be_bytes(), &key.to_be_bytes(), payload].concat();
+    let (ethertype, ip) = match (src, dst) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 47, 0, 0];
+            ip[2..4].copy_from_slice(&u16::try_from(20 + gre.len()).expect("one datagram").to_be_bytes());
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = gre_common::gre::internet_checksum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            (0x0800u16, ip)
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&u16::try_from(gre.len()).expect("one datagram").to_be_bytes());
+            ip.extend_from_slice(&[47, 64]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            (0x86dd, ip)
+        }
+        _ => panic!("{src} and {dst} are of different families"),
+    };
+    [&macs.0[..], &macs.1, &ethertype.to_be_bytes(), &ip, &gre].concat()
+}

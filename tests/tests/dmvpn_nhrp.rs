@@ -876,30 +876,32 @@ fn an_ipv6_overlay_resolves_too() {
     assert!(!replies.is_empty() && replies.iter().all(|p| field(p, "nhrp.prefix").first().map(String::as_str) == Some("128")), "{replies:?}");
 }
 
-/// A new spoke joins through a flood: Registration Requests without the password come from 95
-/// addresses (950 a second, beyond the 200 a second all strangers share) while spoke 1 starts;
-/// it carries the hub's password, which gives it a budget the flood cannot take, and registers
-/// at once. The flood is refused by rate (counted), and nothing of it is registered.
+/// A new spoke joins through a flood: Registration Requests without the password come from a
+/// thousand /64s (5 000 a second, far beyond the 200 a second all strangers share) while spoke 1
+/// starts; it carries the hub's password, which gives it a budget of its own, and registers with
+/// its first request or the next. The flood is refused by rate, and nothing of it is registered.
 #[test]
 fn a_spoke_joins_through_a_registration_flood() {
     use std::{
+        net::{IpAddr, Ipv6Addr},
         os::fd::AsRawFd as _,
         sync::{
             Arc,
             atomic::{AtomicBool, Ordering},
         },
     };
+    use gre_user::nhrp::engine::{Action, Engine, Nhs, Settings};
     if !privilege::require_root("a_spoke_joins_through_a_registration_flood") {
         return;
     }
     let mut t = HubAndSpokes::new("gF", 1).expect("topology");
+    t.add_ipv6().expect("IPv6 underlay");
     let hub = t.hub.clone();
-    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30, auth = \"dmvpn\" }\n", &[])).unwrap();
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA6, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30, auth = \"dmvpn\" }\n", &[])).unwrap();
     let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30, auth = \"dmvpn\" }}\n");
     let spoke = t.spokes[0].clone();
-    let is = t.lab.gre_up(&spoke, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma(1), "203.0.113.1", &extra, &[(HUB_OVERLAY, HUB_NBMA)])).unwrap();
+    let is = t.lab.gre_up(&spoke, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma6(1), "203.0.113.1", &extra, &[(HUB_OVERLAY, HUB_NBMA6)])).unwrap();
     let _hub_daemon = gre::Daemon::start(&hub, &ih);
-    // The flood's frames, as our client without the password would send them, from 198.51.100.160 on.
     let mac = |ns: &str, dev: &str| -> [u8; 6] {
         let v: Value = serde_json::from_str(&ns_sh(ns, &["ip", "-j", "link", "show", "dev", dev]).unwrap()).unwrap();
         let mut m = [0u8; 6];
@@ -908,30 +910,18 @@ fn a_spoke_joins_through_a_registration_flood() {
         }
         m
     };
-    let (hub_mac, wan_mac) = (mac(&hub, "eth0"), mac(&t.wan, "h0"));
-    let frames: Vec<Vec<u8>> = (0..95u8)
+    let macs = (mac(&hub, "eth0"), mac(&t.wan, "h0"));
+    // Our client's Registration Request without the password, from a /64 of its own each.
+    let hub_nbma: IpAddr = HUB_NBMA6.parse().unwrap();
+    let frames: Vec<Vec<u8>> = (0..1000u16)
         .map(|i| {
-            let src = std::net::Ipv4Addr::new(198, 51, 100, 160 + i);
-            let mut e = gre_user::nhrp::engine::Engine::new(gre_user::nhrp::engine::Settings {
-                nhs: vec![gre_user::nhrp::engine::Nhs { overlay: HUB_OVERLAY.parse().unwrap(), nbma: HUB_NBMA.parse().unwrap(), priority: 0 }],
-                ..gre_user::nhrp::engine::Settings::new(false, std::net::Ipv4Addr::new(203, 0, 113, 100 + i).into(), "203.0.113.0/24".parse().unwrap(), src.into())
+            let src = IpAddr::from(Ipv6Addr::new(0x2001, 0xdb8, 0x8000 | i, 0, 0, 0, 0, 1));
+            let mut e = Engine::new(Settings {
+                nhs: vec![Nhs { overlay: HUB_OVERLAY.parse().unwrap(), nbma: hub_nbma, priority: 0 }],
+                ..Settings::new(false, "203.0.113.100".parse().unwrap(), "203.0.113.0/24".parse().unwrap(), src)
             });
-            let nhrp = e
-                .tick(0)
-                .into_iter()
-                .find_map(|a| match a {
-                    gre_user::nhrp::engine::Action::Send { packet, .. } => Some(packet),
-                    _ => None,
-                })
-                .unwrap();
-            let total = 20 + 8 + nhrp.len();
-            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 47, 0, 0];
-            ip[2..4].copy_from_slice(&u16::try_from(total).unwrap().to_be_bytes());
-            ip.extend_from_slice(&src.octets());
-            ip.extend_from_slice(&HUB_NBMA.parse::<std::net::Ipv4Addr>().unwrap().octets());
-            let c = gre_common::gre::internet_checksum(&ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            [&hub_mac[..], &wan_mac, &[0x08, 0x00], &ip, &[0x20, 0x00, 0x20, 0x01, 0, 0, 0, 100], &nhrp].concat()
+            let nhrp = e.tick(0).into_iter().find_map(|a| if let Action::Send { packet, .. } = a { Some(packet) } else { None }).unwrap();
+            traffic::gre_frame(macs, (src, hub_nbma), 100, 0x2001, &nhrp)
         })
         .collect();
     let tx = traffic::packet_socket(&t.wan, "h0").unwrap();
@@ -942,10 +932,9 @@ fn a_spoke_joins_through_a_registration_flood() {
             let start = std::time::Instant::now();
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                // 950 a second: each source at its own limit (10), all of them far past the 200.
-                let due = start.elapsed().as_millis() * 95 / 100;
+                let due = start.elapsed().as_millis() * 5;
                 while u128::from(sent) < due {
-                    let f = &frames[usize::try_from(sent % 95).unwrap()];
+                    let f = &frames[usize::try_from(sent % 1000).unwrap()];
                     // SAFETY: sending our buffer on our socket.
                     unsafe { libc::send(tx.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
                     sent += 1;
@@ -957,13 +946,14 @@ fn a_spoke_joins_through_a_registration_flood() {
     };
     thread::sleep(Duration::from_secs(2));
     let rate_drops = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["drops"]["nhrp_rate"].as_u64().unwrap_or(0);
-    assert!(rate_drops() > 500, "the flood is refused by rate: {}", rate_drops());
+    assert!(rate_drops() > 5000, "the flood is refused by rate: {}", rate_drops());
     let _spoke_daemon = gre::Daemon::start(&spoke, &is);
-    // Its first request, or the one a second later: not held back by the flood.
-    traffic::wait_for("spoke 1 to register through the flood", 3, || peer(&peers(&hub, &ih), "203.0.113.1").is_some());
+    // Its first request, or the one a second later: the flood does not hold it back (without a
+    // budget of its own, each would pass one time in 25).
+    traffic::wait_for("spoke 1 to register through the flood", 2, || peer(&peers(&hub, &ih), "203.0.113.1").is_some());
     stop.store(true, Ordering::Relaxed);
     let sent = flooding.join().unwrap();
-    assert!(sent > 1800, "{sent} flood frames");
+    assert!(sent > 9000, "{sent} flood frames");
     assert_eq!(peers(&hub, &ih).len(), 1, "nothing of the flood registered");
     traffic::ping(&spoke, HUB_OVERLAY, 2).expect("spoke 1 to the hub");
 }

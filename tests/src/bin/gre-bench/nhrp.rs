@@ -69,20 +69,7 @@ fn registration(nbma: IpAddr, overlay: IpAddr, password: Option<&[u8]>) -> Vec<u
 
 /// The Ethernet frame carrying `nhrp` from `src` to the hub, over GRE (key) in IPv6.
 fn frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: IpAddr, nhrp: &[u8]) -> Vec<u8> {
-    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, v6(HUB_NBMA6)) else { unreachable!("IPv6 NBMA") };
-    let mut f = Vec::with_capacity(14 + 40 + 8 + nhrp.len());
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&0x86ddu16.to_be_bytes());
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
-    f.extend_from_slice(&u16::try_from(8 + nhrp.len()).expect("small").to_be_bytes());
-    f.extend_from_slice(&[47, 64]);
-    f.extend_from_slice(&s.octets());
-    f.extend_from_slice(&d.octets());
-    f.extend_from_slice(&[0x20, 0x00, 0x20, 0x01]);
-    f.extend_from_slice(&KEY.to_be_bytes());
-    f.extend_from_slice(nhrp);
-    f
+    gre_tests::traffic::gre_frame((dst_mac, src_mac), (src, v6(HUB_NBMA6)), KEY, 0x2001, nhrp)
 }
 
 fn send(fd: &OwnedFd, frame: &[u8]) {
