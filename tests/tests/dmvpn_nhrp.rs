@@ -877,11 +877,13 @@ fn an_ipv6_overlay_resolves_too() {
 }
 
 /// A new spoke joins through a flood: Registration Requests without the password come from a
-/// thousand /64s (5 000 a second, far beyond the 200 a second all strangers share) while spoke 1
+/// thousand /64s (5 000 a second from each CPU, far beyond the 200 a second all strangers share
+/// on a CPU) while spoke 1
 /// starts; it carries the hub's password, which gives it a budget of its own, and registers with
 /// its first request or the next. The flood is refused by rate, and nothing of it is registered.
 #[test]
 fn a_spoke_joins_through_a_registration_flood() {
+    use gre_user::nhrp::engine::{Action, Engine, Nhs, Settings};
     use std::{
         net::{IpAddr, Ipv6Addr},
         os::fd::AsRawFd as _,
@@ -890,14 +892,14 @@ fn a_spoke_joins_through_a_registration_flood() {
             atomic::{AtomicBool, Ordering},
         },
     };
-    use gre_user::nhrp::engine::{Action, Engine, Nhs, Settings};
     if !privilege::require_root("a_spoke_joins_through_a_registration_flood") {
         return;
     }
     let mut t = HubAndSpokes::new("gF", 1).expect("topology");
     t.add_ipv6().expect("IPv6 underlay");
     let hub = t.hub.clone();
-    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA6, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30, auth = \"dmvpn\" }\n", &[])).unwrap();
+    let ih =
+        t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA6, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30, auth = \"dmvpn\" }\n", &[])).unwrap();
     let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30, auth = \"dmvpn\" }}\n");
     let spoke = t.spokes[0].clone();
     let is = t.lab.gre_up(&spoke, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma6(1), "203.0.113.1", &extra, &[(HUB_OVERLAY, HUB_NBMA6)])).unwrap();
@@ -924,26 +926,34 @@ fn a_spoke_joins_through_a_registration_flood() {
             traffic::gre_frame(macs, (src, hub_nbma), 100, 0x2001, &nhrp)
         })
         .collect();
-    let tx = traffic::packet_socket(&t.wan, "h0").unwrap();
+    // One sender per CPU: the budgets are per CPU, and the spoke's packets may be taken on any.
+    let frames = Arc::new(frames);
     let stop = Arc::new(AtomicBool::new(false));
-    let flooding = {
-        let stop = Arc::clone(&stop);
-        thread::spawn(move || {
-            let start = std::time::Instant::now();
-            let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let due = start.elapsed().as_millis() * 5;
-                while u128::from(sent) < due {
-                    let f = &frames[usize::try_from(sent % 1000).unwrap()];
-                    // SAFETY: sending our buffer on our socket.
-                    unsafe { libc::send(tx.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-                    sent += 1;
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let flooding: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let (stop, frames) = (Arc::clone(&stop), Arc::clone(&frames));
+            let tx = traffic::packet_socket(&t.wan, "h0").unwrap();
+            thread::spawn(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu).unwrap();
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+                let start = std::time::Instant::now();
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let due = start.elapsed().as_millis() * 5;
+                    while u128::from(sent) < due {
+                        let f = &frames[usize::try_from((sent + cpu as u64 * 500) % 1000).unwrap()];
+                        // SAFETY: sending our buffer on our socket.
+                        unsafe { libc::send(tx.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+                        sent += 1;
+                    }
+                    thread::sleep(Duration::from_millis(1));
                 }
-                thread::sleep(Duration::from_millis(1));
-            }
-            sent
+                sent
+            })
         })
-    };
+        .collect();
     thread::sleep(Duration::from_secs(2));
     let rate_drops = || gre::show(&hub, &ih).unwrap()["tunnels"][0]["drops"]["nhrp_rate"].as_u64().unwrap_or(0);
     assert!(rate_drops() > 5000, "the flood is refused by rate: {}", rate_drops());
@@ -952,7 +962,7 @@ fn a_spoke_joins_through_a_registration_flood() {
     // budget of its own, each would pass one time in 25).
     traffic::wait_for("spoke 1 to register through the flood", 2, || peer(&peers(&hub, &ih), "203.0.113.1").is_some());
     stop.store(true, Ordering::Relaxed);
-    let sent = flooding.join().unwrap();
+    let sent: u64 = flooding.into_iter().map(|f| f.join().unwrap()).sum();
     assert!(sent > 9000, "{sent} flood frames");
     assert_eq!(peers(&hub, &ih).len(), 1, "nothing of the flood registered");
     traffic::ping(&spoke, HUB_OVERLAY, 2).expect("spoke 1 to the hub");
