@@ -900,7 +900,8 @@ fn a_spoke_joins_through_a_registration_flood() {
     let hub = t.hub.clone();
     let ih =
         t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA6, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30, auth = \"dmvpn\" }\n", &[])).unwrap();
-    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30, auth = \"dmvpn\" }}\n");
+    // A registration every second (the shortest holding time, 3 s), to count how many get through.
+    let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 3, auth = \"dmvpn\" }}\n");
     let spoke = t.spokes[0].clone();
     let is = t.lab.gre_up(&spoke, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma6(1), "203.0.113.1", &extra, &[(HUB_OVERLAY, HUB_NBMA6)])).unwrap();
     let _hub_daemon = gre::Daemon::start(&hub, &ih);
@@ -961,9 +962,16 @@ fn a_spoke_joins_through_a_registration_flood() {
     // Its first request, or the one a second later: the flood does not hold it back (without a
     // budget of its own, each would pass one time in 25).
     traffic::wait_for("spoke 1 to register through the flood", 2, || peer(&peers(&hub, &ih), "203.0.113.1").is_some());
+    // And every renewal after it is answered: a registered spoke is a known peer, whose budget
+    // strangers cannot touch.
+    let counter = |dir: &str, kind: &str| gre::show(&spoke, &is).unwrap()["tunnels"][0][dir][kind].as_u64().unwrap();
+    let (sent0, answered0) = (counter("nhrp_sent", "registration_request"), counter("nhrp_received", "registration_reply"));
+    thread::sleep(Duration::from_secs(6));
+    let (sent, answered) = (counter("nhrp_sent", "registration_request") - sent0, counter("nhrp_received", "registration_reply") - answered0);
+    assert!(sent >= 5 && answered + 1 >= sent, "during the flood spoke 1 sent {sent} registrations, {answered} were answered");
     stop.store(true, Ordering::Relaxed);
     let sent: u64 = flooding.into_iter().map(|f| f.join().unwrap()).sum();
-    assert!(sent > 9000, "{sent} flood frames");
+    assert!(sent > 30_000, "{sent} flood frames");
     assert_eq!(peers(&hub, &ih).len(), 1, "nothing of the flood registered");
     traffic::ping(&spoke, HUB_OVERLAY, 2).expect("spoke 1 to the hub");
 }
