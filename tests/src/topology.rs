@@ -376,6 +376,23 @@ impl HubAndSpokes {
     /// A multipoint tunnel's configuration: key 100, the overlay /24, `extra` TOML lines in the
     /// tunnel, and static peers (overlay, NBMA).
     #[must_use]
+    /// Brings up the hub's instance (its tunnel with `hub_extra`) and one on each spoke
+    /// (`spoke_extra` in its tunnel, the hub as its static peer, `spoke_tail` after: routes…):
+    /// the hub's instance, and each spoke's namespace and instance.
+    ///
+    /// # Errors
+    /// An instance does not come up.
+    pub fn up(&mut self, hub_extra: &str, spoke_extra: &str, spoke_tail: &str) -> Result<(String, Vec<(String, String)>)> {
+        let hub = self.lab.gre_up(&self.hub.clone(), "hub", &Self::config(HUB_NBMA, HUB_OVERLAY, hub_extra, &[]))?;
+        let mut spokes = Vec::new();
+        for (i, ns) in (1..).zip(self.spokes.clone()) {
+            let conf = Self::config(&Self::spoke_nbma(i), &Self::spoke_overlay(i), spoke_extra, &[(HUB_OVERLAY, HUB_NBMA)]) + spoke_tail;
+            let instance = self.lab.gre_up(&ns, &format!("s{i}"), &conf)?;
+            spokes.push((ns, instance));
+        }
+        Ok((hub, spokes))
+    }
+
     pub fn config(local: &str, overlay: &str, extra: &str, peers: &[(&str, &str)]) -> String {
         let mut c = format!(
             "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"gre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nkey = 100\n{extra}address = [\"{overlay}/24\"]\n"

@@ -599,17 +599,9 @@ fn nhrp_carries_the_tunnels_checksums() {
     }
     let mut t = HubAndSpokes::new("gc", 2).expect("topology");
     let hub = t.hub.clone();
-    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "csum = true\nnhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
     let mut capture = Capture::start_snap(&t.wan, "any", "ip proto 47", 2048);
     let extra = format!("csum = true\nnhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
-    let spokes: Vec<(String, String)> = (1..=2u8)
-        .map(|i| {
-            let ns = t.spokes[usize::from(i - 1)].clone();
-            let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]);
-            let inst = t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap();
-            (ns, inst)
-        })
-        .collect();
+    let (ih, spokes) = t.up("csum = true\nnhrp = { role = \"nhs\", holdtime = 30 }\n", &extra, "").unwrap();
     let _daemons: Vec<gre::Daemon> = [(&hub, &ih)].into_iter().chain(spokes.iter().map(|(n, i)| (n, i))).map(|(n, i)| gre::Daemon::start(n, i)).collect();
     traffic::wait_for("two registrations on the hub", 10, || peers(&hub, &ih).len() == 2);
     traffic::ping(&spokes[0].0, "203.0.113.2", 3).expect("spoke 1 to spoke 2");
@@ -634,16 +626,9 @@ fn a_restart_is_not_an_outage() {
     }
     let mut t = HubAndSpokes::new("gr", 2).expect("topology");
     let hub = t.hub.clone();
-    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 60 }\n", &[])).unwrap();
     let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 60 }}\n");
     let via_hub = format!("\n[[route]]\nprefix = \"203.0.113.0/24\"\ntunnel = \"gre0\"\nvia = \"{HUB_OVERLAY}\"\n");
-    let spokes: Vec<(String, String)> = (1..=2u8)
-        .map(|i| {
-            let ns = t.spokes[usize::from(i - 1)].clone();
-            let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]) + &via_hub;
-            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap())
-        })
-        .collect();
+    let (ih, spokes) = t.up("nhrp = { role = \"nhs\", holdtime = 60 }\n", &extra, &via_hub).unwrap();
     let (s1, i1) = spokes[0].clone();
     let (s2, i2) = spokes[1].clone();
     let mut hub_daemon = Some(gre::Daemon::start(&hub, &ih));
@@ -741,15 +726,8 @@ fn the_daemon_answers_on_its_control_socket() {
     }
     let mut t = HubAndSpokes::new("gk", 2).expect("topology");
     let hub = t.hub.clone();
-    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
     let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
-    let spokes: Vec<(String, String)> = (1..=2u8)
-        .map(|i| {
-            let ns = t.spokes[usize::from(i - 1)].clone();
-            let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]);
-            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap())
-        })
-        .collect();
+    let (ih, spokes) = t.up("nhrp = { role = \"nhs\", holdtime = 30 }\n", &extra, "").unwrap();
     let (s1, i1) = spokes[0].clone();
     let ask = |ns: &str, i: &str, args: &[&str]| -> Value { serde_json::from_str(&gre::run(ns, i, args).unwrap()).unwrap() };
     // No daemon: said so.

@@ -214,21 +214,14 @@ fn log_shows_slow_path_events() {
 /// traffic for another spoke makes the datapath ask, and the daemon learn the answer.
 #[test]
 fn log_follows_the_daemon_too() {
-    use gre_tests::topology::{HUB_NBMA, HUB_OVERLAY, HubAndSpokes};
+    use gre_tests::topology::{HUB_OVERLAY, HubAndSpokes};
     if !privilege::require_root("log_follows_the_daemon_too") {
         return;
     }
     let mut t = HubAndSpokes::new("gF", 2).expect("topology");
     let hub = t.hub.clone();
-    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
     let extra = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
-    let spokes: Vec<(String, String)> = (1..=2u8)
-        .map(|i| {
-            let ns = t.spokes[usize::from(i - 1)].clone();
-            let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &extra, &[(HUB_OVERLAY, HUB_NBMA)]);
-            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &c).unwrap())
-        })
-        .collect();
+    let (ih, spokes) = t.up("nhrp = { role = \"nhs\", holdtime = 30 }\n", &extra, "").unwrap();
     let _daemons: Vec<gre::Daemon> =
         std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
     traffic::wait_for("two registrations", 10, || gre::show(&hub, &ih).unwrap()["peers"].as_array().is_some_and(|p| p.len() == 2));

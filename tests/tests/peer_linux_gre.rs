@@ -5,7 +5,7 @@
 
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use gre_tests::{
     capture::{Capture, field},
     gre::{self, counters},

@@ -25,15 +25,7 @@ fn peers_added_and_removed_at_run_time() {
     }
     let mut t = HubAndSpokes::new("gr", 2).expect("topology");
     let hub = t.hub.clone();
-    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "", &[])).unwrap();
-    let nhs = format!("nhs = \"{HUB_OVERLAY}\"\n");
-    let spokes: Vec<(String, String)> = (1..=2u8)
-        .map(|i| {
-            let ns = t.spokes[usize::from(i - 1)].clone();
-            let c = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhs, &[(HUB_OVERLAY, HUB_NBMA)]);
-            (ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &c).unwrap())
-        })
-        .collect();
+    let (ih, spokes) = t.up("", &format!("nhs = \"{HUB_OVERLAY}\"\n"), "").unwrap();
     let (s1, i1) = spokes[0].clone();
     assert!(traffic::ping(&s1, "203.0.113.2", 1).is_err(), "the hub does not know the spokes yet");
 
