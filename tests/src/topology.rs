@@ -31,6 +31,21 @@ pub fn ns_sh(ns: &str, cmd: &[&str]) -> Result<String> {
     sh(&full)
 }
 
+/// An interface's index and MAC address, looked up in namespace `ns`.
+///
+/// # Errors
+/// The interface is not there.
+pub fn link(ns: &str, ifname: &str) -> Result<(u32, [u8; 6])> {
+    let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", ifname])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    let index = u32::try_from(v[0]["ifindex"].as_u64().context("ifindex")?)?;
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(v[0]["address"].as_str().context("address")?.split(':')) {
+        *m = u8::from_str_radix(part, 16)?;
+    }
+    Ok((index, mac))
+}
+
 /// A set of namespaces and `gre` instances that go away together.
 pub struct Lab {
     prefix: String,

@@ -883,15 +883,7 @@ fn a_spoke_joins_through_a_registration_flood() {
     let spoke = t.spokes[0].clone();
     let is = t.lab.gre_up(&spoke, "s1", &HubAndSpokes::config(&HubAndSpokes::spoke_nbma6(1), "203.0.113.1", &extra, &[(HUB_OVERLAY, HUB_NBMA6)])).unwrap();
     let _hub_daemon = gre::Daemon::start(&hub, &ih);
-    let mac = |ns: &str, dev: &str| -> [u8; 6] {
-        let v: Value = serde_json::from_str(&ns_sh(ns, &["ip", "-j", "link", "show", "dev", dev]).unwrap()).unwrap();
-        let mut m = [0u8; 6];
-        for (b, part) in m.iter_mut().zip(v[0]["address"].as_str().unwrap().split(':')) {
-            *b = u8::from_str_radix(part, 16).unwrap();
-        }
-        m
-    };
-    let macs = (mac(&hub, "eth0"), mac(&t.wan, "h0"));
+    let macs = (gre_tests::topology::link(&hub, "eth0").unwrap().1, gre_tests::topology::link(&t.wan, "h0").unwrap().1);
     // Our client's Registration Request without the password, from a /64 of its own each.
     let hub_nbma: IpAddr = HUB_NBMA6.parse().unwrap();
     let frames: Vec<Vec<u8>> = (0..1000u16)

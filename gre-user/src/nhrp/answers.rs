@@ -19,6 +19,8 @@ use crate::{
 /// One row of `gre show dmvpn`.
 #[derive(Debug, Serialize)]
 struct Row {
+    #[serde(skip)]
+    id: u32,
     tunnel: String,
     overlay: IpAddr,
     /// Where it is reached (after NAT).
@@ -36,14 +38,7 @@ struct Row {
 
 /// The name of tunnel `id`'s netdev.
 fn tunnel_name(maps: &Maps, id: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    let name = maps.tunnel(id).and_then(|t| {
-        // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL included.
-        let p = unsafe { libc::if_indextoname(t.netdev_ifindex, buf.as_mut_ptr()) };
-        // SAFETY: on success it is the NUL-terminated name in buf.
-        (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
-    });
-    name.unwrap_or_else(|| format!("#{id}"))
+    maps.tunnel(id).map_or_else(|| format!("#{id}"), |t| crate::netdev::ifname(t.netdev_ifindex))
 }
 
 impl Agent {
@@ -78,6 +73,7 @@ impl Agent {
                 attributes.extend(flags.iter().filter(|(on, _)| *on).map(|(_, a)| *a));
                 let since = registration.map(|b| b.since).or_else(|| self.learned.get(&(id, overlay)).copied());
                 Row {
+                    id,
                     tunnel: tunnel_name(maps, id),
                     overlay,
                     nbma: show_addr(&p.nbma),
@@ -123,19 +119,19 @@ impl Agent {
         let detail: Vec<Value> = rows
             .iter()
             .map(|r| {
-                let id = maps.tunnels().unwrap_or_default().into_iter().find(|(id, _)| tunnel_name(maps, *id) == r.tunnel).map(|(id, _)| id);
-                let stats = id.map(|id| maps.peer_stats(id, &crate::maps::store_addr(r.nbma))).unwrap_or_default();
-                let engine = id.and_then(|id| self.engines.get(&(id, r.overlay.is_ipv6())));
+                let id = r.id;
+                let stats = maps.peer_stats(id, &crate::maps::store_addr(r.nbma));
+                let engine = self.engines.get(&(id, r.overlay.is_ipv6()));
                 let registration = engine.and_then(|e| e.registrations().get(&r.overlay).copied());
                 let told: Vec<Value> =
                     engine.map(|e| e.told_of(r.overlay)).unwrap_or_default().iter().map(|(o, n)| json!({ "overlay": o, "nbma": n })).collect();
                 let shortcuts: Vec<String> = maps
                     .shortcut_routes()
                     .into_iter()
-                    .filter(|(_, rid, via)| Some(*rid) == id && *via == Some(r.overlay))
+                    .filter(|(_, rid, via)| *rid == id && *via == Some(r.overlay))
                     .map(|(net, _, _)| net.to_string())
                     .collect();
-                let p = id.and_then(|id| maps.peer(id, r.overlay));
+                let p = maps.peer(id, r.overlay);
                 json!({
                     "peer": r,
                     "registration": registration.map(|b| json!({ "unique": b.unique, "claimed_nbma": b.claimed, "expires_in": b.expires.saturating_sub(now) })),

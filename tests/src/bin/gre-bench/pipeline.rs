@@ -63,17 +63,7 @@ pub struct Bench {
     home: File,
 }
 
-/// An interface's index and MAC address, looked up in namespace `ns`.
-pub fn link(ns: &str, ifname: &str) -> Result<(u32, [u8; 6])> {
-    let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", ifname])?;
-    let v: Value = serde_json::from_str(&out).context("ip -j link")?;
-    let index = u32::try_from(v[0]["ifindex"].as_u64().context("ifindex")?)?;
-    let mut mac = [0u8; 6];
-    for (m, part) in mac.iter_mut().zip(v[0]["address"].as_str().context("address")?.split(':')) {
-        *m = u8::from_str_radix(part, 16)?;
-    }
-    Ok((index, mac))
-}
+pub use gre_tests::topology::link;
 
 fn mac_str(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
