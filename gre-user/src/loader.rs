@@ -320,7 +320,7 @@ pub async fn down(instance: &str) -> Result<()> {
     if let Err(e) = remove_pins(&dir) {
         first_error.get_or_insert(e);
     }
-    // A daemon that was killed leaves its log socket behind.
-    let _ = fs::remove_file(crate::logs::socket_path(instance));
+    // What a daemon left behind: sockets if it was killed, its lock and saved NHRP state.
+    crate::runtime::remove(instance);
     first_error.map_or(Ok(()), Err)
 }

@@ -32,3 +32,12 @@ pub fn lock(instance: &str) -> Result<File> {
     }
     Ok(f)
 }
+
+/// Removes what a daemon of `instance` leaves in the runtime directory (its sockets if it was
+/// killed, its lock, its saved NHRP state): at `gre down`, so that nothing of a removed instance
+/// is taken up by a later one of the same name.
+pub fn remove(instance: &str) {
+    for what in ["log", "ctl", "lock", "nhrp"] {
+        let _ = std::fs::remove_file(path(instance, what));
+    }
+}

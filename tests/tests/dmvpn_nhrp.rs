@@ -664,6 +664,12 @@ fn a_restart_is_not_an_outage() {
     traffic::wait_for("the hub to forget spoke 2", 3, || peer(&peers(&hub, &ih), "203.0.113.2").is_none());
     traffic::wait_for("spoke 1 to be purged of spoke 2", 3, || peer(&peers(&s1, &i1), "203.0.113.2").is_none());
     drop((hub_daemon, d1));
+    // The hub's stop saved its state for the next daemon; `gre down` takes it away with the rest,
+    // so that no later instance of that name takes it up.
+    let left = |i: &str| ["log", "ctl", "lock", "nhrp"].into_iter().filter(|w| std::path::Path::new(&format!("/run/gre/{i}.{w}")).exists()).collect::<Vec<_>>();
+    assert!(left(&ih).contains(&"nhrp"), "the stopped hub saved nothing");
+    t.lab.gre_down(&hub, &ih).unwrap();
+    assert_eq!(left(&ih), Vec::<&str>::new(), "gre down left runtime files");
 }
 
 /// libfaketime (Debian's faketime package), which moves the wall clock a process sees.
