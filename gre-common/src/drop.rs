@@ -63,8 +63,11 @@ pub const MULTICAST_RATE: u32 = 23;
 /// the tag must go inside each segment's frame, which only the kernel's segmentation could do.
 pub const VLAN_GSO: u32 = 24;
 
+/// Clear-text GRE for a protected tunnel: only what its IPsec SAs decrypt is accepted.
+pub const UNPROTECTED: u32 = 25;
+
 /// Number of drop reasons (the length of the `DROPS` array).
-pub const COUNT: u32 = 25;
+pub const COUNT: u32 = 26;
 
 /// Stable names, indexed by reason.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -93,4 +96,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "multicast_scope",
     "multicast_rate",
     "vlan_gso",
+    "unprotected",
 ];

@@ -173,6 +173,9 @@ pub mod tunnel_flags {
     pub const MULTIPOINT: u32 = 1 << 12;
     /// Multipoint: accept GRE only from NBMA addresses of known peers.
     pub const STRICT: u32 = 1 << 13;
+    /// IPsec (ESP transport between the NBMA addresses): GRE is sent through the kernel's xfrm
+    /// and accepted only as it decrypts it; clear-text GRE from the wire is dropped.
+    pub const PROTECTED: u32 = 1 << 14;
 }
 
 /// One tunnel, indexed by its id in the `TUNNELS` array.

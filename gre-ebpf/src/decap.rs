@@ -82,6 +82,11 @@ pub fn try_decap(ctx: &XdpContext) -> Verdict {
         // to this port's tunnels; a bridge or packet socket may want either.
         return Ok(xdp_action::XDP_PASS);
     }
+    // A protected tunnel takes only what the kernel's xfrm decrypted, which never reaches XDP
+    // (the daemon's raw socket gets it, past the kernel's inbound policy check).
+    if tunnel.flags & tunnel_flags::PROTECTED != 0 {
+        return Err(stats::tunnel_drop(id, drop::UNPROTECTED));
+    }
     // A multipoint tunnel's peers are those with counters (userspace makes them with the peer).
     // What arrived from one is counted here, before the deep checks, for the stack's sake; what
     // they drop is counted by reason.
@@ -231,7 +236,9 @@ fn gre_options(ctx: &XdpContext, o: &Outer, flags: u16, protocol: u16) -> Result
 fn matched(ctx: &XdpContext, o: &Outer, g: &Gre, id: u32, t: &Tunnel, known: bool) -> Verdict {
     // Bytes past the outer datagram (Ethernet padding, a trailer) are not part of it: trimmed, as
     // ip_rcv does, before anything reads or delivers the payload.
-    let trailer = ctx.len() - o.end;
+    // The mask changes nothing (the datagram ends within the frame, checked by `parse`), but
+    // it bounds the offset for verifiers (6.12's) that lose its bounds across a spill.
+    let trailer = ctx.len() - (o.end & 0xffff);
     if trailer > 0 {
         #[expect(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "at most a frame")]
         // SAFETY: shrinking by what lies past the datagram; the helper re-validates, and no

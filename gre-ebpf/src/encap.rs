@@ -39,6 +39,12 @@ pub fn try_encap(ctx: &TcContext) -> Result<i32, u32> {
 
 #[inline(always)]
 fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
+    if t.flags & tunnel_flags::PROTECTED != 0 && ifindex_of(ctx) != t.netdev_ifindex && is_own_gre(ctx, t) {
+        // Our own output of a protected tunnel, on its way into the kernel's forwarding, where
+        // xfrm applies the ESP policy (or blocks it): an inner packet can never look like this,
+        // `inner` refuses GRE from the local address into a protected tunnel.
+        return Ok(TC_ACT_OK);
+    }
     let teb = t.flags & tunnel_flags::TEB != 0;
     // SAFETY: reading a field of the context.
     if teb && unsafe { (*ctx.skb.skb).vlan_present } != 0 {
@@ -106,7 +112,7 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
         // ARP and other non-IP frames of a gretap: bpf_skb_adjust_room and bpf_redirect_neigh
         // only take IP packets, so the frame gets a new head and a complete Ethernet header
         // toward the underlay next hop, which must be known (gre up keeps it resolved).
-        let (smac, dmac) = fib::tunnel_next_hop(ctx.skb.skb.cast(), t, &remote).ok_or(drop::NO_NEIGHBOUR)?;
+        let (smac, dmac) = if protected(t) { (t.netdev_mac, t.inject_mac) } else { fib::tunnel_next_hop(ctx.skb.skb.cast(), t, &remote).ok_or(drop::NO_NEIGHBOUR)? };
         let h = headers::build(id, t, &remote, &inner, inner_len, protocol, flags, None)?;
         // SAFETY: the helper grows the headroom; offsets below are re-checked by the helpers.
         if unsafe { bpf_skb_change_head(ctx.skb.skb, (ETH_HLEN + h.len) as u32, 0) } != 0 {
@@ -124,6 +130,9 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
         stats::count_tx(id, u64::from(inner_len));
         if t.flags & tunnel_flags::MULTIPOINT != 0 {
             stats::count_peer(id, &remote, u64::from(inner_len), false);
+        }
+        if protected(t) {
+            return Ok(TC_ACT_OK);
         }
         // SAFETY: plain redirect to the underlay interface.
         #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
@@ -143,8 +152,10 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     ctx.adjust_room(h.len as i32, BPF_ADJ_ROOM_MAC, adj).map_err(|_| drop::ENCAP_FAILED)?;
     store_headers(ctx, &h)?;
     // bpf_redirect_neigh refuses multicast destinations (IPv6 ND, 224.0.0.x hellos); any unicast
-    // MAC will do, the helper writes the real one.
-    ctx.store(0, &t.netdev_mac, 0).and_then(|()| ctx.store(12, &outer_type.to_be(), 0)).map_err(|_| drop::ENCAP_FAILED)?;
+    // MAC will do, the helper writes the real one. A protected tunnel's packet goes to the
+    // datapath end as received there (see `to_kernel`).
+    let dmac = if protected(t) { &t.inject_mac } else { &t.netdev_mac };
+    ctx.store(0, dmac, 0).and_then(|()| ctx.store(12, &outer_type.to_be(), 0)).map_err(|_| drop::ENCAP_FAILED)?;
     if flags & FLAG_C != 0 {
         write_checksum(ctx, ETH_HLEN + h.gre_at, Some(ETH_HLEN + h.len))?;
     }
@@ -156,9 +167,40 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
     if t.flags & tunnel_flags::MULTIPOINT != 0 {
         stats::count_peer(id, &remote, u64::from(inner_len), false);
     }
+    if protected(t) {
+        return Ok(TC_ACT_OK);
+    }
     // SAFETY: no parameters: the kernel looks the next hop up itself.
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
     Ok(unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// A protected tunnel's GRE must pass the kernel's xfrm, which a redirect to the underlay would
+/// skip. It goes on instead, addressed to the datapath end of the tunnel netdev: through the
+/// veth at the netdev's egress, or straight up the stack at the datapath end's ingress. There
+/// the kernel forwards it (forwarding and accept_local on that end only, set by `gre up`), and
+/// ip_forward's output lookup finds the ESP transport policy and its SA, or the block policy
+/// `gre up` installs below every other for this tunnel's GRE.
+#[inline(always)]
+pub fn protected(t: &Tunnel) -> bool {
+    t.flags & tunnel_flags::PROTECTED != 0
+}
+
+/// Whether the packet at the datapath end is GRE from the tunnel's local address.
+#[inline(always)]
+fn is_own_gre(ctx: &TcContext, t: &Tunnel) -> bool {
+    let Ok(ethertype) = ctx.load::<u16>(12) else { return false };
+    match u16::from_be(ethertype) {
+        ETH_P_IPV4 => {
+            let Ok(h) = ctx.load::<[u8; IPV4_HLEN]>(ETH_HLEN) else { return false };
+            h[9] == IPPROTO_GRE && addr::from_v4([h[12], h[13], h[14], h[15]]) == t.local
+        }
+        ETH_P_IPV6 => {
+            let Ok(h) = ctx.load::<[u8; 24]>(ETH_HLEN) else { return false };
+            h[6] == IPPROTO_GRE && h[8..24] == t.local
+        }
+        _ => false,
+    }
 }
 
 /// A VLAN tag beside the frame (a VLAN device on a gretap puts it there, for hardware to insert)
@@ -217,7 +259,7 @@ fn inner(ctx: &TcContext, t: &Tunnel) -> Result<Inner, u32> {
             if t.flags & tunnel_flags::OUTER_V6 == 0
                 && h[9] == IPPROTO_GRE
                 && addr::from_v4([h[12], h[13], h[14], h[15]]) == t.local
-                && addr::from_v4([h[16], h[17], h[18], h[19]]) == t.remote
+                && (protected(t) || addr::from_v4([h[16], h[17], h[18], h[19]]) == t.remote)
             {
                 return Err(drop::LOOP);
             }
@@ -235,7 +277,7 @@ fn inner(ctx: &TcContext, t: &Tunnel) -> Result<Inner, u32> {
         }
         ETH_P_IPV6 => {
             let h: [u8; IPV6_HLEN] = ctx.load(ETH_HLEN).map_err(|_| drop::TRUNCATED)?;
-            if t.flags & tunnel_flags::OUTER_V6 != 0 && h[6] == IPPROTO_GRE && h[8..24] == t.local && h[24..40] == t.remote {
+            if t.flags & tunnel_flags::OUTER_V6 != 0 && h[6] == IPPROTO_GRE && h[8..24] == t.local && (protected(t) || h[24..40] == t.remote) {
                 return Err(drop::LOOP);
             }
             let tos = (h[0] << 4) | (h[1] >> 4);

@@ -70,8 +70,9 @@ pub fn try_lan(ctx: &XdpContext) -> Result<u32, u32> {
         inner.hash = headers::flow_hash(&inner.src, &inner.dst, inner.protocol);
     }
     // Left to the kernel: gretap (LAN frames are bridged, not routed), packets too big for the
-    // tunnel (ICMP or fragments), TTL about to expire (ICMP), unknown underlay next hop (ARP/ND).
-    if t.flags & tunnel_flags::TEB != 0 || inner_len > t.mtu as usize || inner_len + ETH_HLEN > ctx.len() || inner.ttl <= 1 {
+    // tunnel (ICMP or fragments), TTL about to expire (ICMP), unknown underlay next hop (ARP/ND),
+    // and protected tunnels (their GRE must pass the kernel's xfrm, see encap.rs).
+    if t.flags & (tunnel_flags::TEB | tunnel_flags::PROTECTED) != 0 || inner_len > t.mtu as usize || inner_len + ETH_HLEN > ctx.len() || inner.ttl <= 1 {
         return Ok(PASS);
     }
     // The overlay route must be the kernel's choice too: not one of our own addresses, not a

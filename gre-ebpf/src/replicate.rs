@@ -7,8 +7,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_SHOT},
-    helpers::{bpf_clone_redirect, bpf_loop, bpf_redirect_neigh},
+    bindings::{__sk_buff, BPF_F_INGRESS, TC_ACT_SHOT},
+    helpers::{bpf_clone_redirect, bpf_loop, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use gre_common::{
@@ -19,7 +19,7 @@ use gre_common::{
 };
 
 use crate::{
-    csum, fib,
+    csum, encap, fib,
     maps::{MULTICAST, REPLICATION, TAIL_CALLS, TUNNELS},
     stats,
 };
@@ -61,6 +61,12 @@ pub fn step(ctx: &TcContext) -> i32 {
     }
     stats::count_tx(id, u64::from(inner_len));
     stats::count_peer(id, &first, u64::from(inner_len), false);
+    if encap::protected(t) {
+        // To the datapath end, as encap.rs sends a protected tunnel's unicast.
+        // SAFETY: a redirect into the tunnel netdev's own datapath end.
+        #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
+        return unsafe { bpf_redirect(t.inject_ifindex, u64::from(BPF_F_INGRESS)) } as i32;
+    }
     // SAFETY: no parameters: the kernel looks the next hop up itself.
     #[expect(clippy::cast_possible_truncation, reason = "TC_ACT_* values")]
     let r = unsafe { bpf_redirect_neigh(t.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
@@ -77,8 +83,14 @@ extern "C" fn clone_to_peer(i: u64, state: *mut c_void) -> i64 {
     let nbma = list.nbma[((i + 1) as usize) & (MAX_MULTICAST_PEERS - 1)];
     let ctx = TcContext::new(c.skb);
     if rewrite(&ctx, t, &nbma).is_some() {
-        // SAFETY: a clone of this packet to the underlay.
-        if unsafe { bpf_clone_redirect(c.skb, t.underlay_ifindex, 0) } == 0 {
+        let sent = if encap::protected(t) {
+            // SAFETY: a clone of this packet into the datapath end, as protected unicast goes.
+            unsafe { bpf_clone_redirect(c.skb, t.inject_ifindex, u64::from(BPF_F_INGRESS)) }
+        } else {
+            // SAFETY: a clone of this packet to the underlay.
+            unsafe { bpf_clone_redirect(c.skb, t.underlay_ifindex, 0) }
+        };
+        if sent == 0 {
             stats::count_tx(c.id, u64::from(c.inner_len));
             stats::count_peer(c.id, &nbma, u64::from(c.inner_len), false);
         }
@@ -91,7 +103,7 @@ extern "C" fn clone_to_peer(i: u64, state: *mut c_void) -> i64 {
 /// Points the outer header at `nbma` (IPv4 checksum recomputed) and fills the MACs toward it.
 #[inline(always)]
 fn rewrite(ctx: &TcContext, t: &Tunnel, nbma: &Addr) -> Option<()> {
-    let (smac, dmac) = fib::tunnel_next_hop(ctx.skb.skb.cast(), t, nbma)?;
+    let (smac, dmac) = if encap::protected(t) { (t.netdev_mac, t.inject_mac) } else { fib::tunnel_next_hop(ctx.skb.skb.cast(), t, nbma)? };
     let v6 = t.flags & tunnel_flags::OUTER_V6 != 0;
     if v6 {
         ctx.store(ETH_HLEN + 24, nbma, 0).ok()?;

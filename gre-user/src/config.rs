@@ -206,6 +206,35 @@ pub struct TunnelSpec {
     pub keepalive: Option<Spanned<Keepalive>>,
     /// NHRP on a multipoint tunnel, run by `gre daemon`.
     pub nhrp: Option<Spanned<Nhrp>>,
+    /// IPsec: ESP in transport mode for this tunnel's GRE, keyed by strongSwan's charon.
+    pub protection: Option<Spanned<Protection>>,
+}
+
+/// A protected tunnel: `gre daemon` loads an IKEv2 connection into charon over its vici socket
+/// (ESP in transport mode for GRE between the tunnel's NBMA addresses) and brings its SAs up;
+/// the datapath sends GRE only through the kernel's xfrm and takes only what it decrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protection {
+    /// charon's vici socket.
+    #[serde(default = "default_vici")]
+    pub vici: PathBuf,
+    /// A pre-shared key (IKEv2 PSK authentication, both ways) ...
+    pub psk: Option<String>,
+    /// ... or X.509: this gateway's certificate and private key, and the CA certificate that
+    /// signs its peers' (PEM or DER files).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    /// IKE and ESP proposals in strongSwan's syntax; charon's defaults when empty.
+    #[serde(default)]
+    pub proposals: Vec<String>,
+    #[serde(default)]
+    pub esp_proposals: Vec<String>,
+}
+
+fn default_vici() -> PathBuf {
+    PathBuf::from("/var/run/charon.vici")
 }
 
 /// Multicast replication of a multipoint tunnel: one copy per peer mapped for multicast, so it
@@ -446,7 +475,12 @@ pub struct Tunnel {
     pub addresses: Vec<IpNet>,
     pub keepalive: Option<Keepalive>,
     pub nhrp: Option<Nhrp>,
+    pub protection: Option<Protection>,
 }
+
+/// Room left on a protected tunnel for ESP: SPI and sequence (8), IV (16 for CBC), padding (up
+/// to 15), pad length and next header (2), ICV (16), and a UDP header when NAT-T wraps it (8).
+pub const ESP_OVERHEAD: usize = 72;
 
 impl Tunnel {
     /// Name of the datapath end of the tunnel netdev.
@@ -482,7 +516,8 @@ impl Tunnel {
     #[must_use]
     pub const fn overhead(&self) -> usize {
         let l2 = if matches!(self.mode, Mode::Gretap) { gre::ETH_HLEN } else { 0 };
-        gre::overhead(self.outer_v6(), self.tx_gre_flags()) + l2
+        let esp = if self.protection.is_some() { ESP_OVERHEAD } else { 0 };
+        gre::overhead(self.outer_v6(), self.tx_gre_flags()) + l2 + esp
     }
 
     /// The datapath's `Tunnel::flags` for this tunnel.
@@ -505,6 +540,7 @@ impl Tunnel {
             (matches!(self.mode, Mode::Gretap), f::TEB),
             (self.multipoint, f::MULTIPOINT),
             (self.strict, f::STRICT),
+            (self.protection.is_some(), f::PROTECTED),
         ];
         let mut i = 0;
         while i < bits.len() {
@@ -739,6 +775,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 return Err(at(k.span(), format!("tunnel {name:?}: keepalive: {reason}")));
             }
         }
+        if let Some(p) = &t.protection {
+            let spec = p.get_ref();
+            let certs = [&spec.cert, &spec.key, &spec.ca].iter().filter(|c| c.is_some()).count();
+            let reason = if local.is_ipv6() {
+                Some("IPv6 underlays are not protected yet (the kernel forwards IPv6 only with forwarding on everywhere)")
+            } else if spec.psk.is_some() == (certs > 0) {
+                Some("give either psk or cert, key and ca")
+            } else if certs != 0 && certs != 3 {
+                Some("cert, key and ca go together")
+            } else if spec.psk.as_ref().is_some_and(|k| k.len() < 16) {
+                Some("psk: at least 16 characters")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(at(p.span(), format!("tunnel {name:?}: protection: {reason}")));
+            }
+        }
         let mut seen = HashSet::new();
         for a in &t.address {
             if !seen.insert(*a.get_ref()) {
@@ -773,6 +827,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             addresses: t.address.iter().map(|a| *a.get_ref()).collect(),
             keepalive: t.keepalive.as_ref().map(|k| *k.get_ref()),
             nhrp: t.nhrp.as_ref().map(|n| n.get_ref().clone()),
+            protection: t.protection.as_ref().map(|p| p.get_ref().clone()),
         });
     }
     let limits = file.limits.as_ref().map_or_else(Limits::default, |l| *l.get_ref());
@@ -936,6 +991,25 @@ ignore_df = true
         assert!(e.message.contains("fe80::2 must be a global"), "{e}");
         let e = parse(Path::new("t.toml"), &text.replace("12345", "1048576")).unwrap_err();
         assert!(e.message.contains("does not fit in 20 bits"), "{e}");
+    }
+
+    #[test]
+    fn protection_takes_a_psk_or_certificates() {
+        use gre_common::maps::tunnel_flags as f;
+        let protected = format!("{GOOD}\n[tunnel.protection]\npsk = \"sixteen or more chars\"\n");
+        let c = parse(Path::new("t.toml"), &protected).unwrap();
+        let t = &c.tunnels[1];
+        assert!(t.protection.is_some() && t.datapath_flags() & f::PROTECTED != 0);
+        // GRE with keys 28 bytes, and room for ESP.
+        assert_eq!(t.overhead(), 28 + ESP_OVERHEAD);
+        assert_eq!(t.protection.as_ref().unwrap().vici, PathBuf::from("/var/run/charon.vici"));
+        let e = err(&protected.replace("sixteen or more chars", "short"));
+        assert!(e.message.contains("psk: at least 16 characters") && e.line == 23, "{e}");
+        let e = err(&format!("{protected}cert = \"/etc/swanctl/x509/a.pem\"\n"));
+        assert!(e.message.contains("either psk or cert, key and ca"), "{e}");
+        let e = err(&protected.replace("psk = \"sixteen or more chars\"", "cert = \"a.pem\"\nkey = \"a.key\""));
+        assert!(e.message.contains("cert, key and ca go together"), "{e}");
+        assert!(parse(Path::new("t.toml"), &protected.replace("psk = \"sixteen or more chars\"", "cert = \"a.pem\"\nkey = \"a.key\"\nca = \"ca.pem\"")).is_ok());
     }
 
     #[test]

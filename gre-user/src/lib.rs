@@ -17,6 +17,7 @@ pub mod netdev;
 pub mod netns;
 pub mod nhrp;
 pub mod preflight;
+pub mod protection;
 pub mod reload;
 pub mod runtime;
 pub mod show;

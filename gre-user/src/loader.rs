@@ -44,7 +44,7 @@ pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
         }
     }
     crate::xfrm::refuse_bypassed(&cfg.tunnels)?;
-    let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), dir: None };
+    let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), protected: Vec::new(), dir: None };
     match build(cfg, &dir, &handle, &mut undo).await {
         Ok(()) => {
             undo.links.clear();
@@ -64,6 +64,8 @@ pub(crate) struct Undo {
     pub(crate) handle: Handle,
     pub(crate) links: Vec<u32>,
     pub(crate) neighbours: Vec<(u32, std::net::IpAddr)>,
+    /// Protected tunnels' (local, remote), whose block policies go.
+    pub(crate) protected: Vec<(std::net::IpAddr, std::net::IpAddr)>,
     pub(crate) dir: Option<PathBuf>,
 }
 
@@ -76,6 +78,11 @@ impl Undo {
         }
         for index in self.links {
             if let Err(e) = netdev::delete(&self.handle, index).await {
+                warn!("cleaning up: {e:#}");
+            }
+        }
+        for (local, remote) in self.protected {
+            if let Err(e) = crate::protection::release(local, remote) {
                 warn!("cleaning up: {e:#}");
             }
         }
@@ -178,9 +185,15 @@ pub(crate) async fn create_tunnel(handle: &Handle, undo: &mut Undo, maps: &mut M
     let mtu = underlay.mtu.checked_sub(overhead).filter(|m| *m >= min).ok_or_else(|| {
         anyhow!("tunnel {}: underlay {} MTU {} leaves less than {min} after {overhead} bytes of outer headers", t.name, t.interface, underlay.mtu)
     })?;
-    let spec = netdev::NetdevSpec { mtu, ethernet: t.mode == config::Mode::Gretap, no_gso: t.ocsum || t.oseq, addresses: &t.addresses };
+    // A protected tunnel's encapsulated GRE passes through the datapath end (protection.rs).
+    let dp_mtu = if t.protection.is_some() { underlay.mtu } else { mtu };
+    let spec = netdev::NetdevSpec { mtu, dp_mtu, ethernet: t.mode == config::Mode::Gretap, no_gso: t.ocsum || t.oseq, addresses: &t.addresses };
     let (kernel, inject) = netdev::create_tunnel_netdev(handle, &t.name, &t.inject_name(), spec).await?;
     undo.links.push(kernel.index);
+    if t.protection.is_some() {
+        undo.protected.push((t.local, t.remote));
+        crate::protection::prepare(t, &t.inject_name())?;
+    }
     if t.mode == config::Mode::Gretap {
         // Non-IP frames (ARP first of all) are sent straight to the underlay next hop, which
         // the kernel must therefore keep resolved.
@@ -309,6 +322,11 @@ pub async fn down(instance: &str) -> Result<()> {
             }
             for (_, t) in tunnels {
                 if let Err(e) = netdev::delete(&handle, t.netdev_ifindex).await {
+                    first_error.get_or_insert(e);
+                }
+                if t.flags & gre_common::maps::tunnel_flags::PROTECTED != 0
+                    && let Err(e) = crate::protection::release(crate::maps::show_addr(&t.local), crate::maps::show_addr(&t.remote))
+                {
                     first_error.get_or_insert(e);
                 }
             }

@@ -72,6 +72,8 @@ fn link_of(msg: &LinkMessage) -> Link {
 #[derive(Debug, Clone, Copy)]
 pub struct NetdevSpec<'a> {
     pub mtu: u32,
+    /// The datapath end's MTU: `mtu`, or more when whole outer packets pass through it.
+    pub dp_mtu: u32,
     /// A gretap: an Ethernet link with ARP; otherwise NOARP, like a GRE device.
     pub ethernet: bool,
     /// One segment per packet (for tunnels that checksum every packet).
@@ -86,7 +88,7 @@ pub struct NetdevSpec<'a> {
 /// # Errors
 /// A link of either name exists already, or netlink fails.
 pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spec: NetdevSpec<'_>) -> Result<(Link, Link)> {
-    let NetdevSpec { mtu, ethernet, no_gso, addresses } = spec;
+    let NetdevSpec { mtu, dp_mtu, ethernet, no_gso, addresses } = spec;
     for n in [name, inject] {
         if find(handle, n).await?.is_some() {
             bail!("interface {n} exists already; pick another tunnel name or remove it");
@@ -117,8 +119,8 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spe
             .await
             .with_context(|| format!("setting gso_max_segs 1 on {name}"))?;
     }
-    // The datapath end gets the same MTU: what goes through it must fit the kernel end anyway.
-    handle.link().set(LinkUnspec::new_with_index(dp.index).mtu(mtu).arp(false).build()).execute().await.with_context(|| format!("setting MTU on {inject}"))?;
+    // The datapath end: what goes through it must fit the kernel end anyway.
+    handle.link().set(LinkUnspec::new_with_index(dp.index).mtu(dp_mtu).arp(false).build()).execute().await.with_context(|| format!("setting MTU on {inject}"))?;
     for a in addresses {
         handle.address().add(kernel.index, a.addr(), a.prefix_len()).execute().await.with_context(|| format!("adding address {a} to {name}"))?;
     }

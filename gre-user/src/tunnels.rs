@@ -53,7 +53,7 @@ pub async fn add_tunnels(instance: &str, path: &Path) -> Result<Vec<String>> {
     let mut maps = Maps::open_pinned(&dir.join("maps"))?;
     let mut added = Vec::new();
     for t in all.tunnels.iter().filter(|t| !running.tunnels.iter().any(|r| r.name == t.name)) {
-        let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), dir: None };
+        let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), protected: Vec::new(), dir: None };
         let id = maps.free_tunnel_id()?;
         let result = attach_tunnel(&handle, &mut undo, &mut maps, &dir, id, t).await;
         if let Err(e) = result {
@@ -123,6 +123,9 @@ pub async fn del_tunnel(instance: &str, name: &str) -> Result<()> {
     }
     // The veth pair goes, and the kernel's routes through it with it.
     netdev::delete(&netdev::connect()?, t.netdev_ifindex).await?;
+    if t.flags & gre_common::maps::tunnel_flags::PROTECTED != 0 {
+        crate::protection::release(crate::maps::show_addr(&t.local), crate::maps::show_addr(&t.remote))?;
+    }
     info!("tunnel {name} removed");
     Ok(())
 }

@@ -15,29 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use base64::Engine as _;
 
 use crate::topology::sh;
 
-/// The modules the initramfs loads to reach the host's file system, in dependency order
-/// (`modprobe --show-depends virtio_pci virtio_net 9p overlay` on the unpacked kernel).
-const BOOT_MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
-    "9pnet",
-    "9pnet_virtio",
-    "netfs",
-    "fscache",
-    "9p",
-    "overlay",
-];
+/// The modules the initramfs needs to reach the host's file system; what they depend on comes
+/// from the kernel's modules.dep, and what a kernel builds in is skipped (6.12 has virtio and
+/// virtio_pci built in, and no fscache module).
+const BOOT_MODULES: &[&str] = &["virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay"];
 
 /// How long a guest may take from start to its agent answering (about 10 s here, under TCG).
 const BOOT_TIMEOUT: Duration = Duration::from_mins(2);
@@ -104,11 +90,14 @@ impl Kernel {
         cpio.file("init", 0o755, &init);
         cpio.file("bin/busybox", 0o755, &std::fs::read("/bin/busybox").context("reading /bin/busybox (Debian's busybox-static)")?);
         let modules = self.dir.join("lib/modules").join(&self.version);
-        for m in BOOT_MODULES {
-            let found = find_module(&modules.join("kernel"), m).with_context(|| format!("module {m} in {}", modules.display()))?;
-            cpio.file(&format!("modules/{m}.ko"), 0o644, &read_module(&found)?);
+        let builtin = std::fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
+        let dep = std::fs::read_to_string(modules.join("modules.dep")).context("reading modules.dep")?;
+        let boot = load_order(&dep, &builtin, BOOT_MODULES)?;
+        for (m, path) in &boot {
+            cpio.file(&format!("modules/{m}.ko"), 0o644, &read_module(&modules.join(path))?);
         }
-        cpio.file("modules/order", 0o644, BOOT_MODULES.join("\n").as_bytes());
+        let names: Vec<&str> = boot.iter().map(|(m, _)| m.as_str()).collect();
+        cpio.file("modules/order", 0o644, names.join("\n").as_bytes());
         let bytes = cpio.finish();
         if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
             // Concurrent tests may build it at once: each writes its own file and renames.
@@ -120,18 +109,28 @@ impl Kernel {
     }
 }
 
-fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            if let Some(found) = find_module(&p, name) {
-                return Some(found);
+/// The modules `wanted` needs, dependencies first, as (name, path in the module tree): each line of
+/// modules.dep is `path: dependency…`, the dependencies in the order that loads the last first.
+fn load_order(dep: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<(String, String)>> {
+    let name = |path: &str| path.rsplit('/').next().and_then(|f| f.split('.').next()).unwrap_or_default().replace('-', "_");
+    let table: std::collections::HashMap<String, (String, Vec<String>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(path, deps)| (name(path), (path.to_string(), deps.split_whitespace().map(str::to_string).collect())))
+        .collect();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for w in wanted {
+        if builtin.lines().any(|l| name(l) == *w) {
+            continue;
+        }
+        let (path, deps) = table.get(*w).with_context(|| format!("module {w}: neither in modules.dep nor built in"))?;
+        for p in deps.iter().rev().chain(std::iter::once(path)) {
+            if !order.iter().any(|(_, q)| q == p) {
+                order.push((name(p), p.clone()));
             }
-        } else if p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f == format!("{name}.ko") || f == format!("{name}.ko.xz")) {
-            return Some(p);
         }
     }
-    None
+    Ok(order)
 }
 
 /// A module's object, decompressed if the kernel ships it with xz (busybox's insmod reads plain
