@@ -23,6 +23,8 @@ pub enum Request {
     Peer { address: IpAddr },
     /// Forget dynamic NHRP state.
     Clear { what: Clear },
+    /// The protected tunnels' IPsec SAs, as charon reports them.
+    Ipsec,
     /// Change the daemon's log level (an env-filter directive: `debug`, `info,gre=trace` …).
     LogLevel { level: String },
 }

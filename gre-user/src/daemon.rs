@@ -63,6 +63,9 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     let injector = packet_socket()?;
     let mut keepalives = Keepalives::default();
     let mut nhrp = crate::nhrp::agent::Agent::new(&mut maps, crate::runtime::path(instance, "nhrp")).await?;
+    // Protected tunnels' SAs, driven through charon beside the loop.
+    let ipsec = std::sync::Arc::new(std::sync::Mutex::new(crate::ipsec::Status::default()));
+    let ipsec_task = tokio::spawn(crate::ipsec::run(instance.to_string(), crate::ipsec::load(instance)?, ipsec.clone()));
     let log_socket = crate::logs::serve(instance)?;
     let (control_socket, mut asked) = crate::control::serve(instance)?;
     let metrics = match metrics {
@@ -139,6 +142,9 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
                         }
                         Err(e) => serde_json::json!({ "error": e }),
                     },
+                    crate::control::Request::Ipsec => {
+                        serde_json::to_value(&*ipsec.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).unwrap_or_default()
+                    }
                     request => nhrp.answer(&mut maps, &sender, request, crate::clock::monotonic_secs()),
                 };
                 let _ = a.answer.send(answer);
@@ -150,6 +156,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     if let Some(task) = metrics {
         task.abort();
     }
+    ipsec_task.abort();
     nhrp.shutdown(&mut maps, &sender, crate::clock::monotonic_secs(), purge_on_exit);
     // Nobody watches the tunnels any more.
     for (id, _) in maps.tunnels()? {

@@ -9,6 +9,7 @@ pub mod converge;
 pub mod daemon;
 pub mod datapath_log;
 pub mod instance;
+pub mod ipsec;
 pub mod loader;
 pub mod logs;
 pub mod maps;

@@ -45,9 +45,15 @@ pub async fn up(cfg: &Config, instance: &str) -> Result<()> {
     }
     crate::xfrm::refuse_bypassed(&cfg.tunnels)?;
     let mut undo = Undo { handle: handle.clone(), links: Vec::new(), neighbours: Vec::new(), protected: Vec::new(), dir: None };
-    match build(cfg, &dir, &handle, &mut undo).await {
+    let built = match build(cfg, &dir, &handle, &mut undo).await {
+        // The daemon keys the protected tunnels' SAs with what the configuration says of them.
+        Ok(()) => crate::ipsec::save(instance, &crate::ipsec::of(cfg)),
+        Err(e) => Err(e),
+    };
+    match built {
         Ok(()) => {
             undo.links.clear();
+            undo.protected.clear();
             undo.neighbours.clear();
             undo.dir = None;
             Ok(())

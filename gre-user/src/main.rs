@@ -223,7 +223,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Daemon { .. } => preflight::check(Needs::Daemon)?,
         // What the daemon answers on its control socket needs no capability of the caller's.
-        Command::Show { part: Some(show::Part::Dmvpn | show::Part::Peer), .. } | Command::Log { level: Some(_), .. } => {}
+        Command::Show { part: Some(show::Part::Dmvpn | show::Part::Peer | show::Part::Ipsec), .. } | Command::Log { level: Some(_), .. } => {}
         Command::Show { .. } | Command::Showconf | Command::Stats { .. } | Command::Log { .. } => preflight::check(Needs::Read)?,
         Command::Nhrp(_) | Command::Check { .. } | Command::GenDocs { .. } => {}
     }
@@ -251,6 +251,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Down => {
             loader::down(&cli.instance).await?;
             log::info!("instance {} is down", cli.instance);
+        }
+        Command::Show { part: Some(show::Part::Ipsec), json, pretty, .. } => {
+            let v = gre_user::control::ask(&cli.instance, &gre_user::control::Request::Ipsec).await?;
+            if pretty {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if json {
+                println!("{v}");
+            } else {
+                print!("{}", show::ipsec_table(&v));
+            }
         }
         Command::Show { part: Some(part @ (show::Part::Dmvpn | show::Part::Peer)), address, json, pretty } => {
             let request = match (part, address) {

@@ -1,5 +1,6 @@
 //! The daemon's files under `/run/gre` (the systemd unit's `RuntimeDirectory`): its sockets,
-//! its lock, and the NHRP state it leaves for the next daemon.
+//! its lock, the NHRP state it leaves for the next daemon, and what `gre up` leaves it of the
+//! protected tunnels' configuration.
 
 use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf};
 
@@ -37,7 +38,7 @@ pub fn lock(instance: &str) -> Result<File> {
 /// killed, its lock, its saved NHRP state): at `gre down`, so that nothing of a removed instance
 /// is taken up by a later one of the same name.
 pub fn remove(instance: &str) {
-    for what in ["log", "ctl", "lock", "nhrp"] {
+    for what in ["log", "ctl", "lock", "nhrp", "protection"] {
         let _ = std::fs::remove_file(path(instance, what));
     }
 }

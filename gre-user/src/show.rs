@@ -37,6 +37,8 @@ pub enum Part {
     Dmvpn,
     /// Everything about one peer (`gre show peer ADDRESS`), from the running daemon.
     Peer,
+    /// The protected tunnels' IPsec SAs (from the running daemon, which asks charon).
+    Ipsec,
 }
 
 /// Counters of one tunnel (`gre show stats`).
@@ -101,7 +103,7 @@ pub fn json(r: &Report, part: Option<Part>) -> serde_json::Result<serde_json::Va
             Ok(serde_json::json!({ "all": r.drops, "by_tunnel": by_tunnel }))
         }
         // The daemon answers these (`control::ask`), not the maps.
-        Some(Part::Dmvpn | Part::Peer) => Ok(serde_json::Value::Null),
+        Some(Part::Dmvpn | Part::Peer | Part::Ipsec) => Ok(serde_json::Value::Null),
     }
 }
 
@@ -116,7 +118,7 @@ pub fn text(r: &Report, part: Option<Part>) -> String {
         Some(Part::Nhs) => nhs_table(&r.nhs),
         Some(Part::Stats) => stats_table(r),
         Some(Part::Drops) => drops_table(r),
-        Some(Part::Dmvpn | Part::Peer) => String::new(),
+        Some(Part::Dmvpn | Part::Peer | Part::Ipsec) => String::new(),
     }
 }
 
@@ -669,6 +671,47 @@ pub fn dmvpn_table(v: &serde_json::Value) -> String {
         }
         out.push('\n');
         out += &columns(&rows);
+    }
+    out
+}
+
+/// `gre show ipsec`: one row per child SA of a protected tunnel, and whether charon answers.
+#[must_use]
+pub fn ipsec_table(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    match (v["charon"].as_str(), v["error"].as_str()) {
+        (Some(version), _) => out.push_str(&format!("charon {version}\n")),
+        (None, Some(e)) => out.push_str(&format!("charon not reached: {e}\n")),
+        (None, None) => out.push_str("no protected tunnel\n"),
+    }
+    let rows: Vec<Vec<String>> = v["children"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    ["tunnel", "local", "remote", "state", "spi_in", "spi_out", "bytes_in", "bytes_out"]
+                        .iter()
+                        .map(|k| c[*k].as_str().map_or_else(|| c[*k].to_string(), str::to_string))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        out.push_str("no SA up\n");
+        return out;
+    }
+    let header = ["tunnel", "local", "remote", "state", "spi in", "spi out", "bytes in", "bytes out"];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in std::iter::once(header.iter().map(|s| (*s).to_string()).collect::<Vec<_>>()).chain(rows) {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
     }
     out
 }

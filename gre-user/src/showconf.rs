@@ -44,11 +44,19 @@ pub async fn showconf(instance: &str) -> Result<String> {
     }
 
     let mut out_tunnels = Vec::new();
+    // Protection is not in the maps: what `gre up` saved for the daemon (root's only, as the
+    // pins and the configuration file are).
+    let protected = crate::ipsec::load(instance)?;
     for (_, t) in &tunnels {
         let mut spec = tunnel(t);
         let addresses: Vec<Value> = netdev::addresses(&handle, t.netdev_ifindex).await?.iter().map(|a| Value::from(a.to_string())).collect();
         if !addresses.is_empty() {
             spec.insert("address".into(), Value::Array(addresses));
+        }
+        if t.flags & tunnel_flags::PROTECTED != 0
+            && let Some(p) = protected.iter().find(|p| p.tunnel == ifname(t.netdev_ifindex))
+        {
+            spec.insert("protection".into(), Value::try_from(&p.protection)?);
         }
         out_tunnels.push(Value::Table(spec));
     }

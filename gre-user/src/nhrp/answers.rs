@@ -42,13 +42,13 @@ fn tunnel_name(maps: &Maps, id: u32) -> String {
 }
 
 impl Agent {
-    /// Answers a request of the control socket (the log level is the daemon's).
+    /// Answers a request of the control socket (the log level and IPsec are the daemon's).
     pub fn answer(&mut self, maps: &mut Maps, sender: &Socket, request: &Request, now: u64) -> Value {
         match request {
             Request::Dmvpn => json!({ "peers": self.rows(maps, now, |_, _| true), "nhs": self.nhs_detail(maps, now) }),
             Request::Peer { address } => self.peer_detail(maps, *address, now),
             Request::Clear { what } => json!({ "cleared": self.clear(maps, sender, what, now) }),
-            Request::LogLevel { .. } => json!({ "error": "the daemon sets its log level itself" }),
+            Request::LogLevel { .. } | Request::Ipsec => json!({ "error": "the daemon answers this itself" }),
         }
     }
 

@@ -1,0 +1,346 @@
+//! IKEv2 for protected tunnels, through strongSwan's charon over its vici socket: `gre daemon`
+//! loads each protected tunnel's connection (its credentials and an ESP transport child for
+//! GRE between the NBMA addresses), brings a point-to-point tunnel's SA up, and follows the SAs'
+//! states for `gre show`. charon may start after the daemon or restart under it: the daemon
+//! reconnects and loads everything again. What it loads is what `gre up` saved of the
+//! configuration in the runtime directory (`INSTANCE.protection`, readable by root only).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use futures::{StreamExt as _, pin_mut};
+use log::{info, warn};
+use serde::{Deserialize, Serialize};
+
+use crate::config;
+
+/// What the daemon needs of a protected tunnel, saved by `gre up`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protected {
+    pub tunnel: String,
+    pub local: IpAddr,
+    /// Unspecified for a multipoint tunnel: its peers come and go.
+    pub remote: IpAddr,
+    pub protection: config::Protection,
+}
+
+impl Protected {
+    /// charon's name for this tunnel's connection (and its child, `gre`).
+    #[must_use]
+    pub fn connection(&self, instance: &str) -> String {
+        format!("gre-{instance}-{}", self.tunnel)
+    }
+}
+
+/// The protected tunnels of `cfg`.
+#[must_use]
+pub fn of(cfg: &config::Config) -> Vec<Protected> {
+    cfg.tunnels
+        .iter()
+        .filter_map(|t| t.protection.as_ref().map(|p| Protected { tunnel: t.name.clone(), local: t.local, remote: t.remote, protection: p.clone() }))
+        .collect()
+}
+
+/// Saves `protected` for the daemon (mode 0600: it may hold a pre-shared key).
+///
+/// # Errors
+/// The runtime directory cannot be written.
+pub fn save(instance: &str, protected: &[Protected]) -> Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let path = crate::runtime::path(instance, "protection");
+    if protected.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    std::fs::create_dir_all(crate::runtime::DIR).with_context(|| format!("creating {}", crate::runtime::DIR))?;
+    let tmp = path.with_extension("protection.tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec(protected)?)?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What `gre up` saved for the daemon; none when no tunnel is protected.
+///
+/// # Errors
+/// The file exists but cannot be read.
+pub fn load(instance: &str) -> Result<Vec<Protected>> {
+    let path = crate::runtime::path(instance, "protection");
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// A child SA as charon lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildSa {
+    pub tunnel: String,
+    pub local: String,
+    pub remote: String,
+    /// charon's state: INSTALLED, REKEYING, …
+    pub state: String,
+    pub spi_in: String,
+    pub spi_out: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// The SAs of the protected tunnels, and whether charon answers; shared with `gre show`'s
+/// answers.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Status {
+    pub charon: Option<String>,
+    pub error: Option<String>,
+    pub children: Vec<ChildSa>,
+}
+
+/// Drives charon for `protected` until the daemon ends; `status` follows what charon reports.
+pub async fn run(instance: String, protected: Vec<Protected>, status: Arc<Mutex<Status>>) {
+    if protected.is_empty() {
+        return;
+    }
+    let socket = protected[0].protection.vici.clone();
+    loop {
+        match session(&instance, &protected, &socket, &status).await {
+            Ok(()) => {}
+            Err(e) => {
+                let text = format!("{e:#}");
+                let mut s = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if s.error.as_deref() != Some(&text) {
+                    warn!("ipsec: {text}; retrying every 2 s");
+                }
+                *s = Status { charon: None, error: Some(text), children: Vec::new() };
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// One connection to charon: load everything, then follow the SAs until the socket fails.
+async fn session(instance: &str, protected: &[Protected], socket: &Path, status: &Arc<Mutex<Status>>) -> Result<()> {
+    let mut client = rsvici::unix::connect(socket).await.with_context(|| format!("connecting to charon at {}", socket.display()))?;
+    let version: Version = client.request("version", ()).await.context("asking charon its version")?;
+    for p in protected {
+        load_connection(&mut client, instance, p).await.with_context(|| format!("tunnel {}", p.tunnel))?;
+    }
+    info!("ipsec: charon {} has the connections of {} protected tunnel(s)", version.version, protected.len());
+    let mut initiated = false;
+    loop {
+        let children = list(&mut client, instance, protected).await?;
+        if !initiated {
+            // Point-to-point tunnels come up at once (their child also traps: the first packet
+            // brings it back after it went down); multipoint ones wait for NHRP's peers.
+            for p in protected.iter().filter(|p| !p.remote.is_unspecified()) {
+                if !children.iter().any(|c| c.tunnel == p.tunnel) {
+                    initiate(&mut client, &p.connection(instance)).await?;
+                }
+            }
+            initiated = true;
+        }
+        *status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Status { charon: Some(version.version.clone()), error: None, children };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[derive(Deserialize)]
+struct Version {
+    version: String,
+}
+
+/// A command's answer.
+#[derive(Deserialize)]
+struct Answer {
+    success: bool,
+    errmsg: Option<String>,
+}
+
+impl Answer {
+    fn check(self, what: &str) -> Result<()> {
+        if !self.success {
+            bail!("charon refused {what}: {}", self.errmsg.unwrap_or_default());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct SharedKey<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    data: &'a str,
+    owners: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Credential {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flag: Option<&'static str>,
+    data: String,
+}
+
+#[derive(Serialize)]
+struct Conn {
+    version: &'static str,
+    local_addrs: Vec<String>,
+    remote_addrs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    proposals: Vec<String>,
+    dpd_delay: &'static str,
+    local: Round,
+    remote: Round,
+    children: BTreeMap<&'static str, Child>,
+}
+
+#[derive(Serialize)]
+struct Round {
+    auth: &'static str,
+    id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    certs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cacerts: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Child {
+    mode: &'static str,
+    local_ts: Vec<&'static str>,
+    remote_ts: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    esp_proposals: Vec<String>,
+    start_action: &'static str,
+    dpd_action: &'static str,
+    close_action: &'static str,
+}
+
+/// The child of every connection: ESP in transport mode for GRE between the two NBMA
+/// addresses (NHRP included: it travels in GRE).
+pub const CHILD: &str = "gre";
+
+async fn load_connection(client: &mut rsvici::Client, instance: &str, p: &Protected) -> Result<()> {
+    let spec = &p.protection;
+    let any = p.remote.is_unspecified();
+    let (local, remote) = if let Some(psk) = &spec.psk {
+        let owners = if any { vec![p.local.to_string()] } else { vec![p.local.to_string(), p.remote.to_string()] };
+        let key = SharedKey { id: p.connection(instance), kind: "IKE", data: psk, owners };
+        client.request::<_, Answer>("load-shared", key).await?.check("the pre-shared key")?;
+        let remote_id = if any { "%any".to_string() } else { p.remote.to_string() };
+        (Round { auth: "psk", id: p.local.to_string(), certs: Vec::new(), cacerts: Vec::new() }, Round { auth: "psk", id: remote_id, certs: Vec::new(), cacerts: Vec::new() })
+    } else {
+        let read = |f: &Option<std::path::PathBuf>| -> Result<String> {
+            let f = f.as_ref().context("a certificate file")?;
+            std::fs::read_to_string(f).with_context(|| format!("reading {} (PEM)", f.display()))
+        };
+        let (cert, key, ca) = (read(&spec.cert)?, read(&spec.key)?, read(&spec.ca)?);
+        client.request::<_, Answer>("load-key", Credential { kind: "any", flag: None, data: key }).await?.check("the private key")?;
+        client.request::<_, Answer>("load-cert", Credential { kind: "X509", flag: Some("CA"), data: ca.clone() }).await?.check("the CA certificate")?;
+        (Round { auth: "pubkey", id: String::new(), certs: vec![cert], cacerts: Vec::new() }, Round { auth: "pubkey", id: "%any".into(), certs: Vec::new(), cacerts: vec![ca] })
+    };
+    let local = Round { id: if local.id.is_empty() { "%any".into() } else { local.id }, ..local };
+    let child = Child {
+        mode: "transport",
+        local_ts: vec!["dynamic[gre]"],
+        remote_ts: vec!["dynamic[gre]"],
+        esp_proposals: spec.esp_proposals.clone(),
+        // A point-to-point tunnel's child traps: the kernel asks charon for the SA whenever GRE
+        // finds none (after a failure, or before the first initiation completes).
+        start_action: if any { "none" } else { "trap" },
+        dpd_action: if any { "clear" } else { "trap" },
+        close_action: if any { "none" } else { "trap" },
+    };
+    let conn = Conn {
+        version: "2",
+        local_addrs: vec![p.local.to_string()],
+        remote_addrs: vec![if any { "%any".to_string() } else { p.remote.to_string() }],
+        proposals: spec.proposals.clone(),
+        dpd_delay: "10s",
+        local,
+        remote,
+        children: BTreeMap::from([(CHILD, child)]),
+    };
+    let name = p.connection(instance);
+    client.request::<_, Answer>("load-conn", BTreeMap::from([(name.clone(), conn)])).await?.check(&format!("connection {name}"))
+}
+
+#[derive(Serialize)]
+struct Initiate<'a> {
+    child: &'static str,
+    ike: &'a str,
+    timeout: &'static str,
+    #[serde(rename = "init-limits")]
+    init_limits: bool,
+}
+
+async fn initiate(client: &mut rsvici::Client, ike: &str) -> Result<()> {
+    // Asynchronous (timeout -1): the answer comes at once, the SA when IKE completes.
+    let r: Answer = client.request("initiate", Initiate { child: CHILD, ike, timeout: "-1", init_limits: false }).await?;
+    if !r.success {
+        warn!("ipsec: initiating {ike}: {}", r.errmsg.unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct IkeSa {
+    #[serde(rename = "local-host", default)]
+    local_host: String,
+    #[serde(rename = "remote-host", default)]
+    remote_host: String,
+    #[serde(rename = "child-sas", default)]
+    child_sas: HashMap<String, ListedChild>,
+}
+
+#[derive(Deserialize)]
+struct ListedChild {
+    name: String,
+    state: String,
+    #[serde(rename = "spi-in", default)]
+    spi_in: String,
+    #[serde(rename = "spi-out", default)]
+    spi_out: String,
+    #[serde(rename = "bytes-in", default)]
+    bytes_in: String,
+    #[serde(rename = "bytes-out", default)]
+    bytes_out: String,
+}
+
+#[derive(Serialize)]
+struct ListSas {
+    noblock: bool,
+}
+
+/// The child SAs of our connections.
+async fn list(client: &mut rsvici::Client, instance: &str, protected: &[Protected]) -> Result<Vec<ChildSa>> {
+    let stream = client.stream_request::<_, HashMap<String, IkeSa>>("list-sas", "list-sa", ListSas { noblock: true });
+    pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(event) = stream.next().await {
+        for (name, ike) in event.context("listing charon's SAs")? {
+            let Some(p) = protected.iter().find(|p| p.connection(instance) == name) else { continue };
+            for c in ike.child_sas.into_values().filter(|c| c.name == CHILD) {
+                out.push(ChildSa {
+                    tunnel: p.tunnel.clone(),
+                    local: ike.local_host.clone(),
+                    remote: ike.remote_host.clone(),
+                    state: c.state,
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                    bytes_in: c.bytes_in.parse().unwrap_or(0),
+                    bytes_out: c.bytes_out.parse().unwrap_or(0),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.tunnel, &a.remote).cmp(&(&b.tunnel, &b.remote)));
+    Ok(out)
+}
