@@ -97,7 +97,8 @@ pub struct ChildSa {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Status {
     pub charon: Option<String>,
-    pub error: Option<String>,
+    /// Why charon does not answer (the `error` key is the control socket's own failures).
+    pub unreachable: Option<String>,
     pub children: Vec<ChildSa>,
 }
 
@@ -113,10 +114,10 @@ pub async fn run(instance: String, protected: Vec<Protected>, status: Arc<Mutex<
             Err(e) => {
                 let text = format!("{e:#}");
                 let mut s = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if s.error.as_deref() != Some(&text) {
+                if s.unreachable.as_deref() != Some(&text) {
                     warn!("ipsec: {text}; retrying every 2 s");
                 }
-                *s = Status { charon: None, error: Some(text), children: Vec::new() };
+                *s = Status { charon: None, unreachable: Some(text), children: Vec::new() };
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -131,23 +132,28 @@ async fn session(instance: &str, protected: &[Protected], socket: &Path, status:
         load_connection(&mut client, instance, p).await.with_context(|| format!("tunnel {}", p.tunnel))?;
     }
     info!("ipsec: charon {} has the connections of {} protected tunnel(s)", version.version, protected.len());
-    let mut initiated = false;
+    // Point-to-point tunnels come up at once and are kept up: initiated again while they have
+    // no SA (their child also traps, so traffic asks for it too); multipoint ones wait for
+    // NHRP's peers.
+    let mut next_try: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         let children = list(&mut client, instance, protected).await?;
-        if !initiated {
-            // Point-to-point tunnels come up at once (their child also traps: the first packet
-            // brings it back after it went down); multipoint ones wait for NHRP's peers.
-            for p in protected.iter().filter(|p| !p.remote.is_unspecified()) {
-                if !children.iter().any(|c| c.tunnel == p.tunnel) {
-                    initiate(&mut client, &p.connection(instance)).await?;
-                }
+        let now = tokio::time::Instant::now();
+        for p in protected.iter().filter(|p| !p.remote.is_unspecified()) {
+            if children.iter().any(|c| c.tunnel == p.tunnel) {
+                next_try.remove(&p.tunnel);
+            } else if next_try.get(&p.tunnel).is_none_or(|t| *t <= now) {
+                initiate(&mut client, &p.connection(instance)).await?;
+                next_try.insert(p.tunnel.clone(), now + RETRY);
             }
-            initiated = true;
         }
-        *status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Status { charon: Some(version.version.clone()), error: None, children };
+        *status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Status { charon: Some(version.version.clone()), unreachable: None, children };
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+/// How long a point-to-point tunnel without an SA waits before charon is asked again.
+const RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 struct Version {

@@ -679,7 +679,7 @@ pub fn dmvpn_table(v: &serde_json::Value) -> String {
 #[must_use]
 pub fn ipsec_table(v: &serde_json::Value) -> String {
     let mut out = String::new();
-    match (v["charon"].as_str(), v["error"].as_str()) {
+    match (v["charon"].as_str(), v["unreachable"].as_str()) {
         (Some(version), _) => out.push_str(&format!("charon {version}\n")),
         (None, Some(e)) => out.push_str(&format!("charon not reached: {e}\n")),
         (None, None) => out.push_str("no protected tunnel\n"),

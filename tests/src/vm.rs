@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail};
 use base64::Engine as _;
 
 use crate::topology::sh;
@@ -223,7 +223,8 @@ impl Guest {
     /// the end of its console).
     pub fn boot(name: &str, ns: &str, kernel: &Kernel, nics: usize) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = vm_root().join("run").join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = vm_root().join("run").join(format!("{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("shared")).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
@@ -261,7 +262,7 @@ impl Guest {
         for i in 0..nics {
             // Offloads off: the guest puts complete, at most MTU-sized frames on the wire.
             cmd.arg("-netdev").arg(format!("tap,id=n{i},ifname=vmtap{i},script=no,downscript=no"));
-            cmd.arg("-device").arg(format!("virtio-net-pci,netdev=n{i},mac={},csum=off,guest_csum=off,gso=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,mrg_rxbuf=off", Self::mac(i)));
+            cmd.arg("-device").arg(format!("virtio-net-pci,netdev=n{i},mac={},csum=off,guest_csum=off,gso=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,mrg_rxbuf=off", Self::mac(n, i)));
         }
         let qemu = cmd
             .stdin(Stdio::null())
@@ -309,10 +310,11 @@ impl Guest {
         }
     }
 
-    /// The MAC address of NIC `i` (52:54:00:12:34:5i in the guest).
+    /// The MAC address of NIC `i` of the `n`th guest this process boots (52:54:00:12:N:5i in the
+    /// guest): guests on one bridge must differ.
     #[must_use]
-    pub fn mac(i: usize) -> String {
-        format!("52:54:00:12:34:{:02x}", 0x50 + i)
+    fn mac(n: u32, i: usize) -> String {
+        format!("52:54:00:12:{:02x}:{:02x}", n & 0xff, 0x50 + i)
     }
 
     /// The guest's name (its hostname too).

@@ -39,6 +39,11 @@ const PACKAGES: &[&str] = &[
     "frr",
     "iptables",
     "nftables",
+    // IPsec: strongSwan's charon with its vici socket and swanctl, run in the guests (the
+    // host's kernel has no ESP); the standard plugins bring GCM and the elliptic curves.
+    "strongswan-charon",
+    "strongswan-swanctl",
+    "libstrongswan-standard-plugins",
     // The unit's checks (systemd-analyze) and the time steps of the NHRP clock test.
     "systemd",
     "faketime",

@@ -1,0 +1,257 @@
+//! A protected tunnel against Linux's ip_gre protected by strongSwan, in two guests (this host's
+//! kernel has no ESP; bookworm-backports' 6.12 runs our datapath and the peer): IKEv2 with a
+//! pre-shared key between our daemon's charon (driven over vici) and the peer's charon (loaded by
+//! swanctl), ESP in transport mode for the GRE. A capture of the underlay between the guests
+//! must hold nothing but ESP, IKE and ARP — while the peer has no IKE configuration yet, while
+//! pings and TCP (SHA-256 at both ends) cross, while clear-text GRE is thrown at us, and while
+//! our charon restarts.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use gre_tests::{
+    capture::{Capture, field},
+    gre, privilege,
+    topology::{Lab, sh},
+    vm::{Guest, Kernel, guest_files},
+};
+
+const OURS: &str = "198.51.100.1";
+const LINUX: &str = "198.51.100.2";
+const OUR_OVERLAY: &str = "203.0.113.1";
+const LINUX_OVERLAY: &str = "203.0.113.2";
+const PSK: &str = "a pre-shared key for the tests";
+const PINGS: u32 = 5;
+const TCP_BYTES: u64 = 1 << 20;
+/// What both charons propose: within the plugins Debian's strongswan packages bring.
+const IKE: &str = "aes256-sha256-modp2048";
+const ESP: &str = "aes256gcm16";
+
+/// charon with its vici socket at the default path and a log in /tmp.
+const CHARON: &str = r#"cat > /tmp/strongswan.conf <<'EOF'
+charon {
+  load_modular = yes
+  install_routes = no
+  plugins {
+    include /etc/strongswan.d/charon/*.conf
+  }
+  filelog {
+    f {
+      path = /tmp/charon.log
+      default = 1
+      ike = 2
+      append = yes
+    }
+  }
+}
+EOF
+STRONGSWAN_CONF=/tmp/strongswan.conf setsid /usr/lib/ipsec/charon > /tmp/charon.out 2>&1 < /dev/null &
+for i in $(seq 100); do [ -S /var/run/charon.vici ] && break; sleep 0.1; done
+[ -S /var/run/charon.vici ]"#;
+
+fn underlay(addr: &str) -> String {
+    format!(
+        "modprobe -a esp4 xfrm_user\nsysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.eth0.disable_ipv6=1\n\
+         ip addr add {addr}/24 dev eth0\nip link set eth0 up\n{CHARON}"
+    )
+}
+
+fn linux_swanctl() -> String {
+    format!(
+        "connections {{\n gre {{\n  version = 2\n  proposals = {IKE}\n  local_addrs = {LINUX}\n  remote_addrs = {OURS}\n  \
+         local {{\n   auth = psk\n   id = {LINUX}\n  }}\n  remote {{\n   auth = psk\n   id = {OURS}\n  }}\n  \
+         children {{\n   gre {{\n    mode = transport\n    esp_proposals = {ESP}\n    local_ts = dynamic[gre]\n    remote_ts = dynamic[gre]\n    start_action = trap\n   }}\n  }}\n }}\n}}\n\
+         secrets {{\n ike-1 {{\n  id-a = {OURS}\n  id-b = {LINUX}\n  secret = \"{PSK}\"\n }}\n}}\n"
+    )
+}
+
+fn our_config() -> String {
+    format!(
+        "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"tun0\"\ninterface = \"eth0\"\nlocal = \"{OURS}\"\nremote = \"{LINUX}\"\nkey = 5\n\
+         address = [\"{OUR_OVERLAY}/30\"]\n\n[tunnel.protection]\npsk = \"{PSK}\"\nproposals = [\"{IKE}\"]\nesp_proposals = [\"{ESP}\"]\n"
+    )
+}
+
+/// Frames of a capture that are neither ESP, IKE (UDP 500 and 4500) nor ARP.
+fn clear_text(cap: &mut Capture) -> Vec<String> {
+    cap.decode("!esp && !isakmp && !arp && !(udp.port == 4500)", &["frame.protocols", "ip.src", "ip.dst"])
+        .iter()
+        .map(|f| format!("{:?} {:?}->{:?}", field(f, "frame.protocols"), field(f, "ip.src"), field(f, "ip.dst")))
+        .collect()
+}
+
+struct World {
+    ours: Guest,
+    linux: Guest,
+    /// Namespace of the underlay's capture point (the veth between the guests' bridges).
+    sw: String,
+    _lab: Lab,
+}
+
+impl World {
+    fn new() -> Result<Self> {
+        let kernel = Kernel::backports()?;
+        let mut lab = Lab::new("ipsec");
+        let (a, b) = (lab.add_ns("a")?, lab.add_ns("b")?);
+        // The bridges and veths carry the guests' frames only (no IPv6 of their own).
+        for ns in [&a, &b] {
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        }
+        let mut ours = Guest::boot("ours", &a, &kernel, 1)?;
+        let mut linux = Guest::boot("linux", &b, &kernel, 1)?;
+        sh(&["ip", "-n", &a, "link", "add", "wa", "type", "veth", "peer", "name", "wb", "netns", &b])?;
+        ours.plug(0, "wa")?;
+        linux.plug(0, "wb")?;
+        ours.ok(&underlay(OURS))?;
+        linux.ok(&underlay(LINUX))?;
+        linux.ok(&format!(
+            "modprobe ip_gre\nip link add gre1 type gre local {LINUX} remote {OURS} key 5\nip addr add {LINUX_OVERLAY}/30 dev gre1\nip link set gre1 up\n\
+             for i in $(seq 10); do ping -c 1 -W 2 {OURS} > /dev/null && break; done
+ping -c 1 -W 2 {OURS} > /dev/null || {{ ip -s link show eth0; ip neigh; exit 1; }}"
+        ))?;
+        let shared = ours.shared();
+        std::fs::write(shared.join("gre.toml"), our_config())?;
+        let bin = gre::bin();
+        ours.ok(&format!(
+            "{bin} up --config {cfg}\nsetsid {bin} daemon > {log} 2>&1 < /dev/null &",
+            bin = bin.display(),
+            cfg = shared.join("gre.toml").display(),
+            log = shared.join("daemon.log").display()
+        ))?;
+        Ok(Self { ours, linux, sw: a, _lab: lab })
+    }
+
+    fn gre(&mut self, args: &str) -> Result<String> {
+        self.ours.ok(&format!("{} {args}", gre::bin().display()))
+    }
+
+    /// The child SAs `gre show ipsec` lists, as (remote, state).
+    fn sas(&mut self) -> Result<Vec<(String, String)>> {
+        let v: serde_json::Value = serde_json::from_str(&self.gre("show ipsec -j")?)?;
+        Ok(v["children"].as_array().into_iter().flatten().map(|c| (c["remote"].as_str().unwrap_or("").to_string(), c["state"].as_str().unwrap_or("").to_string())).collect())
+    }
+
+    fn wait_for_sa(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let sas = self.sas()?;
+            if sas.iter().any(|(r, s)| r == LINUX && s == "INSTALLED") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self.ours.ok("tail -30 /tmp/charon.log").unwrap_or_default();
+                bail!("no SA with {LINUX} within {within:?} ({sas:?}); our charon:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Pings that must all be answered, both ways.
+    fn pings(&mut self) -> Result<()> {
+        self.ours.ok(&format!("ping -c {PINGS} -i 0.3 -W 3 {LINUX_OVERLAY} | grep -q ' {PINGS} received'"))?;
+        self.linux.ok(&format!("ping -c {PINGS} -i 0.3 -W 3 {OUR_OVERLAY} | grep -q ' {PINGS} received'"))?;
+        Ok(())
+    }
+
+    /// `TCP_BYTES` from `from` to a listener in `to` at `addr`: both ends' "BYTES SHA256" equal.
+    fn tcp(from: &mut Guest, to: &mut Guest, addr: &str, port: u16) -> Result<()> {
+        let tcp = guest_files().join("tcp.py");
+        let (ready, out) = (to.shared().join(format!("tcp{port}.ready")), to.shared().join(format!("tcp{port}.out")));
+        to.ok(&format!("setsid python3 {} recv {addr} {port} {} > {} 2>&1 < /dev/null &", tcp.display(), ready.display(), out.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            ensure!(Instant::now() < deadline, "the TCP listener did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let sent = from.ok_timeout(&format!("python3 {} send {addr} {port} {TCP_BYTES}", tcp.display()), Duration::from_mins(3))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let got = loop {
+            let got = std::fs::read_to_string(&out).unwrap_or_default();
+            if got.ends_with('\n') {
+                break got;
+            }
+            ensure!(Instant::now() < deadline, "the receiver printed nothing: {got:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        ensure!(sent.trim() == got.trim() && sent.starts_with(&TCP_BYTES.to_string()), "sent {sent:?}, received {got:?}");
+        Ok(())
+    }
+
+    fn drops(&mut self, reason: &str) -> Result<u64> {
+        let v: serde_json::Value = serde_json::from_str(&self.gre("show drops -j")?)?;
+        Ok(v["by_tunnel"]["tun0"][reason].as_u64().unwrap_or(0))
+    }
+}
+
+#[test]
+fn protected_tunnel_with_linux_ip_gre_and_strongswan() -> Result<()> {
+    if !privilege::require_root("protected_tunnel_with_linux_ip_gre_and_strongswan") {
+        return Ok(());
+    }
+    let mut w = World::new()?;
+    let result = run(&mut w);
+    if result.is_err() {
+        for (name, g) in [("ours", &mut w.ours), ("linux", &mut w.linux)] {
+            eprintln!("--- {name}'s charon\n{}", g.ok("tail -40 /tmp/charon.log; cat /tmp/charon.out; swanctl --list-conns").unwrap_or_default());
+        }
+        eprintln!("--- our daemon\n{}", std::fs::read_to_string(w.ours.shared().join("daemon.log")).unwrap_or_default());
+    }
+    result
+}
+
+fn run(w: &mut World) -> Result<()> {
+    // 1. The peer has no IKE configuration: nothing gets through, and nothing in clear text.
+    let mut cap = Capture::start(&w.sw, "wa", "");
+    let out = w.ours.run_timeout(&format!("ping -c 3 -W 2 {LINUX_OVERLAY}"), Duration::from_secs(30))?;
+    ensure!(out.status != 0, "pings crossed before any SA: {}", out.stdout);
+    let leaked = clear_text(&mut cap);
+    ensure!(leaked.is_empty(), "clear text on the underlay before the SA: {leaked:?}");
+
+    // 2. The peer's charon gets its configuration; our daemon's SA comes up (it traps, too).
+    let swanctl = w.linux.shared().join("swanctl.conf");
+    std::fs::write(&swanctl, linux_swanctl())?;
+    w.linux.ok(&format!("swanctl --load-all --file {}", swanctl.display()))?;
+    w.ours.run_timeout(&format!("ping -c 2 -W 2 {LINUX_OVERLAY}"), Duration::from_secs(30))?;
+    w.wait_for_sa(Duration::from_secs(60))?;
+    let table = w.gre("show ipsec")?;
+    ensure!(table.contains("INSTALLED") && table.contains(LINUX), "gre show ipsec:\n{table}");
+
+    // 3. Pings and TCP both ways, and only ESP on the wire.
+    let mut cap = Capture::start(&w.sw, "wa", "");
+    w.pings()?;
+    World::tcp(&mut w.ours, &mut w.linux, LINUX_OVERLAY, 5001)?;
+    World::tcp(&mut w.linux, &mut w.ours, OUR_OVERLAY, 5002)?;
+    let leaked = clear_text(&mut cap);
+    ensure!(leaked.is_empty(), "clear text on the underlay: {:?}", &leaked[..leaked.len().min(10)]);
+    let esp = cap.decode("esp", &["ip.src"]);
+    ensure!(esp.len() > 2 * (TCP_BYTES as usize / 1500), "only {} ESP frames for the pings and 2 MiB of TCP", esp.len());
+    ensure!(cap.faults().is_empty(), "tshark: {:?}", cap.faults());
+
+    // 4. Clear-text GRE at our address is dropped and counted, never delivered or answered.
+    let before = w.drops("unprotected")?;
+    let mut cap = Capture::start(&w.sw, "wa", "");
+    w.linux.ok(&format!(
+        "python3 - <<'EOF'\nfrom scapy.all import IP, GRE, ICMP, send\n\
+         send(IP(src='{LINUX}', dst='{OURS}')/GRE(key_present=1, key=5, proto=0x0800)/IP(src='{LINUX_OVERLAY}', dst='{OUR_OVERLAY}')/ICMP(), count=4, verbose=False)\nEOF"
+    ))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let dropped = w.drops("unprotected")? - before;
+    ensure!(dropped == 4, "{dropped} clear-text GRE packets counted as unprotected, not 4");
+    let from_us: Vec<String> = clear_text(&mut cap).into_iter().filter(|f| f.contains(&format!("[\"{OURS}\"]->"))).collect();
+    ensure!(from_us.is_empty(), "we answered clear text: {from_us:?}");
+
+    // 5. Our charon stops (its SAs and policies go with it) and starts again: meanwhile nothing
+    // in clear; then the daemon loads the connection into the new charon and traffic flows.
+    let mut cap = Capture::start(&w.sw, "wa", "");
+    w.ours.ok("pkill -TERM -x charon\nfor i in $(seq 50); do pgrep -x charon > /dev/null || break; sleep 0.2; done")?;
+    let out = w.ours.run_timeout(&format!("ping -c 3 -W 2 {LINUX_OVERLAY}"), Duration::from_secs(30))?;
+    ensure!(out.status != 0, "pings crossed with charon stopped: {}", out.stdout);
+    w.ours.ok(CHARON)?;
+    w.wait_for_sa(Duration::from_secs(60))?;
+    w.pings()?;
+    let leaked = clear_text(&mut cap);
+    ensure!(leaked.is_empty(), "clear text across charon's restart: {leaked:?}");
+    let log = std::fs::read_to_string(w.ours.shared().join("daemon.log")).context("the daemon's log")?;
+    ensure!(log.matches("has the connections of 1 protected tunnel").count() >= 2, "the daemon did not reload charon:\n{log}");
+    Ok(())
+}
