@@ -120,8 +120,10 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
             }
             ready = receiver.readable() => {
                 let mut guard = ready?;
-                drain(&mut maps, guard.get_inner(), &injector);
+                let mut punted = Vec::new();
+                drain(&mut maps, guard.get_inner(), &injector, &mut punted);
                 guard.clear_ready();
+                nhrp.receive_all(&mut maps, &sender, punted, crate::clock::monotonic_secs());
             }
             ready = fib_watch.readable() => {
                 let mut guard = ready?;
@@ -130,8 +132,10 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
             }
             ready = receiver6.readable() => {
                 let mut guard = ready?;
-                drain6(&mut maps, guard.get_inner(), &injector);
+                let mut punted = Vec::new();
+                drain6(&mut maps, guard.get_inner(), &injector, &mut punted);
                 guard.clear_ready();
+                nhrp.receive_all(&mut maps, &sender, punted, crate::clock::monotonic_secs());
             }
             Some(a) = asked.recv() => {
                 let answer = match &a.request {
@@ -299,15 +303,16 @@ fn icmp_error(e: &std::io::Error) -> bool {
 }
 
 /// Reads every reassembled GRE packet waiting on the raw socket.
-fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
+fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd, nhrp: &mut Vec<reassembled::Nhrp>) {
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 65536];
     loop {
         match receiver.recv(&mut buf) {
             Ok(n) => {
                 // SAFETY: recv initialised the first n bytes.
                 let packet: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
-                if let Err(e) = receive_v4(maps, packet, injector) {
-                    warn!("reassembled GRE: {e:#}");
+                match receive_v4(maps, packet, injector) {
+                    Ok(n) => nhrp.extend(n),
+                    Err(e) => warn!("reassembled GRE: {e:#}"),
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -323,7 +328,7 @@ fn drain(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
 
 /// Reads every reassembled GRE/IPv6 packet waiting on the raw IPv6 socket: the payload, the
 /// source from the socket address, the destination from IPV6_PKTINFO.
-fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
+fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd, nhrp: &mut Vec<reassembled::Nhrp>) {
     // Control messages are read as cmsghdr structs: the buffer must be aligned for them.
     #[repr(C, align(8))]
     struct Control([u8; 128]);
@@ -356,8 +361,9 @@ fn drain6(maps: &mut Maps, receiver: &Socket, injector: &OwnedFd) {
         let (Some(local), tclass) = received_on(&msg) else { continue };
         let body = &buf[..usize::try_from(n).unwrap_or(0)];
         let outer = reassembled::Outer { local, remote: from.sin6_addr.s6_addr, ecn: tclass & gre::ECN_MASK };
-        if let Err(e) = reassembled::receive(maps, &outer, body, injector) {
-            warn!("reassembled GRE/IPv6: {e:#}");
+        match reassembled::receive(maps, &outer, body, injector) {
+            Ok(n) => nhrp.extend(n),
+            Err(e) => warn!("reassembled GRE/IPv6: {e:#}"),
         }
     }
 }
@@ -387,7 +393,7 @@ fn received_on(msg: &libc::msghdr) -> (Option<[u8; 16]>, u8) {
 }
 
 /// A reassembled GRE/IPv4 packet (the raw IPv4 socket includes the IP header).
-fn receive_v4(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<()> {
+fn receive_v4(maps: &mut Maps, packet: &[u8], injector: &OwnedFd) -> Result<Option<reassembled::Nhrp>> {
     let ihl = usize::from(packet.first().context("empty")? & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([*packet.get(2).context("short")?, *packet.get(3).context("short")?]));
     let ip = packet.get(..ihl).context("short IPv4 header")?;

@@ -27,14 +27,35 @@ pub struct Protected {
     pub local: IpAddr,
     /// Unspecified for a multipoint tunnel: its peers come and go.
     pub remote: IpAddr,
+    /// A multipoint tunnel's NHSs' NBMA addresses: a spoke keeps an SA up with each.
+    #[serde(default)]
+    pub nhs: Vec<IpAddr>,
     pub protection: config::Protection,
 }
 
 impl Protected {
-    /// charon's name for this tunnel's connection (and its child, `gre`).
+    /// charon's name for this tunnel's connection (and its child, `gre`): a point-to-point
+    /// tunnel's, or a multipoint one's for any peer (it answers, and never initiates).
     #[must_use]
     pub fn connection(&self, instance: &str) -> String {
         format!("gre-{instance}-{}", self.tunnel)
+    }
+
+    /// The connections charon gets for this tunnel, with the remote each is kept up with
+    /// (`None`: the multipoint tunnel's answering one).
+    #[must_use]
+    pub fn connections(&self, instance: &str) -> Vec<(String, Option<IpAddr>)> {
+        let base = self.connection(instance);
+        if !self.remote.is_unspecified() {
+            return vec![(base, Some(self.remote))];
+        }
+        std::iter::once((base.clone(), None)).chain(self.nhs.iter().map(|n| (format!("{base}-{n}"), Some(*n)))).collect()
+    }
+
+    /// Whether charon's connection `name` is one of this tunnel's.
+    fn owns(&self, instance: &str, name: &str) -> bool {
+        let base = self.connection(instance);
+        name == base || name.strip_prefix(&base).is_some_and(|rest| rest.starts_with('-') && rest[1..].parse::<IpAddr>().is_ok())
     }
 }
 
@@ -43,7 +64,11 @@ impl Protected {
 pub fn of(cfg: &config::Config) -> Vec<Protected> {
     cfg.tunnels
         .iter()
-        .filter_map(|t| t.protection.as_ref().map(|p| Protected { tunnel: t.name.clone(), local: t.local, remote: t.remote, protection: p.clone() }))
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let nhs = t.nhs.iter().filter_map(|(overlay, _)| cfg.peers.iter().find(|p| p.tunnel == i && p.overlay == *overlay).map(|p| p.nbma)).collect();
+            t.protection.as_ref().map(|p| Protected { tunnel: t.name.clone(), local: t.local, remote: t.remote, nhs, protection: p.clone() })
+        })
         .collect()
 }
 
@@ -139,12 +164,15 @@ async fn session(instance: &str, protected: &[Protected], socket: &Path, status:
     loop {
         let children = list(&mut client, instance, protected).await?;
         let now = tokio::time::Instant::now();
-        for p in protected.iter().filter(|p| !p.remote.is_unspecified()) {
-            if children.iter().any(|c| c.tunnel == p.tunnel) {
-                next_try.remove(&p.tunnel);
-            } else if next_try.get(&p.tunnel).is_none_or(|t| *t <= now) {
-                initiate(&mut client, &p.connection(instance)).await?;
-                next_try.insert(p.tunnel.clone(), now + RETRY);
+        for p in protected {
+            for (name, remote) in p.connections(instance) {
+                let Some(remote) = remote else { continue };
+                if children.iter().any(|c| c.tunnel == p.tunnel && c.remote == remote.to_string()) {
+                    next_try.remove(&name);
+                } else if next_try.get(&name).is_none_or(|t| *t <= now) {
+                    initiate(&mut client, &name).await?;
+                    next_try.insert(name, now + RETRY);
+                }
             }
         }
         *status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Status { charon: Some(version.version.clone()), unreachable: None, children };
@@ -235,21 +263,36 @@ pub const CHILD: &str = "gre";
 
 async fn load_connection(client: &mut rsvici::Client, instance: &str, p: &Protected) -> Result<()> {
     let spec = &p.protection;
-    let any = p.remote.is_unspecified();
-    let (local, remote) = if let Some(psk) = &spec.psk {
-        let owners = if any { vec![p.local.to_string()] } else { vec![p.local.to_string(), p.remote.to_string()] };
+    if let Some(psk) = &spec.psk {
+        let owners = if p.remote.is_unspecified() { vec![p.local.to_string()] } else { vec![p.local.to_string(), p.remote.to_string()] };
         let key = SharedKey { id: p.connection(instance), kind: "IKE", data: psk, owners };
         client.request::<_, Answer>("load-shared", key).await?.check("the pre-shared key")?;
-        let remote_id = if any { "%any".to_string() } else { p.remote.to_string() };
-        (Round { auth: "psk", id: p.local.to_string(), certs: Vec::new(), cacerts: Vec::new() }, Round { auth: "psk", id: remote_id, certs: Vec::new(), cacerts: Vec::new() })
     } else {
-        let read = |f: &Option<std::path::PathBuf>| -> Result<String> {
-            let f = f.as_ref().context("a certificate file")?;
-            std::fs::read_to_string(f).with_context(|| format!("reading {} (PEM)", f.display()))
-        };
-        let (cert, key, ca) = (read(&spec.cert)?, read(&spec.key)?, read(&spec.ca)?);
+        let (key, ca) = (read_pem(spec.key.as_ref())?, read_pem(spec.ca.as_ref())?);
         client.request::<_, Answer>("load-key", Credential { kind: "any", flag: None, data: key }).await?.check("the private key")?;
-        client.request::<_, Answer>("load-cert", Credential { kind: "X509", flag: Some("CA"), data: ca.clone() }).await?.check("the CA certificate")?;
+        client.request::<_, Answer>("load-cert", Credential { kind: "X509", flag: Some("CA"), data: ca }).await?.check("the CA certificate")?;
+    }
+    for (name, remote) in p.connections(instance) {
+        load_one(client, p, &name, remote).await?;
+    }
+    Ok(())
+}
+
+/// A certificate or key file's text (PEM).
+fn read_pem(f: Option<&std::path::PathBuf>) -> Result<String> {
+    let f = f.context("a certificate file")?;
+    std::fs::read_to_string(f).with_context(|| format!("reading {} (PEM)", f.display()))
+}
+
+/// Connection `name` of tunnel `p`, toward `remote` (kept up) or any peer (answering).
+async fn load_one(client: &mut rsvici::Client, p: &Protected, name: &str, remote_addr: Option<IpAddr>) -> Result<()> {
+    let spec = &p.protection;
+    let any = remote_addr.is_none();
+    let remote_str = remote_addr.map_or_else(|| "%any".to_string(), |r| r.to_string());
+    let (local, remote) = if spec.psk.is_some() {
+        (Round { auth: "psk", id: p.local.to_string(), certs: Vec::new(), cacerts: Vec::new() }, Round { auth: "psk", id: remote_str.clone(), certs: Vec::new(), cacerts: Vec::new() })
+    } else {
+        let (cert, ca) = (read_pem(spec.cert.as_ref())?, read_pem(spec.ca.as_ref())?);
         (Round { auth: "pubkey", id: String::new(), certs: vec![cert], cacerts: Vec::new() }, Round { auth: "pubkey", id: "%any".into(), certs: Vec::new(), cacerts: vec![ca] })
     };
     let local = Round { id: if local.id.is_empty() { "%any".into() } else { local.id }, ..local };
@@ -267,15 +310,14 @@ async fn load_connection(client: &mut rsvici::Client, instance: &str, p: &Protec
     let conn = Conn {
         version: "2",
         local_addrs: vec![p.local.to_string()],
-        remote_addrs: vec![if any { "%any".to_string() } else { p.remote.to_string() }],
+        remote_addrs: vec![remote_str],
         proposals: spec.proposals.clone(),
         dpd_delay: "10s",
         local,
         remote,
         children: BTreeMap::from([(CHILD, child)]),
     };
-    let name = p.connection(instance);
-    client.request::<_, Answer>("load-conn", BTreeMap::from([(name.clone(), conn)])).await?.check(&format!("connection {name}"))
+    client.request::<_, Answer>("load-conn", BTreeMap::from([(name.to_string(), conn)])).await?.check(&format!("connection {name}"))
 }
 
 #[derive(Serialize)]
@@ -332,7 +374,7 @@ async fn list(client: &mut rsvici::Client, instance: &str, protected: &[Protecte
     let mut out = Vec::new();
     while let Some(event) = stream.next().await {
         for (name, ike) in event.context("listing charon's SAs")? {
-            let Some(p) = protected.iter().find(|p| p.connection(instance) == name) else { continue };
+            let Some(p) = protected.iter().find(|p| p.owns(instance, &name)) else { continue };
             for c in ike.child_sas.into_values().filter(|c| c.name == CHILD) {
                 out.push(ChildSa {
                     tunnel: p.tunnel.clone(),

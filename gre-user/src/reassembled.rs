@@ -4,6 +4,10 @@
 //! fallback, strict peers, checksum policy and checksum, sequence, size, RFC 6040), then injects
 //! them into the tunnel netdev. What it delivers counts in the tunnel's `rx_packets`, what it
 //! drops in its drops by reason, as if the datapath had seen the packet whole.
+//!
+//! A protected tunnel's GRE comes this way too: the kernel decrypts ESP and delivers the GRE
+//! locally, where no device hook sees it but the raw socket does (past the kernel's inbound
+//! policy check, so only what an SA protected). NHRP among it goes to the daemon's NHRP agent.
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
@@ -26,14 +30,24 @@ pub struct Outer {
     pub ecn: u8,
 }
 
+/// NHRP that came this way, for the NHRP agent.
+#[derive(Debug)]
+pub struct Nhrp {
+    pub tunnel: u32,
+    pub remote: std::net::IpAddr,
+    pub bytes: Vec<u8>,
+}
+
 /// Decapsulates one reassembled packet (`body`: the GRE header and payload) and delivers it, or
-/// counts why not. GRE for no tunnel of ours is left alone, as the datapath passes it.
+/// counts why not; NHRP is returned for the agent. GRE for no tunnel of ours is left alone, as
+/// the datapath passes it.
 ///
 /// # Errors
 /// The counters cannot be written.
-pub fn receive(maps: &mut Maps, o: &Outer, body: &[u8], injector: &OwnedFd) -> Result<()> {
+pub fn receive(maps: &mut Maps, o: &Outer, body: &[u8], injector: &OwnedFd) -> Result<Option<Nhrp>> {
     match decapsulate(maps, o, body) {
-        Ok((id, t, frame, bytes)) => {
+        Ok(Delivery::Nhrp(tunnel, bytes)) => Ok(Some(Nhrp { tunnel, remote: crate::maps::show_addr(&o.remote), bytes })),
+        Ok(Delivery::Frame(id, t, frame, bytes)) => {
             let mut s = maps.state(id)?;
             if let Err(e) = inject(injector, t.inject_ifindex, &frame) {
                 log::debug!("tunnel {id}: a reassembled packet not injected: {e:#}");
@@ -42,22 +56,26 @@ pub fn receive(maps: &mut Maps, o: &Outer, body: &[u8], injector: &OwnedFd) -> R
                 s.reassembled += 1;
                 s.reassembled_bytes += bytes as u64;
             }
-            maps.set_state(id, &s)
+            maps.set_state(id, &s).map(|()| None)
         }
         Err((Some(id), reason)) => {
             let mut s = maps.state(id)?;
             s.reassembled_drops[reason as usize] += 1;
-            maps.set_state(id, &s)
+            maps.set_state(id, &s).map(|()| None)
         }
-        Err((None, _)) => Ok(()),
+        Err((None, _)) => Ok(None),
     }
 }
 
-/// The tunnel, its record, the frame to inject and its inner length; or the tunnel (if known)
-/// and the drop reason.
-type Decapsulated = (u32, Tunnel, Vec<u8>, usize);
+/// What a packet decapsulates to: for tunnel `id`, a frame to inject (with the tunnel's record
+/// and the inner length), or NHRP.
+enum Delivery {
+    Frame(u32, Tunnel, Vec<u8>, usize),
+    Nhrp(u32, Vec<u8>),
+}
 
-fn decapsulate(maps: &Maps, o: &Outer, body: &[u8]) -> Result<Decapsulated, (Option<u32>, u32)> {
+/// The delivery, or the tunnel (if known) and the drop reason.
+fn decapsulate(maps: &Maps, o: &Outer, body: &[u8]) -> Result<Delivery, (Option<u32>, u32)> {
     let (h, hlen) = gre::Header::decode(body).map_err(|e| {
         let reason = match e {
             gre::Error::BadVersion(_) => drop::BAD_VERSION,
@@ -77,7 +95,8 @@ fn decapsulate(maps: &Maps, o: &Outer, body: &[u8]) -> Result<Decapsulated, (Opt
         return Err((maps.sole_tunnel(&o.local, &o.remote), drop::KEY_MISMATCH));
     };
     let fail = |reason: u32| (Some(id), reason);
-    if t.flags & tunnel_flags::STRICT != 0 && !maps.is_peer(id, &o.remote) {
+    // NHRP passes the strict gate, as in the datapath: it is how a spoke becomes a peer.
+    if t.flags & tunnel_flags::STRICT != 0 && h.protocol != gre::PROTO_NHRP && !maps.is_peer(id, &o.remote) {
         return Err(fail(drop::UNKNOWN_PEER));
     }
     if h.checksum.is_some() != (t.flags & tunnel_flags::ICSUM != 0) {
@@ -96,6 +115,9 @@ fn decapsulate(maps: &Maps, o: &Outer, body: &[u8]) -> Result<Decapsulated, (Opt
         protocol = u16::from_be_bytes([payload[0], payload[1]]);
         payload = payload.get(gre::CMD_BASE_LEN + 4 * words..).ok_or(fail(drop::TRUNCATED))?;
     }
+    if protocol == gre::PROTO_NHRP {
+        return Ok(Delivery::Nhrp(id, payload.to_vec()));
+    }
     let l2 = if protocol == gre::PROTO_TEB { gre::ETH_HLEN } else { 0 };
     if payload.len() > t.mtu as usize + l2 {
         return Err(fail(drop::TOO_BIG));
@@ -113,7 +135,7 @@ fn decapsulate(maps: &Maps, o: &Outer, body: &[u8]) -> Result<Decapsulated, (Opt
     }
     let ip = if protocol == gre::PROTO_TEB { gre::ETH_HLEN * 2 } else { gre::ETH_HLEN };
     ecn_decapsulate(o.ecn, &mut frame, ip).map_err(fail)?;
-    Ok((id, t, frame, payload.len()))
+    Ok(Delivery::Frame(id, t, frame, payload.len()))
 }
 
 /// RFC 6040 on the IP packet at `at` of `frame` (as the datapath's ecn_decap): outer CE on a

@@ -277,12 +277,29 @@ impl Agent {
     /// Takes what the datapath handed over since the last call.
     pub fn drain(&mut self, maps: &mut Maps, sender: &Socket, now: u64) {
         while let Some((id, _local, remote, _key, bytes)) = maps.next_nhrp() {
-            let packet = match Packet::decode(&bytes) {
+            self.receive(maps, sender, id, remote, &bytes, now);
+        }
+        while let Some(event) = maps.next_event() {
+            self.event(maps, sender, &event, now);
+        }
+    }
+
+    /// NHRP that reached the daemon's raw GRE socket: a protected tunnel's (decrypted by the
+    /// kernel), or NHRP that arrived in fragments.
+    pub fn receive_all(&mut self, maps: &mut Maps, sender: &Socket, packets: Vec<crate::reassembled::Nhrp>, now: u64) {
+        for p in packets {
+            self.receive(maps, sender, p.tunnel, p.remote, &p.bytes, now);
+        }
+    }
+
+    fn receive(&mut self, maps: &mut Maps, sender: &Socket, id: u32, remote: IpAddr, bytes: &[u8], now: u64) {
+        {
+            let packet = match Packet::decode(bytes) {
                 Ok(p) => p,
                 Err(e) => {
                     debug!("tunnel {id}: NHRP from {remote}: {e}");
                     count(maps, id, |s| s.nhrp_errors += 1);
-                    continue;
+                    return;
                 }
             };
             count(maps, id, |s| match type_index(packet.kind) {
@@ -291,11 +308,11 @@ impl Agent {
             });
             // IPv4 or IPv6 NHRP: the engine of the packet's protocol type.
             let v6 = packet.protocol_type == 0x86dd;
-            let (Some(engine), Some(t)) = (self.engines.get_mut(&(id, v6)), maps.tunnel(id)) else { continue };
-            if !Packet::checksum_ok(&bytes) {
+            let (Some(engine), Some(t)) = (self.engines.get_mut(&(id, v6)), maps.tunnel(id)) else { return };
+            if !Packet::checksum_ok(bytes) {
                 debug!("tunnel {id}: NHRP from {remote}: bad checksum");
                 count(maps, id, |s| s.nhrp_errors += 1);
-                continue;
+                return;
             }
             let peer = |overlay: IpAddr| maps.peer(id, overlay).filter(|p| p.kind != peer_kind::INCOMPLETE).map(|p| show_addr(&p.nbma));
             let route = |target: IpAddr| maps.route_via(id, target);
@@ -305,9 +322,6 @@ impl Agent {
             let local = |target: IpAddr| exit_for(&self.kernel_routes, t.netdev_ifindex, target);
             let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, route_len: &route_len, local: &local });
             self.apply(maps, sender, (id, v6), &t, actions, now);
-        }
-        while let Some(event) = maps.next_event() {
-            self.event(maps, sender, &event, now);
         }
     }
 
