@@ -784,6 +784,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 Some("give either psk or cert, key and ca")
             } else if certs != 0 && certs != 3 {
                 Some("cert, key and ca go together")
+            } else if t.keepalive.is_some() {
+                Some("keepalives are not sent protected; charon's dead peer detection watches the SA")
             } else if spec.psk.as_ref().is_some_and(|k| k.len() < 16) {
                 Some("psk: at least 16 characters")
             } else {

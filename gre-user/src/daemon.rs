@@ -65,7 +65,9 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     let mut nhrp = crate::nhrp::agent::Agent::new(&mut maps, crate::runtime::path(instance, "nhrp")).await?;
     // Protected tunnels' SAs, driven through charon beside the loop.
     let ipsec = std::sync::Arc::new(std::sync::Mutex::new(crate::ipsec::Status::default()));
-    let ipsec_task = tokio::spawn(crate::ipsec::run(instance.to_string(), crate::ipsec::load(instance)?, ipsec.clone()));
+    let (want, wants) = tokio::sync::mpsc::channel(64);
+    nhrp.set_ipsec(crate::ipsec::Link { status: ipsec.clone(), want });
+    let ipsec_task = tokio::spawn(crate::ipsec::run(instance.to_string(), crate::ipsec::load(instance)?, ipsec.clone(), wants));
     let log_socket = crate::logs::serve(instance)?;
     let (control_socket, mut asked) = crate::control::serve(instance)?;
     let metrics = match metrics {

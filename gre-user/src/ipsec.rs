@@ -127,14 +127,44 @@ pub struct Status {
     pub children: Vec<ChildSa>,
 }
 
-/// Drives charon for `protected` until the daemon ends; `status` follows what charon reports.
-pub async fn run(instance: String, protected: Vec<Protected>, status: Arc<Mutex<Status>>) {
+impl Status {
+    /// Whether tunnel `tunnel` has an SA up with `nbma`.
+    #[must_use]
+    pub fn secured(&self, tunnel: &str, nbma: IpAddr) -> bool {
+        let nbma = nbma.to_string();
+        self.children.iter().any(|c| c.tunnel == tunnel && c.remote == nbma && matches!(c.state.as_str(), "INSTALLED" | "REKEYING" | "REKEYED"))
+    }
+}
+
+/// A multipoint tunnel's peer that NHRP resolved: its SA is to be brought up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Want {
+    pub tunnel: String,
+    pub nbma: IpAddr,
+}
+
+/// What the NHRP agent holds of the task: the SAs, and where to ask for one.
+#[derive(Clone)]
+pub struct Link {
+    pub status: Arc<Mutex<Status>>,
+    pub want: tokio::sync::mpsc::Sender<Want>,
+}
+
+/// Peers' SAs asked for and not yet taken down, at most (beyond, NHRP's peers wait).
+const MAX_WANTED: usize = 1024;
+/// A peer's SA that NHRP no longer asks for is taken down after this long.
+const WANTED_FOR: Duration = Duration::from_secs(600);
+
+/// Drives charon for `protected` until the daemon ends; `status` follows what charon reports,
+/// `wants` brings the peers NHRP resolved.
+pub async fn run(instance: String, protected: Vec<Protected>, status: Arc<Mutex<Status>>, mut wants: tokio::sync::mpsc::Receiver<Want>) {
     if protected.is_empty() {
         return;
     }
     let socket = protected[0].protection.vici.clone();
+    let mut wanted: HashMap<Want, tokio::time::Instant> = HashMap::new();
     loop {
-        match session(&instance, &protected, &socket, &status).await {
+        match session(&instance, &protected, &socket, &status, &mut wants, &mut wanted).await {
             Ok(()) => {}
             Err(e) => {
                 let text = format!("{e:#}");
@@ -150,11 +180,24 @@ pub async fn run(instance: String, protected: Vec<Protected>, status: Arc<Mutex<
 }
 
 /// One connection to charon: load everything, then follow the SAs until the socket fails.
-async fn session(instance: &str, protected: &[Protected], socket: &Path, status: &Arc<Mutex<Status>>) -> Result<()> {
+async fn session(
+    instance: &str,
+    protected: &[Protected],
+    socket: &Path,
+    status: &Arc<Mutex<Status>>,
+    wants: &mut tokio::sync::mpsc::Receiver<Want>,
+    wanted: &mut HashMap<Want, tokio::time::Instant>,
+) -> Result<()> {
     let mut client = rsvici::unix::connect(socket).await.with_context(|| format!("connecting to charon at {}", socket.display()))?;
     let version: Version = client.request("version", ()).await.context("asking charon its version")?;
     for p in protected {
         load_connection(&mut client, instance, p).await.with_context(|| format!("tunnel {}", p.tunnel))?;
+    }
+    // Peers' connections of an earlier charon: loaded again.
+    for w in wanted.keys() {
+        if let Some(p) = protected.iter().find(|p| p.tunnel == w.tunnel) {
+            load_one(&mut client, p, &peer_connection(instance, p, w.nbma), Some(w.nbma)).await?;
+        }
     }
     info!("ipsec: charon {} has the connections of {} protected tunnel(s)", version.version, protected.len());
     // Point-to-point tunnels come up at once and are kept up: initiated again while they have
@@ -164,8 +207,24 @@ async fn session(instance: &str, protected: &[Protected], socket: &Path, status:
     loop {
         let children = list(&mut client, instance, protected).await?;
         let now = tokio::time::Instant::now();
-        for p in protected {
-            for (name, remote) in p.connections(instance) {
+        // A peer's SA no longer asked for goes (its connection with it).
+        let stale: Vec<Want> = wanted.iter().filter(|(_, at)| now.duration_since(**at) > WANTED_FOR).map(|(w, _)| w.clone()).collect();
+        for w in stale {
+            wanted.remove(&w);
+            if let Some(p) = protected.iter().find(|p| p.tunnel == w.tunnel) {
+                let name = peer_connection(instance, p, w.nbma);
+                let _: Result<Answer, _> = client.request("terminate", Terminate { ike: &name, timeout: "-1" }).await;
+                let _: Result<Answer, _> = client.request("unload-conn", Unload { name: &name }).await;
+                info!("ipsec: tunnel {}: the SA with {} is no longer wanted", p.tunnel, w.nbma);
+            }
+        }
+        let dynamic: Vec<(String, Option<IpAddr>, &Protected)> = wanted
+            .keys()
+            .filter_map(|w| protected.iter().find(|p| p.tunnel == w.tunnel).map(|p| (peer_connection(instance, p, w.nbma), Some(w.nbma), p)))
+            .collect();
+        let fixed = protected.iter().flat_map(|p| p.connections(instance).into_iter().map(move |(n, r)| (n, r, p)));
+        for (name, remote, p) in fixed.chain(dynamic) {
+            {
                 let Some(remote) = remote else { continue };
                 if children.iter().any(|c| c.tunnel == p.tunnel && c.remote == remote.to_string()) {
                     next_try.remove(&name);
@@ -176,8 +235,40 @@ async fn session(instance: &str, protected: &[Protected], socket: &Path, status:
             }
         }
         *status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Status { charon: Some(version.version.clone()), unreachable: None, children };
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            Some(w) = wants.recv() => {
+                let Some(p) = protected.iter().find(|p| p.tunnel == w.tunnel && p.remote.is_unspecified()) else { continue };
+                if let Some(at) = wanted.get_mut(&w) {
+                    *at = tokio::time::Instant::now();
+                } else if wanted.len() < MAX_WANTED {
+                    let name = peer_connection(instance, p, w.nbma);
+                    load_one(&mut client, p, &name, Some(w.nbma)).await?;
+                    info!("ipsec: tunnel {}: bringing up an SA with {} for NHRP", p.tunnel, w.nbma);
+                    initiate(&mut client, &name).await?;
+                    wanted.insert(w, tokio::time::Instant::now());
+                } else {
+                    warn!("ipsec: {MAX_WANTED} peers' SAs wanted already; {} waits", w.nbma);
+                }
+            }
+        }
     }
+}
+
+/// A multipoint tunnel's connection with one peer (an NHS's, or one NHRP resolved).
+fn peer_connection(instance: &str, p: &Protected, nbma: IpAddr) -> String {
+    format!("{}-{nbma}", p.connection(instance))
+}
+
+#[derive(Serialize)]
+struct Terminate<'a> {
+    ike: &'a str,
+    timeout: &'static str,
+}
+
+#[derive(Serialize)]
+struct Unload<'a> {
+    name: &'a str,
 }
 
 /// How long a point-to-point tunnel without an SA waits before charon is asked again.
@@ -230,6 +321,8 @@ struct Conn {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     proposals: Vec<String>,
     dpd_delay: &'static str,
+    /// Off, as for DMVPN: MOBIKE would offer the overlay addresses as the peer's to move to.
+    mobike: bool,
     local: Round,
     remote: Round,
     children: BTreeMap<&'static str, Child>,
@@ -313,6 +406,7 @@ async fn load_one(client: &mut rsvici::Client, p: &Protected, name: &str, remote
         remote_addrs: vec![remote_str],
         proposals: spec.proposals.clone(),
         dpd_delay: "10s",
+        mobike: false,
         local,
         remote,
         children: BTreeMap::from([(CHILD, child)]),

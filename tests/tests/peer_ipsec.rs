@@ -188,6 +188,7 @@ fn protected_tunnel_with_linux_ip_gre_and_strongswan() -> Result<()> {
     if !privilege::require_root("protected_tunnel_with_linux_ip_gre_and_strongswan") {
         return Ok(());
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut w = World::new()?;
     let result = run(&mut w);
     if result.is_err() {
@@ -254,4 +255,113 @@ fn run(w: &mut World) -> Result<()> {
     let log = std::fs::read_to_string(w.ours.shared().join("daemon.log")).context("the daemon's log")?;
     ensure!(log.matches("has the connections of 1 protected tunnel").count() >= 2, "the daemon did not reload charon:\n{log}");
     Ok(())
+}
+
+/// One guest at a time in this file: TCG on two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const HUB: &str = "198.51.100.10";
+const HUB_OVERLAY: &str = "203.0.113.254";
+
+/// Our hub and two spokes, protected, as namespaces of one 6.12 guest (no ip_gre loaded), each
+/// with its own charon: registrations, hub traffic and spoke-to-spoke traffic over ESP only; the
+/// spokes' resolution brings up their own SA before the shortcut is used, and when that SA goes,
+/// so does the shortcut.
+#[test]
+fn protected_dmvpn_of_our_hub_and_spokes() -> Result<()> {
+    if !privilege::require_root("protected_dmvpn_of_our_hub_and_spokes") {
+        return Ok(());
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kernel = Kernel::backports()?;
+    let mut lab = Lab::new("ipsecm");
+    let host = lab.add_ns("host")?;
+    let mut g = Guest::boot("dmvpn", &host, &kernel, 0)?;
+    let result = dmvpn(&mut g);
+    if result.is_err() {
+        for n in ["hub", "s1", "s2"] {
+            eprintln!("--- {n}: charon, daemon\n{}", g.ok(&format!("tail -25 /tmp/charon-{n}.log; tail -15 /tmp/daemon-{n}.log")).unwrap_or_default());
+        }
+    }
+    result
+}
+
+fn node_config(local: &str, overlay: &str, nhrp: &str, node: &str) -> String {
+    format!(
+        "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"mgre0\"\ninterface = \"eth0\"\nlocal = \"{local}\"\nkey = 100\n{nhrp}address = [\"{overlay}/24\"]\n\
+         protection = {{ psk = \"{PSK}\", proposals = [\"{IKE}\"], esp_proposals = [\"{ESP}\"], vici = \"/tmp/{node}.vici\" }}\n"
+    )
+}
+
+fn dmvpn(g: &mut Guest) -> Result<()> {
+    let bin = gre::bin();
+    let bin = bin.display();
+    let shared = g.shared();
+    let nodes = [("hub", HUB, HUB_OVERLAY), ("s1", "198.51.100.17", "203.0.113.1"), ("s2", "198.51.100.33", "203.0.113.2")];
+    let mut script = String::from(
+        "modprobe -a esp4 xfrm_user veth bridge\nip netns add lan\nip -n lan link add br0 type bridge\nip -n lan link set br0 up\n\
+         ip netns exec lan sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1\n\
+         setsid ip netns exec lan tshark -q -i br0 -w /tmp/lan.pcap > /tmp/tshark.out 2>&1 < /dev/null &\n\
+         for i in $(seq 150); do [ -s /tmp/lan.pcap ] && break; sleep 0.2; done\n",
+    );
+    // The capture runs inside the guest, on the bridge all three nodes hang on, from before
+    // the first IKE packet.
+    for (n, nbma, overlay) in nodes {
+        let nhrp = if n == "hub" {
+            "nhrp = { role = \"nhs\", holdtime = 60 }\n".to_string()
+        } else {
+            format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 60 }}\n")
+        };
+        let mut conf = node_config(nbma, overlay, &nhrp, n);
+        if n != "hub" {
+            conf += &format!("\n[[peer]]\ntunnel = \"mgre0\"\noverlay = \"{HUB_OVERLAY}\"\nnbma = \"{HUB}\"\n");
+        }
+        std::fs::write(shared.join(format!("{n}.toml")), conf)?;
+        script += &format!(
+            "ip netns add {n}\nip netns exec {n} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1\n\
+             ip -n {n} link add eth0 type veth peer name p-{n} netns lan\nip -n lan link set p-{n} master br0 up\n\
+             ip -n {n} addr add {nbma}/24 dev eth0\nip -n {n} link set eth0 up\nip -n {n} link set lo up\n{forward}\
+             sed -e 's|/tmp/charon.log|/tmp/charon-{n}.log|' -e 's|^  plugins {{|  plugins {{\\n    vici {{\\n      socket = unix:///tmp/{n}.vici\\n    }}|' /tmp/strongswan.conf > /tmp/strongswan-{n}.conf\n\
+             ip netns exec {n} unshare -m sh -c 'mount -t tmpfs none /run; STRONGSWAN_CONF=/tmp/strongswan-{n}.conf exec /usr/lib/ipsec/charon' > /tmp/charon-{n}.out 2>&1 < /dev/null &\n\
+             for i in $(seq 100); do [ -S /tmp/{n}.vici ] && break; sleep 0.1; done\n[ -S /tmp/{n}.vici ]\n\
+             {bin} -n {n} -I {n} up --config {cfg}\n\
+             setsid {bin} -n {n} -I {n} daemon > /tmp/daemon-{n}.log 2>&1 < /dev/null &\n",
+            cfg = shared.join(format!("{n}.toml")).display(),
+            // The hub routes spoke-to-spoke traffic back into the tunnel, without redirects.
+            forward = if n == "hub" { "ip netns exec hub sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0\n" } else { "" },
+        );
+    }
+    // The charon configuration the nodes derive theirs from (no charon of its own here).
+    let base = CHARON.split("STRONGSWAN_CONF=").next().unwrap_or_default();
+    g.ok(&format!("{base}\n{script}"))?;
+
+    // Each spoke's SA with the hub, then its registration.
+    for s in ["s1", "s2"] {
+        wait(g, &format!("{s}'s SA with the hub"), 90, &format!("{bin} -I {s} -n {s} show ipsec | grep -q '{HUB} .*INSTALLED'"))?;
+    }
+    wait(g, "both registrations on the hub", 60, &format!("[ $({bin} -I hub -n hub show peers -j | grep -o '\"kind\":\"dynamic\"' | wc -l) -ge 2 ]"))?;
+    g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 {HUB_OVERLAY} | grep -q ' {PINGS} received'"))?;
+    // Spoke to spoke: through the hub first; the resolution asks for the spokes' own SA, and
+    // once it is up the shortcut takes the traffic.
+    g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 203.0.113.2 | grep -q ' {PINGS} received'"))?;
+    wait(g, "an SA between the spokes", 90, &format!("ip netns exec s1 ping -c 1 -W 2 203.0.113.2 > /dev/null; {bin} -I s1 -n s1 show ipsec | grep -q '198.51.100.33 .*INSTALLED'"))?;
+    wait(g, "s1's peer entry for s2", 60, &format!("ip netns exec s1 ping -c 1 -W 2 203.0.113.2 > /dev/null; {bin} -I s1 -n s1 show peers -j | grep -q '203.0.113.2'"))?;
+    g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 203.0.113.2 | grep -q ' {PINGS} received'"))?;
+    let text = g.ok("sleep 1\npkill -INT -x tshark || true\nsleep 2\ntshark -r /tmp/lan.pcap 2>/dev/null")?;
+    let leaked: Vec<&str> = text.lines().filter(|l| !(l.contains(" ESP ") || l.contains("ISAKMP") || l.contains(" ARP "))).collect();
+    ensure!(leaked.is_empty(), "clear text between the nodes: {:?}", &leaked[..leaked.len().min(10)]);
+    ensure!(text.lines().any(|l| l.contains("198.51.100.17 → 198.51.100.33 ESP")), "no ESP straight from spoke to spoke:\n{text}");
+    Ok(())
+}
+
+/// Runs `check` in the guest every half second until it succeeds, for at most `secs`.
+fn wait(g: &mut Guest, what: &str, secs: u64, check: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if g.run_timeout(check, Duration::from_secs(30))?.status == 0 {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

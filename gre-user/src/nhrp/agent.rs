@@ -45,6 +45,8 @@ pub struct Agent {
     handle: rtnetlink::Handle,
     /// Where who-was-told is kept across a restart.
     state_file: std::path::PathBuf,
+    /// Protected tunnels' SAs: a peer learned by resolution is used once its SA is up.
+    ipsec: Option<crate::ipsec::Link>,
 }
 
 /// A tunnel's registrations with its NHSs, over its engines.
@@ -135,6 +137,7 @@ impl Agent {
             kept,
             handle,
             state_file,
+            ipsec: None,
         };
         for (id, overlay, p) in maps.peers() {
             if p.kind != peer_kind::STATIC && p.expires != 0 {
@@ -149,6 +152,7 @@ impl Agent {
     /// # Errors
     /// The maps cannot be read or written.
     pub fn tick(&mut self, maps: &mut Maps, sender: &Socket, now: u64) -> Result<()> {
+        self.drop_unsecured(maps);
         // Dynamic entries past their holding time go (what is due, not a walk of the table).
         while let Some(&(at, id, overlay)) = self.expiry.first()
             && at <= now
@@ -382,8 +386,48 @@ impl Agent {
         let mut applied = Applied::default();
         let none = HashMap::new();
         let regs = self.engines.get(&key).map_or(&none, Engine::registrations);
+        let actions = match &self.ipsec {
+            Some(link) if t.flags & tunnel_flags::PROTECTED != 0 => gate(link, maps, key.0, t, actions, regs),
+            _ => actions,
+        };
         apply(maps, sender, key.0, t, actions, now, &mut applied, regs);
         self.merge(applied, now);
+    }
+
+    /// Protected tunnels' SAs: the daemon's link to the task that drives charon.
+    pub fn set_ipsec(&mut self, link: crate::ipsec::Link) {
+        self.ipsec = Some(link);
+    }
+
+    /// A protected tunnel's dynamic peers whose SA went down go, with their shortcuts: their
+    /// traffic goes through the NHS again (registrations stay: the spoke brings its SA back).
+    fn drop_unsecured(&mut self, maps: &mut Maps) {
+        let Some(link) = &self.ipsec else { return };
+        let status = link.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        // Until charon answered, the list says nothing.
+        if status.charon.is_none() {
+            return;
+        }
+        let Ok(tunnels) = maps.tunnels() else { return };
+        for (id, t) in tunnels.into_iter().filter(|(_, t)| t.flags & tunnel_flags::PROTECTED != 0 && t.flags & tunnel_flags::MULTIPOINT != 0) {
+            let name = netdev::ifname(t.netdev_ifindex);
+            for (pid, overlay, p) in maps.peers() {
+                let nbma = show_addr(&p.nbma);
+                if pid != id || p.kind != peer_kind::DYNAMIC || p.flags & peer_flags::REGISTERED != 0 || status.secured(&name, nbma) {
+                    continue;
+                }
+                info!("tunnel {id}: peer {overlay} ({nbma}) has no SA any more: through the NHS again");
+                maps.remove_peer(id, overlay);
+                self.schedule((id, overlay), None);
+                self.learned.remove(&(id, overlay));
+                for (net, rid, via) in maps.shortcut_routes() {
+                    if rid == id && via == Some(overlay) {
+                        maps.remove_route(net);
+                    }
+                }
+                self.shortcuts.retain(|(sid, _, via)| !(*sid == id && *via == overlay));
+            }
+        }
     }
 
     /// Takes in what carrying out actions left to do.
@@ -588,6 +632,33 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
     }
 }
 
+/// A protected tunnel's actions, as far as their SAs allow: a peer learned by resolution is
+/// installed once its SA is up (charon is asked for it meanwhile, and traffic keeps going
+/// through the NHS: a later resolution finds the SA); a registration came through its SA, and a
+/// shortcut needs its peer installed.
+fn gate(link: &crate::ipsec::Link, maps: &Maps, id: u32, t: &Tunnel, actions: Vec<Action>, regs: &HashMap<IpAddr, Binding>) -> Vec<Action> {
+    let name = netdev::ifname(t.netdev_ifindex);
+    let status = link.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    actions
+        .into_iter()
+        .filter(|a| match a {
+            Action::Peer { overlay, nbma, .. } => {
+                if regs.get(overlay).is_some_and(|b| b.nbma == *nbma) || status.secured(&name, *nbma) {
+                    return true;
+                }
+                if link.want.try_send(crate::ipsec::Want { tunnel: name.clone(), nbma: *nbma }).is_err() {
+                    warn!("tunnel {id}: the IPsec task is busy; peer {overlay} waits for its SA");
+                } else {
+                    debug!("tunnel {id}: peer {overlay} at {nbma} waits for its SA");
+                }
+                false
+            }
+            Action::Shortcut { via, .. } => maps.peer(id, *via).is_some(),
+            _ => true,
+        })
+        .collect()
+}
+
 /// NHRP over the tunnel's GRE: outer IP from our NBMA address, GRE with the tunnel's output
 /// key and checksum and protocol type 0x2001, sent through a raw socket (the kernel routes it
 /// to the underlay).
@@ -598,6 +669,9 @@ fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
         IpAddr::V6(dst) => return send6(t, dst, &gre),
     };
     let src = addr::to_v4(&t.local).context("an IPv6 tunnel sends to IPv6 NBMA addresses only")?;
+    if t.flags & tunnel_flags::PROTECTED != 0 {
+        return send_through_xfrm(src, dst, &gre);
+    }
     let total = gre::IPV4_HLEN + gre.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -611,6 +685,16 @@ fn send(sender: &Socket, t: &Tunnel, to: IpAddr, nhrp: &[u8]) -> Result<()> {
     p[10..12].copy_from_slice(&c.to_be_bytes());
     p[gre::IPV4_HLEN..].copy_from_slice(&gre);
     sender.send_to(&p, &SocketAddr::new(to, 0).into()).context("sendto")?;
+    Ok(())
+}
+
+/// A protected tunnel's NHRP: through a raw GRE socket, so that xfrm's lookup sees protocol GRE
+/// (a header-including raw socket's packets are looked up as protocol 255, which no GRE policy
+/// selects: they would leave in clear text) and applies the tunnel's ESP policy or our block.
+fn send_through_xfrm(src: [u8; 4], dst: std::net::Ipv4Addr, gre: &[u8]) -> Result<()> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(gre::IPPROTO_GRE)))).context("opening a raw GRE socket")?;
+    s.bind(&SocketAddr::new(std::net::Ipv4Addr::from(src).into(), 0).into()).context("binding to the tunnel's local address")?;
+    s.send_to(gre, &SocketAddr::new(dst.into(), 0).into()).context("sendto")?;
     Ok(())
 }
 
