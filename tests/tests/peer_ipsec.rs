@@ -345,7 +345,12 @@ fn dmvpn(g: &mut Guest) -> Result<()> {
     // once it is up the shortcut takes the traffic.
     g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 203.0.113.2 | grep -q ' {PINGS} received'"))?;
     wait(g, "an SA between the spokes", 90, &format!("ip netns exec s1 ping -c 1 -W 2 203.0.113.2 > /dev/null; {bin} -I s1 -n s1 show ipsec | grep -q '198.51.100.33 .*INSTALLED'"))?;
-    wait(g, "s1's peer entry for s2", 60, &format!("ip netns exec s1 ping -c 1 -W 2 203.0.113.2 > /dev/null; {bin} -I s1 -n s1 show peers -j | grep -q '203.0.113.2'"))?;
+    wait(g, "s1's peer entry for s2", 60, &format!("ip netns exec s1 ping -c 1 -W 2 203.0.113.2 > /dev/null; {bin} -I s1 -n s1 show peers -j | grep -q '\"203.0.113.2\"'"))?;
+    g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 203.0.113.2 | grep -q ' {PINGS} received'"))?;
+    // The spokes' SA goes (charon terminates it): s1's peer entry for s2 goes with it, and the
+    // traffic is back through the hub until NHRP finds the SA again.
+    g.ok("swanctl --terminate --ike gre-s1-mgre0-198.51.100.33 --uri unix:///tmp/s1.vici > /dev/null; swanctl --terminate --ike gre-s2-mgre0-198.51.100.17 --uri unix:///tmp/s2.vici > /dev/null || true")?;
+    wait(g, "s1's peer entry for s2 gone with the SA", 20, &format!("! {bin} -I s1 -n s1 show peers -j | grep -q '\"203.0.113.2\"'"))?;
     g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 203.0.113.2 | grep -q ' {PINGS} received'"))?;
     let text = g.ok("sleep 1\npkill -INT -x tshark || true\nsleep 2\ntshark -r /tmp/lan.pcap 2>/dev/null")?;
     let leaked: Vec<&str> = text.lines().filter(|l| !(l.contains(" ESP ") || l.contains("ISAKMP") || l.contains(" ARP "))).collect();
