@@ -231,6 +231,9 @@ pub struct Protection {
     pub proposals: Vec<String>,
     #[serde(default)]
     pub esp_proposals: Vec<String>,
+    /// Seconds between rekeyings of the SAs (IKE and ESP); charon's defaults (4 h and 1 h)
+    /// when left out.
+    pub rekey_time: Option<u32>,
 }
 
 fn default_vici() -> PathBuf {
@@ -786,6 +789,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 Some("cert, key and ca go together")
             } else if t.keepalive.is_some() {
                 Some("keepalives are not sent protected; charon's dead peer detection watches the SA")
+            } else if spec.rekey_time.is_some_and(|s| s < 10) {
+                Some("rekey_time: at least 10 seconds")
             } else if spec.psk.as_ref().is_some_and(|k| k.len() < 16) {
                 Some("psk: at least 16 characters")
             } else {

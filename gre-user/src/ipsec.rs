@@ -323,6 +323,8 @@ struct Conn {
     dpd_delay: &'static str,
     /// Off, as for DMVPN: MOBIKE would offer the overlay addresses as the peer's to move to.
     mobike: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rekey_time: Option<String>,
     local: Round,
     remote: Round,
     children: BTreeMap<&'static str, Child>,
@@ -348,6 +350,8 @@ struct Child {
     start_action: &'static str,
     dpd_action: &'static str,
     close_action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rekey_time: Option<String>,
 }
 
 /// The child of every connection: ESP in transport mode for GRE between the two NBMA
@@ -399,6 +403,7 @@ async fn load_one(client: &mut rsvici::Client, p: &Protected, name: &str, remote
         start_action: if any { "none" } else { "trap" },
         dpd_action: if any { "clear" } else { "trap" },
         close_action: if any { "none" } else { "trap" },
+        rekey_time: spec.rekey_time.map(|s| format!("{s}s")),
     };
     let conn = Conn {
         version: "2",
@@ -407,6 +412,7 @@ async fn load_one(client: &mut rsvici::Client, p: &Protected, name: &str, remote
         proposals: spec.proposals.clone(),
         dpd_delay: "10s",
         mobike: false,
+        rekey_time: spec.rekey_time.map(|s| format!("{s}s")),
         local,
         remote,
         children: BTreeMap::from([(CHILD, child)]),

@@ -26,6 +26,8 @@ const TCP_BYTES: u64 = 1 << 20;
 /// What both charons propose: within the plugins Debian's strongswan packages bring.
 const IKE: &str = "aes256-sha256-modp2048";
 const ESP: &str = "aes256gcm16";
+/// Our side rekeys its SAs this often (seconds), so that traffic crosses rekeyings.
+const REKEY: u32 = 20;
 
 /// charon with its vici socket at the default path and a log in /tmp.
 const CHARON: &str = r#"cat > /tmp/strongswan.conf <<'EOF'
@@ -68,7 +70,7 @@ fn linux_swanctl() -> String {
 fn our_config() -> String {
     format!(
         "[[interface]]\nname = \"eth0\"\n\n[[tunnel]]\nname = \"tun0\"\ninterface = \"eth0\"\nlocal = \"{OURS}\"\nremote = \"{LINUX}\"\nkey = 5\n\
-         address = [\"{OUR_OVERLAY}/30\"]\n\n[tunnel.protection]\npsk = \"{PSK}\"\nproposals = [\"{IKE}\"]\nesp_proposals = [\"{ESP}\"]\n"
+         address = [\"{OUR_OVERLAY}/30\"]\n\n[tunnel.protection]\npsk = \"{PSK}\"\nproposals = [\"{IKE}\"]\nesp_proposals = [\"{ESP}\"]\nrekey_time = {REKEY}\n"
     )
 }
 
@@ -129,6 +131,12 @@ ping -c 1 -W 2 {OURS} > /dev/null || {{ ip -s link show eth0; ip neigh; exit 1; 
     fn sas(&mut self) -> Result<Vec<(String, String)>> {
         let v: serde_json::Value = serde_json::from_str(&self.gre("show ipsec -j")?)?;
         Ok(v["children"].as_array().into_iter().flatten().map(|c| (c["remote"].as_str().unwrap_or("").to_string(), c["state"].as_str().unwrap_or("").to_string())).collect())
+    }
+
+    /// The inbound SPIs of the installed child SAs.
+    fn spis(&mut self) -> Result<Vec<String>> {
+        let v: serde_json::Value = serde_json::from_str(&self.gre("show ipsec -j")?)?;
+        Ok(v["children"].as_array().into_iter().flatten().filter(|c| c["state"] == "INSTALLED").filter_map(|c| c["spi_in"].as_str().map(str::to_string)).collect())
     }
 
     fn wait_for_sa(&mut self, within: Duration) -> Result<()> {
@@ -227,6 +235,25 @@ fn run(w: &mut World) -> Result<()> {
     let esp = cap.decode("esp", &["ip.src"]);
     ensure!(esp.len() > 2 * (TCP_BYTES as usize / 1500), "only {} ESP frames for the pings and 2 MiB of TCP", esp.len());
     ensure!(cap.faults().is_empty(), "tshark: {:?}", cap.faults());
+
+    // 3b. `gre reload` (the programs replaced under traffic) and a rekeying (every 20 s on our
+    // side): TCP across both, and still nothing in clear.
+    let mut cap = Capture::start(&w.sw, "wa", "");
+    let before = w.spis()?;
+    w.gre("reload")?;
+    World::tcp(&mut w.ours, &mut w.linux, LINUX_OVERLAY, 5003)?;
+    let deadline = Instant::now() + Duration::from_secs(u64::from(REKEY) * 3);
+    loop {
+        let now = w.spis()?;
+        if !now.is_empty() && now.iter().all(|s| !before.contains(s)) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no rekeying within {}s: SPIs {before:?} then {now:?}", 3 * REKEY);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    World::tcp(&mut w.linux, &mut w.ours, OUR_OVERLAY, 5004)?;
+    let leaked = clear_text(&mut cap);
+    ensure!(leaked.is_empty(), "clear text across reload and rekeying: {:?}", &leaked[..leaked.len().min(10)]);
 
     // 4. Clear-text GRE at our address is dropped and counted, never delivered or answered.
     let before = w.drops("unprotected")?;
