@@ -57,7 +57,7 @@ enum Task {
     /// throughput with live frames, scale with peers and routes, TCP goodput (prints tables,
     /// writes target/bench.json).
     Bench {
-        /// One part only: cost, pipeline, scale or goodput.
+        /// One part only: cost, pipeline, scale, nhrp, goodput or ipsec.
         #[arg(long)]
         only: Option<String>,
     },

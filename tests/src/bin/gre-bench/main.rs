@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: the datapath's cost and throughput, each against a baseline measured in
 //! the same run. Prints tables and writes every figure with the machine's description to
-//! `target/bench.json`. `--only cost|pipeline|scale|nhrp|goodput` runs one part; `--quick` is the smoke run of `cargo xtask test`: the same paths and
+//! `target/bench.json`. `--only cost|pipeline|scale|nhrp|goodput|ipsec` runs one part; `--quick` is the smoke run of `cargo xtask test`: the same paths and
 //! checks with fewer frames; no figure fails anything.
 
 mod cost;
 mod goodput;
+mod ipsec;
 mod nhrp;
 mod pipeline;
 
@@ -21,7 +22,7 @@ fn main() -> anyhow::Result<()> {
         let listed =
             std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         for ns in listed.lines().filter_map(|l| l.split_whitespace().next()) {
-            if ["gre-bench", "gre-goodput"].iter().any(|tag| ns.starts_with(&format!("{tag}-{me}-"))) {
+            if ["gre-bench", "gre-goodput", "gre-bench-ipsec"].iter().any(|tag| ns.starts_with(&format!("{tag}-{me}-"))) {
                 let _ = gre_tests::gre::run(ns, ns, &["down"]);
                 let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
             }
@@ -72,6 +73,10 @@ fn main() -> anyhow::Result<()> {
         println!("\n== TCP goodput");
         report.insert("goodput".into(), goodput::run(if quick { 1 } else { 5 })?);
         println!("(the kernel's own GRE device is the other alternative; it cannot be measured where the kernel has no ip_gre module)");
+    }
+    if wanted("ipsec") {
+        println!("\n== TCP goodput, protected against unprotected (in a guest: this kernel has no ESP)");
+        report.insert("ipsec".into(), if quick { ipsec::run(2, 1)? } else { ipsec::run(10, 3)? });
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
