@@ -1249,7 +1249,7 @@ _gre() {
             return 0
             ;;
         gre__subcmd__show)
-            opts="-j -p -n -I -v -h --json --pretty --netns --instance --verbose --help tunnels peers routes nhs stats drops dmvpn peer"
+            opts="-j -p -n -I -v -h --json --pretty --netns --instance --verbose --help tunnels peers routes nhs stats drops dmvpn peer ipsec"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

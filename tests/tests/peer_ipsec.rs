@@ -368,6 +368,11 @@ fn dmvpn(g: &mut Guest) -> Result<()> {
     }
     wait(g, "both registrations on the hub", 60, &format!("[ $({bin} -I hub -n hub show peers -j | grep -o '\"kind\":\"dynamic\"' | wc -l) -ge 2 ]"))?;
     g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 {HUB_OVERLAY} | grep -q ' {PINGS} received'"))?;
+    // `gre show dmvpn` says which peers have their SA: the hub both spokes, s1 the hub.
+    let hub_rows = g.ok(&format!("{bin} -I hub -n hub show dmvpn"))?;
+    ensure!(hub_rows.lines().filter(|l| l.contains("registered") && l.contains("ipsec")).count() == 2, "the hub's dmvpn table:\n{hub_rows}");
+    let s1_rows = g.ok(&format!("{bin} -I s1 -n s1 show dmvpn"))?;
+    ensure!(s1_rows.lines().any(|l| l.contains(HUB) && l.contains("static") && l.contains("ipsec")), "s1's dmvpn table:\n{s1_rows}");
     // Spoke to spoke: through the hub first; the resolution asks for the spokes' own SA, and
     // once it is up the shortcut takes the traffic.
     g.ok(&format!("ip netns exec s1 ping -c {PINGS} -i 0.3 -W 3 203.0.113.2 | grep -q ' {PINGS} received'"))?;

@@ -399,6 +399,11 @@ impl Agent {
         self.ipsec = Some(link);
     }
 
+    /// What charon last reported of the SAs.
+    pub(super) fn ipsec_status(&self) -> Option<crate::ipsec::Status> {
+        self.ipsec.as_ref().map(|l| l.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
     /// A protected tunnel's dynamic peers whose SA went down go, with their shortcuts: their
     /// traffic goes through the NHS again (registrations stay: the spoke brings its SA back).
     fn drop_unsecured(&mut self, maps: &mut Maps) {

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use gre_common::maps::{peer_flags, peer_kind};
+use gre_common::maps::{peer_flags, peer_kind, tunnel_flags};
 use log::info;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -54,6 +54,7 @@ impl Agent {
 
     fn rows(&self, maps: &Maps, now: u64, keep: impl Fn(&IpAddr, &IpAddr) -> bool) -> Vec<Row> {
         let shortcut_vias: Vec<(u32, IpAddr)> = maps.shortcut_routes().into_iter().filter_map(|(_, id, via)| Some((id, via?))).collect();
+        let ipsec = self.ipsec_status();
         let mut rows: Vec<Row> = maps
             .peers()
             .into_iter()
@@ -71,6 +72,10 @@ impl Agent {
                     (p.flags & peer_flags::MULTICAST != 0, "multicast"),
                 ];
                 attributes.extend(flags.iter().filter(|(on, _)| *on).map(|(_, a)| *a));
+                // A protected tunnel's peer: whether charon has its SA up.
+                if let Some(status) = ipsec.as_ref().filter(|_| maps.tunnel(id).is_some_and(|t| t.flags & tunnel_flags::PROTECTED != 0)) {
+                    attributes.push(if status.secured(&tunnel_name(maps, id), show_addr(&p.nbma)) { "ipsec" } else { "no-sa" });
+                }
                 let since = registration.map(|b| b.since).or_else(|| self.learned.get(&(id, overlay)).copied());
                 Row {
                     id,
