@@ -213,7 +213,7 @@ pub struct TunnelSpec {
 /// A protected tunnel: `gre daemon` loads an IKEv2 connection into charon over its vici socket
 /// (ESP in transport mode for GRE between the tunnel's NBMA addresses) and brings its SAs up;
 /// the datapath sends GRE only through the kernel's xfrm and takes only what it decrypted.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Protection {
     /// charon's vici socket.
@@ -234,6 +234,23 @@ pub struct Protection {
     /// Seconds between rekeyings of the SAs (IKE and ESP); charon's defaults (4 h and 1 h)
     /// when left out.
     pub rekey_time: Option<u32>,
+}
+
+/// Without the key: messages (a refused reload lists the settings that differ) and logs must
+/// not carry it.
+impl fmt::Debug for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Protection")
+            .field("vici", &self.vici)
+            .field("psk", &self.psk.as_ref().map(|_| "(not shown)"))
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("ca", &self.ca)
+            .field("proposals", &self.proposals)
+            .field("esp_proposals", &self.esp_proposals)
+            .field("rekey_time", &self.rekey_time)
+            .finish()
+    }
 }
 
 fn default_vici() -> PathBuf {
@@ -1017,6 +1034,8 @@ ignore_df = true
         let e = err(&protected.replace("psk = \"sixteen or more chars\"", "cert = \"a.pem\"\nkey = \"a.key\""));
         assert!(e.message.contains("cert, key and ca go together"), "{e}");
         assert!(parse(Path::new("t.toml"), &protected.replace("psk = \"sixteen or more chars\"", "cert = \"a.pem\"\nkey = \"a.key\"\nca = \"ca.pem\"")).is_ok());
+        // What lists a tunnel's settings (a refused reload) never shows the key.
+        assert!(!format!("{t:?}").contains("sixteen or more chars"), "{t:?}");
     }
 
     #[test]
