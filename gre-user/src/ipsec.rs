@@ -128,6 +128,16 @@ pub struct Status {
 }
 
 impl Status {
+    /// Every (tunnel, peer) with an SA up.
+    #[must_use]
+    pub fn secured_pairs(&self) -> std::collections::HashSet<(String, IpAddr)> {
+        self.children
+            .iter()
+            .filter(|c| matches!(c.state.as_str(), "INSTALLED" | "REKEYING" | "REKEYED"))
+            .filter_map(|c| Some((c.tunnel.clone(), c.remote.parse().ok()?)))
+            .collect()
+    }
+
     /// Whether tunnel `tunnel` has an SA up with `nbma`.
     #[must_use]
     pub fn secured(&self, tunnel: &str, nbma: IpAddr) -> bool {

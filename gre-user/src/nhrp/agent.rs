@@ -47,6 +47,9 @@ pub struct Agent {
     state_file: std::path::PathBuf,
     /// Protected tunnels' SAs: a peer learned by resolution is used once its SA is up.
     ipsec: Option<crate::ipsec::Link>,
+    /// The (tunnel, peer) pairs with an SA at the last look, and peers installed on an SA
+    /// since: an SA that goes takes its peers with it.
+    secured: HashSet<(String, IpAddr)>,
 }
 
 /// A tunnel's registrations with its NHSs, over its engines.
@@ -138,6 +141,7 @@ impl Agent {
             handle,
             state_file,
             ipsec: None,
+            secured: HashSet::new(),
         };
         for (id, overlay, p) in maps.peers() {
             if p.kind != peer_kind::STATIC && p.expires != 0 {
@@ -387,7 +391,15 @@ impl Agent {
         let none = HashMap::new();
         let regs = self.engines.get(&key).map_or(&none, Engine::registrations);
         let actions = match &self.ipsec {
-            Some(link) if t.flags & tunnel_flags::PROTECTED != 0 => gate(link, maps, key.0, t, actions, regs),
+            Some(link) if t.flags & tunnel_flags::PROTECTED != 0 => {
+                let actions = gate(link, maps, key.0, t, actions, regs);
+                let name = netdev::ifname(t.netdev_ifindex);
+                self.secured.extend(actions.iter().filter_map(|a| match a {
+                    Action::Peer { nbma, .. } => Some((name.clone(), *nbma)),
+                    _ => None,
+                }));
+                actions
+            }
             _ => actions,
         };
         apply(maps, sender, key.0, t, actions, now, &mut applied, regs);
@@ -406,32 +418,44 @@ impl Agent {
 
     /// A protected tunnel's dynamic peers whose SA went down go, with their shortcuts: their
     /// traffic goes through the NHS again (registrations stay: the spoke brings its SA back).
+    /// The peer table is walked only when an SA went.
     fn drop_unsecured(&mut self, maps: &mut Maps) {
         let Some(link) = &self.ipsec else { return };
-        let status = link.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        // Until charon answered, the list says nothing.
-        if status.charon.is_none() {
+        let now = {
+            let status = link.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Until charon answered, the list says nothing.
+            if status.charon.is_none() {
+                return;
+            }
+            status.secured_pairs()
+        };
+        let lost: HashSet<(String, IpAddr)> = self.secured.difference(&now).cloned().collect();
+        self.secured = now;
+        if lost.is_empty() {
             return;
         }
         let Ok(tunnels) = maps.tunnels() else { return };
-        for (id, t) in tunnels.into_iter().filter(|(_, t)| t.flags & tunnel_flags::PROTECTED != 0 && t.flags & tunnel_flags::MULTIPOINT != 0) {
-            let name = netdev::ifname(t.netdev_ifindex);
-            for (pid, overlay, p) in maps.peers() {
-                let nbma = show_addr(&p.nbma);
-                if pid != id || p.kind != peer_kind::DYNAMIC || p.flags & peer_flags::REGISTERED != 0 || status.secured(&name, nbma) {
-                    continue;
-                }
-                info!("tunnel {id}: peer {overlay} ({nbma}) has no SA any more: through the NHS again");
-                maps.remove_peer(id, overlay);
-                self.schedule((id, overlay), None);
-                self.learned.remove(&(id, overlay));
-                for (net, rid, via) in maps.shortcut_routes() {
-                    if rid == id && via == Some(overlay) {
-                        maps.remove_route(net);
-                    }
-                }
-                self.shortcuts.retain(|(sid, _, via)| !(*sid == id && *via == overlay));
+        let names: HashMap<u32, String> = tunnels
+            .into_iter()
+            .filter(|(_, t)| t.flags & tunnel_flags::PROTECTED != 0 && t.flags & tunnel_flags::MULTIPOINT != 0)
+            .map(|(id, t)| (id, netdev::ifname(t.netdev_ifindex)))
+            .collect();
+        for (id, overlay, p) in maps.peers() {
+            let nbma = show_addr(&p.nbma);
+            let Some(name) = names.get(&id) else { continue };
+            if p.kind != peer_kind::DYNAMIC || p.flags & peer_flags::REGISTERED != 0 || !lost.contains(&(name.clone(), nbma)) {
+                continue;
             }
+            info!("tunnel {id}: peer {overlay} ({nbma}) has no SA any more: through the NHS again");
+            maps.remove_peer(id, overlay);
+            self.schedule((id, overlay), None);
+            self.learned.remove(&(id, overlay));
+            for (net, rid, via) in maps.shortcut_routes() {
+                if rid == id && via == Some(overlay) {
+                    maps.remove_route(net);
+                }
+            }
+            self.shortcuts.retain(|(sid, _, via)| !(*sid == id && *via == overlay));
         }
     }
 
@@ -643,7 +667,7 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
 /// shortcut needs its peer installed.
 fn gate(link: &crate::ipsec::Link, maps: &Maps, id: u32, t: &Tunnel, actions: Vec<Action>, regs: &HashMap<IpAddr, Binding>) -> Vec<Action> {
     let name = netdev::ifname(t.netdev_ifindex);
-    let status = link.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let status = link.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     actions
         .into_iter()
         .filter(|a| match a {
