@@ -411,6 +411,18 @@ pub struct Route {
 pub mod route_flags {
     /// A phase 3 shortcut `gre daemon` installed (not configured; goes with its peer).
     pub const SHORTCUT: u32 = 1;
+    /// A kernel route into the tunnel's netdev (a routing daemon's, or the operator's), which
+    /// `gre daemon` mirrors.
+    pub const KERNEL: u32 = 2;
+    /// Bits 8 to 15: the entry's own prefix length (as stored: IPv4 counts the 96 bits of
+    /// the mapping), so that userspace learns which prefix a longest-match lookup found.
+    pub const LEN_SHIFT: u32 = 8;
+
+    /// The stored prefix length in `flags`.
+    #[must_use]
+    pub const fn len(flags: u32) -> u32 {
+        (flags >> LEN_SHIFT) & 0xff
+    }
 }
 
 /// How many peers one multipoint tunnel replicates multicast to (a power of two: the datapath

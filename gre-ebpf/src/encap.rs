@@ -112,7 +112,8 @@ fn encap(ctx: &TcContext, id: u32, t: &Tunnel) -> Result<i32, u32> {
         // ARP and other non-IP frames of a gretap: bpf_skb_adjust_room and bpf_redirect_neigh
         // only take IP packets, so the frame gets a new head and a complete Ethernet header
         // toward the underlay next hop, which must be known (gre up keeps it resolved).
-        let (smac, dmac) = if protected(t) { (t.netdev_mac, t.inject_mac) } else { fib::tunnel_next_hop(ctx.skb.skb.cast(), t, &remote).ok_or(drop::NO_NEIGHBOUR)? };
+        let (smac, dmac) =
+            if protected(t) { (t.netdev_mac, t.inject_mac) } else { fib::tunnel_next_hop(ctx.skb.skb.cast(), t, &remote).ok_or(drop::NO_NEIGHBOUR)? };
         let h = headers::build(id, t, &remote, &inner, inner_len, protocol, flags, None)?;
         // SAFETY: the helper grows the headroom; offsets below are re-checked by the helpers.
         if unsafe { bpf_skb_change_head(ctx.skb.skb, (ETH_HLEN + h.len) as u32, 0) } != 0 {

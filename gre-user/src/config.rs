@@ -1033,7 +1033,9 @@ ignore_df = true
         assert!(e.message.contains("either psk or cert, key and ca"), "{e}");
         let e = err(&protected.replace("psk = \"sixteen or more chars\"", "cert = \"a.pem\"\nkey = \"a.key\""));
         assert!(e.message.contains("cert, key and ca go together"), "{e}");
-        assert!(parse(Path::new("t.toml"), &protected.replace("psk = \"sixteen or more chars\"", "cert = \"a.pem\"\nkey = \"a.key\"\nca = \"ca.pem\"")).is_ok());
+        assert!(
+            parse(Path::new("t.toml"), &protected.replace("psk = \"sixteen or more chars\"", "cert = \"a.pem\"\nkey = \"a.key\"\nca = \"ca.pem\"")).is_ok()
+        );
         // What lists a tunnel's settings (a refused reload) never shows the key.
         assert!(!format!("{t:?}").contains("sixteen or more chars"), "{t:?}");
     }

@@ -66,8 +66,10 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
     // Protected tunnels' SAs, driven through charon beside the loop.
     let ipsec = std::sync::Arc::new(std::sync::Mutex::new(crate::ipsec::Status::default()));
     let (want, wants) = tokio::sync::mpsc::channel(64);
-    nhrp.set_ipsec(crate::ipsec::Link { status: ipsec.clone(), want });
-    let ipsec_task = tokio::spawn(crate::ipsec::run(instance.to_string(), crate::ipsec::load(instance)?, ipsec.clone(), wants));
+    let sa_changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let link = crate::ipsec::Link { status: ipsec.clone(), want, changed: sa_changed.clone() };
+    nhrp.set_ipsec(link.clone());
+    let ipsec_task = tokio::spawn(crate::ipsec::run(instance.to_string(), crate::ipsec::load(instance)?, link, wants));
     let log_socket = crate::logs::serve(instance)?;
     let (control_socket, mut asked) = crate::control::serve(instance)?;
     let metrics = match metrics {
@@ -99,10 +101,12 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
                 keepalives.tick(&mut maps, &sender)?;
                 nhrp.tick(&mut maps, &sender, now)?;
                 if std::mem::take(&mut routes_changed) {
-                    nhrp.refresh_kernel_routes().await;
+                    nhrp.refresh_kernel_routes(&mut maps).await;
                 }
                 nhrp.keep_neighbours(&mut maps).await;
             }
+            // A protected peer whose SA went leaves the datapath now, not at the next tick.
+            () = sa_changed.notified() => nhrp.sa_changed(&mut maps),
             ready = events_ring.readable() => {
                 // Cleared first: a record committed while draining wakes the loop again.
                 ready?.clear_ready();

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use futures::{StreamExt as _, pin_mut};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,8 @@ pub fn save(instance: &str, protected: &[Protected]) -> Result<()> {
     }
     std::fs::create_dir_all(crate::runtime::DIR).with_context(|| format!("creating {}", crate::runtime::DIR))?;
     let tmp = path.with_extension("protection.tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(&serde_json::to_vec(protected)?)?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
@@ -158,6 +159,8 @@ pub struct Want {
 pub struct Link {
     pub status: Arc<Mutex<Status>>,
     pub want: tokio::sync::mpsc::Sender<Want>,
+    /// Signalled when `status` changed, so that a lost SA takes its peer at once.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 /// Peers' SAs asked for and not yet taken down, at most (beyond, NHRP's peers wait).
@@ -167,14 +170,15 @@ const WANTED_FOR: Duration = Duration::from_secs(600);
 
 /// Drives charon for `protected` until the daemon ends; `status` follows what charon reports,
 /// `wants` brings the peers NHRP resolved.
-pub async fn run(instance: String, protected: Vec<Protected>, status: Arc<Mutex<Status>>, mut wants: tokio::sync::mpsc::Receiver<Want>) {
+pub async fn run(instance: String, protected: Vec<Protected>, link: Link, mut wants: tokio::sync::mpsc::Receiver<Want>) {
+    let status = &link.status;
     if protected.is_empty() {
         return;
     }
     let socket = protected[0].protection.vici.clone();
     let mut wanted: HashMap<Want, tokio::time::Instant> = HashMap::new();
     loop {
-        match session(&instance, &protected, &socket, &status, &mut wants, &mut wanted).await {
+        match session(&instance, &protected, &socket, &link, &mut wants, &mut wanted).await {
             Ok(()) => {}
             Err(e) => {
                 let text = format!("{e:#}");
@@ -183,6 +187,8 @@ pub async fn run(instance: String, protected: Vec<Protected>, status: Arc<Mutex<
                     warn!("ipsec: {text}; retrying every 2 s");
                 }
                 *s = Status { charon: None, unreachable: Some(text), children: Vec::new() };
+                drop(s);
+                link.changed.notify_one();
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -194,11 +200,15 @@ async fn session(
     instance: &str,
     protected: &[Protected],
     socket: &Path,
-    status: &Arc<Mutex<Status>>,
+    link: &Link,
     wants: &mut tokio::sync::mpsc::Receiver<Want>,
     wanted: &mut HashMap<Want, tokio::time::Instant>,
 ) -> Result<()> {
     let mut client = rsvici::unix::connect(socket).await.with_context(|| format!("connecting to charon at {}", socket.display()))?;
+    // charon's events on a connection of their own, read without pause: rsvici's listener
+    // waits for an event's reader, and would hold up the answers to our commands meanwhile.
+    let updown = Arc::new(tokio::sync::Notify::new());
+    let events = Events(tokio::spawn(follow_events(socket.to_path_buf(), updown.clone())));
     let version: Version = client.request("version", ()).await.context("asking charon its version")?;
     for p in protected {
         load_connection(&mut client, instance, p).await.with_context(|| format!("tunnel {}", p.tunnel))?;
@@ -244,9 +254,13 @@ async fn session(
                 }
             }
         }
-        *status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Status { charon: Some(version.version.clone()), unreachable: None, children };
+        *link.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Status { charon: Some(version.version.clone()), unreachable: None, children };
+        link.changed.notify_one();
+        ensure!(!events.0.is_finished(), "charon's event connection closed");
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            // An SA came, went or was rekeyed: listed again at once.
+            () = updown.notified() => {}
             Some(w) = wants.recv() => {
                 let Some(p) = protected.iter().find(|p| p.tunnel == w.tunnel && p.remote.is_unspecified()) else { continue };
                 if let Some(at) = wanted.get_mut(&w) {
@@ -262,6 +276,26 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// The task reading charon's events, stopped with the session that started it.
+struct Events(tokio::task::JoinHandle<()>);
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Wakes `updown` on each of charon's SA events until the connection fails.
+async fn follow_events(socket: std::path::PathBuf, updown: Arc<tokio::sync::Notify>) {
+    let Ok(mut client) = rsvici::unix::connect(&socket).await else { return };
+    let streams = ["ike-updown", "child-updown", "child-rekey", "ike-rekey"].map(|e| client.subscribe::<BTreeMap<String, serde::de::IgnoredAny>>(e));
+    let all = futures::stream::select_all(streams.into_iter().map(Box::pin));
+    pin_mut!(all);
+    while let Some(Ok(_)) = all.next().await {
+        updown.notify_one();
     }
 }
 
@@ -326,6 +360,7 @@ struct Credential {
 #[derive(Serialize)]
 struct Conn {
     version: &'static str,
+    unique: &'static str,
     local_addrs: Vec<String>,
     remote_addrs: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -397,10 +432,16 @@ async fn load_one(client: &mut rsvici::Client, p: &Protected, name: &str, remote
     let any = remote_addr.is_none();
     let remote_str = remote_addr.map_or_else(|| "%any".to_string(), |r| r.to_string());
     let (local, remote) = if spec.psk.is_some() {
-        (Round { auth: "psk", id: p.local.to_string(), certs: Vec::new(), cacerts: Vec::new() }, Round { auth: "psk", id: remote_str.clone(), certs: Vec::new(), cacerts: Vec::new() })
+        (
+            Round { auth: "psk", id: p.local.to_string(), certs: Vec::new(), cacerts: Vec::new() },
+            Round { auth: "psk", id: remote_str.clone(), certs: Vec::new(), cacerts: Vec::new() },
+        )
     } else {
         let (cert, ca) = (read_pem(spec.cert.as_ref())?, read_pem(spec.ca.as_ref())?);
-        (Round { auth: "pubkey", id: String::new(), certs: vec![cert], cacerts: Vec::new() }, Round { auth: "pubkey", id: "%any".into(), certs: Vec::new(), cacerts: vec![ca] })
+        (
+            Round { auth: "pubkey", id: String::new(), certs: vec![cert], cacerts: Vec::new() },
+            Round { auth: "pubkey", id: "%any".into(), certs: Vec::new(), cacerts: vec![ca] },
+        )
     };
     let local = Round { id: if local.id.is_empty() { "%any".into() } else { local.id }, ..local };
     let child = Child {
@@ -415,8 +456,13 @@ async fn load_one(client: &mut rsvici::Client, p: &Protected, name: &str, remote
         close_action: if any { "none" } else { "trap" },
         rekey_time: spec.rekey_time.map(|s| format!("{s}s")),
     };
+    // Two spokes resolve each other at once and both initiate: each side's INITIAL_CONTACT
+    // would make the other destroy the SA it had just set up, without a word to its peer.
+    // Both SAs stay instead (the kernel sends with the newer; DPD clears what the peer lost).
+    let between_spokes = remote_addr.is_some_and(|r| p.remote.is_unspecified() && !p.nhs.contains(&r));
     let conn = Conn {
         version: "2",
+        unique: if between_spokes { "never" } else { "no" },
         local_addrs: vec![p.local.to_string()],
         remote_addrs: vec![remote_str],
         proposals: spec.proposals.clone(),

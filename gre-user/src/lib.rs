@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod datapath_log;
 pub mod instance;
 pub mod ipsec;
+pub mod kernel_routes;
 pub mod loader;
 pub mod logs;
 pub mod maps;

@@ -322,10 +322,37 @@ impl Maps {
         self.add_route_flagged(prefix, id, Some(via), route_flags::SHORTCUT)
     }
 
+    /// Adds (or replaces) a mirrored kernel route.
+    ///
+    /// # Errors
+    /// The route table is full.
+    pub fn add_kernel_route(&mut self, prefix: ipnet::IpNet, id: u32, via: Option<std::net::IpAddr>) -> Result<()> {
+        self.add_route_flagged(prefix, id, via, route_flags::KERNEL)
+    }
+
     fn add_route_flagged(&mut self, prefix: ipnet::IpNet, id: u32, via: Option<std::net::IpAddr>, flags: u32) -> Result<()> {
-        let key = Key::new(route_prefix_len(prefix.addr().is_ipv4(), prefix.prefix_len()), store_addr(prefix.network()));
-        let route = Route { tunnel: id, flags, nexthop: via.map_or([0; 16], store_addr) };
+        let len = route_prefix_len(prefix.addr().is_ipv4(), prefix.prefix_len());
+        let key = Key::new(len, store_addr(prefix.network()));
+        let route = Route { tunnel: id, flags: flags | len << route_flags::LEN_SHIFT, nexthop: via.map_or([0; 16], store_addr) };
         self.routes.insert(&key, route, 0).with_context(|| format!("adding route {prefix} (ROUTES is full?)"))
+    }
+
+    /// The entry of exactly `prefix`, if there is one: (tunnel id, flags, next hop).
+    #[must_use]
+    pub fn route_at(&self, prefix: ipnet::IpNet) -> Option<(u32, u32, Option<std::net::IpAddr>)> {
+        let len = route_prefix_len(prefix.addr().is_ipv4(), prefix.prefix_len());
+        let r = self.routes.get(&Key::new(len, store_addr(prefix.network())), 0).ok()?;
+        (route_flags::len(r.flags) == len).then(|| (r.tunnel, r.flags, (r.nexthop != [0; 16]).then(|| show_addr(&r.nexthop))))
+    }
+
+    /// The longest route toward `target`: (tunnel id, its prefix length, next hop). One
+    /// lookup, as the datapath's.
+    #[must_use]
+    pub fn route_for(&self, target: std::net::IpAddr) -> Option<(u32, u8, Option<std::net::IpAddr>)> {
+        let r = self.routes.get(&Key::new(128, store_addr(target)), 0).ok()?;
+        let len = route_flags::len(r.flags);
+        let len = if target.is_ipv4() { len.checked_sub(96)? } else { len };
+        Some((r.tunnel, u8::try_from(len).ok()?, (r.nexthop != [0; 16]).then(|| show_addr(&r.nexthop))))
     }
 
     /// Removes an overlay route; false if there was none.
@@ -340,10 +367,16 @@ impl Maps {
         self.routes_where(|_| true)
     }
 
-    /// The configured overlay routes (no shortcuts).
+    /// The configured overlay routes (no shortcuts, no kernel routes).
     #[must_use]
     pub fn configured_routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
-        self.routes_where(|r| r.flags & route_flags::SHORTCUT == 0)
+        self.routes_where(|r| r.flags & (route_flags::SHORTCUT | route_flags::KERNEL) == 0)
+    }
+
+    /// The kernel's routes mirrored into the datapath.
+    #[must_use]
+    pub fn kernel_routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
+        self.routes_where(|r| r.flags & route_flags::KERNEL != 0)
     }
 
     /// The routes NHRP installed (phase 3 shortcuts).

@@ -120,7 +120,12 @@ pub async fn create_tunnel_netdev(handle: &Handle, name: &str, inject: &str, spe
             .with_context(|| format!("setting gso_max_segs 1 on {name}"))?;
     }
     // The datapath end: what goes through it must fit the kernel end anyway.
-    handle.link().set(LinkUnspec::new_with_index(dp.index).mtu(dp_mtu).arp(false).build()).execute().await.with_context(|| format!("setting MTU on {inject}"))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(dp.index).mtu(dp_mtu).arp(false).build())
+        .execute()
+        .await
+        .with_context(|| format!("setting MTU on {inject}"))?;
     for a in addresses {
         handle.address().add(kernel.index, a.addr(), a.prefix_len()).execute().await.with_context(|| format!("adding address {a} to {name}"))?;
     }
@@ -263,30 +268,76 @@ fn route_message(prefix: IpNet, ifindex: u32) -> rtnetlink::packet_route::route:
     }
 }
 
-/// The kernel's IPv4 routes of the main table that have an output interface: (prefix, link).
+/// A route of the kernel's main table, as far as the datapath's use of it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub prefix: IpNet,
+    /// The output link (of a multipath route: its first next hop's).
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
+    /// Who installed it (RTPROT_*).
+    pub protocol: u8,
+    /// Unicast, blackhole, unreachable... (RTN_*).
+    pub kind: u8,
+    /// The metric: of two routes to one prefix, the lower is used.
+    pub priority: u32,
+}
+
+/// RTN_UNICAST: a route that forwards.
+pub const RTN_UNICAST: u8 = 1;
+
+/// The kernel's IPv4 and IPv6 routes of the main table.
 ///
 /// # Errors
 /// Netlink fails.
-pub async fn ipv4_routes(handle: &Handle) -> Result<Vec<(IpNet, u32)>> {
+pub async fn kernel_routes(handle: &Handle) -> Result<Vec<KernelRoute>> {
+    use rtnetlink::packet_route::route::RouteMessage;
     let mut out = Vec::new();
-    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-    while let Some(msg) = routes.try_next().await.context("listing routes")? {
-        if msg.header.table != 254 {
-            continue;
-        }
-        let (mut dst, mut oif) = (Ipv4Addr::UNSPECIFIED, None);
-        for a in &msg.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
+    let dumps = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+    for request in dumps {
+        let mut routes = handle.route().get(request).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            let msg: RouteMessage = msg;
+            let mut table = u32::from(msg.header.table);
+            let (mut dst, mut oif, mut gateway, mut priority) = (None, None, None, 0);
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(d) => dst = route_addr(d),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(g) => gateway = route_addr(g),
+                    RouteAttribute::Priority(p) => priority = *p,
+                    RouteAttribute::MultiPath(hops) if oif.is_none() => {
+                        if let Some(h) = hops.first() {
+                            oif = Some(h.interface_index);
+                            gateway = h.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { route_addr(g) } else { None });
+                        }
+                    }
+                    _ => {}
+                }
             }
-        }
-        if let (Some(oif), Ok(net)) = (oif, ipnet::Ipv4Net::new(dst, msg.header.destination_prefix_length)) {
-            out.push((IpNet::V4(net), oif));
+            if table != 254 {
+                continue;
+            }
+            let len = msg.header.destination_prefix_length;
+            let dst = dst.unwrap_or(if msg.header.address_family == AddressFamily::Inet6 {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            });
+            let Ok(prefix) = IpNet::new(dst, len) else { continue };
+            out.push(KernelRoute { prefix, oif, gateway, protocol: msg.header.protocol.into(), kind: msg.header.kind.into(), priority });
         }
     }
     Ok(out)
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }
 
 /// The addresses of link `ifindex` with their prefix lengths, IPv6 link-local ones left out.

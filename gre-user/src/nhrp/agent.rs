@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use gre_common::{
     addr, gre,
-    maps::{Event, NHRP_TYPES, Peer, Tunnel, TunnelState, event_kind, nhrp_role, peer_flags, peer_kind, tunnel_flags, tunnel_state},
+    maps::{Event, NHRP_TYPES, Peer, Tunnel, TunnelState, event_kind, nhrp_role, peer_flags, peer_kind, route_flags, tunnel_flags, tunnel_state},
 };
 use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -36,8 +36,10 @@ pub struct Agent {
     /// the clock's work each second is what is due, not a walk of the peer table.
     expiry: std::collections::BTreeSet<(u64, u32, IpAddr)>,
     expires: HashMap<(u32, IpAddr), u64>,
-    /// The kernel's IPv4 routes (prefix, link), refreshed every second: what we are the exit for.
-    kernel_routes: Vec<(ipnet::IpNet, u32)>,
+    /// The kernel's routes, read again when netlink says they changed: what we are the exit
+    /// for, and what steers the multipoint tunnels.
+    kernel_routes: Vec<netdev::KernelRoute>,
+    mirror: crate::kernel_routes::Mirror,
     /// NBMA addresses of new multicast peers whose underlay next hop is to be kept resolved.
     wanted_hops: Vec<IpAddr>,
     /// Underlay neighbours kept resolved (ours, or there before us): (ifindex, address).
@@ -78,6 +80,8 @@ struct Applied {
     new_peers: Vec<(u32, IpAddr)>,
     /// Dynamic peers set (with when they expire) or removed.
     expiry: Vec<((u32, IpAddr), Option<u64>)>,
+    /// Shortcuts the NHS purged: a kernel route may take their place.
+    purged: Vec<ipnet::IpNet>,
 }
 
 impl Agent {
@@ -128,7 +132,9 @@ impl Agent {
             }
         }
         let kept = maps.neighbours().into_iter().collect();
-        let kernel_routes = netdev::ipv4_routes(&handle).await?;
+        let kernel_routes = netdev::kernel_routes(&handle).await?;
+        let mut mirror = crate::kernel_routes::Mirror::load(maps);
+        mirror.sync(maps, &kernel_routes, &maps.tunnels()?);
         let mut agent = Self {
             engines,
             shortcuts,
@@ -136,6 +142,7 @@ impl Agent {
             expiry: std::collections::BTreeSet::new(),
             expires: HashMap::new(),
             kernel_routes,
+            mirror,
             wanted_hops: Vec::new(),
             kept,
             handle,
@@ -170,11 +177,13 @@ impl Agent {
             }
         }
         // A shortcut whose peer is gone goes too: traffic returns to the NHS.
+        let mirror = &self.mirror;
         self.shortcuts.retain(|(id, prefix, via)| {
             let alive = maps.peer(*id, *via).is_some();
             if !alive {
                 info!("tunnel {id}: shortcut {prefix} via {via} removed with its peer");
                 maps.remove_route(*prefix);
+                mirror.restore(maps, *prefix);
             }
             alive
         });
@@ -239,16 +248,35 @@ impl Agent {
                 maps.set_tunnel_nhs(id, best)?;
             }
         }
-        self.merge(applied, now);
+        self.merge(maps, applied, now);
         Ok(())
     }
 
-    /// Rereads the kernel's routes (once a second): which destinations this node is the exit for.
-    pub async fn refresh_kernel_routes(&mut self) {
-        match netdev::ipv4_routes(&self.handle).await {
+    /// Rereads the kernel's routes (after netlink announced a change, at most once a second):
+    /// which destinations this node is the exit for; the routes into multipoint tunnels,
+    /// mirrored into the datapath; and the shortcuts still of use (a shortcut goes when the
+    /// kernel no longer routes its prefix into the tunnel: a routing daemon withdrew it).
+    pub async fn refresh_kernel_routes(&mut self, maps: &mut Maps) {
+        match netdev::kernel_routes(&self.handle).await {
             Ok(r) => self.kernel_routes = r,
-            Err(e) => warn!("{e:#}"),
+            Err(e) => {
+                warn!("{e:#}");
+                return;
+            }
         }
+        let Ok(tunnels) = maps.tunnels() else { return };
+        self.mirror.sync(maps, &self.kernel_routes, &tunnels);
+        let netdev_of: HashMap<u32, u32> = tunnels.iter().map(|(id, t)| (*id, t.netdev_ifindex)).collect();
+        let (kernel, mirror) = (&self.kernel_routes, &self.mirror);
+        self.shortcuts.retain(|(id, prefix, via)| {
+            let used = netdev_of.get(id).is_some_and(|&ifindex| crate::kernel_routes::routed_into(kernel, ifindex, prefix.addr()));
+            if !used {
+                info!("tunnel {id}: shortcut {prefix} via {via} removed: the kernel no longer routes it into the tunnel");
+                maps.remove_route(*prefix);
+                mirror.restore(maps, *prefix);
+            }
+            used
+        });
     }
 
     /// Multicast replicas are cloned straight to the underlay next hop (replicate.rs), so the
@@ -324,9 +352,7 @@ impl Agent {
             }
             let peer = |overlay: IpAddr| maps.peer(id, overlay).filter(|p| p.kind != peer_kind::INCOMPLETE).map(|p| show_addr(&p.nbma));
             let route = |target: IpAddr| maps.route_via(id, target);
-            let routes = maps.routes();
-            let route_len =
-                |target: IpAddr| routes.iter().filter(|(net, rid, _)| *rid == id && net.contains(&target)).map(|(net, _, _)| net.prefix_len()).max();
+            let route_len = |target: IpAddr| maps.route_for(target).filter(|(rid, _, _)| *rid == id).map(|(_, len, _)| len);
             let local = |target: IpAddr| exit_for(&self.kernel_routes, t.netdev_ifindex, target);
             let actions = engine.receive(remote, &packet, now, &Tables { peer: &peer, route: &route, route_len: &route_len, local: &local });
             self.apply(maps, sender, (id, v6), &t, actions, now);
@@ -403,7 +429,7 @@ impl Agent {
             _ => actions,
         };
         apply(maps, sender, key.0, t, actions, now, &mut applied, regs);
-        self.merge(applied, now);
+        self.merge(maps, applied, now);
     }
 
     /// Protected tunnels' SAs: the daemon's link to the task that drives charon.
@@ -414,6 +440,11 @@ impl Agent {
     /// What charon last reported of the SAs.
     pub(super) fn ipsec_status(&self) -> Option<crate::ipsec::Status> {
         self.ipsec.as_ref().map(|l| l.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
+    /// charon's SAs changed: peers that lost theirs go.
+    pub fn sa_changed(&mut self, maps: &mut Maps) {
+        self.drop_unsecured(maps);
     }
 
     /// A protected tunnel's dynamic peers whose SA went down go, with their shortcuts: their
@@ -453,6 +484,7 @@ impl Agent {
             for (net, rid, via) in maps.shortcut_routes() {
                 if rid == id && via == Some(overlay) {
                     maps.remove_route(net);
+                    self.mirror.restore(maps, net);
                 }
             }
             self.shortcuts.retain(|(sid, _, via)| !(*sid == id && *via == overlay));
@@ -460,7 +492,10 @@ impl Agent {
     }
 
     /// Takes in what carrying out actions left to do.
-    fn merge(&mut self, applied: Applied, now: u64) {
+    fn merge(&mut self, maps: &mut Maps, applied: Applied, now: u64) {
+        for net in applied.purged {
+            self.mirror.restore(maps, net);
+        }
         for sc in applied.shortcuts {
             if !self.shortcuts.contains(&sc) {
                 self.shortcuts.push(sc);
@@ -564,9 +599,9 @@ fn is_link_local(a: IpAddr) -> bool {
 /// The prefix length of the kernel route by which this node reaches `target` when that route
 /// does not go into the tunnel netdev (the node is the exit: a LAN behind it). The default route
 /// does not count: it would make every address ours.
-fn exit_for(routes: &[(ipnet::IpNet, u32)], tunnel_ifindex: u32, target: IpAddr) -> Option<u8> {
-    let (net, oif) = routes.iter().filter(|(net, _)| net.contains(&target)).max_by_key(|(net, _)| net.prefix_len())?;
-    (*oif != tunnel_ifindex && net.prefix_len() > 0).then_some(net.prefix_len())
+fn exit_for(routes: &[netdev::KernelRoute], tunnel_ifindex: u32, target: IpAddr) -> Option<u8> {
+    let r = routes.iter().filter(|r| r.oif.is_some() && r.prefix.contains(&target)).max_by_key(|r| r.prefix.prefix_len())?;
+    (r.oif != Some(tunnel_ifindex) && r.prefix.prefix_len() > 0).then_some(r.prefix.prefix_len())
 }
 
 /// Carries out an engine's actions, noting what is left for later in `applied`; a peer that is
@@ -637,14 +672,15 @@ fn apply(maps: &mut Maps, sender: &Socket, id: u32, t: &Tunnel, actions: Vec<Act
                     if rid == id && prefix.contains(&net.addr()) && net.prefix_len() >= prefix.prefix_len() {
                         info!("tunnel {id}: shortcut {net} purged by the NHS");
                         maps.remove_route(net);
+                        applied.purged.push(net);
                     }
                 }
             }
             Action::Warn(what) => warn!("tunnel {id}: {what}"),
             Action::Shortcut { target, prefix, via } => {
                 // A configured route of the same prefix stays; the shortcut narrows to the host.
-                let routes = maps.routes();
-                let taken = |p: ipnet::IpNet| routes.iter().any(|(net, _, v)| *net == p && *v != Some(via));
+                // A kernel route's is overridden (it comes back when the shortcut goes).
+                let taken = |p: ipnet::IpNet| maps.route_at(p).is_some_and(|(_, flags, v)| flags & route_flags::KERNEL == 0 && v != Some(via));
                 let prefix = if taken(prefix) { ipnet::IpNet::from(target) } else { prefix };
                 if taken(prefix) {
                     continue;
