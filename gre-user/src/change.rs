@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, bail};
-use gre_common::maps::{Peer, Tunnel, peer_flags, peer_kind, tunnel_flags};
+use gre_common::maps::{Peer, Tunnel, peer_flags, peer_kind, route_flags, tunnel_flags};
 use ipnet::IpNet;
 use log::info;
 
@@ -87,7 +87,8 @@ pub async fn route_add(instance: &str, prefix: IpNet, name: &str, via: Option<Ip
     if via.is_some_and(|v| v.is_ipv4() != prefix.addr().is_ipv4()) {
         bail!("`via` must be of the prefix's family");
     }
-    if maps.routes().iter().any(|(p, _, _)| *p == prefix) {
+    // A mirrored kernel route of the same prefix gives way (and comes back with `route del`).
+    if maps.route_at(prefix).is_some_and(|(_, flags, _)| flags & route_flags::KERNEL == 0) {
         bail!("route {prefix} exists already; `gre route del` it first");
     }
     let handle = netdev::connect()?;
@@ -109,7 +110,9 @@ pub async fn route_add(instance: &str, prefix: IpNet, name: &str, via: Option<Ip
 pub async fn route_del(instance: &str, prefix: IpNet) -> Result<()> {
     let mut maps = open(instance)?;
     let prefix = prefix.trunc();
-    let Some((_, id, _)) = maps.routes().into_iter().find(|(p, _, _)| *p == prefix) else { bail!("no route {prefix}") };
+    let Some((id, _, _)) = maps.route_at(prefix).filter(|(_, flags, _)| flags & route_flags::KERNEL == 0) else {
+        bail!("no route {prefix} (a kernel route is removed in the kernel or by its routing daemon)")
+    };
     let tunnels = maps.tunnels()?;
     maps.remove_route(prefix);
     if let Some((_, t)) = tunnels.iter().find(|(i, _)| *i == id) {

@@ -25,8 +25,22 @@ use crate::{maps::Maps, netdev::KernelRoute};
 /// suite claims.
 pub const RTPROT_GRE: u8 = 47;
 
-/// What the kernel routes into a multipoint tunnel: prefix → (tunnel id, overlay next hop).
-pub type Wanted = HashMap<IpNet, (u32, Option<IpAddr>)>;
+/// The kernel's own routes (connected subnets).
+const RTPROT_KERNEL: u8 = 2;
+
+/// What the kernel routes into a multipoint tunnel: prefix → the route it uses.
+pub type Wanted = HashMap<IpNet, Choice>;
+
+/// The kernel's route for a prefix: into tunnel `id` toward `via`. Which route it was (its
+/// protocol and metric) counts as a change too: when a static route of ours goes, the routing
+/// daemon's route of the same prefix and next hop is written back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub id: u32,
+    pub via: Option<IpAddr>,
+    pub protocol: u8,
+    pub priority: u32,
+}
 
 /// The kernel's routes into multipoint tunnels, as last read.
 #[derive(Debug, Default)]
@@ -38,7 +52,7 @@ impl Mirror {
     /// Takes over what an earlier daemon mirrored (kept in the pinned route table).
     #[must_use]
     pub fn load(maps: &Maps) -> Self {
-        Self { wanted: maps.kernel_routes().into_iter().map(|(net, id, via)| (net, (id, via))).collect() }
+        Self { wanted: maps.kernel_routes().into_iter().map(|(net, id, via)| (net, Choice { id, via, protocol: 0, priority: 0 })).collect() }
     }
 
     /// How many prefixes are mirrored (or wait behind a configured route or a shortcut).
@@ -59,7 +73,7 @@ impl Mirror {
         for (prefix, old) in &self.wanted {
             if wanted.get(prefix) != Some(old) && ours(maps, *prefix) {
                 maps.remove_route(*prefix);
-                info!("tunnel {}: kernel route {prefix} gone", old.0);
+                info!("tunnel {}: kernel route {prefix} gone", old.id);
             }
         }
         for (prefix, new) in &wanted {
@@ -83,7 +97,7 @@ impl Mirror {
 
 /// Writes a kernel route into the datapath's table unless a configured route or a shortcut
 /// holds the prefix.
-fn write(maps: &mut Maps, prefix: IpNet, (id, via): (u32, Option<IpAddr>)) {
+fn write(maps: &mut Maps, prefix: IpNet, Choice { id, via, .. }: Choice) {
     match maps.route_at(prefix) {
         Some((_, flags, _)) if flags & route_flags::KERNEL == 0 => {}
         Some((rid, _, rvia)) if (rid, rvia) == (id, via) => {}
@@ -111,22 +125,27 @@ fn free(maps: &Maps, prefix: IpNet) -> bool {
 pub fn wanted(kernel: &[KernelRoute], tunnels: &[(u32, Tunnel)]) -> Wanted {
     let netdevs: HashMap<u32, u32> = tunnels.iter().filter(|(_, t)| t.flags & tunnel_flags::MULTIPOINT != 0).map(|(id, t)| (t.netdev_ifindex, *id)).collect();
     let link_local: IpNet = IpNet::new(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10).unwrap_or_default();
-    let mut best: HashMap<IpNet, (u32, &KernelRoute)> = HashMap::new();
+    let mut best: HashMap<IpNet, Choice> = HashMap::new();
     for r in kernel {
         let Some(&id) = r.oif.and_then(|o| netdevs.get(&o)) else { continue };
+        // The tunnel's own subnet (a connected route) says what the datapath does without a
+        // route: the destination is the overlay next hop.
+        let connected = r.protocol == RTPROT_KERNEL && r.gateway.is_none();
         if r.kind != crate::netdev::RTN_UNICAST
             || r.protocol == RTPROT_GRE
+            || connected
             || link_local.contains(&r.prefix)
             || r.gateway.is_some_and(|g| g.is_ipv4() != r.prefix.addr().is_ipv4())
         {
             continue;
         }
-        let e = best.entry(r.prefix).or_insert((id, r));
-        if r.priority < e.1.priority {
-            *e = (id, r);
+        let choice = Choice { id, via: r.gateway, protocol: r.protocol, priority: r.priority };
+        let e = best.entry(r.prefix).or_insert(choice);
+        if r.priority < e.priority {
+            *e = choice;
         }
     }
-    best.into_iter().map(|(prefix, (id, r))| (prefix, (id, r.gateway))).collect()
+    best
 }
 
 /// Whether the kernel routes `target` into netdev `ifindex` (its longest matching route of the
@@ -174,9 +193,8 @@ mod tests {
             route("10.5.0.0/24", 7, Some("2001:db8::1"), 186, 20),
         ];
         let w = wanted(&kernel, &tunnels());
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert_eq!(w[&"10.1.0.0/24".parse().unwrap()], (0, Some("203.0.113.2".parse().unwrap())));
-        assert_eq!(w[&"203.0.113.0/24".parse().unwrap()], (0, None));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[&"10.1.0.0/24".parse().unwrap()], Choice { id: 0, via: Some("203.0.113.2".parse().unwrap()), protocol: 186, priority: 20 });
     }
 
     #[test]

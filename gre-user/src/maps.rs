@@ -367,6 +367,19 @@ impl Maps {
         self.routes_where(|_| true)
     }
 
+    /// The overlay routes with their flags: (prefix, tunnel id, next hop, [`route_flags`]).
+    #[must_use]
+    pub fn routes_flagged(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>, u32)> {
+        self.routes
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, r)| {
+                let (net, id, via) = route_of(&k, &r)?;
+                Some((net, id, via, r.flags))
+            })
+            .collect()
+    }
+
     /// The configured overlay routes (no shortcuts, no kernel routes).
     #[must_use]
     pub fn configured_routes(&self) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
@@ -385,17 +398,7 @@ impl Maps {
     }
 
     fn routes_where(&self, keep: impl Fn(&Route) -> bool) -> Vec<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
-        self.routes
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, r)| keep(r))
-            .filter_map(|(k, r)| {
-                let addr = show_addr(&k.data());
-                let len = if addr.is_ipv4() { k.prefix_len().checked_sub(96)? } else { k.prefix_len() };
-                let via = (r.nexthop != [0; 16]).then(|| show_addr(&r.nexthop));
-                Some((ipnet::IpNet::new(addr, u8::try_from(len).ok()?).ok()?, r.tunnel, via))
-            })
-            .collect()
+        self.routes.iter().filter_map(Result::ok).filter(|(_, r)| keep(r)).filter_map(|(k, r)| route_of(&k, &r)).collect()
     }
 
     /// Adds or replaces a peer of multipoint tunnel `id`, keeping the NBMA index right.
@@ -653,4 +656,12 @@ fn in_multicast(p: &Peer) -> bool {
 #[must_use]
 pub const fn segments(t: &Tunnel) -> bool {
     t.flags & (gre_common::maps::tunnel_flags::OCSUM | gre_common::maps::tunnel_flags::OSEQ) != 0
+}
+
+/// A route table entry as (prefix, tunnel id, next hop).
+fn route_of(k: &Key<[u8; 16]>, r: &Route) -> Option<(ipnet::IpNet, u32, Option<std::net::IpAddr>)> {
+    let addr = show_addr(&k.data());
+    let len = if addr.is_ipv4() { k.prefix_len().checked_sub(96)? } else { k.prefix_len() };
+    let via = (r.nexthop != [0; 16]).then(|| show_addr(&r.nexthop));
+    Some((ipnet::IpNet::new(addr, u8::try_from(len).ok()?).ok()?, r.tunnel, via))
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use gre_common::{
     drop,
-    maps::{NHRP_TYPES, Tunnel, nhrp_role, tunnel_flags, tunnel_state},
+    maps::{NHRP_TYPES, Tunnel, nhrp_role, route_flags, tunnel_flags, tunnel_state},
 };
 use serde::Serialize;
 
@@ -157,6 +157,9 @@ pub struct RouteReport {
     pub tunnel: String,
     /// Multipoint: the overlay next hop; `null` for the destination itself.
     pub via: Option<String>,
+    /// What put it there: `configured`, `shortcut` (NHRP's phase 3) or `kernel` (a route of
+    /// the kernel's into a multipoint tunnel, from a routing daemon or the operator).
+    pub source: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -319,11 +322,18 @@ pub fn report_of(instance: &str, part: Option<Part>) -> Result<Report> {
         }
     }
     let drops = maps.drops()?.into_iter().zip(slow_drops).map(|((n, v), r)| (n.to_string(), (v + r).into())).collect();
-    let routes = if wants(Part::Routes) { maps.routes() } else { Vec::new() }
+    let routes = if wants(Part::Routes) { maps.routes_flagged() } else { Vec::new() }
         .into_iter()
-        .map(|(prefix, id, via)| RouteReport {
+        .map(|(prefix, id, via, flags)| RouteReport {
             prefix: prefix.to_string(),
             via: via.map(|v| v.to_string()),
+            source: if flags & route_flags::SHORTCUT != 0 {
+                "shortcut"
+            } else if flags & route_flags::KERNEL != 0 {
+                "kernel"
+            } else {
+                "configured"
+            },
             tunnel: tunnels.iter().find(|t| t.id == id).map_or_else(|| format!("#{id}"), |t| t.name.clone()),
         })
         .collect();
@@ -465,8 +475,12 @@ fn total_drops(t: &TunnelReport) -> u64 {
 /// `gre show routes`.
 #[must_use]
 pub fn routes_table(routes: &[RouteReport]) -> String {
-    let mut rows = vec![["route".to_string(), "tunnel".to_string()]];
-    rows.extend(routes.iter().map(|rt| [rt.prefix.clone(), rt.via.as_ref().map_or_else(|| rt.tunnel.clone(), |v| format!("{} via {v}", rt.tunnel))]));
+    let mut rows = vec![["route".to_string(), "tunnel".to_string(), "source".to_string()]];
+    rows.extend(
+        routes
+            .iter()
+            .map(|rt| [rt.prefix.clone(), rt.via.as_ref().map_or_else(|| rt.tunnel.clone(), |v| format!("{} via {v}", rt.tunnel)), rt.source.to_string()]),
+    );
     columns(&rows)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod fixture;
+pub mod frr;
 pub mod gre;
 pub mod ovs;
 pub mod peers;

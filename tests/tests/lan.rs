@@ -19,7 +19,7 @@ fn lan_to_lan_takes_the_fast_paths_and_pmtu_works() {
     let (ia, ib) = lab.tunnel(77).expect("gre up");
     let (a, b, ha, hb) = (lab.sites.a.clone(), lab.sites.b.clone(), lab.host_a.clone(), lab.host_b.clone());
     let routes = gre::show(&a, &ia).unwrap()["routes"].clone();
-    assert_eq!(routes, serde_json::json!([{"prefix": "203.0.113.128/26", "tunnel": "gre0", "via": null}]));
+    assert_eq!(routes, serde_json::json!([{"prefix": "203.0.113.128/26", "tunnel": "gre0", "via": null, "source": "configured"}]));
 
     // The first packets resolve neighbours through the kernel; then everything is known.
     traffic::ping(&ha, HOST_B, 2).expect("warm-up ping");

@@ -95,7 +95,7 @@ fn routes_added_and_removed_at_run_time() {
     let kernel = |prefix: &str| ns_sh(&s1, &["ip", "route", "show", prefix]).unwrap();
 
     gre::run(&s1, &i1, &["route", "add", "198.51.100.200/29", "gre0", "--via", HUB_OVERLAY]).expect("route add");
-    assert_eq!(routes(), serde_json::json!([{ "prefix": "198.51.100.200/29", "tunnel": "gre0", "via": HUB_OVERLAY }]));
+    assert_eq!(routes(), serde_json::json!([{ "prefix": "198.51.100.200/29", "tunnel": "gre0", "via": HUB_OVERLAY, "source": "configured" }]));
     assert!(kernel("198.51.100.200/29").contains("dev gre0 proto static"), "{}", kernel("198.51.100.200/29"));
     let e = gre::run(&s1, &i1, &["route", "add", "198.51.100.200/29", "gre0"]).unwrap_err().to_string();
     assert!(e.contains("exists already"), "{e}");
@@ -157,7 +157,7 @@ fn up_over_a_running_instance_converges() {
     let show = gre::show(&hub, &ih).unwrap();
     let overlays: Vec<&str> = show["peers"].as_array().unwrap().iter().map(|p| p["overlay"].as_str().unwrap()).collect();
     assert_eq!(overlays, ["203.0.113.2", "203.0.113.3"]);
-    assert_eq!(show["routes"], serde_json::json!([{ "prefix": "198.51.100.208/29", "tunnel": "gre0", "via": "203.0.113.2" }]));
+    assert_eq!(show["routes"], serde_json::json!([{ "prefix": "198.51.100.208/29", "tunnel": "gre0", "via": "203.0.113.2", "source": "configured" }]));
     assert_ne!(prog(&hub), before, "the programs were reloaded");
     traffic::ping(&s2, HUB_OVERLAY, 2).expect("spoke 2 still reaches the hub");
     // The same file again: nothing to change but the programs.
