@@ -104,6 +104,7 @@ pub async fn run(instance: &str, metrics: Option<std::net::SocketAddr>, purge_on
                     nhrp.refresh_kernel_routes(&mut maps).await;
                 }
                 nhrp.keep_neighbours(&mut maps).await;
+                nhrp.export_routes(&maps).await;
             }
             // A protected peer whose SA went leaves the datapath now, not at the next tick.
             () = sa_changed.notified() => nhrp.sa_changed(&mut maps),

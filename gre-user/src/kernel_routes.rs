@@ -149,12 +149,13 @@ pub fn wanted(kernel: &[KernelRoute], tunnels: &[(u32, Tunnel)]) -> Wanted {
 }
 
 /// Whether the kernel routes `target` into netdev `ifindex` (its longest matching route of the
-/// main table goes there): a shortcut toward `target` is of use only while it does.
+/// main table goes there), our own exported routes left out: a shortcut toward `target` is of
+/// use only while it does.
 #[must_use]
 pub fn routed_into(kernel: &[KernelRoute], ifindex: u32, target: IpAddr) -> bool {
     kernel
         .iter()
-        .filter(|r| r.kind == crate::netdev::RTN_UNICAST && r.prefix.contains(&target))
+        .filter(|r| r.kind == crate::netdev::RTN_UNICAST && r.protocol != RTPROT_GRE && r.prefix.contains(&target))
         .max_by_key(|r| (r.prefix.prefix_len(), std::cmp::Reverse(r.priority)))
         .is_some_and(|r| r.oif == Some(ifindex))
 }

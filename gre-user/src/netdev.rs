@@ -268,6 +268,35 @@ fn route_message(prefix: IpNet, ifindex: u32) -> rtnetlink::packet_route::route:
     }
 }
 
+/// Adds (`add`) or deletes one of NHRP's routes in the kernel: `prefix` out of `ifindex`,
+/// toward `via` (else on the link), with protocol `protocol`. A route that is there already
+/// (adding) or gone (deleting) is fine.
+///
+/// # Errors
+/// Netlink fails for another reason.
+pub async fn nhrp_route(handle: &Handle, add: bool, prefix: IpNet, ifindex: u32, via: Option<IpAddr>, protocol: u8) -> Result<()> {
+    use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
+    let scope = if via.is_some() { RouteScope::Universe } else { RouteScope::Link };
+    let msg = match (prefix, via) {
+        (IpNet::V4(p), via) => {
+            let b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex);
+            let b = if let Some(IpAddr::V4(g)) = via { b.gateway(g) } else { b };
+            b.protocol(RouteProtocol::from(protocol)).scope(scope).build()
+        }
+        (IpNet::V6(p), via) => {
+            let b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex);
+            let b = if let Some(IpAddr::V6(g)) = via { b.gateway(g) } else { b };
+            b.protocol(RouteProtocol::from(protocol)).scope(scope).build()
+        }
+    };
+    let r = if add { handle.route().add(msg).execute().await } else { handle.route().del(msg).execute().await };
+    match r {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST || e.raw_code() == -libc::ESRCH => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("{} route {prefix} dev {ifindex}", if add { "adding" } else { "deleting" })),
+    }
+}
+
 /// A route of the kernel's main table, as far as the datapath's use of it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {

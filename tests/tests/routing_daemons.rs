@@ -81,7 +81,7 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
         let conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhc, &[(HUB_OVERLAY, HUB_NBMA)]);
         spokes.push((ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap()));
     }
-    let _daemons: Vec<gre::Daemon> =
+    let mut daemons: Vec<gre::Daemon> =
         std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
     traffic::wait_for("three registrations on the hub", 10, || gre::show(&hub, &ih).unwrap()["peers"].as_array().map_or(0, Vec::len) == 3);
 
@@ -109,6 +109,20 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
     }
     traffic::wait_for("spoke 1's kernel route to LAN 2", 5, || has_route(&spokes[0].0, &spokes[0].1, &lan(2).2, HUB_OVERLAY, "kernel"));
 
+    // What NHRP learned is in the kernel for routing daemons: a host route for each registered
+    // spoke with our protocol number (47), which the hub's zebra sees as a kernel route.
+    for i in 1..=3u8 {
+        let overlay = HubAndSpokes::spoke_overlay(i);
+        traffic::wait_for("the hub's NHRP route to each spoke", 5, || {
+            ns_sh(&hub, &["ip", "route", "show", &overlay, "proto", "47"]).is_ok_and(|o| o.contains("dev gre0 scope link"))
+        });
+        traffic::wait_for("zebra to see it", 5, || {
+            hub_frr
+                .vtysh(&format!("show ip route {overlay}/32 json"))
+                .is_ok_and(|o| serde_json::from_str::<Value>(&o).is_ok_and(|v| v[format!("{overlay}/32")][0]["protocol"] == "kernel"))
+        });
+    }
+
     // LAN 1 to LAN 2: through the hub (steered by its BGP route to spoke 2), then the phase 3
     // shortcut replaces spoke 1's BGP route for LAN 2's prefix; traffic leaves the hub.
     traffic::ping(&hosts[0], &lan(2).1, 3).unwrap_or_else(|e| panic!("LAN 1 to LAN 2 through the hub: {e}\n{}", report()));
@@ -134,6 +148,14 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
     // LAN 3 never talked to LAN 1: its traffic still follows the kernel's route through the hub.
     assert!(has_route(&spokes[0].0, &spokes[0].1, &lan(3).2, HUB_OVERLAY, "kernel"));
     traffic::ping(&hosts[0], &lan(3).1, 2).expect("LAN 1 to LAN 3");
+    // A peer that goes takes its NHRP route with it: spoke 3's daemon stops (no more
+    // registrations) and the hub clears its entry.
+    drop(daemons.pop());
+    gre::run(&hub, &ih, &["nhrp", "clear", "203.0.113.3"]).expect("gre nhrp clear");
+    traffic::wait_for("the hub's NHRP route to spoke 3 gone", 5, || {
+        ns_sh(&hub, &["ip", "route", "show", "203.0.113.3", "proto", "47"]).is_ok_and(|o| o.trim().is_empty())
+    });
+    assert!(ns_sh(&hub, &["ip", "route", "show", "203.0.113.1", "proto", "47"]).unwrap().contains("dev gre0"), "spoke 1's stays");
     drop(spoke_frr);
     drop(hub_frr);
 }

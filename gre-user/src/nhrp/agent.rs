@@ -39,7 +39,9 @@ pub struct Agent {
     /// The kernel's routes, read again when netlink says they changed: what we are the exit
     /// for, and what steers the multipoint tunnels.
     kernel_routes: Vec<netdev::KernelRoute>,
-    mirror: crate::kernel_routes::Mirror,
+    pub(super) mirror: crate::kernel_routes::Mirror,
+    /// NHRP's routes in the kernel, for routing daemons to redistribute: (netdev, prefix, via).
+    exported: HashSet<(u32, ipnet::IpNet, Option<IpAddr>)>,
     /// NBMA addresses of new multicast peers whose underlay next hop is to be kept resolved.
     wanted_hops: Vec<IpAddr>,
     /// Underlay neighbours kept resolved (ours, or there before us): (ifindex, address).
@@ -134,6 +136,9 @@ impl Agent {
         let kept = maps.neighbours().into_iter().collect();
         let kernel_routes = netdev::kernel_routes(&handle).await?;
         let mut mirror = crate::kernel_routes::Mirror::load(maps);
+        // What an earlier daemon exported: compared with what NHRP holds at the first tick.
+        let exported =
+            kernel_routes.iter().filter(|r| r.protocol == crate::kernel_routes::RTPROT_GRE).filter_map(|r| Some((r.oif?, r.prefix, r.gateway))).collect();
         mirror.sync(maps, &kernel_routes, &maps.tunnels()?);
         let mut agent = Self {
             engines,
@@ -143,6 +148,7 @@ impl Agent {
             expires: HashMap::new(),
             kernel_routes,
             mirror,
+            exported,
             wanted_hops: Vec::new(),
             kept,
             handle,
@@ -277,6 +283,39 @@ impl Agent {
             }
             used
         });
+    }
+
+    /// NHRP's routes into the kernel (protocol 47), where FRR or BIRD can redistribute them, as
+    /// FRR's nhrpd puts its own: a host route for each dynamic peer (a registered or resolved
+    /// one), and each shortcut whose prefix has no route of another protocol in the kernel —
+    /// one there would be replaced in a routing daemon's RIB (an unknown protocol counts as a
+    /// kernel route, preferred to BGP), which would take its route out of the kernel under us.
+    /// Removed with them; at the first tick, what an earlier daemon left is brought in line.
+    pub async fn export_routes(&mut self, maps: &Maps) {
+        let Ok(tunnels) = maps.tunnels() else { return };
+        let netdev_of: HashMap<u32, u32> =
+            tunnels.iter().filter(|(_, t)| t.flags & tunnel_flags::MULTIPOINT != 0).map(|(id, t)| (*id, t.netdev_ifindex)).collect();
+        let mut want: HashSet<(u32, ipnet::IpNet, Option<IpAddr>)> =
+            self.expires.keys().filter_map(|(id, overlay)| Some((*netdev_of.get(id)?, ipnet::IpNet::from(*overlay), None))).collect();
+        if !self.shortcuts.is_empty() {
+            let taken: HashSet<ipnet::IpNet> = self.kernel_routes.iter().filter(|r| r.protocol != crate::kernel_routes::RTPROT_GRE).map(|r| r.prefix).collect();
+            want.extend(self.shortcuts.iter().filter(|(_, p, _)| !taken.contains(p)).filter_map(|(id, p, via)| Some((*netdev_of.get(id)?, *p, Some(*via)))));
+        }
+        let gone: Vec<_> = self.exported.difference(&want).copied().collect();
+        let new: Vec<_> = want.difference(&self.exported).copied().collect();
+        for (add, list) in [(false, gone), (true, new)] {
+            for (ifindex, prefix, via) in list {
+                match netdev::nhrp_route(&self.handle, add, prefix, ifindex, via, crate::kernel_routes::RTPROT_GRE).await {
+                    Ok(()) if add => {
+                        self.exported.insert((ifindex, prefix, via));
+                    }
+                    Ok(()) => {
+                        self.exported.remove(&(ifindex, prefix, via));
+                    }
+                    Err(e) => warn!("{e:#}"),
+                }
+            }
+        }
     }
 
     /// Multicast replicas are cloned straight to the underlay next hop (replicate.rs), so the

@@ -182,6 +182,7 @@ impl Agent {
             }
             for net in routes {
                 if maps.remove_route(net) {
+                    self.mirror.restore(maps, net);
                     info!("tunnel {id}: shortcut {net} cleared");
                     cleared += 1;
                 }
