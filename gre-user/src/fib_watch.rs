@@ -76,13 +76,18 @@ impl FibWatch {
     }
 }
 
-/// Whether a datagram of netlink messages holds a route, address or link change.
+/// Whether a datagram of netlink messages holds a route, address or link change. NHRP's own
+/// routes (protocol 47, which the daemon exports) do not count: nothing read from the kernel's
+/// routes depends on them, and a hub exporting 10 000 would read the table again each time.
 fn announces_routes(mut buf: &[u8]) -> bool {
     const TYPES: [u16; 6] = [libc::RTM_NEWROUTE, libc::RTM_DELROUTE, libc::RTM_NEWADDR, libc::RTM_DELADDR, libc::RTM_NEWLINK, libc::RTM_DELLINK];
+    // The rtmsg after the 16-byte header: family, dst_len, src_len, tos, table, protocol.
+    const RTM_PROTOCOL: usize = 16 + 5;
     while buf.len() >= 16 {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if TYPES.contains(&kind) {
+        let ours = matches!(kind, libc::RTM_NEWROUTE | libc::RTM_DELROUTE) && buf.get(RTM_PROTOCOL) == Some(&crate::kernel_routes::RTPROT_GRE);
+        if TYPES.contains(&kind) && !ours {
             return true;
         }
         // Messages are aligned to 4 bytes.

@@ -25,6 +25,14 @@ use crate::{maps::Maps, netdev::KernelRoute};
 /// suite claims.
 pub const RTPROT_GRE: u8 = 47;
 
+/// The kernel table NHRP's routes go into (numbered as the protocol). Not the main table: a
+/// host route for a peer there would hide the tunnel's connected subnet from routing daemons,
+/// and zebra resolves an IGP's next hops only through connected routes (OSPF's routes via the
+/// spokes went inactive); a shortcut there would replace the BGP route of its prefix in zebra's
+/// RIB. A daemon takes them in when asked: FRR's `ip import-table 47`, BIRD's kernel protocol
+/// on `kernel table 47`.
+pub const NHRP_TABLE: u32 = 47;
+
 /// The kernel's own routes (connected subnets).
 const RTPROT_KERNEL: u8 = 2;
 
@@ -132,6 +140,7 @@ pub fn wanted(kernel: &[KernelRoute], tunnels: &[(u32, Tunnel)]) -> Wanted {
         // route: the destination is the overlay next hop.
         let connected = r.protocol == RTPROT_KERNEL && r.gateway.is_none();
         if r.kind != crate::netdev::RTN_UNICAST
+            || r.table != crate::netdev::MAIN_TABLE
             || r.protocol == RTPROT_GRE
             || connected
             || link_local.contains(&r.prefix)
@@ -155,7 +164,7 @@ pub fn wanted(kernel: &[KernelRoute], tunnels: &[(u32, Tunnel)]) -> Wanted {
 pub fn routed_into(kernel: &[KernelRoute], ifindex: u32, target: IpAddr) -> bool {
     kernel
         .iter()
-        .filter(|r| r.kind == crate::netdev::RTN_UNICAST && r.protocol != RTPROT_GRE && r.prefix.contains(&target))
+        .filter(|r| r.kind == crate::netdev::RTN_UNICAST && r.table == crate::netdev::MAIN_TABLE && r.protocol != RTPROT_GRE && r.prefix.contains(&target))
         .max_by_key(|r| (r.prefix.prefix_len(), std::cmp::Reverse(r.priority)))
         .is_some_and(|r| r.oif == Some(ifindex))
 }
@@ -172,6 +181,7 @@ mod tests {
             protocol,
             kind: crate::netdev::RTN_UNICAST,
             priority,
+            table: crate::netdev::MAIN_TABLE,
         }
     }
 

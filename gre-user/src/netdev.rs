@@ -269,24 +269,24 @@ fn route_message(prefix: IpNet, ifindex: u32) -> rtnetlink::packet_route::route:
 }
 
 /// Adds (`add`) or deletes one of NHRP's routes in the kernel: `prefix` out of `ifindex`,
-/// toward `via` (else on the link), with protocol `protocol`. A route that is there already
-/// (adding) or gone (deleting) is fine.
+/// toward `via` (else on the link), with protocol `protocol`, in table `table`. A route that
+/// is there already (adding) or gone (deleting) is fine.
 ///
 /// # Errors
 /// Netlink fails for another reason.
-pub async fn nhrp_route(handle: &Handle, add: bool, prefix: IpNet, ifindex: u32, via: Option<IpAddr>, protocol: u8) -> Result<()> {
+pub async fn nhrp_route(handle: &Handle, add: bool, prefix: IpNet, ifindex: u32, via: Option<IpAddr>, protocol: u8, table: u32) -> Result<()> {
     use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
     let scope = if via.is_some() { RouteScope::Universe } else { RouteScope::Link };
     let msg = match (prefix, via) {
         (IpNet::V4(p), via) => {
             let b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex);
             let b = if let Some(IpAddr::V4(g)) = via { b.gateway(g) } else { b };
-            b.protocol(RouteProtocol::from(protocol)).scope(scope).build()
+            b.protocol(RouteProtocol::from(protocol)).scope(scope).table_id(table).build()
         }
         (IpNet::V6(p), via) => {
             let b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(p.network(), p.prefix_len()).output_interface(ifindex);
             let b = if let Some(IpAddr::V6(g)) = via { b.gateway(g) } else { b };
-            b.protocol(RouteProtocol::from(protocol)).scope(scope).build()
+            b.protocol(RouteProtocol::from(protocol)).scope(scope).table_id(table).build()
         }
     };
     let r = if add { handle.route().add(msg).execute().await } else { handle.route().del(msg).execute().await };
@@ -310,16 +310,20 @@ pub struct KernelRoute {
     pub kind: u8,
     /// The metric: of two routes to one prefix, the lower is used.
     pub priority: u32,
+    pub table: u32,
 }
+
+/// RT_TABLE_MAIN.
+pub const MAIN_TABLE: u32 = 254;
 
 /// RTN_UNICAST: a route that forwards.
 pub const RTN_UNICAST: u8 = 1;
 
-/// The kernel's IPv4 and IPv6 routes of the main table.
+/// The kernel's IPv4 and IPv6 routes of the main table and of `extra` (NHRP's own table).
 ///
 /// # Errors
 /// Netlink fails.
-pub async fn kernel_routes(handle: &Handle) -> Result<Vec<KernelRoute>> {
+pub async fn kernel_routes(handle: &Handle, extra: u32) -> Result<Vec<KernelRoute>> {
     use rtnetlink::packet_route::route::RouteMessage;
     let mut out = Vec::new();
     let dumps = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
@@ -345,7 +349,7 @@ pub async fn kernel_routes(handle: &Handle) -> Result<Vec<KernelRoute>> {
                     _ => {}
                 }
             }
-            if table != 254 {
+            if table != MAIN_TABLE && table != extra {
                 continue;
             }
             let len = msg.header.destination_prefix_length;
@@ -355,7 +359,7 @@ pub async fn kernel_routes(handle: &Handle) -> Result<Vec<KernelRoute>> {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED)
             });
             let Ok(prefix) = IpNet::new(dst, len) else { continue };
-            out.push(KernelRoute { prefix, oif, gateway, protocol: msg.header.protocol.into(), kind: msg.header.kind.into(), priority });
+            out.push(KernelRoute { prefix, oif, gateway, protocol: msg.header.protocol.into(), kind: msg.header.kind.into(), priority, table });
         }
     }
     Ok(out)

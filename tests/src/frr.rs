@@ -19,11 +19,17 @@ pub struct Frr {
     run: PathBuf,
     etc: PathBuf,
     daemons: Vec<&'static str>,
+    /// ospfd keeps its graceful-restart state outside the path space: removed if it made it.
+    gr_state: Option<PathBuf>,
 }
+
+/// Where ospfd keeps its graceful-restart state, whatever its path space.
+const OSPF_GR_STATE: &str = "/run/frr/ospfd-gr.json";
 
 impl Frr {
     /// Starts zebra, then each of `daemons` with its configuration (`(name, text)`, such as
-    /// `("bgpd", "router bgp 65000\n…")`), in namespace `ns`.
+    /// `("bgpd", "router bgp 65000\n…")`), in namespace `ns`. zebra's own lines, if any, come
+    /// as `("zebra", …)`.
     ///
     /// # Errors
     /// FRR is not installed, or a daemon does not start.
@@ -33,12 +39,15 @@ impl Frr {
         }
         let run = PathBuf::from("/run/frr").join(ns);
         let etc = std::env::temp_dir().join(format!("gre-frr-{ns}"));
-        let mut frr = Self { ns: ns.to_string(), run, etc, daemons: Vec::new() };
+        let gr_state = (daemons.iter().any(|(n, _)| *n == "ospfd") && !std::path::Path::new(OSPF_GR_STATE).exists()).then(|| PathBuf::from(OSPF_GR_STATE));
+        let mut frr = Self { ns: ns.to_string(), run, etc, daemons: Vec::new(), gr_state };
         for d in [&frr.run, &frr.etc] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        std::fs::write(frr.etc.join("zebra.conf"), format!("hostname {ns}\nlog file {}\n", frr.etc.join("zebra.log").display()))?;
-        for (name, text) in daemons {
+        let zebra = daemons.iter().find(|(n, _)| *n == "zebra").map_or("", |(_, t)| *t);
+        std::fs::write(frr.etc.join("zebra.conf"), format!("hostname {ns}\nlog file {}\n{zebra}", frr.etc.join("zebra.log").display()))?;
+        let daemons: Vec<&(&'static str, &str)> = daemons.iter().filter(|(n, _)| *n != "zebra").collect();
+        for (name, text) in &daemons {
             std::fs::write(frr.etc.join(format!("{name}.conf")), format!("hostname {ns}\nlog file {}\n{text}", frr.etc.join(format!("{name}.log")).display()))?;
         }
         let chown = Command::new("chown").args(["-R", "frr:frr"]).arg(&frr.run).arg(&frr.etc).status().context("chown")?;
@@ -131,6 +140,9 @@ impl Drop for Frr {
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+        }
+        if let Some(f) = &self.gr_state {
+            let _ = std::fs::remove_file(f);
         }
         let _ = std::fs::remove_dir_all(&self.run);
         let _ = std::fs::remove_dir_all(&self.etc);

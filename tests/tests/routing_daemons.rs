@@ -46,6 +46,11 @@ fn kernel_bgp_route(ns: &str, prefix: &str) -> bool {
     ns_sh(ns, &["ip", "route", "show", prefix, "proto", "bgp"]).is_ok_and(|o| o.contains("dev gre0"))
 }
 
+/// NHRP's route to `prefix` in the kernel of `ns` (table 47, protocol 47), or nothing.
+fn nhrp_route(ns: &str, prefix: &str) -> String {
+    ns_sh(ns, &["ip", "route", "show", "table", "47", prefix, "proto", "47"]).unwrap_or_default().trim().to_string()
+}
+
 /// How many packets the kernel of `ns` has forwarded (the IP MIB's ForwDatagrams).
 fn forwarded(ns: &str) -> u64 {
     let snmp = ns_sh(ns, &["cat", "/proc/net/snmp"]).unwrap();
@@ -85,7 +90,8 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
         std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
     traffic::wait_for("three registrations on the hub", 10, || gre::show(&hub, &ih).unwrap()["peers"].as_array().map_or(0, Vec::len) == 3);
 
-    let hub_frr = Frr::start(&hub, &[("bgpd", HUB_BGP)]).expect("FRR on the hub");
+    // The hub's zebra takes in NHRP's table (our routes there, protocol 47).
+    let hub_frr = Frr::start(&hub, &[("zebra", "ip import-table 47\n"), ("bgpd", HUB_BGP)]).expect("FRR on the hub");
     let spoke_frr: Vec<Frr> = (1..=3u8).map(|i| Frr::start(&spokes[usize::from(i - 1)].0, &[("bgpd", &spoke_bgp(i))]).expect("FRR on a spoke")).collect();
     let report = || {
         format!(
@@ -109,17 +115,16 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
     }
     traffic::wait_for("spoke 1's kernel route to LAN 2", 5, || has_route(&spokes[0].0, &spokes[0].1, &lan(2).2, HUB_OVERLAY, "kernel"));
 
-    // What NHRP learned is in the kernel for routing daemons: a host route for each registered
-    // spoke with our protocol number (47), which the hub's zebra sees as a kernel route.
+    // What NHRP learned is in the kernel for routing daemons, in table 47 with protocol 47: a
+    // host route for each registered spoke, which the hub's zebra imports (`ip import-table`).
     for i in 1..=3u8 {
         let overlay = HubAndSpokes::spoke_overlay(i);
-        traffic::wait_for("the hub's NHRP route to each spoke", 5, || {
-            ns_sh(&hub, &["ip", "route", "show", &overlay, "proto", "47"]).is_ok_and(|o| o.contains("dev gre0 scope link"))
-        });
-        traffic::wait_for("zebra to see it", 5, || {
-            hub_frr
-                .vtysh(&format!("show ip route {overlay}/32 json"))
-                .is_ok_and(|o| serde_json::from_str::<Value>(&o).is_ok_and(|v| v[format!("{overlay}/32")][0]["protocol"] == "kernel"))
+        traffic::wait_for("the hub's NHRP route to each spoke", 5, || nhrp_route(&hub, &overlay).contains("dev gre0 scope link"));
+        traffic::wait_for("zebra to take it in", 5, || {
+            hub_frr.vtysh(&format!("show ip route {overlay}/32 json")).is_ok_and(|o| {
+                serde_json::from_str::<Value>(&o)
+                    .is_ok_and(|v| v[format!("{overlay}/32")].as_array().is_some_and(|rs| rs.iter().any(|r| r["protocol"] == "table")))
+            })
         });
     }
 
@@ -130,6 +135,9 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
     // The shortcut both ways (spoke 2's for LAN 1 too); then the hub forwards nothing more
     // (BGP to the hub is local delivery, NHRP the daemon's).
     traffic::wait_for("spoke 2's shortcut to LAN 1", 10, || has_route(&spokes[1].0, &spokes[1].1, &lan(1).2, "203.0.113.1", "shortcut"));
+    // The shortcut is in NHRP's table too, beside the peer; the BGP route stays in the main one.
+    traffic::wait_for("spoke 1's shortcut in table 47", 5, || nhrp_route(&spokes[0].0, &lan(2).2).contains("via 203.0.113.2 dev gre0"));
+    assert!(kernel_bgp_route(&spokes[0].0, &lan(2).2));
     let before = forwarded(&hub);
     traffic::ping(&hosts[0], &lan(2).1, 20).expect("LAN 1 to LAN 2 on the shortcut");
     assert_eq!(forwarded(&hub), before, "the hub forwarded packets of LAN 1 to LAN 2 on the shortcut");
@@ -138,6 +146,7 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
     spoke_frr[1].configure(&["router bgp 65000", "address-family ipv4 unicast", &format!("no network {}", lan(2).2)]).expect("withdrawing LAN 2");
     traffic::wait_for("LAN 2's route withdrawn from spoke 1", 15, || !kernel_bgp_route(&spokes[0].0, &lan(2).2));
     traffic::wait_for("spoke 1's shortcut to LAN 2 gone with it", 5, || !routes(&spokes[0].0, &spokes[0].1).iter().any(|r| r["prefix"] == lan(2).2.as_str()));
+    traffic::wait_for("and from table 47", 5, || nhrp_route(&spokes[0].0, &lan(2).2).is_empty());
     assert!(traffic::ping(&hosts[0], &lan(2).1, 1).is_err(), "LAN 2 is withdrawn");
     // Announced again: back through the hub, and the shortcut again.
     spoke_frr[1].configure(&["router bgp 65000", "address-family ipv4 unicast", &format!("network {}", lan(2).2)]).expect("announcing LAN 2");
@@ -152,10 +161,96 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
     // registrations) and the hub clears its entry.
     drop(daemons.pop());
     gre::run(&hub, &ih, &["nhrp", "clear", "203.0.113.3"]).expect("gre nhrp clear");
-    traffic::wait_for("the hub's NHRP route to spoke 3 gone", 5, || {
-        ns_sh(&hub, &["ip", "route", "show", "203.0.113.3", "proto", "47"]).is_ok_and(|o| o.trim().is_empty())
-    });
-    assert!(ns_sh(&hub, &["ip", "route", "show", "203.0.113.1", "proto", "47"]).unwrap().contains("dev gre0"), "spoke 1's stays");
+    traffic::wait_for("the hub's NHRP route to spoke 3 gone", 5, || nhrp_route(&hub, "203.0.113.3").is_empty());
+    assert!(nhrp_route(&hub, "203.0.113.1").contains("dev gre0"), "spoke 1's stays");
     drop(spoke_frr);
     drop(hub_frr);
+}
+
+fn ospf(router_id: &str, lan: Option<&str>) -> String {
+    let mut c = format!(
+        "interface gre0\n ip ospf network point-to-multipoint\n ip ospf hello-interval 1\n ip ospf dead-interval 4\n\
+         router ospf\n ospf router-id {router_id}\n network 203.0.113.0/24 area 0\n"
+    );
+    if let Some(lan) = lan {
+        c += &format!(" network {lan} area 0\n passive-interface lan0\n");
+    }
+    c
+}
+
+/// OSPF point-to-multipoint over the multipoint tunnel (FRR's ospfd): the hub's hellos reach
+/// every registered spoke through our multicast replication, each spoke's reach the hub (its
+/// NHS mapped for multicast); adjacencies form, the LANs' OSPF routes steer the datapath, and
+/// LAN-to-LAN traffic takes a phase 3 shortcut off the hub.
+#[test]
+fn ospf_point_to_multipoint_forms_adjacencies_through_replication() {
+    if !privilege::require_root("ospf_point_to_multipoint_forms_adjacencies_through_replication") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("ro", 3).expect("topology");
+    let hub = t.hub.clone();
+    let mut hosts = Vec::new();
+    for i in 1..=3u8 {
+        let spoke = t.spokes[usize::from(i - 1)].clone();
+        let ns = t.lab.add_ns(&format!("lan{i}")).unwrap();
+        let (gw, host, _) = lan(i);
+        t.lab.link((&spoke, "lan0", &gw), (&ns, "eth0", &format!("{host}/28"))).unwrap();
+        ns_sh(&ns, &["ip", "route", "add", "default", "via", gw.split('/').next().unwrap()]).unwrap();
+        ns_sh(&spoke, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]).unwrap();
+        hosts.push(ns);
+    }
+    // A fixed outer TTL, as over any routed underlay: inherited, the hellos' TTL 1 would die
+    // at the first router (ip_gre's `ttl inherit` does the same).
+    let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "ttl = 64\nnhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
+    let nhc = format!("ttl = 64\nnhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
+    let mut spokes = Vec::new();
+    for i in 1..=3u8 {
+        let ns = t.spokes[usize::from(i - 1)].clone();
+        let mut conf = HubAndSpokes::config(&HubAndSpokes::spoke_nbma(i), &HubAndSpokes::spoke_overlay(i), &nhc, &[]);
+        conf += &format!("\n[[peer]]\ntunnel = \"gre0\"\noverlay = \"{HUB_OVERLAY}\"\nnbma = \"{HUB_NBMA}\"\nmulticast = true\n");
+        spokes.push((ns.clone(), t.lab.gre_up(&ns, &format!("s{i}"), &conf).unwrap()));
+    }
+    let _daemons: Vec<gre::Daemon> =
+        std::iter::once((hub.clone(), ih.clone())).chain(spokes.iter().cloned()).map(|(ns, i)| gre::Daemon::start(&ns, &i)).collect();
+    traffic::wait_for("three registrations on the hub", 10, || gre::show(&hub, &ih).unwrap()["peers"].as_array().map_or(0, Vec::len) == 3);
+
+    let hub_frr = Frr::start(&hub, &[("ospfd", &ospf(HUB_OVERLAY, None))]).expect("FRR on the hub");
+    let spoke_frr: Vec<Frr> = (1..=3u8)
+        .map(|i| Frr::start(&spokes[usize::from(i - 1)].0, &[("ospfd", &ospf(&HubAndSpokes::spoke_overlay(i), Some(&lan(i).2)))]).expect("FRR on a spoke"))
+        .collect();
+    // The hub is adjacent (Full) with every spoke: its hellos were replicated to each.
+    let full = |frr: &Frr| -> usize {
+        let v: Value = frr.vtysh("show ip ospf neighbor json").ok().and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default();
+        v["neighbors"].as_object().map_or(0, |n| n.values().filter(|e| e[0]["state"].as_str().is_some_and(|s| s.starts_with("Full"))).count())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while full(&hub_frr) < 3 || spoke_frr.iter().any(|f| full(f) < 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "OSPF adjacencies did not form:\n{}\n{}",
+            hub_frr.vtysh("show ip ospf neighbor").unwrap_or_default(),
+            hub_frr.log_tail("ospfd")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // Each spoke learns the others' LANs by OSPF, through the hub, and our datapath takes them.
+    for (i, (ns, inst)) in spokes.iter().enumerate() {
+        for j in 1..=3u8 {
+            if usize::from(j) == i + 1 {
+                continue;
+            }
+            traffic::wait_for("an OSPF route to another spoke's LAN", 20, || {
+                ns_sh(ns, &["ip", "route", "show", &lan(j).2, "proto", "ospf"]).is_ok_and(|o| o.contains("dev gre0"))
+            });
+            traffic::wait_for("the datapath's copy", 5, || has_route(ns, inst, &lan(j).2, HUB_OVERLAY, "kernel"));
+        }
+    }
+    traffic::ping(&hosts[0], &lan(2).1, 3).expect("LAN 1 to LAN 2 through the hub");
+    traffic::wait_for("spoke 1's shortcut to LAN 2", 10, || has_route(&spokes[0].0, &spokes[0].1, &lan(2).2, "203.0.113.2", "shortcut"));
+    traffic::wait_for("spoke 2's shortcut to LAN 1", 10, || has_route(&spokes[1].0, &spokes[1].1, &lan(1).2, "203.0.113.1", "shortcut"));
+    let before = forwarded(&hub);
+    traffic::ping(&hosts[0], &lan(2).1, 10).expect("LAN 1 to LAN 2 on the shortcut");
+    assert_eq!(forwarded(&hub), before, "the hub forwarded packets of LAN 1 to LAN 2 on the shortcut");
+    // The adjacencies hold meanwhile (the spokes' hellos keep reaching the hub).
+    assert_eq!(full(&hub_frr), 3);
 }

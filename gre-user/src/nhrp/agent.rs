@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
 use gre_common::{
     addr, gre,
     maps::{Event, NHRP_TYPES, Peer, Tunnel, TunnelState, event_kind, nhrp_role, peer_flags, peer_kind, route_flags, tunnel_flags, tunnel_state},
@@ -86,6 +87,9 @@ struct Applied {
     purged: Vec<ipnet::IpNet>,
 }
 
+/// NHRP routes added to or deleted from the kernel per tick, at most.
+const EXPORTS_PER_TICK: usize = 2048;
+
 impl Agent {
     /// An engine for every tunnel with an NHRP role. A spoke's NHS NBMA address comes from the
     /// static peer of its `nhs`; our overlay address from the tunnel netdev.
@@ -134,11 +138,14 @@ impl Agent {
             }
         }
         let kept = maps.neighbours().into_iter().collect();
-        let kernel_routes = netdev::kernel_routes(&handle).await?;
+        let kernel_routes = netdev::kernel_routes(&handle, crate::kernel_routes::NHRP_TABLE).await?;
         let mut mirror = crate::kernel_routes::Mirror::load(maps);
         // What an earlier daemon exported: compared with what NHRP holds at the first tick.
-        let exported =
-            kernel_routes.iter().filter(|r| r.protocol == crate::kernel_routes::RTPROT_GRE).filter_map(|r| Some((r.oif?, r.prefix, r.gateway))).collect();
+        let exported = kernel_routes
+            .iter()
+            .filter(|r| r.table == crate::kernel_routes::NHRP_TABLE && r.protocol == crate::kernel_routes::RTPROT_GRE)
+            .filter_map(|r| Some((r.oif?, r.prefix, r.gateway)))
+            .collect();
         mirror.sync(maps, &kernel_routes, &maps.tunnels()?);
         let mut agent = Self {
             engines,
@@ -263,7 +270,7 @@ impl Agent {
     /// mirrored into the datapath; and the shortcuts still of use (a shortcut goes when the
     /// kernel no longer routes its prefix into the tunnel: a routing daemon withdrew it).
     pub async fn refresh_kernel_routes(&mut self, maps: &mut Maps) {
-        match netdev::kernel_routes(&self.handle).await {
+        match netdev::kernel_routes(&self.handle, crate::kernel_routes::NHRP_TABLE).await {
             Ok(r) => self.kernel_routes = r,
             Err(e) => {
                 warn!("{e:#}");
@@ -285,35 +292,43 @@ impl Agent {
         });
     }
 
-    /// NHRP's routes into the kernel (protocol 47), where FRR or BIRD can redistribute them, as
-    /// FRR's nhrpd puts its own: a host route for each dynamic peer (a registered or resolved
-    /// one), and each shortcut whose prefix has no route of another protocol in the kernel —
-    /// one there would be replaced in a routing daemon's RIB (an unknown protocol counts as a
-    /// kernel route, preferred to BGP), which would take its route out of the kernel under us.
-    /// Removed with them; at the first tick, what an earlier daemon left is brought in line.
+    /// NHRP's routes into the kernel (protocol 47, table 47), where FRR or BIRD can take them
+    /// in and redistribute them, as FRR's nhrpd puts its own into zebra: a host route for each
+    /// dynamic peer (a registered or resolved one) and each shortcut. Removed with them; at the
+    /// first tick, what an earlier daemon left is brought in line.
     pub async fn export_routes(&mut self, maps: &Maps) {
         let Ok(tunnels) = maps.tunnels() else { return };
         let netdev_of: HashMap<u32, u32> =
             tunnels.iter().filter(|(_, t)| t.flags & tunnel_flags::MULTIPOINT != 0).map(|(id, t)| (*id, t.netdev_ifindex)).collect();
         let mut want: HashSet<(u32, ipnet::IpNet, Option<IpAddr>)> =
             self.expires.keys().filter_map(|(id, overlay)| Some((*netdev_of.get(id)?, ipnet::IpNet::from(*overlay), None))).collect();
-        if !self.shortcuts.is_empty() {
-            let taken: HashSet<ipnet::IpNet> = self.kernel_routes.iter().filter(|r| r.protocol != crate::kernel_routes::RTPROT_GRE).map(|r| r.prefix).collect();
-            want.extend(self.shortcuts.iter().filter(|(_, p, _)| !taken.contains(p)).filter_map(|(id, p, via)| Some((*netdev_of.get(id)?, *p, Some(*via)))));
-        }
-        let gone: Vec<_> = self.exported.difference(&want).copied().collect();
-        let new: Vec<_> = want.difference(&self.exported).copied().collect();
-        for (add, list) in [(false, gone), (true, new)] {
-            for (ifindex, prefix, via) in list {
-                match netdev::nhrp_route(&self.handle, add, prefix, ifindex, via, crate::kernel_routes::RTPROT_GRE).await {
-                    Ok(()) if add => {
-                        self.exported.insert((ifindex, prefix, via));
-                    }
-                    Ok(()) => {
-                        self.exported.remove(&(ifindex, prefix, via));
-                    }
-                    Err(e) => warn!("{e:#}"),
+        want.extend(self.shortcuts.iter().filter_map(|(id, p, via)| Some((*netdev_of.get(id)?, *p, Some(*via)))));
+        // At most EXPORTS_PER_TICK changes a tick, 64 requests in flight: a hub that takes up
+        // 10 000 registrations exports them over a few seconds without holding up its loop.
+        let gone = self.exported.difference(&want).map(|e| (false, *e));
+        let new = want.difference(&self.exported).map(|e| (true, *e));
+        let batch: Vec<(bool, (u32, ipnet::IpNet, Option<IpAddr>))> = gone.chain(new).take(EXPORTS_PER_TICK).collect();
+        let handle = &self.handle;
+        let done: Vec<_> = futures::stream::iter(batch)
+            .map(|(add, (ifindex, prefix, via))| async move {
+                (
+                    add,
+                    (ifindex, prefix, via),
+                    netdev::nhrp_route(handle, add, prefix, ifindex, via, crate::kernel_routes::RTPROT_GRE, crate::kernel_routes::NHRP_TABLE).await,
+                )
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for (add, e, r) in done {
+            match r {
+                Ok(()) if add => {
+                    self.exported.insert(e);
                 }
+                Ok(()) => {
+                    self.exported.remove(&e);
+                }
+                Err(err) => warn!("{err:#}"),
             }
         }
     }
@@ -639,7 +654,7 @@ fn is_link_local(a: IpAddr) -> bool {
 /// does not go into the tunnel netdev (the node is the exit: a LAN behind it). The default route
 /// does not count: it would make every address ours.
 fn exit_for(routes: &[netdev::KernelRoute], tunnel_ifindex: u32, target: IpAddr) -> Option<u8> {
-    let r = routes.iter().filter(|r| r.oif.is_some() && r.prefix.contains(&target)).max_by_key(|r| r.prefix.prefix_len())?;
+    let r = routes.iter().filter(|r| r.table == netdev::MAIN_TABLE && r.oif.is_some() && r.prefix.contains(&target)).max_by_key(|r| r.prefix.prefix_len())?;
     (r.oif != Some(tunnel_ifindex) && r.prefix.prefix_len() > 0).then_some(r.prefix.prefix_len())
 }
 
