@@ -43,6 +43,10 @@ pub struct Agent {
     pub(super) mirror: crate::kernel_routes::Mirror,
     /// NHRP's routes in the kernel, for routing daemons to redistribute: (netdev, prefix, via).
     exported: HashSet<(u32, ipnet::IpNet, Option<IpAddr>)>,
+    /// Whether the peers changed, or an export was left over, since the last comparison; and
+    /// the shortcuts it was made with.
+    export_stale: bool,
+    exported_shortcuts: Vec<(u32, ipnet::IpNet, IpAddr)>,
     /// NBMA addresses of new multicast peers whose underlay next hop is to be kept resolved.
     wanted_hops: Vec<IpAddr>,
     /// Underlay neighbours kept resolved (ours, or there before us): (ifindex, address).
@@ -156,6 +160,8 @@ impl Agent {
             kernel_routes,
             mirror,
             exported,
+            export_stale: true,
+            exported_shortcuts: Vec::new(),
             wanted_hops: Vec::new(),
             kept,
             handle,
@@ -183,6 +189,7 @@ impl Agent {
         {
             self.expiry.pop_first();
             self.expires.remove(&(id, overlay));
+            self.export_stale = true;
             if let Some(p) = maps.peer(id, overlay).filter(|p| p.kind != peer_kind::STATIC && p.expires != 0 && p.expires <= now) {
                 info!("tunnel {id}: peer {overlay} ({}) expired", show_addr(&p.nbma));
                 maps.remove_peer(id, overlay);
@@ -297,6 +304,12 @@ impl Agent {
     /// dynamic peer (a registered or resolved one) and each shortcut. Removed with them; at the
     /// first tick, what an earlier daemon left is brought in line.
     pub async fn export_routes(&mut self, maps: &Maps) {
+        // Nothing to compare at most ticks: a hub with 10 000 spokes builds no set of them.
+        if !self.export_stale && self.shortcuts == self.exported_shortcuts {
+            return;
+        }
+        self.export_stale = false;
+        self.exported_shortcuts.clone_from(&self.shortcuts);
         let Ok(tunnels) = maps.tunnels() else { return };
         let netdev_of: HashMap<u32, u32> =
             tunnels.iter().filter(|(_, t)| t.flags & tunnel_flags::MULTIPOINT != 0).map(|(id, t)| (*id, t.netdev_ifindex)).collect();
@@ -307,7 +320,11 @@ impl Agent {
         // 10 000 registrations exports them over a few seconds without holding up its loop.
         let gone = self.exported.difference(&want).map(|e| (false, *e));
         let new = want.difference(&self.exported).map(|e| (true, *e));
-        let batch: Vec<(bool, (u32, ipnet::IpNet, Option<IpAddr>))> = gone.chain(new).take(EXPORTS_PER_TICK).collect();
+        let mut batch: Vec<(bool, (u32, ipnet::IpNet, Option<IpAddr>))> = gone.chain(new).take(EXPORTS_PER_TICK + 1).collect();
+        if batch.len() > EXPORTS_PER_TICK {
+            batch.truncate(EXPORTS_PER_TICK);
+            self.export_stale = true;
+        }
         let handle = &self.handle;
         let done: Vec<_> = futures::stream::iter(batch)
             .map(|(add, (ifindex, prefix, via))| async move {
@@ -328,7 +345,10 @@ impl Agent {
                 Ok(()) => {
                     self.exported.remove(&e);
                 }
-                Err(err) => warn!("{err:#}"),
+                Err(err) => {
+                    warn!("{err:#}");
+                    self.export_stale = true;
+                }
             }
         }
     }
@@ -569,9 +589,12 @@ impl Agent {
 
     /// Notes when a dynamic peer expires (None: it is gone).
     pub(super) fn schedule(&mut self, key: (u32, IpAddr), at: Option<u64>) {
-        if let Some(old) = self.expires.remove(&key) {
+        let had = self.expires.remove(&key);
+        if let Some(old) = had {
             self.expiry.remove(&(old, key.0, key.1));
         }
+        // A peer came or went (not a refreshed expiry): NHRP's routes are compared again.
+        self.export_stale |= had.is_some() != at.is_some();
         if let Some(at) = at {
             self.expires.insert(key, at);
             self.expiry.insert((at, key.0, key.1));
