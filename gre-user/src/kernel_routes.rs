@@ -63,17 +63,6 @@ impl Mirror {
         Self { wanted: maps.kernel_routes().into_iter().map(|(net, id, via)| (net, Choice { id, via, protocol: 0, priority: 0 })).collect() }
     }
 
-    /// How many prefixes are mirrored (or wait behind a configured route or a shortcut).
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.wanted.len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.wanted.is_empty()
-    }
-
     /// Brings the datapath's table to what the kernel routes now: one lookup per prefix that
     /// changed, none for the rest.
     pub fn sync(&mut self, maps: &mut Maps, kernel: &[KernelRoute], tunnels: &[(u32, Tunnel)]) {

@@ -60,13 +60,8 @@ fn forwarded(ns: &str) -> u64 {
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
-#[test]
-fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
-    if !privilege::require_root("bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them") {
-        return;
-    }
-    let mut t = HubAndSpokes::new("rb", 3).expect("topology");
-    let hub = t.hub.clone();
+/// A LAN behind each spoke, with a host whose default route is the spoke: the hosts.
+fn lans(t: &mut HubAndSpokes) -> Vec<String> {
     let mut hosts = Vec::new();
     for i in 1..=3u8 {
         let spoke = t.spokes[usize::from(i - 1)].clone();
@@ -77,6 +72,17 @@ fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
         ns_sh(&spoke, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]).unwrap();
         hosts.push(ns);
     }
+    hosts
+}
+
+#[test]
+fn bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them() {
+    if !privilege::require_root("bgp_routes_steer_the_tunnel_and_phase_3_shortcuts_follow_them") {
+        return;
+    }
+    let mut t = HubAndSpokes::new("rb", 3).expect("topology");
+    let hub = t.hub.clone();
+    let hosts = lans(&mut t);
     // No [[route]] anywhere: what crosses the tunnel beyond its subnet follows BGP.
     let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "nhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
     let nhc = format!("nhs = \"{HUB_OVERLAY}\"\nnhrp = {{ role = \"nhc\", holdtime = 30 }}\n");
@@ -189,16 +195,7 @@ fn ospf_point_to_multipoint_forms_adjacencies_through_replication() {
     }
     let mut t = HubAndSpokes::new("ro", 3).expect("topology");
     let hub = t.hub.clone();
-    let mut hosts = Vec::new();
-    for i in 1..=3u8 {
-        let spoke = t.spokes[usize::from(i - 1)].clone();
-        let ns = t.lab.add_ns(&format!("lan{i}")).unwrap();
-        let (gw, host, _) = lan(i);
-        t.lab.link((&spoke, "lan0", &gw), (&ns, "eth0", &format!("{host}/28"))).unwrap();
-        ns_sh(&ns, &["ip", "route", "add", "default", "via", gw.split('/').next().unwrap()]).unwrap();
-        ns_sh(&spoke, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]).unwrap();
-        hosts.push(ns);
-    }
+    let hosts = lans(&mut t);
     // A fixed outer TTL, as over any routed underlay: inherited, the hellos' TTL 1 would die
     // at the first router (ip_gre's `ttl inherit` does the same).
     let ih = t.lab.gre_up(&hub, "hub", &HubAndSpokes::config(HUB_NBMA, HUB_OVERLAY, "ttl = 64\nnhrp = { role = \"nhs\", holdtime = 30 }\n", &[])).unwrap();
